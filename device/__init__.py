@@ -1,0 +1,1 @@
+"""The tax-control printer emulator (firmware) and its wire protocol library."""

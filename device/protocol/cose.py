@@ -1,0 +1,81 @@
+"""COSE_Sign1 with EdDSA over Ed25519 (RFC 9052 §4.2, RFC 9053 §2.2).
+
+Every signed object in the project (documents, certificates, segments,
+the consortium key list, CSRs) is a tagged COSE_Sign1 whose protected
+header is exactly {1: -8} (alg EdDSA) and whose unprotected header carries
+the signer's key id (label 4). Any standard COSE library verifies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cbor2
+
+from device.protocol import codec
+from device.protocol.keys import SIGNATURE_SIZE, KeyPair, verify
+
+TAG_SIGN1 = 18
+HEADER_ALG = 1
+HEADER_KID = 4
+ALG_EDDSA = -8
+PROTECTED_EDDSA = codec.encode({HEADER_ALG: ALG_EDDSA})  # a1 01 27
+
+
+class CoseError(ValueError):
+    """Bytes that are not a COSE_Sign1 of the form this project signs."""
+
+
+def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
+    return codec.encode_ordered(["Signature1", protected, external_aad, payload])
+
+
+def sign1(payload: bytes, key: KeyPair, kid: bytes) -> bytes:
+    signature = key.sign(sig_structure(PROTECTED_EDDSA, payload))
+    return assemble(payload, signature, kid)
+
+
+def assemble(payload: bytes, signature: bytes, kid: bytes) -> bytes:
+    return codec.encode_ordered(
+        cbor2.CBORTag(TAG_SIGN1, [PROTECTED_EDDSA, {HEADER_KID: kid}, payload, signature])
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Sign1:
+    payload: bytes
+    signature: bytes
+    kid: bytes
+    raw: bytes
+
+    def to_be_signed(self) -> bytes:
+        return sig_structure(PROTECTED_EDDSA, self.payload)
+
+    def verify(self, public_key: bytes) -> bool:
+        return verify(public_key, self.to_be_signed(), self.signature)
+
+
+def decode_sign1(data: bytes | bytearray | memoryview) -> Sign1:
+    raw = bytes(data)
+    try:
+        item = codec.decode_canonical(raw)
+    except codec.CodecError as exc:
+        raise CoseError(str(exc)) from exc
+    if not isinstance(item, cbor2.CBORTag) or item.tag != TAG_SIGN1:
+        raise CoseError("not a tagged COSE_Sign1 (tag 18)")
+    value = item.value
+    if not isinstance(value, list) or len(value) != 4:
+        raise CoseError("COSE_Sign1 must be an array of 4 elements")
+    protected, unprotected, payload, signature = value
+    if protected != PROTECTED_EDDSA:
+        raise CoseError("protected header must be exactly {1: -8} (EdDSA)")
+    if not isinstance(unprotected, dict) or set(unprotected) - {HEADER_KID}:
+        raise CoseError("unprotected header may only hold a key id (label 4)")
+    kid = unprotected.get(HEADER_KID, b"")
+    if not isinstance(kid, bytes):
+        raise CoseError("key id must be a byte string")
+    if not isinstance(payload, bytes):
+        raise CoseError("payload must be an attached byte string")
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
+        raise CoseError(f"signature must be {SIGNATURE_SIZE} bytes")
+    return Sign1(payload, signature, kid, raw)

@@ -1,0 +1,252 @@
+"""The signed document: payload fields, check code, hash chain.
+
+Every document a device signs (invoice, credit note, X report, Z report)
+is a COSE_Sign1 over a deterministic CBOR map with these text keys:
+
+    device_id  counter  code  number  kind  issued_at  seller  buyer
+    items  amount  tax  total  prev_hash  check_code  offline  training
+
+plus `refers_to` and `reason` for a credit note and `report` for X/Z
+reports. `counter` is gapless over all documents of a device, starting at
+1; `prev_hash` is the SHA-256 of the previous document's complete
+COSE_Sign1 bytes (32 zero bytes for counter 1).
+
+The check code (校验码, 20 digits, printed and typed in for verification)
+is derived from an Ed25519 signature by the device key over the payload
+without `check_code`, under its own domain tag: nobody without the device
+key can produce it, and it is fixed before the document signature that
+covers it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from device.protocol import codec, cose
+from device.protocol.keys import KeyPair
+
+ZERO_HASH = bytes(32)
+CHECK_CODE_DIGITS = 20
+CHECK_CODE_DOMAIN = b"taxctl/check-code/v1\x00"
+DEVICE_ID_PATTERN = re.compile(r"TC[0-9A-Z]{12}")
+
+
+class Kind(StrEnum):
+    INVOICE = "invoice"
+    CREDIT = "credit"
+    X_REPORT = "x_report"
+    Z_REPORT = "z_report"
+
+
+NUMBERED_KINDS = frozenset({Kind.INVOICE, Kind.CREDIT})
+BASE_KEYS = frozenset(
+    {
+        "device_id",
+        "counter",
+        "code",
+        "number",
+        "kind",
+        "issued_at",
+        "seller",
+        "buyer",
+        "items",
+        "amount",
+        "tax",
+        "total",
+        "prev_hash",
+        "check_code",
+        "offline",
+        "training",
+    }
+)
+EXTRA_KEYS: dict[Kind, frozenset[str]] = {
+    Kind.INVOICE: frozenset(),
+    Kind.CREDIT: frozenset({"refers_to", "reason"}),
+    Kind.X_REPORT: frozenset({"report"}),
+    Kind.Z_REPORT: frozenset({"report"}),
+}
+
+
+class DocumentError(ValueError):
+    """A byte string that is not a well-formed document."""
+
+
+def document_hash(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()
+
+
+def format_utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds)))
+
+
+_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def parse_utc(text: object) -> int:
+    if not isinstance(text, str) or not _UTC.fullmatch(text):
+        raise ValueError(f"not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ: {text!r}")
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def check_code_from_signature(signature: bytes) -> str:
+    digest = hashlib.sha256(signature).digest()
+    return f"{int.from_bytes(digest[:9], 'big') % 10**CHECK_CODE_DIGITS:0{CHECK_CODE_DIGITS}d}"
+
+
+def sign_document(key: KeyPair, fields: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """Sign a payload (every key but check_code); returns (COSE bytes, full payload)."""
+    if "check_code" in fields:
+        raise ValueError("check_code is derived, not given")
+    unsigned = codec.ordered_map(dict(fields))
+    check_signature = key.sign(CHECK_CODE_DOMAIN + codec.encode_ordered(unsigned))
+    payload = dict(unsigned)
+    payload["check_code"] = check_code_from_signature(check_signature)
+    payload = codec.ordered_map(payload)
+    raw = cose.sign1(codec.encode_ordered(payload), key, str(fields["device_id"]).encode())
+    return raw, payload
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    raw: bytes
+    payload: dict[str, Any]
+    signature: bytes
+    hash: bytes
+    envelope: cose.Sign1
+
+    @property
+    def device_id(self) -> str:
+        return str(self.payload["device_id"])
+
+    @property
+    def counter(self) -> int:
+        return int(self.payload["counter"])
+
+    @property
+    def kind(self) -> Kind:
+        return Kind(self.payload["kind"])
+
+    @property
+    def code(self) -> str | None:
+        code = self.payload["code"]
+        return None if code is None else str(code)
+
+    @property
+    def number(self) -> str | None:
+        number = self.payload["number"]
+        return None if number is None else str(number)
+
+    @property
+    def total(self) -> int:
+        return int(self.payload["total"])
+
+    @property
+    def prev_hash(self) -> bytes:
+        return bytes(self.payload["prev_hash"])
+
+    @property
+    def check_code(self) -> str:
+        return str(self.payload["check_code"])
+
+    @property
+    def training(self) -> bool:
+        return bool(self.payload["training"])
+
+    def verify(self, public_key: bytes) -> bool:
+        return self.envelope.verify(public_key)
+
+
+def parse_document(raw: bytes | bytearray | memoryview) -> Document:
+    """Strictly decode a document and check its shape (not its signature)."""
+    try:
+        envelope = cose.decode_sign1(raw)
+        payload = codec.decode_canonical(envelope.payload)
+    except (cose.CoseError, codec.CodecError) as exc:
+        raise DocumentError(str(exc)) from exc
+    check_shape(payload)
+    if envelope.kid != payload["device_id"].encode():
+        raise DocumentError("COSE key id does not name the document's device")
+    return Document(
+        envelope.raw, payload, envelope.signature, document_hash(envelope.raw), envelope
+    )
+
+
+def _need(condition: bool, message: str) -> None:
+    if not condition:
+        raise DocumentError(message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_shape(payload: object) -> None:
+    """Field presence and types; content rules (totals, numbering) live elsewhere."""
+    _need(isinstance(payload, dict), "payload must be a map")
+    assert isinstance(payload, dict)
+    _need(all(isinstance(k, str) for k in payload), "payload keys must be text")
+    kind_text = payload.get("kind")
+    _need(kind_text in {k.value for k in Kind}, f"unknown kind {kind_text!r}")
+    kind = Kind(str(kind_text))
+    expected = BASE_KEYS | EXTRA_KEYS[kind]
+    _need(
+        set(payload) == expected,
+        f"payload keys differ: missing {sorted(expected - set(payload))}, "
+        f"unexpected {sorted(set(payload) - expected)}",
+    )
+    device_id = payload["device_id"]
+    _need(
+        isinstance(device_id, str) and DEVICE_ID_PATTERN.fullmatch(device_id) is not None,
+        "device_id must be TC followed by 12 capitals or digits",
+    )
+    _need(_is_int(payload["counter"]) and payload["counter"] >= 1, "counter must be >= 1")
+    if kind in NUMBERED_KINDS:
+        _need(
+            isinstance(payload["code"], str) and isinstance(payload["number"], str),
+            "an invoice or credit note needs code and number",
+        )
+    else:
+        _need(payload["code"] is None and payload["number"] is None, "a report has no code/number")
+    try:
+        parse_utc(payload["issued_at"])
+    except ValueError as exc:
+        raise DocumentError(f"issued_at: {exc}") from None
+    _need(isinstance(payload["seller"], dict), "seller must be a map")
+    _need(
+        payload["buyer"] is None or isinstance(payload["buyer"], dict),
+        "buyer must be a map or null",
+    )
+    _need(isinstance(payload["items"], list), "items must be a list")
+    for key in ("amount", "tax", "total"):
+        _need(_is_int(payload[key]), f"{key} must be an integer")
+    _need(payload["total"] == payload["amount"] + payload["tax"], "total must be amount + tax")
+    _need(
+        isinstance(payload["prev_hash"], bytes) and len(payload["prev_hash"]) == 32,
+        "prev_hash must be 32 bytes",
+    )
+    check = payload["check_code"]
+    _need(
+        isinstance(check, str) and len(check) == CHECK_CODE_DIGITS and check.isdigit(),
+        "check_code must be 20 digits",
+    )
+    _need(
+        isinstance(payload["offline"], bool) and isinstance(payload["training"], bool),
+        "offline and training must be booleans",
+    )
+    if kind == Kind.CREDIT:
+        ref = payload["refers_to"]
+        _need(
+            isinstance(ref, dict) and set(ref) == {"code", "number"},
+            "refers_to needs code and number",
+        )
+        _need(isinstance(payload["reason"], str), "reason must be text")
+    if kind in (Kind.X_REPORT, Kind.Z_REPORT):
+        _need(isinstance(payload["report"], dict), "report must be a map")
+        _need(payload["items"] == [], "a report has no items")

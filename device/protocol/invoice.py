@@ -1,0 +1,284 @@
+"""Invoice content rules: parsing a request, rounding, totals.
+
+Money is integer fen, tax rates integer basis points, quantities decimal
+strings with at most three places (held as integer thousandths). Never a
+float. Each line's tax-exclusive amount is quantity × unit price rounded
+half-up to the fen, its tax is amount × rate rounded half-up, and the
+document totals are the exact sums of the lines. Credit notes carry
+negative quantities and amounts; rounding is symmetric (half away from
+zero), so crediting a line in full gives exactly its negation.
+
+The device uses this to build documents and the chain to re-check them:
+pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from device.protocol import taxid
+from device.protocol.status import DeviceError, Status
+
+DEFAULT_TAX_RATES: frozenset[int] = frozenset({1300, 900, 600, 300, 0})
+
+MAX_ITEMS = 100
+MAX_NAME_CHARS = 100
+MAX_REASON_CHARS = 200
+MAX_QUANTITY_MILLI = 1_000_000_000  # one million units
+MAX_UNIT_PRICE = 10_000_000_000  # 100 million yuan, in fen
+MAX_TOTAL = 1_000_000_000_000  # 10 billion yuan, in fen
+
+_QUANTITY = re.compile(r"(-?)(0|[1-9][0-9]{0,6})(?:\.([0-9]{1,3}))?")
+
+
+def round_half_up(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded to the nearest integer, halves away from zero."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    if numerator < 0:
+        return -((-numerator * 2 + denominator) // (2 * denominator))
+    return (numerator * 2 + denominator) // (2 * denominator)
+
+
+def parse_quantity(text: object, *, negative: bool = False) -> int:
+    """A quantity string as integer thousandths; the sign must match `negative`."""
+    if not isinstance(text, str):
+        raise DeviceError(Status.BAD_QUANTITY, f"quantity must be a decimal string, got {text!r}")
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        raise DeviceError(Status.BAD_QUANTITY, f"quantity {text!r}")
+    sign, whole, fraction = match.groups()
+    milli = int(whole) * 1000 + int((fraction or "").ljust(3, "0"))
+    if milli == 0:
+        raise DeviceError(Status.BAD_QUANTITY, f"quantity {text!r} is zero")
+    if bool(sign) != negative:
+        if negative:
+            raise DeviceError(Status.BAD_QUANTITY, f"credit quantity {text!r} must be negative")
+        raise DeviceError(Status.NEGATIVE_AMOUNT, f"quantity {text!r}")
+    if milli > MAX_QUANTITY_MILLI:
+        raise DeviceError(Status.AMOUNT_TOO_LARGE, f"quantity {text!r}")
+    return -milli if negative else milli
+
+
+def format_quantity(milli: int) -> str:
+    """The canonical string of a quantity in thousandths (no trailing zeros)."""
+    sign = "-" if milli < 0 else ""
+    whole, frac = divmod(abs(milli), 1000)
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}." + f"{frac:03d}".rstrip("0")
+
+
+def check_text(value: object, what: str, limit: int = MAX_NAME_CHARS) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DeviceError(Status.INVALID_INVOICE, f"{what} must be a non-empty string")
+    if len(value) > limit:
+        raise DeviceError(Status.FIELD_TOO_LONG, f"{what} is {len(value)} characters, max {limit}")
+    if any(ord(c) < 0x20 for c in value):
+        raise DeviceError(Status.INVALID_INVOICE, f"{what} contains control characters")
+    return value
+
+
+def check_tax_id(value: object, what: str) -> str:
+    why = taxid.problem(value)
+    if why is not None:
+        raise DeviceError(Status.INVALID_TAX_ID, f"{what}: {why}")
+    assert isinstance(value, str)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    name: str
+    quantity_milli: int
+    unit_price: int
+    tax_rate_bp: int
+    amount: int
+    tax: int
+
+    def to_payload(self) -> dict[str, Any]:
+        # Keys in deterministic encoding order (see codec.ordered_map).
+        return {
+            "tax": self.tax,
+            "name": self.name,
+            "amount": self.amount,
+            "quantity": format_quantity(self.quantity_milli),
+            "unit_price": self.unit_price,
+            "tax_rate_bp": self.tax_rate_bp,
+        }
+
+
+def make_line(name: str, quantity_milli: int, unit_price: int, tax_rate_bp: int) -> Line:
+    amount = round_half_up(quantity_milli * unit_price, 1000)
+    tax = round_half_up(amount * tax_rate_bp, 10_000)
+    return Line(name, quantity_milli, unit_price, tax_rate_bp, amount, tax)
+
+
+def parse_item(item: object, index: int, rates: frozenset[int], *, credit: bool = False) -> Line:
+    """One request line (positive quantity); for a credit note the line is negated."""
+    where = f"items[{index}]"
+    if not isinstance(item, Mapping):
+        raise DeviceError(Status.INVALID_INVOICE, f"{where} must be a map")
+    unknown = set(item) - {"name", "quantity", "unit_price", "tax_rate_bp"}
+    if unknown:
+        raise DeviceError(Status.INVALID_INVOICE, f"{where} has unknown fields {sorted(unknown)}")
+    name = check_text(item.get("name"), f"{where}.name")
+    milli = parse_quantity(item.get("quantity"))
+    price = item.get("unit_price")
+    if not isinstance(price, int) or isinstance(price, bool):
+        raise DeviceError(Status.INVALID_INVOICE, f"{where}.unit_price must be integer fen")
+    if price <= 0:
+        raise DeviceError(Status.NEGATIVE_AMOUNT, f"{where}.unit_price is {price}")
+    if price > MAX_UNIT_PRICE:
+        raise DeviceError(Status.AMOUNT_TOO_LARGE, f"{where}.unit_price is {price}")
+    rate = item.get("tax_rate_bp")
+    if not isinstance(rate, int) or isinstance(rate, bool):
+        raise DeviceError(Status.UNKNOWN_TAX_RATE, f"{where}.tax_rate_bp must be an integer")
+    if rate not in rates:
+        raise DeviceError(
+            Status.UNKNOWN_TAX_RATE, f"{where}.tax_rate_bp {rate} not in {sorted(rates)}"
+        )
+    return make_line(name, -milli if credit else milli, price, rate)
+
+
+def parse_items(items: object, rates: frozenset[int], *, credit: bool = False) -> list[Line]:
+    if not isinstance(items, list) or not items:
+        raise DeviceError(Status.TOO_MANY_ITEMS, "items must be a non-empty list")
+    if len(items) > MAX_ITEMS:
+        raise DeviceError(Status.TOO_MANY_ITEMS, f"{len(items)} lines, max {MAX_ITEMS}")
+    lines = [parse_item(item, i, rates, credit=credit) for i, item in enumerate(items)]
+    check_total_size(lines)
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    amount: int
+    tax: int
+
+    @property
+    def total(self) -> int:
+        return self.amount + self.tax
+
+
+def totals(lines: Iterable[Line]) -> Totals:
+    amount = tax = 0
+    for line in lines:
+        amount += line.amount
+        tax += line.tax
+    return Totals(amount, tax)
+
+
+def check_total_size(lines: list[Line]) -> None:
+    total = totals(lines).total
+    if abs(total) > MAX_TOTAL:
+        raise DeviceError(Status.AMOUNT_TOO_LARGE, f"total {total} fen, max {MAX_TOTAL}")
+
+
+def parse_party(value: object, what: str, *, tax_id_required: bool) -> dict[str, str] | None:
+    if value is None and not tax_id_required:
+        return None
+    if not isinstance(value, Mapping):
+        raise DeviceError(Status.INVALID_INVOICE, f"{what} must be a map")
+    unknown = set(value) - {"name", "tax_id"}
+    if unknown:
+        raise DeviceError(Status.INVALID_INVOICE, f"{what} has unknown fields {sorted(unknown)}")
+    party = {"name": check_text(value.get("name"), f"{what}.name")}
+    if value.get("tax_id") is not None or tax_id_required:
+        party["tax_id"] = check_tax_id(value.get("tax_id"), f"{what}.tax_id")
+    return party
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceRequest:
+    buyer: dict[str, str] | None
+    lines: list[Line]
+
+
+def parse_invoice_request(body: object, rates: frozenset[int]) -> InvoiceRequest:
+    """Validate an ISSUE request: {"buyer": {...}?, "items": [...]}."""
+    if not isinstance(body, Mapping):
+        raise DeviceError(Status.BAD_REQUEST, "invoice request must be a map")
+    unknown = set(body) - {"buyer", "items"}
+    if unknown:
+        raise DeviceError(Status.INVALID_INVOICE, f"unknown fields {sorted(unknown)}")
+    buyer = parse_party(body.get("buyer"), "buyer", tax_id_required=False)
+    return InvoiceRequest(buyer, parse_items(body.get("items"), rates))
+
+
+@dataclass(frozen=True, slots=True)
+class CreditRequest:
+    code: str
+    number: str
+    reason: str
+    lines: list[Line] | None  # None: credit the original in full
+
+
+def parse_credit_request(body: object, rates: frozenset[int]) -> CreditRequest:
+    """Validate a CREDIT request: {"refers_to": {"code", "number"}, "reason", "items"?}."""
+    if not isinstance(body, Mapping):
+        raise DeviceError(Status.BAD_REQUEST, "credit request must be a map")
+    unknown = set(body) - {"refers_to", "reason", "items"}
+    if unknown:
+        raise DeviceError(Status.INVALID_INVOICE, f"unknown fields {sorted(unknown)}")
+    ref = body.get("refers_to")
+    if not isinstance(ref, Mapping):
+        raise DeviceError(Status.INVALID_INVOICE, "refers_to must be a map with code and number")
+    code, number = ref.get("code"), ref.get("number")
+    if not is_invoice_code(code) or not is_invoice_number(number):
+        raise DeviceError(
+            Status.INVALID_INVOICE, "refers_to needs a 12-digit code and an 8-digit number"
+        )
+    assert isinstance(code, str) and isinstance(number, str)
+    reason = check_text(body.get("reason"), "reason", MAX_REASON_CHARS)
+    items = body.get("items")
+    lines = None if items is None else parse_items(items, rates, credit=True)
+    return CreditRequest(code, number, reason, lines)
+
+
+def is_invoice_code(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 12 and value.isascii() and value.isdigit()
+
+
+def is_invoice_number(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 8 and value.isascii() and value.isdigit()
+
+
+def recheck_lines(items: object, rates: frozenset[int], *, credit: bool) -> Totals:
+    """Re-derive every line of a signed payload and return its totals.
+
+    Raises DeviceError naming the first line whose amount or tax is not
+    what the rounding rule gives.
+    """
+    if not isinstance(items, list) or not items or len(items) > MAX_ITEMS:
+        raise DeviceError(Status.TOO_MANY_ITEMS, "items must be a list of 1 to 100 lines")
+    amount = tax = 0
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise DeviceError(Status.INVALID_INVOICE, f"items[{index}] must be a map")
+        request = {k: item.get(k) for k in ("name", "unit_price", "tax_rate_bp")}
+        quantity = item.get("quantity")
+        if credit and isinstance(quantity, str) and quantity.startswith("-"):
+            quantity = quantity[1:]
+        elif credit:
+            raise DeviceError(
+                Status.BAD_QUANTITY, f"items[{index}] credit quantity must be negative"
+            )
+        request["quantity"] = quantity
+        line = parse_item(request, index, rates, credit=credit)
+        if item.get("amount") != line.amount or item.get("tax") != line.tax:
+            raise DeviceError(
+                Status.INVALID_INVOICE,
+                f"items[{index}] amount/tax {item.get('amount')}/{item.get('tax')}"
+                f" should be {line.amount}/{line.tax}",
+            )
+        if dict(item) != line.to_payload():
+            # Catches extra fields and non-canonical quantities ("1.50" for "1.5"),
+            # which would let two byte strings stand for the same line.
+            raise DeviceError(Status.INVALID_INVOICE, f"items[{index}] is not in canonical form")
+        amount += line.amount
+        tax += line.tax
+    return Totals(amount, tax)

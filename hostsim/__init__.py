@@ -1,0 +1,1 @@
+"""Host-side simulators: the consortium chain with its tax bureau, and POS tills."""
