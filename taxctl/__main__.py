@@ -1,0 +1,5 @@
+import sys
+
+from taxctl.cli import main
+
+sys.exit(main())
