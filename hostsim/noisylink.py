@@ -16,8 +16,8 @@ import errno
 import os
 import time
 import tty
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hostsim.noise import Noise, NoiseSettings
