@@ -1,0 +1,395 @@
+"""The device's behaviour: what each command does to its state. No serial I/O.
+
+Issuing commands build documents on top of an in-memory head (counter,
+previous hash, number cursor, backlog, day totals) so that a whole batch
+can be signed before one journal commit. `snapshot()` before a batch and
+`restore()` if the commit fails put every tentative change back: a refusal
+or a failed write changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from device.journal import Batch, DocumentRow, Journal
+from device.limits import Backlog, amount_exceeded, check_issue, is_offline, time_exceeded
+from device.protocol import codec, cose, invoice
+from device.protocol.clock import Clock
+from device.protocol.document import (
+    ZERO_HASH,
+    Kind,
+    document_hash,
+    format_utc,
+    parse_utc,
+    sign_document,
+)
+from device.protocol.keys import KeyPair
+from device.protocol.status import DeviceError, Status
+from device.registry import Registry
+from device.reports import Period
+from device.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    counter: int = 0
+    last_hash: bytes = ZERO_HASH
+    last_time: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    head: Head
+    numbers: dict[int, int]
+    backlog: Backlog
+    period: Period
+
+
+def document_response(row: DocumentRow, payload: dict[str, Any]) -> dict[str, Any]:
+    """The DocumentResponse body; built only from the stored document, so a
+    retransmission after a restart gets the same bytes."""
+    # Keys in deterministic order, so encode_ordered gives the canonical bytes.
+    return {
+        "code": row.code,
+        "kind": row.kind,
+        "total": row.total,
+        "number": row.number,
+        "counter": row.counter,
+        "document": row.doc,
+        "training": payload["training"],
+        "issued_at": payload["issued_at"],
+        "check_code": payload["check_code"],
+    }
+
+
+def response_payload(row: DocumentRow) -> dict[str, Any]:
+    payload = codec.decode(cose.decode_sign1(row.doc).payload)
+    assert isinstance(payload, dict)
+    return payload
+
+
+def response_for_row(row: DocumentRow) -> dict[str, Any]:
+    return document_response(row, response_payload(row))
+
+
+class Firmware:
+    def __init__(
+        self, settings: Settings, key: KeyPair, journal: Journal, clock: Clock, state: Path
+    ) -> None:
+        self.settings = settings
+        self.key = key
+        self.journal = journal
+        self.clock = clock
+        self.state = state
+        self.registry = Registry(settings, key, journal)
+        last = journal.last_document()
+        self.head = Head(*last) if last else Head()
+        self.committed = self.head.counter
+        self.synced_through: int = journal.meta("synced_through", 0)
+        self.last_sync_at: int | None = journal.meta("last_sync_at")
+        self.time_offset: int = journal.meta("time_offset", 0)
+        count, amount = journal.range_totals(self.synced_through)
+        self.backlog = Backlog(count, amount, journal.issued_at(self.synced_through + 1))
+        self.period = Period.from_record(journal.meta("period"))
+        self.request_marks = journal.request_marks()
+        self.paper_out = False
+        self.cover_open = False
+        self._pending: list[DocumentRow] = []
+        self._pending_payloads: dict[tuple[str, str], dict[str, Any]] = {}
+
+    # --- clock -------------------------------------------------------------------------
+
+    def now(self) -> int:
+        return int(self.clock.now()) + self.time_offset
+
+    # --- batches -------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            self.head, dict(self.registry.next_number), self.backlog, self.period.copy()
+        )
+
+    def restore(self, snap: Snapshot) -> None:
+        self.head = snap.head
+        self.registry.next_number = snap.numbers
+        self.backlog = snap.backlog
+        self.period = snap.period
+        self._pending.clear()
+        self._pending_payloads.clear()
+
+    def take_batch(self) -> Batch:
+        rows, self._pending = self._pending, []
+        self._pending_payloads.clear()
+        batch = Batch(documents=rows)
+        for row in rows:
+            if row.request_id is not None:
+                prefix, low = row.request_id >> 32, row.request_id & 0xFFFFFFFF
+                if low > batch.request_marks.get(prefix, -1):
+                    batch.request_marks[prefix] = low
+        for prefix, low in batch.request_marks.items():
+            # Raised before the commit: if it fails, the mark is only too high, which
+            # costs a journal lookup, never a missed replay.
+            if low > self.request_marks.get(prefix, -1):
+                self.request_marks[prefix] = low
+        if rows:
+            batch.segment_next = dict(self.registry.next_number)
+            batch.meta["period"] = self.period.to_record()
+        return batch
+
+    def maybe_issued(self, request_id: int) -> bool:
+        """False only if no document was ever journaled under this request id.
+
+        Hosts count request ids up from a random prefix, so a fresh request's
+        low half is above the mark for its prefix and needs no journal lookup.
+        """
+        high = self.request_marks.get(request_id >> 32)
+        return high is not None and request_id & 0xFFFFFFFF <= high
+
+    def committed_batch(self, batch: Batch) -> None:
+        if batch.documents:
+            self.committed = batch.documents[-1].counter
+
+    # --- issuing -------------------------------------------------------------------------
+
+    def _common_checks(self, now: int) -> None:
+        if self.registry.cert is None:
+            raise DeviceError(Status.UNREGISTERED)
+        if self.paper_out:
+            raise DeviceError(Status.PAPER_OUT)
+        if self.cover_open:
+            raise DeviceError(Status.COVER_OPEN)
+        if now < self.head.last_time:
+            raise DeviceError(
+                Status.CLOCK_BACKWARDS,
+                f"device time {format_utc(now)} is before the last document "
+                f"{format_utc(self.head.last_time)}",
+            )
+        if self.head.counter >= self.settings.capacity:
+            raise DeviceError(Status.STORAGE_FULL, f"capacity {self.settings.capacity} documents")
+
+    def _sign(
+        self,
+        kind: Kind,
+        now: int,
+        *,
+        number: tuple[str, str] | None,
+        buyer: dict[str, str] | None,
+        items: list[dict[str, Any]],
+        amount: int,
+        tax: int,
+        extra: dict[str, Any],
+        request: tuple[int, bytes] | None,
+        refers: tuple[str, str] | None = None,
+    ) -> dict[str, Any]:
+        assert self.registry.cert is not None
+        counter = self.head.counter + 1
+        fields: dict[str, Any] = {
+            "device_id": self.settings.device_id,
+            "counter": counter,
+            "code": number[0] if number else None,
+            "number": number[1] if number else None,
+            "kind": kind.value,
+            "issued_at": format_utc(now),
+            "seller": self.registry.cert.taxpayer,
+            "buyer": buyer,
+            "items": items,
+            "amount": amount,
+            "tax": tax,
+            "total": amount + tax,
+            "prev_hash": self.head.last_hash,
+            "offline": is_offline(self.settings.limits, self.backlog, now),
+            "training": self.settings.training,
+            **extra,
+        }
+        raw, payload = sign_document(self.key, fields)
+        digest = document_hash(raw)
+        row = DocumentRow(
+            counter,
+            kind.value,
+            fields["code"],
+            fields["number"],
+            now,
+            amount + tax,
+            digest,
+            raw,
+            request[0] if request else None,
+            request[1] if request else None,
+            refers[0] if refers else None,
+            refers[1] if refers else None,
+        )
+        self._pending.append(row)
+        if number is not None:
+            self._pending_payloads[number] = payload
+        self.head = Head(counter, digest, now)
+        if kind in (Kind.INVOICE, Kind.CREDIT):
+            self.backlog = self.backlog.add(amount + tax, now)
+        elif self.backlog.oldest_at is None:
+            self.backlog = replace(self.backlog, count=self.backlog.count + 1, oldest_at=now)
+        else:
+            self.backlog = replace(self.backlog, count=self.backlog.count + 1)
+        self.period.add(kind, items)
+        return document_response(row, payload)
+
+    def issue(self, body: Any, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
+        if self.registry.cert is None:
+            raise DeviceError(Status.UNREGISTERED)
+        req = invoice.parse_invoice_request(body, self.settings.tax_rates)
+        now = self.now()
+        self._common_checks(now)
+        totals = invoice.totals(req.lines)
+        self.registry.peek_available()
+        check_issue(self.settings.limits, self.backlog, now, totals.total)
+        slot = self.registry.take_number()
+        return self._sign(
+            Kind.INVOICE,
+            now,
+            number=(slot.code, slot.text),
+            buyer=req.buyer,
+            items=[line.to_payload() for line in req.lines],
+            amount=totals.amount,
+            tax=totals.tax,
+            extra={},
+            request=request,
+        )
+
+    def _original(self, code: str, number: str) -> tuple[str, int, dict[str, Any] | None]:
+        """(kind, total, payload-if-pending) of an earlier document by number."""
+        payload = self._pending_payloads.get((code, number))
+        if payload is not None:
+            return payload["kind"], payload["total"], payload
+        row = self.journal.document_by_number(code, number)
+        if row is None:
+            raise DeviceError(Status.CREDIT_UNKNOWN_ORIGINAL, f"{code}/{number}")
+        return row.kind, row.total, None
+
+    def _credited(self, code: str, number: str) -> int:
+        pending = sum(
+            -r.total for r in self._pending if (r.refers_code, r.refers_number) == (code, number)
+        )
+        return self.journal.credited(code, number) + pending
+
+    def credit(self, body: Any, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
+        if self.registry.cert is None:
+            raise DeviceError(Status.UNREGISTERED)
+        req = invoice.parse_credit_request(body, self.settings.tax_rates)
+        kind, original_total, payload = self._original(req.code, req.number)
+        if kind != Kind.INVOICE:
+            raise DeviceError(Status.CREDIT_NOT_AN_INVOICE, f"{req.code}/{req.number} is a {kind}")
+        credited = self._credited(req.code, req.number)
+        if req.lines is None:
+            if credited:
+                raise DeviceError(
+                    Status.CREDIT_EXCEEDS_ORIGINAL,
+                    "a full credit is only possible while nothing of the original is credited",
+                )
+            if payload is None:
+                row = self.journal.document_by_number(req.code, req.number)
+                assert row is not None
+                payload = response_payload(row)
+            lines = [
+                invoice.make_line(
+                    it["name"],
+                    -invoice.parse_quantity(it["quantity"]),
+                    it["unit_price"],
+                    it["tax_rate_bp"],
+                )
+                for it in payload["items"]
+            ]
+        else:
+            lines = req.lines
+        totals = invoice.totals(lines)
+        if -totals.total > original_total - credited:
+            raise DeviceError(
+                Status.CREDIT_EXCEEDS_ORIGINAL,
+                f"credit {-totals.total} fen, remaining {original_total - credited} fen",
+            )
+        now = self.now()
+        self._common_checks(now)
+        self.registry.peek_available()
+        check_issue(self.settings.limits, self.backlog, now, totals.total)
+        slot = self.registry.take_number()
+        return self._sign(
+            Kind.CREDIT,
+            now,
+            number=(slot.code, slot.text),
+            buyer=None,
+            items=[line.to_payload() for line in lines],
+            amount=totals.amount,
+            tax=totals.tax,
+            extra={"refers_to": {"code": req.code, "number": req.number}, "reason": req.reason},
+            request=request,
+            refers=(req.code, req.number),
+        )
+
+    def report(self, kind: Kind, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
+        now = self.now()
+        self._common_checks(now)  # reports are allowed past the offline limits
+        period = self.period
+        report = period.report()
+        response = self._sign(
+            kind,
+            now,
+            number=None,
+            buyer=None,
+            items=[],
+            amount=period.amount,
+            tax=period.tax,
+            extra={"report": report},
+            request=request,
+        )
+        if kind == Kind.Z_REPORT:
+            self.period = period.closed(self.head.counter + 1)
+        return response
+
+    # --- state reports -------------------------------------------------------------------
+
+    def blocking(self) -> list[str]:
+        now = self.now()
+        reasons = []
+        if self.registry.cert is None:
+            reasons.append(Status.UNREGISTERED.name)
+        if self.paper_out:
+            reasons.append(Status.PAPER_OUT.name)
+        if self.cover_open:
+            reasons.append(Status.COVER_OPEN.name)
+        if now < self.head.last_time:
+            reasons.append(Status.CLOCK_BACKWARDS.name)
+        if self.head.counter >= self.settings.capacity:
+            reasons.append(Status.STORAGE_FULL.name)
+        if self.registry.numbers_left() <= 0:
+            reasons.append(Status.SEGMENT_EXHAUSTED.name)
+        if time_exceeded(self.settings.limits, self.backlog, now):
+            reasons.append(Status.OFFLINE_TIME_LIMIT.name)
+        if amount_exceeded(self.settings.limits, self.backlog, 1):
+            reasons.append(Status.OFFLINE_AMOUNT_LIMIT.name)
+        return reasons
+
+    # --- synchronisation and registration -----------------------------------------------
+
+    def apply_ack(self, synced_through: int, consortium: bytes | None, now: int) -> None:
+        if consortium is not None:
+            self.registry.consortium = self.registry.check_consortium(consortium)
+        if synced_through > self.synced_through:
+            count, amount = self.journal.range_totals(self.synced_through, synced_through)
+            oldest = self.journal.issued_at(synced_through + 1)
+            if oldest is None and self._pending:
+                oldest = self._pending[0].issued_at
+            self.backlog = Backlog(self.backlog.count - count, self.backlog.amount - amount, oldest)
+            self.synced_through = synced_through
+            self.last_sync_at = now
+
+    def set_time(self, body: Any) -> int:
+        if not isinstance(body, dict) or set(body) != {"time"}:
+            raise DeviceError(Status.BAD_REQUEST, 'SET_TIME takes {"time": "YYYY-MM-DDTHH:MM:SSZ"}')
+        try:
+            wanted = parse_utc(body["time"])
+        except ValueError as exc:
+            raise DeviceError(Status.BAD_REQUEST, str(exc)) from None
+        now = self.now()
+        if wanted < now or wanted < self.head.last_time:
+            raise DeviceError(
+                Status.CLOCK_BACKWARDS, f"{body['time']} is before device time {format_utc(now)}"
+            )
+        return wanted - int(self.clock.now())

@@ -1,0 +1,118 @@
+"""What a device is set up with once, at personalisation, in `device.json`.
+
+The pinned bureau key and the training flag never change afterwards; a
+later start that asks for something different is refused rather than
+silently ignored. Limits, capacity and tax rates may be changed at a
+restart (an operator reconfiguring the emulator), and are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from device.limits import DEFAULT_OFFLINE_AMOUNT, DEFAULT_OFFLINE_SECONDS, Limits
+from device.protocol.invoice import DEFAULT_TAX_RATES
+
+SETTINGS_FILE = "device.json"
+DEFAULT_CAPACITY = 10_000_000
+FIRMWARE = "taxctl-emu 0.1.0"
+
+
+class SettingsError(RuntimeError):
+    """The state directory's settings are missing, damaged, or contradict the flags."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    device_id: str
+    training: bool
+    bureau_key: bytes
+    limits: Limits = field(default_factory=Limits)
+    capacity: int = DEFAULT_CAPACITY
+    tax_rates: frozenset[int] = DEFAULT_TAX_RATES
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "training": self.training,
+            "bureau_key": self.bureau_key.hex(),
+            "offline_seconds": self.limits.offline_seconds,
+            "offline_amount": self.limits.offline_amount,
+            "online_grace": self.limits.online_grace,
+            "capacity": self.capacity,
+            "tax_rates": sorted(self.tax_rates),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Settings:
+        try:
+            return cls(
+                device_id=str(data["device_id"]),
+                training=bool(data["training"]),
+                bureau_key=bytes.fromhex(data["bureau_key"]),
+                limits=Limits(
+                    int(data.get("offline_seconds", DEFAULT_OFFLINE_SECONDS)),
+                    int(data.get("offline_amount", DEFAULT_OFFLINE_AMOUNT)),
+                    int(data.get("online_grace", Limits().online_grace)),
+                ),
+                capacity=int(data.get("capacity", DEFAULT_CAPACITY)),
+                tax_rates=frozenset(int(r) for r in data.get("tax_rates", DEFAULT_TAX_RATES)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SettingsError(f"{SETTINGS_FILE} is damaged: {exc}") from None
+
+
+def save(state: Path, settings: Settings) -> None:
+    path = state / SETTINGS_FILE
+    tmp = path.with_suffix(".json.new")
+    tmp.write_text(json.dumps(settings.to_json(), indent=2) + "\n")
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load(state: Path) -> Settings | None:
+    path = state / SETTINGS_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path} is not a JSON object")
+    return Settings.from_json(data)
+
+
+def reconcile(
+    existing: Settings,
+    *,
+    training: bool | None,
+    bureau_key: bytes | None,
+    limits: Limits | None,
+    capacity: int | None,
+    tax_rates: frozenset[int] | None,
+) -> Settings:
+    """Apply restart-time flags to stored settings; refuse identity changes."""
+    if training is not None and training != existing.training:
+        mode = "training" if existing.training else "production"
+        raise SettingsError(
+            f"this device was personalised in {mode} mode; it cannot change mode "
+            "(use a new --state directory for a new device)"
+        )
+    if bureau_key is not None and bureau_key != existing.bureau_key:
+        raise SettingsError(
+            "this device already pins a different tax bureau key; the pinned key never changes"
+        )
+    updated = existing
+    if limits is not None:
+        updated = replace(updated, limits=limits)
+    if capacity is not None:
+        updated = replace(updated, capacity=capacity)
+    if tax_rates is not None:
+        updated = replace(updated, tax_rates=tax_rates)
+    return updated
