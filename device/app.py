@@ -1,0 +1,149 @@
+"""Putting a device together: state directory, personalisation, serving a port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from device import settings as settings_mod
+from device import signer
+from device.firmware import Firmware
+from device.journal import Journal
+from device.limits import Limits
+from device.protocol import trust
+from device.protocol.clock import Clock, SystemClock
+from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT
+from device.server import DeviceServer
+from device.settings import Settings, SettingsError
+from device.transport import Port, create_pty, open_serial
+
+log = logging.getLogger("taxctl.device")
+
+
+def open_device(
+    state: Path,
+    *,
+    training: bool | None = None,
+    bureau_key: bytes | None = None,
+    limits: Limits | None = None,
+    capacity: int | None = None,
+    tax_rates: frozenset[int] | None = None,
+    clock: Clock | None = None,
+    max_page_count: int | None = None,
+) -> Firmware:
+    """Open a device's state, personalising it on first start."""
+    clock = clock or SystemClock()
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    existing = settings_mod.load(state)
+    if existing is None:
+        if not training and bureau_key is None:
+            raise SettingsError(
+                f"{state} holds no device yet: personalise it with --training, or with "
+                "--bureau-key HEX (the tax bureau's public key to pin)"
+            )
+        if training and bureau_key is not None and bureau_key != trust.TRAINING_BUREAU.public_key:
+            raise SettingsError("a training device pins the well-known training bureau key")
+        # A crash after the key was written but before the settings: reuse that key.
+        key = signer.load_key(state) if signer.key_exists(state) else signer.create_key(state)
+        current = Settings(
+            device_id=trust.device_id_for(key.public_key),
+            training=bool(training),
+            bureau_key=trust.TRAINING_BUREAU.public_key if training else bureau_key or b"",
+            limits=limits or Limits(),
+            capacity=capacity or settings_mod.DEFAULT_CAPACITY,
+            tax_rates=tax_rates or settings_mod.DEFAULT_TAX_RATES,
+        )
+        settings_mod.save(state, current)
+        log.info(
+            "personalised device %s (%s)",
+            current.device_id,
+            "training" if current.training else "production",
+        )
+    else:
+        key = signer.load_key(state)
+        if trust.device_id_for(key.public_key) != existing.device_id:
+            raise SettingsError(
+                f"the key in {state} does not belong to device {existing.device_id}"
+            )
+        current = settings_mod.reconcile(
+            existing,
+            training=training,
+            bureau_key=bureau_key,
+            limits=limits,
+            capacity=capacity,
+            tax_rates=tax_rates,
+        )
+        if current != existing:
+            settings_mod.save(state, current)
+    journal = Journal(state, max_page_count=max_page_count)
+    fw = Firmware(current, key, journal, clock, state)
+    if current.training:
+        fw.registry.provision_training(clock.now())
+    return fw
+
+
+def open_port(
+    spec: str,
+    link: Path | None,
+    *,
+    baud: int,
+    pace: bool,
+    parity: str = "N",
+    stopbits: float = 1,
+    rtscts: bool = False,
+) -> Port:
+    if spec == "pty":
+        if link is None:
+            raise SettingsError("--port pty needs --link PATH for the symlink hosts open")
+        return create_pty(link, baud=baud, pace=pace)
+    return open_serial(spec, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts)
+
+
+async def serve(
+    fw: Firmware,
+    port: Port,
+    *,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    link: Path | None = None,
+) -> None:
+    server = DeviceServer(fw, port, max_in_flight=max_in_flight)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def toggle(flag: str) -> None:
+        setattr(fw, flag, not getattr(fw, flag))
+        log.info("%s: %s is now %s", fw.settings.device_id, flag, getattr(fw, flag))
+
+    loop.add_signal_handler(signal.SIGUSR1, toggle, "paper_out")
+    loop.add_signal_handler(signal.SIGUSR2, toggle, "cover_open")
+    ready = {
+        "event": "ready",
+        "link": port.name,
+        "device_id": fw.settings.device_id,
+        "training": fw.settings.training,
+        "counter": fw.head.counter,
+    }
+    sys.stdout.write(json.dumps(ready) + "\n")
+    sys.stdout.flush()
+    log.info(
+        "device %s serving on %s, counter %d", fw.settings.device_id, port.name, fw.head.counter
+    )
+    try:
+        await server.serve(stop)
+    finally:
+        port.close()
+        fw.journal.close()
+        if link is not None:
+            with contextlib.suppress(OSError):
+                if link.is_symlink() and not link.exists():
+                    link.unlink()  # our pty is gone: leave no dangling link for hosts
+        log.info("device %s stopped at counter %d", fw.settings.device_id, fw.head.counter)

@@ -1,0 +1,275 @@
+"""`taxctl device ...`: run the emulator, or talk to any device on a port.
+
+Exit codes: 0 ok; 1 the device refused (status name and message on
+stderr); 2 bad usage or input file; 3 no answer from the device (link
+error: the outcome of an issuing request is unknown); 4 the state
+directory cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from device.protocol.status import DeviceError
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_LINK, EXIT_STATE = 1, 2, 3, 4
+
+
+def to_json(value: Any) -> Any:
+    """A response body as JSON: documents and signed objects in base64, keys and hashes in hex."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "document" and isinstance(item, bytes):
+                out["cose_sign1"] = base64.b64encode(item).decode()
+            elif isinstance(item, bytes) and key in {"public_key", "bureau_key", "last_hash"}:
+                out[key] = item.hex()
+            else:
+                out[key] = to_json(item)
+        return out
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def _port_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", required=True, help="device path, pty symlink or pyserial URL")
+    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--parity", default="N", choices=["N", "E", "O", "M", "S"])
+    p.add_argument("--stopbits", type=float, default=1, choices=[1, 1.5, 2])
+    p.add_argument("--rtscts", action="store_true", help="hardware flow control")
+    p.add_argument("--timeout", type=float, default=None, help="response timeout, seconds")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    device = subparsers.add_parser("device", help="the tax-control printer emulator and its tools")
+    sub = device.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the emulated device on a pty or serial port")
+    run.add_argument("--state", type=Path, required=True, help="device state directory")
+    run.add_argument("--port", default="pty", help="'pty' (default), a device path or URL")
+    run.add_argument("--link", type=Path, help="with --port pty: symlink to create")
+    run.add_argument("--training", action="store_true", help="training mode (first start)")
+    run.add_argument("--bureau-key", help="hex public key of the tax bureau to pin (first start)")
+    run.add_argument("--baud", type=int, default=115200)
+    run.add_argument("--parity", default="N", choices=["N", "E", "O", "M", "S"])
+    run.add_argument("--stopbits", type=float, default=1, choices=[1, 1.5, 2])
+    run.add_argument("--rtscts", action="store_true")
+    run.add_argument("--pace", action="store_true", help="send no faster than --baud on a pty")
+    run.add_argument("--offline-seconds", type=int, help="offline time limit")
+    run.add_argument("--offline-amount", type=int, help="offline amount limit, fen")
+    run.add_argument("--capacity", type=int, help="journal capacity, documents")
+    run.add_argument("--tax-rates", help="comma-separated basis points, e.g. 1300,900,600,300,0")
+    run.add_argument("--max-in-flight", type=int, default=64)
+    run.set_defaults(func=cmd_run)
+
+    for name, helptext in (
+        ("info", "identity, keys, registration"),
+        ("status", "flags and counters"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _port_args(p)
+        p.set_defaults(func=cmd_simple, method=name)
+    for name, helptext in (
+        ("x-report", "sign an X report"),
+        ("z-report", "sign a Z report (day close)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _port_args(p)
+        p.set_defaults(func=cmd_simple, method=name.replace("-", "_"))
+
+    issue = sub.add_parser("issue", help="issue an invoice from a JSON request file ('-' = stdin)")
+    _port_args(issue)
+    issue.add_argument("--json", required=True, help="invoice request file")
+    issue.set_defaults(func=cmd_with_json, method="issue")
+    credit = sub.add_parser("credit", help="issue a credit note from a JSON request file")
+    _port_args(credit)
+    credit.add_argument("--json", required=True, help="credit request file")
+    credit.set_defaults(func=cmd_with_json, method="credit")
+
+    get = sub.add_parser("get", help="one document, by counter or code and number (reprint)")
+    _port_args(get)
+    get.add_argument("--counter", type=int)
+    get.add_argument("--code")
+    get.add_argument("--number")
+    get.set_defaults(func=cmd_get)
+
+    control = sub.add_parser("control", help="emulator switches: paper out, cover open")
+    _port_args(control)
+    control.add_argument("--paper-out", choices=["on", "off"])
+    control.add_argument("--cover-open", choices=["on", "off"])
+    control.set_defaults(func=cmd_control)
+
+    set_time = sub.add_parser("set-time", help="set the device clock (never backwards)")
+    _port_args(set_time)
+    set_time.add_argument("time", help="YYYY-MM-DDTHH:MM:SSZ")
+    set_time.set_defaults(func=cmd_set_time)
+
+    export = sub.add_parser("export", help="journal as JSON lines, from the state directory")
+    export.add_argument("--state", type=Path, required=True)
+    export.set_defaults(func=cmd_export)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from device import app
+    from device.limits import Limits
+    from device.settings import SettingsError
+    from device.signer import KeyFileError
+    from device.transport import PortError
+
+    _setup_logging()
+    limits = None
+    if args.offline_seconds is not None or args.offline_amount is not None:
+        base = Limits()
+        limits = Limits(
+            args.offline_seconds if args.offline_seconds is not None else base.offline_seconds,
+            args.offline_amount if args.offline_amount is not None else base.offline_amount,
+        )
+    try:
+        rates = frozenset(int(r) for r in args.tax_rates.split(",")) if args.tax_rates else None
+        bureau = bytes.fromhex(args.bureau_key) if args.bureau_key else None
+    except ValueError as exc:
+        print(f"taxctl device run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def main() -> int:
+        try:
+            fw = app.open_device(
+                args.state,
+                training=True if args.training else None,
+                bureau_key=bureau,
+                limits=limits,
+                capacity=args.capacity,
+                tax_rates=rates,
+            )
+            port = app.open_port(
+                args.port,
+                args.link,
+                baud=args.baud,
+                pace=args.pace,
+                parity=args.parity,
+                stopbits=args.stopbits,
+                rtscts=args.rtscts,
+            )
+        except (SettingsError, KeyFileError, PortError, ValueError) as exc:
+            print(f"taxctl device run: {exc}", file=sys.stderr)
+            return EXIT_STATE
+        await app.serve(
+            fw,
+            port,
+            max_in_flight=args.max_in_flight,
+            link=args.link if args.port == "pty" else None,
+        )
+        return 0
+
+    return asyncio.run(main())
+
+
+def _client_call(args: argparse.Namespace, call: Callable[[Any], Awaitable[dict[str, Any]]]) -> int:
+    from device.client import DeviceClient, LinkError
+    from device.protocol.commands import RESPONSE_TIMEOUT
+    from device.transport import PortError
+
+    async def main() -> int:
+        try:
+            client = await DeviceClient.open(
+                args.port,
+                baud=args.baud,
+                parity=args.parity,
+                stopbits=args.stopbits,
+                rtscts=args.rtscts,
+                response_timeout=args.timeout or RESPONSE_TIMEOUT,
+            )
+        except PortError as exc:
+            print(f"taxctl device: {exc}", file=sys.stderr)
+            return EXIT_LINK
+        try:
+            result = await call(client)
+        except DeviceError as exc:
+            print(f"taxctl device: refused: {exc.text}", file=sys.stderr)
+            print(
+                json.dumps({"error": exc.status.name, "message": exc.message, "detail": exc.detail})
+            )
+            return EXIT_REFUSED
+        except LinkError as exc:
+            print(f"taxctl device: {exc}", file=sys.stderr)
+            return EXIT_LINK
+        finally:
+            await client.close()
+        print(json.dumps(to_json(result), ensure_ascii=False, indent=2))
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_simple(args: argparse.Namespace) -> int:
+    return _client_call(args, lambda c: getattr(c, args.method)())
+
+
+def cmd_with_json(args: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
+        request = json.loads(text)
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"taxctl device {args.method}: cannot read {args.json}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _client_call(args, lambda c: getattr(c, args.method)(request))
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    if args.counter is None and (args.code is None or args.number is None):
+        print("taxctl device get: give --counter, or --code and --number", file=sys.stderr)
+        return EXIT_USAGE
+    return _client_call(
+        args, lambda c: c.get_document(counter=args.counter, code=args.code, number=args.number)
+    )
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    def flag(value: str | None) -> bool | None:
+        return None if value is None else value == "on"
+
+    return _client_call(
+        args, lambda c: c.control(paper_out=flag(args.paper_out), cover_open=flag(args.cover_open))
+    )
+
+
+def cmd_set_time(args: argparse.Namespace) -> int:
+    return _client_call(args, lambda c: c.set_time(args.time))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from device.journal import JournalError, export
+
+    try:
+        for row in export(args.state):
+            line = {
+                "counter": row.counter,
+                "code": row.code,
+                "number": row.number,
+                "kind": row.kind,
+                "cose_sign1": base64.b64encode(row.doc).decode(),
+            }
+            sys.stdout.write(json.dumps(line) + "\n")
+    except JournalError as exc:
+        print(f"taxctl device export: {exc}", file=sys.stderr)
+        return EXIT_STATE
+    return 0

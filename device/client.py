@@ -1,0 +1,341 @@
+"""The host side of the device protocol: requests, retransmission, exactly-once.
+
+One DeviceClient per port. Many requests may be outstanding at once
+(pipelining); each is matched to its response by request id. The link
+rules are those of docs/PROTOCOL.md §3: retransmit the identical frame
+after the response timeout, at once on a NAK, after a short pause on BUSY;
+an ACK extends the wait. When retransmissions run out, the request fails
+with LinkError and its outcome is unknown — the caller must send it again
+with the same request id (which is always safe) before treating it as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from device.protocol import codec
+from device.protocol.commands import (
+    BUSY_PAUSE,
+    LONG_TIMEOUT,
+    MAX_RETRIES,
+    RESPONSE_TIMEOUT,
+    Command,
+)
+from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
+from device.protocol.status import DeviceError, Status
+from device.transport import Port, open_serial
+
+TICK = 0.02
+MAX_BUSY_WAITS = 200  # 10 s of BUSY at 50 ms before giving up
+
+
+class LinkError(ConnectionError):
+    """No answer from the device: port gone, or no response after every retransmission.
+
+    For an issuing request the outcome is unknown; send it again with the
+    same request id once the link is back.
+    """
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    responses: int = 0
+    retransmissions: int = 0
+    timeouts: int = 0
+    naks: int = 0
+    busy: int = 0
+    acks: int = 0
+    damaged_frames: int = 0
+    link_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Pending:
+    wire: bytes
+    future: asyncio.Future[Frame]
+    deadline: float
+    retries: int = 0
+    busy_waits: int = 0
+
+
+class DeviceClient:
+    def __init__(
+        self,
+        port: Port,
+        *,
+        response_timeout: float = RESPONSE_TIMEOUT,
+        max_retries: int = MAX_RETRIES,
+        max_in_flight: int = 32,
+    ) -> None:
+        self.port = port
+        self.response_timeout = response_timeout
+        self.max_retries = max_retries
+        self.stats = ClientStats()
+        self._decoder = FrameDecoder()
+        self._pending: dict[int, _Pending] = {}
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._prefix = int.from_bytes(os.urandom(4), "big") << 32
+        self._sequence = 0
+        self._closed: Exception | None = None
+        self._reader = asyncio.create_task(self._read_loop())
+        self._timer = asyncio.create_task(self._timer_loop())
+
+    @classmethod
+    async def open(
+        cls,
+        port: str,
+        *,
+        baud: int = 115200,
+        parity: str = "N",
+        stopbits: float = 1,
+        rtscts: bool = False,
+        response_timeout: float = RESPONSE_TIMEOUT,
+        max_retries: int = MAX_RETRIES,
+        max_in_flight: int = 32,
+    ) -> DeviceClient:
+        opened = open_serial(port, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts)
+        return cls(
+            opened,
+            response_timeout=response_timeout,
+            max_retries=max_retries,
+            max_in_flight=max_in_flight,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def new_request_id(self) -> int:
+        self._sequence = (self._sequence + 1) & 0xFFFFFFFF
+        return self._prefix | self._sequence
+
+    async def close(self) -> None:
+        self._fail_all(LinkError("client closed"))
+        self._reader.cancel()
+        self._timer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._timer
+        self.port.close()
+
+    # --- requests ------------------------------------------------------------------------
+
+    async def request(
+        self, command: Command, body: dict[str, Any] | None = None, *, request_id: int | None = None
+    ) -> dict[str, Any]:
+        if self._closed is not None:
+            raise LinkError(f"link to {self.port.name} is down: {self._closed}")
+        rid = request_id if request_id is not None else self.new_request_id()
+        pending = self._pending.get(rid)
+        if pending is not None:  # the same request is already on its way: share its answer
+            frame = await asyncio.shield(pending.future)
+        else:
+            async with self._slots:
+                frame = await self._send_and_wait(rid, command, body)
+        return self._result(frame)
+
+    async def _send_and_wait(
+        self, rid: int, command: Command, body: dict[str, Any] | None
+    ) -> Frame:
+        wire = encode_frame(
+            Frame(FrameType.REQUEST, rid, int(command), 0, codec.encode(body if body else {}))
+        )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(wire, loop.create_future(), time.monotonic() + self.response_timeout)
+        self._pending[rid] = pending
+        self.stats.requests += 1
+        self.port.write(wire)
+        try:
+            return await asyncio.shield(pending.future)
+        finally:
+            if self._pending.get(rid) is pending:
+                del self._pending[rid]
+
+    @staticmethod
+    def _result(frame: Frame) -> dict[str, Any]:
+        try:
+            body = codec.decode(frame.body) if frame.body else {}
+        except codec.CodecError as exc:
+            raise DeviceError(Status.INTERNAL_ERROR, f"undecodable response: {exc}") from None
+        if frame.status != Status.OK:
+            raise DeviceError.from_response(frame.status, body)
+        if not isinstance(body, dict):
+            raise DeviceError(Status.INTERNAL_ERROR, "response body is not a map")
+        return body
+
+    # --- link machinery ------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self.port.read()
+                if not data:
+                    raise LinkError(f"port {self.port.name} closed")
+                for event in self._decoder.feed(data):
+                    if isinstance(event, Frame):
+                        self._on_frame(event)
+                    else:
+                        self.stats.damaged_frames += 1
+        except LinkError as exc:
+            self._fail_all(exc)
+        except Exception as exc:  # the port broke in a way we did not foresee
+            self._fail_all(LinkError(f"port {self.port.name} failed: {exc}"))
+
+    def _on_frame(self, frame: Frame) -> None:
+        pending = self._pending.get(frame.request_id)
+        if pending is None:
+            return  # a late duplicate response, or a NAK/ACK for something already answered
+        now = time.monotonic()
+        if frame.type == FrameType.RESPONSE:
+            self.stats.responses += 1
+            if not pending.future.done():
+                pending.future.set_result(frame)
+        elif frame.type == FrameType.ACK:
+            self.stats.acks += 1
+            pending.deadline = max(pending.deadline, now + LONG_TIMEOUT)
+        elif frame.type == FrameType.BUSY:
+            self.stats.busy += 1
+            pending.busy_waits += 1
+            if pending.busy_waits > MAX_BUSY_WAITS:
+                self._fail(frame.request_id, pending, LinkError("device stayed busy"))
+            else:
+                pending.deadline = now + BUSY_PAUSE
+                pending.retries -= 1  # the retransmission after BUSY is not a retry
+        elif frame.type == FrameType.NAK:
+            self.stats.naks += 1
+            self._retransmit(frame.request_id, pending, now)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            for rid, pending in list(self._pending.items()):
+                if not pending.future.done() and now >= pending.deadline:
+                    self.stats.timeouts += 1
+                    self._retransmit(rid, pending, now)
+
+    def _retransmit(self, rid: int, pending: _Pending, now: float) -> None:
+        if pending.future.done():
+            return
+        if pending.retries >= self.max_retries:
+            self._fail(
+                rid,
+                pending,
+                LinkError(
+                    f"no response from {self.port.name} after {self.max_retries} "
+                    "retransmissions; outcome unknown, retry with the same request id"
+                ),
+            )
+            return
+        pending.retries += 1
+        self.stats.retransmissions += 1
+        pending.deadline = now + self.response_timeout
+        self.port.write(pending.wire)
+
+    def _fail(self, rid: int, pending: _Pending, error: LinkError) -> None:
+        self.stats.link_errors += 1
+        if not pending.future.done():
+            pending.future.set_exception(error)
+        self._pending.pop(rid, None)
+
+    def _fail_all(self, error: LinkError) -> None:
+        if self._closed is None:
+            self._closed = error
+        for rid, pending in list(self._pending.items()):
+            self._fail(rid, pending, error)
+
+    # --- commands ------------------------------------------------------------------------
+
+    async def hello(self) -> dict[str, Any]:
+        return await self.request(Command.HELLO, {"versions": [1], "host": "taxctl"})
+
+    async def info(self) -> dict[str, Any]:
+        return await self.request(Command.INFO)
+
+    async def status(self) -> dict[str, Any]:
+        return await self.request(Command.STATUS)
+
+    async def issue(
+        self, request: dict[str, Any], *, request_id: int | None = None
+    ) -> dict[str, Any]:
+        return await self.request(Command.ISSUE, request, request_id=request_id)
+
+    async def credit(
+        self, request: dict[str, Any], *, request_id: int | None = None
+    ) -> dict[str, Any]:
+        return await self.request(Command.CREDIT, request, request_id=request_id)
+
+    async def x_report(self, *, request_id: int | None = None) -> dict[str, Any]:
+        return await self.request(Command.X_REPORT, request_id=request_id)
+
+    async def z_report(self, *, request_id: int | None = None) -> dict[str, Any]:
+        return await self.request(Command.Z_REPORT, request_id=request_id)
+
+    async def get_document(
+        self, *, counter: int | None = None, code: str | None = None, number: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = (
+            {"counter": counter} if counter is not None else {"code": code, "number": number}
+        )
+        return await self.request(Command.GET_DOCUMENT, body)
+
+    async def fetch(
+        self,
+        from_counter: int | None = None,
+        max_count: int | None = None,
+        max_bytes: int | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            k: v
+            for k, v in (("from", from_counter), ("max_count", max_count), ("max_bytes", max_bytes))
+            if v is not None
+        }
+        return await self.request(Command.FETCH, body)
+
+    async def ack_sync(
+        self, receipts: list[dict[str, Any]], consortium: bytes | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"receipts": receipts}
+        if consortium is not None:
+            body["consortium"] = consortium
+        return await self.request(Command.ACK_SYNC, body)
+
+    async def csr(self, taxpayer: dict[str, str]) -> dict[str, Any]:
+        return await self.request(Command.CSR, {"taxpayer": taxpayer})
+
+    async def load_cert(self, certificate: bytes) -> dict[str, Any]:
+        return await self.request(Command.LOAD_CERT, {"certificate": certificate})
+
+    async def load_segment(self, segment: bytes) -> dict[str, Any]:
+        return await self.request(Command.LOAD_SEGMENT, {"segment": segment})
+
+    async def set_time(self, when: str) -> dict[str, Any]:
+        return await self.request(Command.SET_TIME, {"time": when})
+
+    async def export(
+        self, from_counter: int, to_counter: int | None = None, max_bytes: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"from": from_counter}
+        if to_counter is not None:
+            body["to"] = to_counter
+        if max_bytes is not None:
+            body["max_bytes"] = max_bytes
+        return await self.request(Command.EXPORT, body)
+
+    async def control(
+        self, *, paper_out: bool | None = None, cover_open: bool | None = None
+    ) -> dict[str, Any]:
+        body = {
+            k: v for k, v in (("paper_out", paper_out), ("cover_open", cover_open)) if v is not None
+        }
+        return await self.request(Command.CONTROL, body)

@@ -1,0 +1,333 @@
+"""Byte pipes for the protocol: a pty, a serial device, or any pyserial URL.
+
+Both ends use the same `Port` interface: `read()` waits for the next chunk
+(b"" once the other side is gone for good), `write()` queues bytes without
+blocking the event loop. Ports with a file descriptor (ptys, /dev/tty*,
+socket://) are driven by the event loop directly; other pyserial URL
+handlers are read by a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import threading
+import time
+import tty
+from collections import deque
+from pathlib import Path
+from typing import Any, Protocol
+
+READ_SIZE = 65536
+BITS_PER_BYTE_8N1 = 10
+
+
+class PortError(OSError):
+    """A port could not be opened or failed; the message says what to do."""
+
+
+class Port(Protocol):
+    name: str
+
+    async def read(self) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FdPort:
+    """A non-blocking file descriptor driven by the event loop.
+
+    `hold_open` keeps the slave side of our own pty open, so that a host
+    closing its end is not an end of file for us (on Linux a pty master
+    reads EIO while no slave is open; we treat that as "nobody there").
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        name: str,
+        *,
+        owner: Any = None,
+        hold_open: int | None = None,
+        pace_bytes_per_s: float | None = None,
+        eio_is_idle: bool = False,
+    ) -> None:
+        self.fd = fd
+        self.name = name
+        self._owner = owner
+        self._hold_open = hold_open
+        self._eio_is_idle = eio_is_idle
+        self._loop = asyncio.get_running_loop()
+        self._chunks: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._out = bytearray()
+        self._writing = False
+        self._flush_scheduled = False
+        self._closed = False
+        self._eof = False
+        self._pace = pace_bytes_per_s
+        self._pace_task: asyncio.Task[None] | None = None
+        os.set_blocking(fd, False)
+        self._loop.add_reader(fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.EIO and self._eio_is_idle:
+                # Our own pty with no host attached: wait quietly for one.
+                self._loop.remove_reader(self.fd)
+                self._loop.call_later(0.05, self._resume_reading)
+                return
+            data = b""
+        if not data:
+            self._eof = True
+            self._loop.remove_reader(self.fd)
+        self._chunks.append(data)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _resume_reading(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self.fd, self._on_readable)
+
+    async def read(self) -> bytes:
+        while not self._chunks:
+            if self._closed or self._eof:
+                return b""
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if len(self._chunks) == 1:
+            return self._chunks.popleft()
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._out += data
+        if self._pace:
+            if self._pace_task is None or self._pace_task.done():
+                self._pace_task = self._loop.create_task(self._paced_writer())
+        elif not self._writing and not self._flush_scheduled:
+            # Coalesce: everything written in this turn of the loop goes out in one syscall.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._writing and not self._closed:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            written = os.write(self.fd, self._out)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            if exc.errno == errno.EIO and self._eio_is_idle:
+                self._out.clear()  # no host attached: the bytes have nowhere to go
+                return
+            self._out.clear()
+            self._eof = True
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+            return
+        del self._out[:written]
+        if self._out and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self.fd, self._on_writable)
+        elif not self._out and self._writing:
+            self._writing = False
+            self._loop.remove_writer(self.fd)
+
+    def _on_writable(self) -> None:
+        self._flush()
+
+    async def _paced_writer(self) -> None:
+        """Send no faster than the configured line rate, like a real UART."""
+        assert self._pace
+        chunk = max(1, int(self._pace / 100))  # about 10 ms worth of bytes at a time
+        start = time.monotonic()
+        sent = 0
+        while self._out and not self._closed:
+            piece = bytes(self._out[:chunk])
+            del self._out[:chunk]
+            try:
+                os.write(self.fd, piece)
+            except BlockingIOError:
+                self._out[:0] = piece
+                await asyncio.sleep(0.005)
+                continue
+            except OSError:
+                self._out.clear()
+                return
+            sent += len(piece)
+            due = start + sent / self._pace - time.monotonic()
+            if due > 0:
+                await asyncio.sleep(due)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.fd)
+        if self._writing:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(self.fd)
+        if self._pace_task is not None:
+            self._pace_task.cancel()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._owner is not None:
+            with contextlib.suppress(Exception):
+                self._owner.close()
+        else:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        if self._hold_open is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._hold_open)
+
+
+class ThreadPort:
+    """A pyserial object without a usable file descriptor, read by a thread."""
+
+    def __init__(self, serial_port: Any, name: str) -> None:
+        self.name = name
+        self._serial = serial_port
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._closed = False
+        self._serial.timeout = 0.05
+        self._thread = threading.Thread(target=self._reader, name=f"read {name}", daemon=True)
+        self._thread.start()
+
+    def _reader(self) -> None:
+        while not self._closed:
+            try:
+                data = self._serial.read(max(1, self._serial.in_waiting or 1))
+            except Exception:
+                data = None
+            if data is None:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, b"")
+                return
+            if data:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, bytes(data))
+
+    async def read(self) -> bytes:
+        if self._closed and self._queue.empty():
+            return b""
+        return await self._queue.get()
+
+    def write(self, data: bytes) -> None:
+        if not self._closed:
+            self._serial.write(data)
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._serial.close()
+        self._queue.put_nowait(b"")
+
+
+def create_pty(link: Path, *, baud: int | None = None, pace: bool = False) -> FdPort:
+    """A new pty for a device; `link` becomes a symlink to its slave side."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(os.ttyname(slave), tmp)
+    os.replace(tmp, link)  # atomic: a host never sees a missing or half-made link
+    rate = (baud / BITS_PER_BYTE_8N1) if (pace and baud) else None
+    return FdPort(master, str(link), hold_open=slave, pace_bytes_per_s=rate, eio_is_idle=True)
+
+
+PARITIES = {"N": "N", "E": "E", "O": "O", "M": "M", "S": "S"}
+
+
+def open_serial(
+    spec: str,
+    *,
+    baud: int = 115200,
+    parity: str = "N",
+    stopbits: float = 1,
+    rtscts: bool = False,
+) -> Port:
+    """Open a host-side (or device-side) port: a path or any pyserial URL."""
+    import serial
+
+    if parity.upper() not in PARITIES:
+        raise PortError(f"parity must be one of {sorted(PARITIES)}, got {parity!r}")
+    options = {
+        "baudrate": baud,
+        "parity": PARITIES[parity.upper()],
+        "stopbits": stopbits,
+        "rtscts": rtscts,
+        "timeout": 0,
+        "exclusive": True,
+    }
+    try:
+        if "://" in spec:
+            options.pop("exclusive")
+            port = serial.serial_for_url(spec, **options)
+        else:
+            port = serial.Serial(spec, **options)
+    except serial.SerialException as exc:
+        raise PortError(_explain(spec, exc)) from exc
+    except (ValueError, OSError) as exc:
+        raise PortError(f"cannot open {spec}: {exc}") from exc
+    try:
+        fd = port.fileno()
+    except Exception:
+        return ThreadPort(port, spec)
+    if os.isatty(fd):
+        _read_returns_only_data(fd)
+    return FdPort(fd, spec, owner=port)
+
+
+def _read_returns_only_data(fd: int) -> None:
+    """VMIN=1: with O_NONBLOCK a read with nothing to read fails EAGAIN instead of
+    returning b"", so an empty read really means the line hung up (unplugged)."""
+    import termios
+
+    attrs = termios.tcgetattr(fd)
+    attrs[6][termios.VMIN] = 1
+    attrs[6][termios.VTIME] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def _explain(spec: str, exc: Exception) -> str:
+    text = str(exc)
+    if "Permission denied" in text or getattr(exc, "errno", None) == errno.EACCES:
+        group = _group_of(spec)
+        hint = f"add the user to the '{group}' group" if group else "check the device permissions"
+        unit = f"SupplementaryGroups={group or 'dialout'}"
+        return f"permission denied opening {spec}: {hint} (a systemd unit needs {unit})"
+    if "No such file" in text or "Errno 2]" in text:
+        return f"no serial port at {spec}: is the device plugged in and the path right?"
+    if "busy" in text.lower() or "exclusive" in text.lower():
+        return f"{spec} is in use by another program"
+    return f"cannot open {spec}: {text}"
+
+
+def _group_of(spec: str) -> str | None:
+    import grp
+
+    try:
+        return grp.getgrgid(os.stat(spec).st_gid).gr_name
+    except (OSError, KeyError):
+        return None

@@ -1,0 +1,274 @@
+"""The device's write path: requests that change the journal, in arrival order.
+
+Consecutive issuing requests form one group: each is validated and signed
+on top of the previous one, then the whole group is committed in a single
+fsynced transaction (group commit), and only then are the responses sent.
+The next group is signed while the previous one's commit runs in the
+journal thread (sqlite releases the GIL during the fsync), so the device
+is never idle waiting for the disk. If a commit fails, the firmware's
+in-memory state is restored to before that group, its documents are
+refused, and the group signed on top of it is signed again: nothing
+half-written, nothing acknowledged that is not durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from asyncio import FIRST_COMPLETED
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from device import sync
+from device.firmware import Firmware, Snapshot
+from device.journal import Batch, JournalError, StorageFull
+from device.protocol.commands import ISSUING, Command
+from device.protocol.document import Kind, format_utc
+from device.protocol.status import DeviceError, Status
+
+log = logging.getLogger("taxctl.device")
+
+MAX_GROUP = 512
+YIELD_EVERY = 4
+
+Reply = Callable[[int, dict[str, Any]], None]  # (status, body)
+
+
+@dataclass(slots=True)
+class WriteRequest:
+    command: Command
+    body: Any
+    request_id: int
+    digest: bytes
+    reply: Reply
+
+
+Result = tuple[WriteRequest, int, dict[str, Any]]
+_STOP: Any = object()  # queued by stop(): the writer returns once it gets here
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A group being committed: its task, the state before it, its answers."""
+
+    task: asyncio.Task[DeviceError | None]
+    before: Snapshot
+    results: list[Result]
+
+
+class Writer:
+    def __init__(self, fw: Firmware) -> None:
+        self.fw = fw
+        self.queue: asyncio.Queue[WriteRequest] = asyncio.Queue()  # and _STOP at the end
+        # One thread: commits are serial, and the event loop never waits on an fsync.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._in_flight: _Flight | None = None
+        self.groups = 0
+        self.documents = 0
+
+    def submit(self, request: WriteRequest) -> None:
+        self.queue.put_nowait(request)
+
+    async def run(self) -> None:
+        """Process writes until `stop()`; everything queued before it is committed and answered."""
+        while True:
+            getter = asyncio.ensure_future(self.queue.get())
+            if self._in_flight is not None:
+                # Wake for the next request or for the commit, whichever is first: a
+                # failed commit must be rolled back and answered even if nothing follows.
+                await asyncio.wait({getter, self._in_flight.task}, return_when=FIRST_COMPLETED)
+                if self._in_flight is not None and self._in_flight.task.done():
+                    await self._settle()
+            items = [await getter]
+            while not self.queue.empty() and len(items) < MAX_GROUP:
+                items.append(self.queue.get_nowait())
+            stopping = items[-1] is _STOP
+            await self._process([item for item in items if item is not _STOP])
+            if stopping:
+                await self._settle()
+                return
+
+    def stop(self) -> None:
+        """Ask `run` to finish what is queued and return (no request is cut in half)."""
+        self.queue.put_nowait(_STOP)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    async def _commit(self, batch: Batch) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.fw.journal.commit, batch)
+
+    async def _process(self, items: list[WriteRequest]) -> None:
+        start = 0
+        while start < len(items):
+            end = start
+            while end < len(items) and items[end].command in ISSUING:
+                end += 1
+            if end > start:
+                await self._issue_group(items[start:end])
+                start = end
+            else:
+                await self._settle()  # other writes read committed state
+                await self._write_one(items[start])
+                start += 1
+
+    async def _settle(self) -> bool:
+        """Wait for the commit in flight. If it failed: put the firmware back to before
+        that group (discarding whatever was signed on top of it), then refuse its
+        requests. Only here, in the writer's own flow, is state rolled back, never
+        in the middle of signing a group."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return True
+        error = await flight.task
+        if error is None:
+            return True
+        self.fw.restore(flight.before)
+        self._send(
+            [
+                (it, error.status, error.to_body()) if code == Status.OK else (it, code, out)
+                for it, code, out in flight.results
+            ]
+        )
+        return False
+
+    async def _issue_group(self, group: list[WriteRequest]) -> None:
+        snapshot = self.fw.snapshot()
+        results = await self._sign_group(group)
+        if not await self._settle():
+            # The group before was refused and rolled back, taking this group's
+            # documents (signed on top of it) with it: sign them again.
+            snapshot = self.fw.snapshot()
+            results = await self._sign_group(group)
+        batch = self.fw.take_batch()
+        if not batch:
+            self._send(results)
+            return
+        task = asyncio.create_task(self._commit_and_reply(batch, results))
+        self._in_flight = _Flight(task, snapshot, results)
+
+    async def _sign_group(self, group: list[WriteRequest]) -> list[Result]:
+        results: list[Result] = []
+        for index, item in enumerate(group):
+            if index and index % YIELD_EVERY == 0:
+                # Let the previous group's commit completion send its replies, and the
+                # port be read, instead of holding them until this group is signed.
+                await asyncio.sleep(0)
+            try:
+                results.append((item, Status.OK, self._issue(item)))
+            except DeviceError as exc:
+                results.append((item, exc.status, exc.to_body()))
+            except Exception as exc:  # a bug: refuse this request, keep the device up
+                log.exception("issuing failed")
+                error = DeviceError(Status.INTERNAL_ERROR, str(exc))
+                results.append((item, Status.INTERNAL_ERROR, error.to_body()))
+        return results
+
+    async def _commit_and_reply(self, batch: Batch, results: list[Result]) -> DeviceError | None:
+        """Commit, then answer. Runs while the next group is signed, so on failure it
+        touches nothing and leaves rollback and refusals to _settle."""
+        try:
+            await self._commit(batch)
+        except JournalError as exc:
+            status = Status.STORAGE_FULL if isinstance(exc, StorageFull) else Status.INTERNAL_ERROR
+            log.error("journal commit failed, %d documents refused: %s", len(batch.documents), exc)
+            return DeviceError(status, str(exc))
+        self.fw.committed_batch(batch)
+        self.groups += 1
+        self.documents += len(batch.documents)
+        self._send(results)
+        return None
+
+    @staticmethod
+    def _send(results: list[Result]) -> None:
+        for item, code, out in results:
+            item.reply(code, out)
+
+    def _issue(self, item: WriteRequest) -> dict[str, Any]:
+        request = (item.request_id, item.digest)
+        if item.command == Command.ISSUE:
+            return self.fw.issue(item.body, request)
+        if item.command == Command.CREDIT:
+            return self.fw.credit(item.body, request)
+        if item.body not in (None, {}):
+            raise DeviceError(Status.BAD_REQUEST, f"{item.command.name} takes an empty body")
+        kind = Kind.X_REPORT if item.command == Command.X_REPORT else Kind.Z_REPORT
+        return self.fw.report(kind, request)
+
+    async def _write_one(self, item: WriteRequest) -> None:
+        try:
+            body = await self._execute(item)
+        except DeviceError as exc:
+            item.reply(exc.status, exc.to_body())
+        except StorageFull as exc:
+            item.reply(Status.STORAGE_FULL, DeviceError(Status.STORAGE_FULL, str(exc)).to_body())
+        except JournalError as exc:
+            item.reply(
+                Status.INTERNAL_ERROR, DeviceError(Status.INTERNAL_ERROR, str(exc)).to_body()
+            )
+        else:
+            item.reply(Status.OK, body)
+
+    async def _execute(self, item: WriteRequest) -> dict[str, Any]:
+        fw = self.fw
+        body = item.body
+        if item.command == Command.ACK_SYNC:
+            synced, consortium = sync.verify_ack(fw, body)
+            now = fw.now()
+            if synced > fw.synced_through or consortium is not None:
+                meta: dict[str, Any] = {}
+                if synced > fw.synced_through:
+                    meta.update(synced_through=synced, last_sync_at=now)
+                if consortium is not None:
+                    meta["consortium"] = consortium
+                await self._commit(Batch(meta=meta))
+                fw.apply_ack(synced, consortium, now)
+                log.info("%s synced through %d", fw.settings.device_id, fw.synced_through)
+            return {
+                "synced_through": fw.synced_through,
+                "accepted": len(body["receipts"]),
+                "last_sync_at": format_utc(fw.last_sync_at) if fw.last_sync_at else None,
+            }
+        if item.command == Command.LOAD_CERT:
+            raw = _bytes_field(body, "certificate")
+            cert = fw.registry.check_certificate(raw)
+            if fw.registry.cert is None:
+                await self._commit(Batch(meta={"certificate": raw}))
+                fw.registry.cert = cert
+                log.info("%s registered to %s", fw.settings.device_id, cert.taxpayer["tax_id"])
+            return {"device_id": cert.device_id, "taxpayer": cert.taxpayer, "serial": cert.serial}
+        if item.command == Command.LOAD_SEGMENT:
+            raw = _bytes_field(body, "segment")
+            segment = fw.registry.check_segment(raw)
+            if segment is not None:
+                row = await asyncio.get_running_loop().run_in_executor(
+                    self._executor,
+                    fw.journal.add_segment,
+                    segment.code,
+                    segment.start,
+                    segment.end,
+                    segment.raw,
+                )
+                fw.registry.add_segment(row)
+            loaded = next(s for s in fw.registry.segments if s.raw == raw)
+            return {
+                "code": loaded.code,
+                "start": loaded.start,
+                "end": loaded.end,
+                "numbers_left": fw.registry.numbers_left(),
+            }
+        if item.command == Command.SET_TIME:
+            offset = fw.set_time(body)
+            await self._commit(Batch(meta={"time_offset": offset}))
+            fw.time_offset = offset
+            return {"time": format_utc(fw.now())}
+        raise DeviceError(Status.UNKNOWN_COMMAND, item.command.name)
+
+
+def _bytes_field(body: Any, key: str) -> bytes:
+    if not isinstance(body, dict) or set(body) != {key} or not isinstance(body[key], bytes):
+        raise DeviceError(Status.BAD_REQUEST, f'takes {{"{key}": bytes}}')
+    return bytes(body[key])
