@@ -50,7 +50,16 @@ def key_order(key: str) -> tuple[int, bytes]:
 
 def ordered_map(mapping: dict[str, Any]) -> dict[str, Any]:
     """The same map with its text keys in deterministic encoding order."""
-    return {k: mapping[k] for k in sorted(mapping, key=key_order)}
+    keys = tuple(mapping)
+    order = _ORDERS.get(keys)
+    if order is None:
+        order = tuple(sorted(keys, key=key_order))
+        if len(_ORDERS) < 1024:  # documents use a handful of key sets
+            _ORDERS[keys] = order
+    return {k: mapping[k] for k in order}
+
+
+_ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 def decode(data: bytes | bytearray | memoryview) -> Any:

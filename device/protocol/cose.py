@@ -26,7 +26,25 @@ class CoseError(ValueError):
     """Bytes that are not a COSE_Sign1 of the form this project signs."""
 
 
+def bstr_header(length: int) -> bytes:
+    """The CBOR head of a byte string of `length` bytes (major type 2, shortest form)."""
+    if length < 24:
+        return bytes([0x40 + length])
+    if length < 0x100:
+        return bytes([0x58, length])
+    if length < 0x10000:
+        return bytes([0x59]) + length.to_bytes(2, "big")
+    return bytes([0x5A]) + length.to_bytes(4, "big")
+
+
+# ["Signature1", h'a10127', h'', payload] up to the payload's byte-string head.
+_SIG1_PREFIX = b"\x84\x6aSignature1" + bstr_header(len(PROTECTED_EDDSA)) + PROTECTED_EDDSA + b"\x40"
+
+
 def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
+    if protected == PROTECTED_EDDSA and not external_aad:
+        # Hand-assembled: this runs for every document and equals the cbor2 encoding (tested).
+        return _SIG1_PREFIX + bstr_header(len(payload)) + payload
     return codec.encode_ordered(["Signature1", protected, external_aad, payload])
 
 
@@ -35,9 +53,22 @@ def sign1(payload: bytes, key: KeyPair, kid: bytes) -> bytes:
     return assemble(payload, signature, kid)
 
 
+# Tag 18, array of 4, the protected header, then the unprotected map {4: kid}.
+_ENVELOPE_PREFIX = b"\xd2\x84" + bstr_header(len(PROTECTED_EDDSA)) + PROTECTED_EDDSA + b"\xa1\x04"
+
+
 def assemble(payload: bytes, signature: bytes, kid: bytes) -> bytes:
-    return codec.encode_ordered(
-        cbor2.CBORTag(TAG_SIGN1, [PROTECTED_EDDSA, {HEADER_KID: kid}, payload, signature])
+    """The tagged COSE_Sign1 bytes, assembled by hand (equal to cbor2's output; tested)."""
+    return b"".join(
+        (
+            _ENVELOPE_PREFIX,
+            bstr_header(len(kid)),
+            kid,
+            bstr_header(len(payload)),
+            payload,
+            bstr_header(len(signature)),
+            signature,
+        )
     )
 
 

@@ -12,10 +12,11 @@ reports. `counter` is gapless over all documents of a device, starting at
 COSE_Sign1 bytes (32 zero bytes for counter 1).
 
 The check code (校验码, 20 digits, printed and typed in for verification)
-is derived from an Ed25519 signature by the device key over the payload
-without `check_code`, under its own domain tag: nobody without the device
-key can produce it, and it is fixed before the document signature that
-covers it.
+is an HMAC-SHA256 of the payload without `check_code`, keyed with a key
+derived from the device's signing seed: nobody without the device key can
+produce it, it is fixed before the document signature that covers it, and
+that signature authenticates it. (It cannot come from the document's own
+signature: the signature covers the check code.)
 """
 
 from __future__ import annotations
@@ -95,21 +96,30 @@ def parse_utc(text: object) -> int:
     return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
 
 
-def check_code_from_signature(signature: bytes) -> str:
-    digest = hashlib.sha256(signature).digest()
-    return f"{int.from_bytes(digest[:9], 'big') % 10**CHECK_CODE_DIGITS:0{CHECK_CODE_DIGITS}d}"
+def check_code_from_mac(mac: bytes) -> str:
+    return f"{int.from_bytes(mac[:9], 'big') % 10**CHECK_CODE_DIGITS:0{CHECK_CODE_DIGITS}d}"
+
+
+_CHECK_CODE_KEY = b"\x6acheck_code\x74"  # text(10) "check_code", then the head of text(20)
 
 
 def sign_document(key: KeyPair, fields: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """Sign a payload (every key but check_code); returns (COSE bytes, full payload)."""
     if "check_code" in fields:
         raise ValueError("check_code is derived, not given")
-    unsigned = codec.ordered_map(dict(fields))
-    check_signature = key.sign(CHECK_CODE_DOMAIN + codec.encode_ordered(unsigned))
-    payload = dict(unsigned)
-    payload["check_code"] = check_code_from_signature(check_signature)
-    payload = codec.ordered_map(payload)
-    raw = cose.sign1(codec.encode_ordered(payload), key, str(fields["device_id"]).encode())
+    if not 1 <= len(fields) < 23:
+        raise ValueError("a document payload has 1 to 22 fields besides check_code")
+    payload = codec.ordered_map(dict(fields))
+    if len(next(reversed(payload)).encode()) >= len("check_code"):  # the longest key sorts last
+        raise ValueError("payload keys must be shorter than 'check_code' (it is appended last)")
+    unsigned = codec.encode_ordered(payload)
+    check_code = check_code_from_mac(key.check_code_mac(CHECK_CODE_DOMAIN + unsigned))
+    # "check_code" is the only 10-character key and none is longer, so in
+    # deterministic order it always comes last: the signed payload is the
+    # unsigned map with one more entry appended (tests compare with cbor2).
+    encoded = bytes([unsigned[0] + 1]) + unsigned[1:] + _CHECK_CODE_KEY + check_code.encode()
+    payload["check_code"] = check_code
+    raw = cose.sign1(encoded, key, str(fields["device_id"]).encode())
     return raw, payload
 
 

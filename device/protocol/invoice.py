@@ -31,6 +31,7 @@ MAX_QUANTITY_MILLI = 1_000_000_000  # one million units
 MAX_UNIT_PRICE = 10_000_000_000  # 100 million yuan, in fen
 MAX_TOTAL = 1_000_000_000_000  # 10 billion yuan, in fen
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _QUANTITY = re.compile(r"(-?)(0|[1-9][0-9]{0,6})(?:\.([0-9]{1,3}))?")
 
 
@@ -77,7 +78,7 @@ def check_text(value: object, what: str, limit: int = MAX_NAME_CHARS) -> str:
         raise DeviceError(Status.INVALID_INVOICE, f"{what} must be a non-empty string")
     if len(value) > limit:
         raise DeviceError(Status.FIELD_TOO_LONG, f"{what} is {len(value)} characters, max {limit}")
-    if any(ord(c) < 0x20 for c in value):
+    if _CONTROL.search(value):
         raise DeviceError(Status.INVALID_INVOICE, f"{what} contains control characters")
     return value
 
@@ -117,29 +118,31 @@ def make_line(name: str, quantity_milli: int, unit_price: int, tax_rate_bp: int)
     return Line(name, quantity_milli, unit_price, tax_rate_bp, amount, tax)
 
 
+_ITEM_KEYS = frozenset({"name", "quantity", "unit_price", "tax_rate_bp"})
+
+
 def parse_item(item: object, index: int, rates: frozenset[int], *, credit: bool = False) -> Line:
     """One request line (positive quantity); for a credit note the line is negated."""
-    where = f"items[{index}]"
-    if not isinstance(item, Mapping):
-        raise DeviceError(Status.INVALID_INVOICE, f"{where} must be a map")
-    unknown = set(item) - {"name", "quantity", "unit_price", "tax_rate_bp"}
-    if unknown:
-        raise DeviceError(Status.INVALID_INVOICE, f"{where} has unknown fields {sorted(unknown)}")
-    name = check_text(item.get("name"), f"{where}.name")
+    if not isinstance(item, dict):
+        raise DeviceError(Status.INVALID_INVOICE, f"items[{index}] must be a map")
+    if not item.keys() <= _ITEM_KEYS:
+        unknown = sorted(set(item) - _ITEM_KEYS, key=str)
+        raise DeviceError(Status.INVALID_INVOICE, f"items[{index}] has unknown fields {unknown}")
+    name = check_text(item.get("name"), f"items[{index}].name")
     milli = parse_quantity(item.get("quantity"))
     price = item.get("unit_price")
-    if not isinstance(price, int) or isinstance(price, bool):
-        raise DeviceError(Status.INVALID_INVOICE, f"{where}.unit_price must be integer fen")
+    if type(price) is not int:  # bool is an int subclass; a price is never true/false
+        raise DeviceError(Status.INVALID_INVOICE, f"items[{index}].unit_price must be integer fen")
     if price <= 0:
-        raise DeviceError(Status.NEGATIVE_AMOUNT, f"{where}.unit_price is {price}")
+        raise DeviceError(Status.NEGATIVE_AMOUNT, f"items[{index}].unit_price is {price}")
     if price > MAX_UNIT_PRICE:
-        raise DeviceError(Status.AMOUNT_TOO_LARGE, f"{where}.unit_price is {price}")
+        raise DeviceError(Status.AMOUNT_TOO_LARGE, f"items[{index}].unit_price is {price}")
     rate = item.get("tax_rate_bp")
-    if not isinstance(rate, int) or isinstance(rate, bool):
-        raise DeviceError(Status.UNKNOWN_TAX_RATE, f"{where}.tax_rate_bp must be an integer")
+    if type(rate) is not int:
+        raise DeviceError(Status.UNKNOWN_TAX_RATE, f"items[{index}].tax_rate_bp must be an integer")
     if rate not in rates:
         raise DeviceError(
-            Status.UNKNOWN_TAX_RATE, f"{where}.tax_rate_bp {rate} not in {sorted(rates)}"
+            Status.UNKNOWN_TAX_RATE, f"items[{index}].tax_rate_bp {rate} not in {sorted(rates)}"
         )
     return make_line(name, -milli if credit else milli, price, rate)
 

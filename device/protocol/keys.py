@@ -7,6 +7,7 @@ verification can run on several threads at once.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass, field
 
 from nacl.bindings import (
@@ -19,6 +20,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 SEED_SIZE = 32
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
+CHECK_KEY_DOMAIN = b"taxctl/check-code-key/v1\x00"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,18 @@ class KeyPair:
 
     def sign(self, message: bytes) -> bytes:
         return bytes(crypto_sign(message, self._secret)[:SIGNATURE_SIZE])
+
+    def check_code_mac(self, message: bytes) -> bytes:
+        """HMAC-SHA256 under a key derived from the signing seed (the check-code key)."""
+        return hmac.new(self._check_key, message, hashlib.sha256).digest()
+
+    @property
+    def _check_key(self) -> bytes:
+        key = self.__dict__.get("_check_key_cache")
+        if key is None:
+            key = hashlib.sha256(CHECK_KEY_DOMAIN + self.seed).digest()
+            object.__setattr__(self, "_check_key_cache", key)
+        return key
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -7,10 +7,14 @@ first seventeen, check = (31 - sum mod 31) mod 31.
 
 from __future__ import annotations
 
+import functools
+import re
+
 ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 LENGTH = 18
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
 _WEIGHTS = tuple(pow(3, i, 31) for i in range(LENGTH - 1))
+_SHAPE = re.compile(f"[{ALPHABET}]{{{LENGTH}}}")
 
 
 def check_character(first17: str) -> str:
@@ -24,6 +28,18 @@ def problem(code: object) -> str | None:
     """Why `code` is not a valid unified social credit code, or None if it is."""
     if not isinstance(code, str):
         return "must be a string"
+    return _problem(code)
+
+
+@functools.lru_cache(maxsize=4096)  # a shop sees the same few buyers again and again
+def _problem(code: str) -> str | None:
+    if _SHAPE.fullmatch(code):
+        expected = check_character(code[:-1])
+        return (
+            None
+            if code[-1] == expected
+            else f"check character is {code[-1]!r}, expected {expected!r}"
+        )
     if len(code) != LENGTH:
         return f"must be {LENGTH} characters, got {len(code)}"
     bad = [c for c in code if c not in _VALUE]

@@ -158,7 +158,7 @@ def open_certificate(raw: bytes, bureau_key: bytes) -> DeviceCert:
         raw,
         _field(p, "device_id", str, Status.CERT_INVALID),
         _field(p, "public_key", bytes, Status.CERT_INVALID),
-        {"tax_id": str(taxpayer.get("tax_id")), "name": str(taxpayer.get("name"))},
+        {"name": str(taxpayer.get("name")), "tax_id": str(taxpayer.get("tax_id"))},
         _field(p, "training", bool, Status.CERT_INVALID),
         _field(p, "serial", int, Status.CERT_INVALID),
         _field(p, "issued_at", str, Status.CERT_INVALID),

@@ -213,3 +213,34 @@ def test_training_bureau_key_is_well_known() -> None:
         __import__("hashlib").sha256(trust.TRAINING_BUREAU_LABEL.encode()).hexdigest()
     )
     assert base64.b16encode(trust.TRAINING_BUREAU.public_key)
+
+
+def test_hand_built_encodings_equal_cbor2() -> None:
+    key = KeyPair.generate()
+    for size in (0, 23, 24, 255, 256, 70000):
+        payload = bytes(size)
+        assert cose.sig_structure(cose.PROTECTED_EDDSA, payload) == cbor2.dumps(
+            ["Signature1", cose.PROTECTED_EDDSA, b"", payload]
+        )
+        sig = key.sign(payload)
+        assert cose.assemble(payload, sig, b"kid") == cbor2.dumps(
+            cbor2.CBORTag(18, [cose.PROTECTED_EDDSA, {4: b"kid"}, payload, sig]), canonical=True
+        )
+
+
+@given(
+    st.dictionaries(
+        st.text(st.characters(codec="ascii"), min_size=1, max_size=9), st.integers(), max_size=20
+    )
+)
+def test_check_code_splice_equals_canonical_encoding(extra: dict[str, int]) -> None:
+    key = KeyPair.generate()
+    fields = dict(extra, device_id="TCAAAAAAAAAAAA")
+    fields.pop("check_code", None)
+    raw, payload = sign_document(key, fields)
+    assert cose.decode_sign1(raw).payload == codec.encode(payload)
+
+
+def test_keys_that_would_sort_after_check_code_are_refused() -> None:
+    with pytest.raises(ValueError, match="shorter"):
+        sign_document(KeyPair.generate(), {"device_id": "TCAAAAAAAAAAAA", "\x80" * 5: 1})

@@ -1,0 +1,168 @@
+"""`taxctl device ...` as a user runs it, against a device process on a pty."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from device.protocol.status import Status
+from device.transport import FdPort, PortError, open_serial
+from tests.device.conftest import INVOICE
+from tests.helpers import Process, export_documents, pycose_verify, spawn
+
+
+def taxctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taxctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[tuple[Process, Path]]:
+    proc = spawn(
+        [
+            "device",
+            "run",
+            "--state",
+            str(tmp_path / "state"),
+            "--link",
+            str(tmp_path / "tty"),
+            "--training",
+        ]
+    )
+    yield proc, tmp_path
+    proc.stop()
+
+
+def test_info_issue_export(device: tuple[Process, Path]) -> None:
+    proc, tmp = device
+    link, state = str(tmp / "tty"), tmp / "state"
+    info = json.loads(taxctl("device", "info", "--port", link).stdout)
+    assert info["device_id"] == proc.ready["device_id"]
+    public_key = bytes.fromhex(info["public_key"])
+    assert len(public_key) == 32 and info["training"] and info["registered"]
+    request = tmp / "invoice.json"
+    request.write_text(json.dumps(INVOICE))
+    issued = taxctl("device", "issue", "--port", link, "--json", str(request))
+    assert issued.returncode == 0, issued.stderr
+    out = json.loads(issued.stdout)
+    assert {"counter", "code", "number", "check_code", "cose_sign1"} <= set(out)
+    payload = pycose_verify(base64.b64decode(out["cose_sign1"]), public_key)
+    assert payload["check_code"] == out["check_code"] and payload["counter"] == 1
+    from_stdin = taxctl("device", "issue", "--port", link, "--json", "-", stdin=json.dumps(INVOICE))
+    assert json.loads(from_stdin.stdout)["counter"] == 2
+    live = export_documents(state)  # a consistent snapshot while the device runs
+    assert [r["counter"] for r in live] == [1, 2] and live[0]["code"] == out["code"]
+    status = json.loads(taxctl("device", "status", "--port", link).stdout)
+    assert status["counter"] == 2 and status["unsynced_count"] == 2
+    assert proc.stop() == 0
+    stopped = export_documents(state)
+    assert [r["raw"] for r in stopped] == [r["raw"] for r in live]
+
+
+def test_refusal_exit_codes_and_messages(device: tuple[Process, Path]) -> None:
+    _, tmp = device
+    link = str(tmp / "tty")
+    request = tmp / "invoice.json"
+    request.write_text(json.dumps(INVOICE))
+    assert taxctl("device", "control", "--port", link, "--paper-out", "on").returncode == 0
+    refused = taxctl("device", "issue", "--port", link, "--json", str(request))
+    assert refused.returncode == 1
+    assert "PAPER_OUT" in refused.stderr and "out of paper" in refused.stderr
+    assert json.loads(refused.stdout)["error"] == Status.PAPER_OUT.name
+    bad = tmp / "bad.json"
+    bad.write_text("{not json")
+    assert taxctl("device", "issue", "--port", link, "--json", str(bad)).returncode == 2
+    missing = taxctl("device", "info", "--port", str(tmp / "no-such-port"))
+    assert missing.returncode == 3 and "no serial port" in missing.stderr
+
+
+def test_state_directory_rules(tmp_path: Path) -> None:
+    fresh = taxctl("device", "run", "--state", str(tmp_path / "s"), "--link", str(tmp_path / "t"))
+    assert fresh.returncode == 4 and "--training" in fresh.stderr
+    proc = spawn(
+        [
+            "device",
+            "run",
+            "--state",
+            str(tmp_path / "s"),
+            "--link",
+            str(tmp_path / "t"),
+            "--training",
+        ]
+    )
+    assert proc.stop() == 0
+    assert (tmp_path / "s" / "device.key").stat().st_mode & 0o077 == 0
+    other = taxctl(
+        "device",
+        "run",
+        "--state",
+        str(tmp_path / "s"),
+        "--link",
+        str(tmp_path / "t"),
+        "--bureau-key",
+        "00" * 32,
+    )
+    assert other.returncode == 4 and "different tax bureau key" in other.stderr
+    (tmp_path / "s" / "device.key").chmod(0o644)
+    leaked = taxctl("device", "run", "--state", str(tmp_path / "s"), "--link", str(tmp_path / "t"))
+    assert leaked.returncode == 4 and "readable by group or others" in leaked.stderr
+    assert not (tmp_path / "t").exists()  # a clean stop removed the link
+
+
+def test_export_of_a_missing_state_says_so(tmp_path: Path) -> None:
+    result = taxctl("device", "export", "--state", str(tmp_path / "nothing"))
+    assert result.returncode == 4 and "no journal" in result.stderr
+
+
+async def test_paced_port_sends_no_faster_than_the_line_rate(tmp_path: Path) -> None:
+    from device.transport import create_pty
+
+    port = create_pty(tmp_path / "tty", baud=96_000, pace=True)  # 9,600 bytes/s
+    host = open_serial(str(tmp_path / "tty"))
+    try:
+        start = time.monotonic()
+        port.write(bytes(1200))
+        got = b""
+        while len(got) < 1200 and time.monotonic() - start < 10:
+            got += await asyncio.wait_for(host.read(), 10)
+        assert got == bytes(1200)
+        # 1,200 bytes at 9,600 bytes/s cannot arrive in less than 0.125 s
+        assert time.monotonic() - start >= 0.1
+    finally:
+        host.close()
+        port.close()
+
+
+async def test_pyserial_url_without_a_descriptor_uses_a_thread() -> None:
+    port = open_serial("loop://")
+    assert not isinstance(port, FdPort)
+    try:
+        port.write(b"\x7eping\x7e")
+        got = b""
+        for _ in range(50):
+            got += await asyncio.wait_for(port.read(), 5)
+            if len(got) >= 6:
+                break
+        assert got == b"\x7eping\x7e"
+    finally:
+        port.close()
+
+
+def test_opening_a_bad_port_explains_why(tmp_path: Path) -> None:
+    with pytest.raises(PortError, match="no serial port"):
+        open_serial(str(tmp_path / "ttyUSB9"))
+    with pytest.raises(PortError, match="parity"):
+        open_serial(str(tmp_path / "x"), parity="Q")

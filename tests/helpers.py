@@ -1,0 +1,175 @@
+"""Test helpers shared across the suite: independent verification and a test consortium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pycose.keys.curves import Ed25519
+from pycose.keys.keyparam import KpKty, OKPKpCurve, OKPKpX
+from pycose.keys.keytype import KtyOKP
+from pycose.keys.okp import OKPKey
+from pycose.messages import Sign1Message
+
+from device.protocol import codec, merkle, trust
+from device.protocol.document import ZERO_HASH, document_hash, format_utc
+from device.protocol.keys import KeyPair
+
+
+def pycose_verify(raw: bytes, public_key: bytes) -> dict[str, Any]:
+    """Verify a document with the standard COSE library; return its payload."""
+    message = Sign1Message.decode(raw)
+    message.key = OKPKey.from_dict({KpKty: KtyOKP, OKPKpCurve: Ed25519, OKPKpX: public_key})
+    assert message.verify_signature(), "pycose: signature does not verify"
+    payload = codec.decode(bytes(message.payload))
+    assert isinstance(payload, dict)
+    return payload
+
+
+def check_journal(documents: Sequence[bytes], public_key: bytes, first: int = 1) -> None:
+    """Counters gapless from `first`, hash chain intact, every signature good (pycose)."""
+    prev = ZERO_HASH if first == 1 else None
+    for expected, raw in enumerate(documents, start=first):
+        payload = pycose_verify(raw, public_key)
+        assert payload["counter"] == expected, f"gap: expected {expected}, got {payload['counter']}"
+        if prev is not None:
+            assert payload["prev_hash"] == prev, f"hash chain broken at {expected}"
+        prev = document_hash(raw)
+
+
+@dataclass
+class SigningConsortium:
+    """Plays the chain for a device: bureau-signed node list, blocks, quorum receipts."""
+
+    bureau: KeyPair = field(default_factory=lambda: trust.TRAINING_BUREAU)
+    training: bool = True
+    nodes: list[KeyPair] = field(default_factory=lambda: [KeyPair.generate() for _ in range(4)])
+    chain_id: str = "test-chain"
+    epoch: int = 1
+    height: int = 0
+
+    @property
+    def raw(self) -> bytes:
+        return trust.issue_consortium(
+            self.bureau,
+            self.chain_id,
+            self.epoch,
+            {f"node{i}": k.public_key for i, k in enumerate(self.nodes)},
+            self.training,
+            0,
+        )
+
+    def receipts(
+        self,
+        documents: Iterable[tuple[int, bytes]],
+        device_id: str,
+        signers: int | None = None,
+        other_leaves: int = 3,
+    ) -> list[dict[str, Any]]:
+        """One block holding the documents (and some other devices' transactions)."""
+        docs = list(documents)
+        leaves = [os.urandom(32) for _ in range(other_leaves)] + [document_hash(d) for _, d in docs]
+        tree = merkle.levels(leaves)
+        self.height += 1
+        header = {
+            "chain_id": self.chain_id,
+            "height": self.height,
+            "prev_hash": bytes(32),
+            "merkle_root": tree[-1][0],
+            "time": format_utc(time.time()),
+            "tx_count": len(leaves),
+        }
+        count = len(self.nodes) if signers is None else signers
+        signatures = [
+            {"node_id": f"node{i}", "signature": trust.sign_header(self.nodes[i], header)}
+            for i in range(count)
+        ]
+        out = []
+        for index, (counter, raw) in enumerate(docs, start=other_leaves):
+            out.append(
+                {
+                    "device_id": device_id,
+                    "counter": counter,
+                    "doc_hash": document_hash(raw),
+                    "position": index,
+                    "proof": merkle.audit_path(tree, index),
+                    "header": header,
+                    "signatures": signatures,
+                }
+            )
+        return out
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[str]
+    ready: dict[str, Any]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+
+def spawn(
+    args: Sequence[str],
+    *,
+    timeout: float = 20,
+    env: dict[str, str] | None = None,
+    stderr: Path | None = None,
+) -> Process:
+    """Start `python -m taxctl ARGS` and wait for its ready line on stdout."""
+    err = open(stderr, "ab") if stderr else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taxctl", *args],
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    if stderr:
+        err.close()  # type: ignore[union-attr]
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            data = json.loads(line)
+            if data.get("event") == "ready":
+                return Process(proc, data)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"taxctl {' '.join(args)} did not become ready (exit {proc.returncode})")
+
+
+def export_documents(state: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "taxctl", "device", "export", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    for row in rows:
+        row["raw"] = base64.b64decode(row["cose_sign1"])
+    return rows

@@ -1,0 +1,135 @@
+"""Make the protocol test vectors by running the real device code on fixed inputs.
+
+A device whose key comes from a published label, a clock stopped at a
+fixed time, and fixed request ids: every byte is reproducible. Run as
+`python -m tests.vectors.generate` to rewrite protocol.json and print the
+markdown for docs/PROTOCOL.md §9; the tests regenerate them and compare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from device.app import open_device
+from device.limits import Limits
+from device.protocol import codec
+from device.protocol.clock import ManualClock
+from device.protocol.commands import Command
+from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
+from device.server import DeviceServer
+
+KEY_LABEL = "taxctl protocol test vector device"
+TIME = 1_795_593_600  # 2026-11-25T08:00:00Z
+FIXTURE = Path(__file__).with_name("protocol.json")
+ISSUE_BODY = {
+    "buyer": {"name": "ACME Trading", "tax_id": "91350100M000100Y43"},
+    "items": [{"name": "Green tea", "quantity": "1.5", "unit_price": 1000, "tax_rate_bp": 1300}],
+}
+
+
+class MemoryPort:
+    """A port fed from a list, recording what the device writes."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self.written = bytearray()
+
+    async def read(self) -> bytes:
+        return await self.incoming.get()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.incoming.put_nowait(b"")
+
+
+def request(rid: int, command: Command, body: dict[str, Any]) -> bytes:
+    return encode_frame(Frame(FrameType.REQUEST, rid, command, 0, codec.encode(body)))
+
+
+async def _exchange(server: DeviceServer, port: MemoryPort, wire: bytes) -> bytes:
+    port.written.clear()
+    port.incoming.put_nowait(wire)
+    for _ in range(500):
+        await asyncio.sleep(0.002)
+        events = FrameDecoder().feed(bytes(port.written))
+        if any(
+            isinstance(e, Frame) and e.type in (FrameType.RESPONSE, FrameType.NAK) for e in events
+        ):
+            return bytes(port.written)
+    raise RuntimeError("no answer from the device")
+
+
+async def _generate(state: Path) -> list[dict[str, Any]]:
+    state.mkdir()
+    seed = hashlib.sha256(KEY_LABEL.encode()).digest()
+    fd = os.open(state / "device.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, seed)
+    os.close(fd)
+    fw = open_device(state, training=True, clock=ManualClock(TIME), limits=Limits())
+    port = MemoryPort()
+    server = DeviceServer(fw, port)
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.serve(stop))
+    vectors = []
+    try:
+        for name, rid, command, body in (
+            ("info", 0x0123456789ABCDEF, Command.INFO, {}),
+            ("issue", 0x0123456789ABCDF0, Command.ISSUE, ISSUE_BODY),
+        ):
+            wire = request(rid, command, body)
+            answer = await _exchange(server, port, wire)
+            vectors.append({"name": f"{name} request", "from": "host", "hex": wire.hex()})
+            vectors.append({"name": f"{name} response", "from": "device", "hex": answer.hex()})
+        damaged = bytearray(request(0x0123456789ABCDF1, Command.STATUS, {}))
+        damaged[-2] ^= 0x01  # one bit of the FCS
+        answer = await _exchange(server, port, bytes(damaged))
+        vectors.append(
+            {"name": "status request, FCS damaged", "from": "host", "hex": bytes(damaged).hex()}
+        )
+        vectors.append({"name": "NAK, bad FCS", "from": "device", "hex": answer.hex()})
+    finally:
+        stop.set()
+        await task
+        fw.journal.close()
+    return vectors
+
+
+def generate() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        vectors = asyncio.run(_generate(Path(tmp) / "state"))
+    return {
+        "device_key_seed": f"SHA-256({KEY_LABEL!r})",
+        "time": "2026-11-25T08:00:00Z",
+        "mode": "training",
+        "vectors": vectors,
+    }
+
+
+def markdown(data: dict[str, Any]) -> str:
+    lines = []
+    for vector in data["vectors"]:
+        hexed = vector["hex"]
+        lines.append(f"**{vector['name']}** (from the {vector['from']}, {len(hexed) // 2} bytes)")
+        lines.append("")
+        lines.append("```")
+        lines.extend(hexed[i : i + 64] for i in range(0, len(hexed), 64))
+        lines.append("```")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    data = generate()
+    FIXTURE.write_text(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(markdown(data))
