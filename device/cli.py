@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from device.protocol.status import DeviceError
+from device.protocol.status import DeviceError, Status
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_LINK, EXIT_STATE = 1, 2, 3, 4
 
@@ -104,6 +104,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     get.add_argument("--number")
     get.set_defaults(func=cmd_get)
 
+    receipt = sub.add_parser("receipt", help="print a document's receipt (text, ESC/POS, SVG, PNG)")
+    _port_args(receipt)
+    receipt.add_argument("--counter", type=int)
+    receipt.add_argument("--code")
+    receipt.add_argument("--number")
+    receipt.add_argument("--format", choices=["text", "escpos", "svg", "png"], default="text")
+    receipt.add_argument("--paper", type=int, choices=[58, 80], default=80, help="paper width, mm")
+    receipt.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    receipt.set_defaults(func=cmd_receipt)
+
     control = sub.add_parser("control", help="emulator switches: paper out, cover open")
     _port_args(control)
     control.add_argument("--paper-out", choices=["on", "off"])
@@ -183,7 +193,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _client_call(args: argparse.Namespace, call: Callable[[Any], Awaitable[dict[str, Any]]]) -> int:
+def _client_call(
+    args: argparse.Namespace,
+    call: Callable[[Any], Awaitable[dict[str, Any]]],
+    *,
+    quiet: bool = False,
+) -> int:
     from device.client import DeviceClient, LinkError
     from device.protocol.commands import RESPONSE_TIMEOUT
     from device.transport import PortError
@@ -214,7 +229,8 @@ def _client_call(args: argparse.Namespace, call: Callable[[Any], Awaitable[dict[
             return EXIT_LINK
         finally:
             await client.close()
-        print(json.dumps(to_json(result), ensure_ascii=False, indent=2))
+        if not quiet:
+            print(json.dumps(to_json(result), ensure_ascii=False, indent=2))
         return 0
 
     return asyncio.run(main())
@@ -241,6 +257,53 @@ def cmd_get(args: argparse.Namespace) -> int:
     return _client_call(
         args, lambda c: c.get_document(counter=args.counter, code=args.code, number=args.number)
     )
+
+
+def cmd_receipt(args: argparse.Namespace) -> int:
+    from device import render
+    from device.protocol.document import DocumentError, parse_document
+
+    if args.counter is None and (args.code is None or args.number is None):
+        print("taxctl device receipt: give --counter, or --code and --number", file=sys.stderr)
+        return EXIT_USAGE
+    rendered: list[bytes] = []
+
+    async def fetch_and_render(client: Any) -> dict[str, Any]:
+        info = await client.info()
+        found = await client.get_document(counter=args.counter, code=args.code, number=args.number)
+        try:
+            document = parse_document(found["document"])
+        except DocumentError as exc:
+            raise DeviceError(
+                Status.INTERNAL_ERROR, f"the device returned a bad document: {exc}"
+            ) from None
+        if not document.verify(info["public_key"]):
+            raise DeviceError(Status.INTERNAL_ERROR, "the document's signature does not verify")
+        fmt = args.format
+        if fmt == "text":
+            rendered.append(render.text(document.payload, args.paper).encode())
+        elif fmt == "escpos":
+            rendered.append(render.escpos(document.payload, args.paper))
+        elif fmt == "svg":
+            rendered.append(render.svg(document.payload, args.paper).encode())
+        else:
+            rendered.append(render.png(document.payload, args.paper))
+        return {"counter": document.counter, "format": fmt, "bytes": len(rendered[0])}
+
+    if args.format in ("png", "escpos") and args.out is None and sys.stdout.isatty():
+        print(
+            f"taxctl device receipt: --format {args.format} is binary; give --out FILE",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    code = _client_call(args, fetch_and_render, quiet=True)
+    if code == 0:
+        if args.out is not None:
+            args.out.write_bytes(rendered[0])
+        else:
+            sys.stdout.buffer.write(rendered[0])
+            sys.stdout.flush()
+    return code
 
 
 def cmd_control(args: argparse.Namespace) -> int:

@@ -166,3 +166,34 @@ def test_opening_a_bad_port_explains_why(tmp_path: Path) -> None:
         open_serial(str(tmp_path / "ttyUSB9"))
     with pytest.raises(PortError, match="parity"):
         open_serial(str(tmp_path / "x"), parity="Q")
+
+
+def test_receipt_reprint_in_every_format(device: tuple[Process, Path]) -> None:
+    _, tmp = device
+    link = str(tmp / "tty")
+    request = tmp / "invoice.json"
+    request.write_text(json.dumps(INVOICE))
+    issued = json.loads(taxctl("device", "issue", "--port", link, "--json", str(request)).stdout)
+    text = taxctl("device", "receipt", "--port", link, "--counter", "1", "--paper", "58")
+    assert text.returncode == 0 and issued["check_code"][-5:] in text.stdout
+    assert "TRAINING - NOT A VALID INVOICE" in text.stdout
+    for fmt, magic in (("png", b"\x89PNG"), ("svg", b"<svg"), ("escpos", b"\x1b@")):
+        out = tmp / f"receipt.{fmt}"
+        result = taxctl(
+            "device",
+            "receipt",
+            "--port",
+            link,
+            "--code",
+            issued["code"],
+            "--number",
+            issued["number"],
+            "--format",
+            fmt,
+            "--out",
+            str(out),
+        )
+        assert result.returncode == 0, result.stderr
+        assert out.read_bytes().startswith(magic)
+    missing = taxctl("device", "receipt", "--port", link, "--counter", "99")
+    assert missing.returncode == 1 and "RANGE_INVALID" in missing.stderr
