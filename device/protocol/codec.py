@@ -79,7 +79,56 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
 
 
 def decode_canonical(data: bytes | bytearray | memoryview) -> Any:
-    value = decode(data)
-    if encode(value) != bytes(data):
+    """Decode, refusing anything but the deterministic encoding of the value.
+
+    Re-encoding with the order-preserving encoder catches non-shortest
+    heads, indefinite lengths and duplicate keys; a separate walk checks map
+    key order. (Cheaper than a sorting re-encode; the chain does this for
+    every document it receives.) Floats are refused as a side effect: they
+    never occur in this project's documents.
+    """
+    raw = bytes(data)
+    value = decode(raw)
+    if encode_ordered(value) != raw or not _keys_in_order(value):
         raise CodecError("CBOR is not in deterministic encoding (RFC 8949 §4.2.1)")
     return value
+
+
+def _encoded_key(key: Any) -> bytes:
+    return bytes(cbor2.dumps(key, canonical=True))
+
+
+_KEYS_OK: dict[tuple[Any, ...], bool] = {}
+
+
+_CONTAINERS = (dict, list, cbor2.CBORTag)
+
+
+def _keys_in_order(value: Any) -> bool:
+    stack = [value]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            keys = tuple(item)
+            ok = _KEYS_OK.get(keys)
+            if ok is None:
+                try:
+                    ok = list(keys) == sorted(keys, key=_encoded_key)
+                except (TypeError, cbor2.CBOREncodeError):
+                    ok = False
+                if len(_KEYS_OK) < 4096:
+                    _KEYS_OK[keys] = ok
+            if not ok:
+                return False
+            for child in item.values():
+                if type(child) in _CONTAINERS:
+                    push(child)
+        elif kind is list:
+            for child in item:
+                if type(child) in _CONTAINERS:
+                    push(child)
+        elif kind is cbor2.CBORTag:
+            push(item.value)
+    return True

@@ -89,7 +89,7 @@ class Sign1:
 def decode_sign1(data: bytes | bytearray | memoryview) -> Sign1:
     raw = bytes(data)
     try:
-        item = codec.decode_canonical(raw)
+        item = codec.decode(raw)
     except codec.CodecError as exc:
         raise CoseError(str(exc)) from exc
     if not isinstance(item, cbor2.CBORTag) or item.tag != TAG_SIGN1:
@@ -109,4 +109,8 @@ def decode_sign1(data: bytes | bytearray | memoryview) -> Sign1:
         raise CoseError("payload must be an attached byte string")
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
         raise CoseError(f"signature must be {SIGNATURE_SIZE} bytes")
+    if assemble(payload, signature, kid) != raw:
+        # The one deterministic encoding of these four parts (assemble is what
+        # the encoder uses, and equals cbor2's canonical output).
+        raise CoseError("COSE_Sign1 is not in deterministic encoding (RFC 8949 §4.2.1)")
     return Sign1(payload, signature, kid, raw)

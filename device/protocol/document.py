@@ -21,7 +21,7 @@ signature: the signature covers the check code.)
 
 from __future__ import annotations
 
-import calendar
+import datetime
 import hashlib
 import re
 import time
@@ -75,6 +75,10 @@ EXTRA_KEYS: dict[Kind, frozenset[str]] = {
 }
 
 
+_KINDS = frozenset(k.value for k in Kind)
+_EXPECTED_KEYS = {kind: BASE_KEYS | extra for kind, extra in EXTRA_KEYS.items()}
+
+
 class DocumentError(ValueError):
     """A byte string that is not a well-formed document."""
 
@@ -90,10 +94,24 @@ def format_utc(seconds: float) -> str:
 _UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
 def parse_utc(text: object) -> int:
     if not isinstance(text, str) or not _UTC.fullmatch(text):
         raise ValueError(f"not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ: {text!r}")
-    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    try:  # the constructor checks ranges (month 13, 30 February, hour 24 ...)
+        when = datetime.datetime(
+            int(text[0:4]),
+            int(text[5:7]),
+            int(text[8:10]),
+            int(text[11:13]),
+            int(text[14:16]),
+            int(text[17:19]),
+        )
+    except ValueError as exc:
+        raise ValueError(f"not a valid time: {text!r} ({exc})") from None
+    return (when - _EPOCH) // datetime.timedelta(seconds=1)
 
 
 def check_code_from_mac(mac: bytes) -> str:
@@ -188,75 +206,70 @@ def parse_document(raw: bytes | bytearray | memoryview) -> Document:
     )
 
 
-def _need(condition: bool, message: str) -> None:
-    if not condition:
-        raise DocumentError(message)
-
-
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int
 
 
 def check_shape(payload: object) -> None:
-    """Field presence and types; content rules (totals, numbering) live elsewhere."""
-    _need(isinstance(payload, dict), "payload must be a map")
-    assert isinstance(payload, dict)
-    _need(all(isinstance(k, str) for k in payload), "payload keys must be text")
+    """Field presence and types; content rules (totals, numbering) live elsewhere.
+
+    Plain if/raise rather than a helper taking a message: messages are only
+    built when something is wrong (this runs for every document the chain sees).
+    """
+    if type(payload) is not dict:
+        raise DocumentError("payload must be a map")
     kind_text = payload.get("kind")
-    _need(kind_text in {k.value for k in Kind}, f"unknown kind {kind_text!r}")
+    if kind_text not in _KINDS:
+        raise DocumentError(f"unknown kind {kind_text!r}")
     kind = Kind(str(kind_text))
-    expected = BASE_KEYS | EXTRA_KEYS[kind]
-    _need(
-        set(payload) == expected,
-        f"payload keys differ: missing {sorted(expected - set(payload))}, "
-        f"unexpected {sorted(set(payload) - expected)}",
-    )
-    device_id = payload["device_id"]
-    _need(
-        isinstance(device_id, str) and DEVICE_ID_PATTERN.fullmatch(device_id) is not None,
-        "device_id must be TC followed by 12 capitals or digits",
-    )
-    _need(_is_int(payload["counter"]) and payload["counter"] >= 1, "counter must be >= 1")
-    if kind in NUMBERED_KINDS:
-        _need(
-            isinstance(payload["code"], str) and isinstance(payload["number"], str),
-            "an invoice or credit note needs code and number",
+    expected = _EXPECTED_KEYS[kind]
+    if payload.keys() != expected:
+        found = {str(k) for k in payload}
+        raise DocumentError(
+            f"payload keys differ: missing {sorted(expected - found)}, "
+            f"unexpected {sorted(found - expected)}"
         )
-    else:
-        _need(payload["code"] is None and payload["number"] is None, "a report has no code/number")
+    device_id = payload["device_id"]
+    if type(device_id) is not str or DEVICE_ID_PATTERN.fullmatch(device_id) is None:
+        raise DocumentError("device_id must be TC followed by 12 capitals or digits")
+    if not _is_int(payload["counter"]) or payload["counter"] < 1:
+        raise DocumentError("counter must be an integer >= 1")
+    if kind in NUMBERED_KINDS:
+        if type(payload["code"]) is not str or type(payload["number"]) is not str:
+            raise DocumentError("an invoice or credit note needs code and number")
+    elif payload["code"] is not None or payload["number"] is not None:
+        raise DocumentError("a report has no code/number")
     try:
         parse_utc(payload["issued_at"])
     except ValueError as exc:
         raise DocumentError(f"issued_at: {exc}") from None
-    _need(isinstance(payload["seller"], dict), "seller must be a map")
-    _need(
-        payload["buyer"] is None or isinstance(payload["buyer"], dict),
-        "buyer must be a map or null",
-    )
-    _need(isinstance(payload["items"], list), "items must be a list")
-    for key in ("amount", "tax", "total"):
-        _need(_is_int(payload[key]), f"{key} must be an integer")
-    _need(payload["total"] == payload["amount"] + payload["tax"], "total must be amount + tax")
-    _need(
-        isinstance(payload["prev_hash"], bytes) and len(payload["prev_hash"]) == 32,
-        "prev_hash must be 32 bytes",
-    )
+    if type(payload["seller"]) is not dict:
+        raise DocumentError("seller must be a map")
+    if payload["buyer"] is not None and type(payload["buyer"]) is not dict:
+        raise DocumentError("buyer must be a map or null")
+    if type(payload["items"]) is not list:
+        raise DocumentError("items must be a list")
+    amount, tax, total = payload["amount"], payload["tax"], payload["total"]
+    if not (_is_int(amount) and _is_int(tax) and _is_int(total)):
+        raise DocumentError("amount, tax and total must be integers")
+    if total != amount + tax:
+        raise DocumentError("total must be amount + tax")
+    prev = payload["prev_hash"]
+    if type(prev) is not bytes or len(prev) != 32:
+        raise DocumentError("prev_hash must be 32 bytes")
     check = payload["check_code"]
-    _need(
-        isinstance(check, str) and len(check) == CHECK_CODE_DIGITS and check.isdigit(),
-        "check_code must be 20 digits",
-    )
-    _need(
-        isinstance(payload["offline"], bool) and isinstance(payload["training"], bool),
-        "offline and training must be booleans",
-    )
+    if type(check) is not str or len(check) != CHECK_CODE_DIGITS or not check.isdigit():
+        raise DocumentError("check_code must be 20 digits")
+    if type(payload["offline"]) is not bool or type(payload["training"]) is not bool:
+        raise DocumentError("offline and training must be booleans")
     if kind == Kind.CREDIT:
         ref = payload["refers_to"]
-        _need(
-            isinstance(ref, dict) and set(ref) == {"code", "number"},
-            "refers_to needs code and number",
-        )
-        _need(isinstance(payload["reason"], str), "reason must be text")
-    if kind in (Kind.X_REPORT, Kind.Z_REPORT):
-        _need(isinstance(payload["report"], dict), "report must be a map")
-        _need(payload["items"] == [], "a report has no items")
+        if type(ref) is not dict or ref.keys() != {"code", "number"}:
+            raise DocumentError("refers_to needs code and number")
+        if type(payload["reason"]) is not str:
+            raise DocumentError("reason must be text")
+    elif kind in (Kind.X_REPORT, Kind.Z_REPORT):
+        if type(payload["report"]) is not dict:
+            raise DocumentError("report must be a map")
+        if payload["items"] != []:
+            raise DocumentError("a report has no items")

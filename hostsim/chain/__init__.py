@@ -1,0 +1,1 @@
+"""The consortium chain simulator: N nodes, hash-linked blocks, 2f+1 finality, tax bureau."""

@@ -1,0 +1,84 @@
+"""Chain error codes: one per validation rule and per kind of bad request.
+
+The string value travels in every 4xx body as {"error": {"code", "message"}}
+and in a rejected document's result; it never changes once published.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    # Documents
+    MALFORMED_DOCUMENT = "malformed_document"
+    UNKNOWN_DEVICE = "unknown_device"
+    DEVICE_REVOKED = "device_revoked"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+    BAD_SIGNATURE = "bad_signature"
+    PREV_HASH_MISMATCH = "prev_hash_mismatch"
+    EQUIVOCATION = "equivocation"
+    NUMBER_OUTSIDE_SEGMENT = "number_outside_segment"
+    NUMBER_USED = "number_used"
+    TOTALS_MISMATCH = "totals_mismatch"
+    SELLER_MISMATCH = "seller_mismatch"
+    CREDIT_UNKNOWN_ORIGINAL = "credit_unknown_original"
+    CREDIT_OTHER_SELLER = "credit_other_seller"
+    CREDIT_NOT_AN_INVOICE = "credit_not_an_invoice"
+    CREDIT_EXCEEDS_ORIGINAL = "credit_exceeds_original"
+    TRAINING_NOT_ALLOWED = "training_not_allowed"
+    TRAINING_ONLY = "training_only"
+    CLOCK_REGRESSION = "clock_regression"
+    # Registration and bureau
+    BAD_CSR = "bad_csr"
+    BAD_CERTIFICATE = "bad_certificate"
+    BAD_SEGMENT = "bad_segment"
+    SEGMENT_OVERLAP = "segment_overlap"
+    ALREADY_REGISTERED = "already_registered"
+    # Verification and claims
+    NOT_FOUND = "not_found"
+    UNAUTHORIZED = "unauthorized"
+    NOT_THE_BUYER = "not_the_buyer"
+    ALREADY_CLAIMED = "already_claimed"
+    NOT_CLAIMABLE = "not_claimable"
+    # Requests
+    BAD_REQUEST = "bad_request"
+    BODY_TOO_LARGE = "body_too_large"
+    BATCH_TOO_LARGE = "batch_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAVAILABLE = "unavailable"
+
+
+STATUS: dict[Code, int] = {
+    Code.UNKNOWN_DEVICE: 404,
+    Code.NOT_FOUND: 404,
+    Code.UNAUTHORIZED: 401,
+    Code.NOT_THE_BUYER: 403,
+    Code.ALREADY_CLAIMED: 409,
+    Code.ALREADY_REGISTERED: 409,
+    Code.SEGMENT_OVERLAP: 409,
+    Code.NOT_CLAIMABLE: 409,
+    Code.BODY_TOO_LARGE: 413,
+    Code.BATCH_TOO_LARGE: 413,
+    Code.UNSUPPORTED_MEDIA_TYPE: 415,
+    Code.METHOD_NOT_ALLOWED: 405,
+    Code.UNAVAILABLE: 503,
+}
+
+
+class ChainError(Exception):
+    """A refusal with a stable code and a sentence; `extra` goes into the error body."""
+
+    def __init__(self, code: Code, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    @property
+    def http_status(self) -> int:
+        return STATUS.get(self.code, 400)
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"code": self.code.value, "message": self.message, **self.extra}}
