@@ -1,0 +1,177 @@
+"""Bureau acts and buyer claims, as chain transactions.
+
+Registering a device, allocating or recording a number segment, revoking a
+device and claiming an invoice each become a transaction in the next
+block; the call returns once that block is final. Each is idempotent where
+a retry is natural (the same certificate or segment again returns the
+original), and refused with its own code where it would contradict the
+chain (a second claim names the first).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from device.protocol import trust
+from device.protocol.document import Kind
+from hostsim.chain.engine import Engine
+from hostsim.chain.errors import ChainError, Code
+from hostsim.chain.rules import DeviceRecord
+from hostsim.chain.tx import TxType, act_tx
+
+
+class Acts:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.bureau = engine.bureau
+        self.state = engine.state
+
+    # --- devices ---------------------------------------------------------------------------
+
+    async def register(
+        self, csr: bytes | None, certificate: bytes | None, segments: list[bytes], wait: float
+    ) -> dict[str, Any]:
+        if (csr is None) == (certificate is None):
+            raise ChainError(Code.BAD_REQUEST, "give either a csr or a certificate")
+        if csr is not None:
+            serial = len(self.state.devices) + 1
+            certificate = self.bureau.certify(csr, serial, self.engine.clock.now())
+            device_id = trust.open_csr(csr)["device_id"]
+            known = self.state.devices.get(device_id)
+            if known is not None:  # a repeated CSR gets the certificate already issued
+                certificate = known.certificate.raw
+        assert certificate is not None
+        cert = self.bureau.open_certificate(certificate)
+        device = self.state.devices.get(cert.device_id)
+        if device is not None and device.certificate.raw != cert.raw:
+            raise ChainError(
+                Code.ALREADY_REGISTERED,
+                f"{cert.device_id} is registered with another certificate"
+                f" (serial {device.certificate.serial})",
+            )
+        new_segments = [s for s in map(self._check_segment, segments) if s is not None]
+        for seg in new_segments:
+            if seg.device_id != cert.device_id:
+                raise ChainError(Code.BAD_SEGMENT, f"segment is for {seg.device_id}")
+        if device is None:
+            tx = act_tx(
+                TxType.REGISTER,
+                {
+                    "device_id": cert.device_id,
+                    "certificate": cert.raw,
+                    "segments": [s.raw for s in new_segments],
+                },
+            )
+            tx.fields["_cert"], tx.fields["_segments"] = cert, new_segments
+            future = self.engine.enqueue(tx)
+            device = DeviceRecord(cert, 0)
+            self.state.devices[cert.device_id] = device
+            for seg in new_segments:
+                self.state.add_segment(device, seg)
+            await self.engine.wait_final(future, wait)
+        else:
+            for seg in new_segments:
+                await self._add_segment(device, seg, wait)
+        return {
+            "device_id": cert.device_id,
+            "certificate": cert.raw,
+            "registered_height": device.registered_height,
+            "segments": [s.raw for s in device.segments],
+        }
+
+    async def allocate(self, device_id: str, count: int, wait: float) -> trust.Segment:
+        device = self._live_device(device_id)
+        code = self.bureau.code_for(device_id)
+        start = max((s.end for s in self.state.segments_by_code.get(code, [])), default=0) + 1
+        raw = self.bureau.segment(device_id, code, start, count, self.engine.clock.now())
+        seg = self.bureau.open_segment(raw)
+        await self._add_segment(device, seg, wait)
+        return seg
+
+    async def record_segment(self, device_id: str, raw: bytes, wait: float) -> trust.Segment:
+        device = self._live_device(device_id)
+        seg = self._check_segment(raw)
+        if seg is None:
+            return self.bureau.open_segment(raw)
+        if seg.device_id != device_id:
+            raise ChainError(Code.BAD_SEGMENT, f"segment is for {seg.device_id}")
+        await self._add_segment(device, seg, wait)
+        return seg
+
+    async def revoke(self, device_id: str, reason: str, wait: float) -> int:
+        device = self.state.devices.get(device_id)
+        if device is None:
+            raise ChainError(Code.UNKNOWN_DEVICE, f"no device {device_id}")
+        if device.revoked_height is not None:
+            return device.revoked_height
+        tx = act_tx(TxType.REVOKE, {"device_id": device_id, "reason": reason})
+        future = self.engine.enqueue(tx)
+        device.revoked_height, device.revoked_reason = self.engine.height + 1, reason
+        height, _ = await self.engine.wait_final(future, wait)
+        return height
+
+    def _live_device(self, device_id: str) -> DeviceRecord:
+        device = self.state.devices.get(device_id)
+        if device is None:
+            raise ChainError(Code.UNKNOWN_DEVICE, f"no device {device_id}")
+        if device.revoked_height is not None:
+            raise ChainError(Code.DEVICE_REVOKED, f"{device_id} is revoked")
+        return device
+
+    def _check_segment(self, raw: bytes) -> trust.Segment | None:
+        """The segment if it is new; None if the chain already has this very segment."""
+        seg = self.bureau.open_segment(raw)
+        for other in self.state.segments_by_code.get(seg.code, []):
+            if other.raw == seg.raw:
+                return None
+            if other.start <= seg.end and seg.start <= other.end:
+                raise ChainError(
+                    Code.SEGMENT_OVERLAP,
+                    f"{seg.code} {seg.start}..{seg.end} overlaps {other.start}..{other.end}"
+                    f" of {other.device_id}",
+                )
+        return seg
+
+    async def _add_segment(self, device: DeviceRecord, seg: trust.Segment, wait: float) -> None:
+        tx = act_tx(TxType.SEGMENT, {"device_id": device.device_id, "segment": seg.raw})
+        tx.fields["_segment"] = seg
+        future = self.engine.enqueue(tx)
+        self.state.add_segment(device, seg)
+        await self.engine.wait_final(future, wait)
+
+    # --- claims ----------------------------------------------------------------------------
+
+    async def claim(
+        self, code: str, number: str, buyer_id: str, buyer_tax_id: str, wait: float
+    ) -> dict[str, Any]:
+        row = self.engine.ledger.invoice(code, number)
+        if row is None:
+            raise ChainError(Code.NOT_FOUND, f"no invoice {code}/{number} on the chain")
+        if row["kind"] != Kind.INVOICE:
+            raise ChainError(
+                Code.NOT_CLAIMABLE, f"{code}/{number} is a {row['kind']}, not an invoice"
+            )
+        if row["buyer_tax_id"] != buyer_tax_id:
+            raise ChainError(
+                Code.NOT_THE_BUYER, f"{code}/{number} was not issued to {buyer_tax_id}"
+            )
+        first = row["claimed_by"] or self.state.claim_of(code, number)
+        if first is not None:
+            raise ChainError(
+                Code.ALREADY_CLAIMED,
+                f"{code}/{number} was already claimed by {first}"
+                + (f" at block {row['claimed_height']}" if row["claimed_height"] else ""),
+                claimed_by=first,
+                claimed_height=row["claimed_height"],
+            )
+        credited = row["credited"] + self.state.pending_credits.get((code, number), 0)
+        if credited >= row["total"]:
+            raise ChainError(Code.NOT_CLAIMABLE, f"{code}/{number} is credited in full")
+        tx = act_tx(
+            TxType.CLAIM,
+            {"code": code, "number": number, "buyer_id": buyer_id, "buyer_tax_id": buyer_tax_id},
+        )
+        future = self.engine.enqueue(tx)
+        self.state.pending_claims[(code, number)] = buyer_id
+        height, _ = await self.engine.wait_final(future, wait)
+        return {"code": code, "number": number, "claimed_by": buyer_id, "height": height}

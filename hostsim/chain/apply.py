@@ -1,0 +1,131 @@
+"""Writing one finalized block into the ledger: the block, its transactions, and the
+indexes they move (device tips, invoices, credits, claims, history), in one SQL
+transaction opened by the caller."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from device.protocol import codec, trust
+from device.protocol.document import Document, Kind
+from hostsim.chain.blocks import Block
+from hostsim.chain.tx import Tx, TxType
+
+
+def _event(
+    code: str, number: str, height: int, at: str, event: str, **detail: Any
+) -> tuple[Any, ...]:
+    return (code, number, height, at, event, json.dumps(detail, sort_keys=True))
+
+
+def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None:
+    height, at = block.height, str(block.header["time"])
+    db.execute(
+        "INSERT INTO blocks VALUES (?, ?, ?, ?)",
+        (height, block.hash, trust.header_bytes(block.header), codec.encode(block.signatures)),
+    )
+    db.executemany(
+        "INSERT INTO txs VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (tx.hash, height, pos, tx.type.value, tx.body, tx.device_id, tx.counter)
+            for pos, tx in enumerate(txs)
+        ],
+    )
+    tips: dict[str, Document] = {}
+    invoices: list[tuple[Any, ...]] = []
+    credits: list[tuple[int, str, str]] = []
+    claims: list[tuple[str, int, str, str]] = []
+    history: list[tuple[Any, ...]] = []
+    for tx in txs:
+        if tx.type == TxType.DOCUMENT:
+            assert tx.doc is not None
+            doc = tx.doc
+            tips[doc.device_id] = doc
+            if doc.code is None or doc.number is None:
+                continue
+            p = doc.payload
+            buyer = p["buyer"] or {}
+            invoices.append(
+                (
+                    doc.code,
+                    doc.number,
+                    doc.hash,
+                    doc.device_id,
+                    doc.counter,
+                    p["kind"],
+                    p["seller"].get("tax_id", ""),
+                    buyer.get("tax_id"),
+                    doc.total,
+                    0,
+                    p["issued_at"],
+                    doc.check_code,
+                    int(doc.training),
+                    None,
+                    None,
+                )
+            )
+            history.append(
+                _event(doc.code, doc.number, height, at, "issued", kind=p["kind"], total=doc.total)
+            )
+            if doc.kind == Kind.CREDIT:
+                ref = p["refers_to"]
+                credits.append((-doc.total, ref["code"], ref["number"]))
+                history.append(
+                    _event(
+                        ref["code"],
+                        ref["number"],
+                        height,
+                        at,
+                        "credited",
+                        amount=-doc.total,
+                        by_code=doc.code,
+                        by_number=doc.number,
+                    )
+                )
+        elif tx.type == TxType.REGISTER:
+            cert: trust.DeviceCert = tx.fields["_cert"]
+            db.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, NULL, NULL, 0, ?, '')",
+                (cert.device_id, cert.raw, height, bytes(32)),
+            )
+            for seg in tx.fields["_segments"]:
+                _segment(db, seg, height)
+        elif tx.type == TxType.SEGMENT:
+            _segment(db, tx.fields["_segment"], height)
+        elif tx.type == TxType.REVOKE:
+            db.execute(
+                "UPDATE devices SET revoked_height=?, revoked_reason=? WHERE device_id=?",
+                (height, tx.fields["reason"], tx.fields["device_id"]),
+            )
+        elif tx.type == TxType.CLAIM:
+            f = tx.fields
+            claims.append((f["buyer_id"], height, f["code"], f["number"]))
+            history.append(
+                _event(f["code"], f["number"], height, at, "claimed", buyer_id=f["buyer_id"])
+            )
+    db.executemany(
+        "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", invoices
+    )
+    db.executemany("UPDATE invoices SET credited = credited + ? WHERE code=? AND number=?", credits)
+    db.executemany(
+        "UPDATE invoices SET claimed_by=?, claimed_height=? WHERE code=? AND number=?", claims
+    )
+    db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)", history)
+    db.executemany(
+        "UPDATE devices SET last_counter=?, last_hash=?, last_issued_at=? WHERE device_id=?",
+        [(d.counter, d.hash, d.payload["issued_at"], dev) for dev, d in tips.items()],
+    )
+    db.executemany(
+        "DELETE FROM held WHERE hash=?",
+        [(tx.hash,) for tx in txs if tx.type == TxType.DOCUMENT],
+    )
+
+
+def _segment(db: sqlite3.Connection, seg: trust.Segment, height: int) -> None:
+    db.execute(
+        "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?)",
+        (seg.raw, seg.device_id, seg.code, seg.start, seg.end, height),
+    )

@@ -1,0 +1,88 @@
+"""Blocks: header assembly, Merkle trees over transaction hashes, and receipts.
+
+A header is the deterministic CBOR map of `device.protocol.trust`
+(chain_id, height, prev_hash, merkle_root, time, tx_count); nodes sign
+BLOCK_DOMAIN + header bytes. A receipt names one document, its place in
+the block, the audit path to the root and the node signatures: everything
+a device needs to check it with the consortium keys it pinned.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from device.protocol import codec, merkle, trust
+from hostsim.chain.ledger import Ledger
+
+
+@dataclass(slots=True)
+class Block:
+    header: dict[str, Any]
+    hash: bytes
+    signatures: list[dict[str, Any]]
+    tx_hashes: list[bytes]
+    tree: list[list[bytes]]
+
+    @property
+    def height(self) -> int:
+        return int(self.header["height"])
+
+    def receipt(self, position: int, device_id: str | None, counter: int | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "doc_hash": self.tx_hashes[position],
+            "position": position,
+            "proof": merkle.audit_path(self.tree, position),
+            "header": self.header,
+            "signatures": self.signatures,
+        }
+        if device_id is not None:
+            out["device_id"] = device_id
+            out["counter"] = counter
+        return out
+
+
+def assemble(
+    chain_id: str, height: int, prev_hash: bytes, tx_hashes: Sequence[bytes], time: str
+) -> Block:
+    tree = merkle.levels(tx_hashes)
+    header = {
+        "chain_id": chain_id,
+        "height": height,
+        "prev_hash": prev_hash,
+        "merkle_root": tree[-1][0],
+        "time": time,
+        "tx_count": len(tx_hashes),
+    }
+    return Block(header, trust.block_hash(header), [], list(tx_hashes), tree)
+
+
+class BlockCache:
+    """Recent blocks with their trees, so receipts for a batch cost no re-hashing."""
+
+    def __init__(self, ledger: Ledger, size: int = 32) -> None:
+        self.ledger = ledger
+        self.size = size
+        self.blocks: OrderedDict[int, Block] = OrderedDict()
+
+    def put(self, block: Block) -> None:
+        self.blocks[block.height] = block
+        self.blocks.move_to_end(block.height)
+        while len(self.blocks) > self.size:
+            self.blocks.popitem(last=False)
+
+    def get(self, height: int) -> Block | None:
+        block = self.blocks.get(height)
+        if block is not None:
+            self.blocks.move_to_end(height)
+            return block
+        row = self.ledger.block(height)
+        if row is None:
+            return None
+        hashes = [tx.hash for tx in self.ledger.block_txs(height)]
+        header = codec.decode(row.header)
+        block = Block(header, row.hash, codec.decode(row.signatures), hashes, merkle.levels(hashes))
+        self.put(block)
+        return block

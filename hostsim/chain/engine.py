@@ -1,0 +1,341 @@
+"""The chain's state machine: admit transactions, order them into blocks, finalize.
+
+Submissions are validated against the *tip*: committed state (the ledger)
+plus everything accepted into the mempool, so a batch of a device's
+documents is checked in one pass without waiting for blocks. Validation
+runs without awaiting between steps (signatures are checked first, in a
+thread pool), so two submissions never interleave. A background task cuts
+blocks by size or after a short interval, has the reachable nodes sign
+them, and writes each in one SQLite transaction; only then do submitters
+see `committed` with a receipt. Without a quorum nothing is cut and the
+mempool waits; a crash loses only non-final transactions, which their
+submitters resubmit (documents are idempotent by hash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from device.protocol.clock import Clock
+from device.protocol.document import Document, DocumentError, format_utc, parse_document
+from device.protocol.invoice import DEFAULT_TAX_RATES
+from hostsim.bureau import Bureau
+from hostsim.chain import rules
+from hostsim.chain.apply import write_block
+from hostsim.chain.blocks import Block, BlockCache, assemble
+from hostsim.chain.errors import ChainError, Code
+from hostsim.chain.ledger import Ledger
+from hostsim.chain.quorum import NodeSet
+from hostsim.chain.state import TipState
+from hostsim.chain.tx import Tx, document_tx
+
+log = logging.getLogger("taxctl.chain")
+
+VERIFY_CHUNK = 128
+REJECTION_MEMORY = 10_000
+
+
+@dataclass(slots=True)
+class Result:
+    status: str  # committed | duplicate | pending | held | rejected
+    hash: bytes | None = None
+    device_id: str | None = None
+    counter: int | None = None
+    height: int | None = None
+    position: int | None = None
+    code: Code | None = None
+    message: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    tx: Tx | None = None
+
+
+def _rejected(exc: ChainError, doc: Document | None = None) -> Result:
+    return Result(
+        "rejected",
+        doc.hash if doc else None,
+        doc.device_id if doc else None,
+        doc.counter if doc else None,
+        code=exc.code,
+        message=exc.message,
+        extra=dict(exc.extra),
+    )
+
+
+def _verify_chunk(items: Sequence[tuple[int, Document, bytes]]) -> list[tuple[int, bool]]:
+    return [(i, doc.verify(key)) for i, doc, key in items]
+
+
+class Engine:
+    def __init__(
+        self,
+        ledger: Ledger,
+        nodes: NodeSet,
+        bureau: Bureau,
+        clock: Clock,
+        *,
+        chain_id: str,
+        training: bool,
+        rates: frozenset[int] = DEFAULT_TAX_RATES,
+        block_max: int = 2000,
+        block_interval: float = 0.02,
+        mempool_max: int = 200_000,
+    ) -> None:
+        self.ledger = ledger
+        self.nodes = nodes
+        self.bureau = bureau
+        self.clock = clock
+        self.chain_id = chain_id
+        self.training = training
+        self.rates = rates
+        self.block_max = block_max
+        self.block_interval = block_interval
+        self.mempool_max = mempool_max
+        self.state = TipState(ledger, bureau.open_certificate, bureau.open_segment)
+        self.blocks = BlockCache(ledger)
+        self.mempool: deque[Tx] = deque()
+        self.rejections: OrderedDict[bytes, ChainError] = OrderedDict()
+        self.height = ledger.height()
+        last = ledger.block(self.height)
+        self.tip_hash = last.hash if last else bytes(32)
+        self.last_time = ""
+        self.write_error: str | None = None
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self._work = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._cutter())
+        for device_id in self.state.load_held():
+            if device_id in self.state.devices:
+                self._release_held(device_id)
+        self._work.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.pool.shutdown(wait=True)
+
+    # --- documents -------------------------------------------------------------------------
+
+    async def submit(self, raws: Sequence[bytes], wait: float) -> list[Result]:
+        results: list[Result | None] = [None] * len(raws)
+        docs: dict[int, Document] = {}
+        for i, raw in enumerate(raws):
+            try:
+                docs[i] = parse_document(raw)
+            except DocumentError as exc:
+                results[i] = _rejected(ChainError(Code.MALFORMED_DOCUMENT, str(exc)))
+        committed = self.ledger.txs_hashes([d.hash for d in docs.values()])
+        to_verify: list[tuple[int, Document, bytes]] = []
+        for i, doc in docs.items():
+            where = committed.get(doc.hash)
+            if where is not None:
+                results[i] = self._done("duplicate", doc, *where)
+            elif doc.hash not in self.state.pending and doc.hash not in self.state.held_hashes:
+                device = self.state.devices.get(doc.device_id)
+                if device is not None:
+                    to_verify.append((i, doc, device.public_key))
+        signatures = await self._verify(to_verify)
+        # From here to the end of admission nothing awaits: the tip cannot move under us.
+        admitted_before = len(self.mempool)
+        for i, doc in docs.items():
+            if results[i] is None:
+                results[i] = self._admit(doc, signatures.get(i))
+        self.state.flush_held(self.clock.now())
+        if len(self.mempool) > admitted_before:
+            self._work.set()
+        waiting = [
+            r.tx.future for r in results if r and r.tx and r.tx.future and r.status == "pending"
+        ]
+        if waiting and wait > 0:
+            await asyncio.wait(waiting, timeout=wait)
+        final = [r for r in results if r is not None]
+        for r in final:
+            if r.status == "pending" and r.tx and r.tx.future and r.tx.future.done():
+                r.height, r.position = r.tx.future.result()
+                r.status = "committed"
+        return final
+
+    async def _verify(self, items: list[tuple[int, Document, bytes]]) -> dict[int, bool]:
+        if len(items) <= VERIFY_CHUNK:
+            return dict(_verify_chunk(items))
+        loop = asyncio.get_running_loop()
+        chunks = [items[s : s + VERIFY_CHUNK] for s in range(0, len(items), VERIFY_CHUNK)]
+        done = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, _verify_chunk, c) for c in chunks)
+        )
+        return {i: ok for part in done for i, ok in part}
+
+    def _admit(self, doc: Document, signature_ok: bool | None) -> Result:
+        pending = self.state.pending.get(doc.hash)
+        if pending is not None:
+            return Result("pending", doc.hash, doc.device_id, doc.counter, tx=pending)
+        if doc.hash in self.state.held_hashes:
+            return Result("held", doc.hash, doc.device_id, doc.counter)
+        try:
+            device = rules.registered(doc, self.state.devices.get(doc.device_id))
+            if signature_ok is None:
+                signature_ok = doc.verify(device.public_key)
+            if not signature_ok:
+                raise ChainError(
+                    Code.BAD_SIGNATURE,
+                    f"the signature does not verify with {doc.device_id}'s registered key",
+                )
+            rules.admission(doc, device, self.training)
+            if doc.counter <= device.last_counter:
+                existing = self.state.hash_at(doc.device_id, doc.counter)
+                if existing is not None and existing == doc.hash:
+                    return self._status_of_known(doc)
+                self.state.record_equivocation(doc, existing, "counter", self.clock.now())
+                raise ChainError(
+                    Code.EQUIVOCATION,
+                    f"{doc.device_id} already has a different document {doc.counter};"
+                    " both are kept as evidence",
+                )
+            if doc.counter > device.last_counter + 1:
+                other = self.state.held_at(doc.device_id, doc.counter)
+                if other is not None and other.hash != doc.hash:
+                    self.state.record_equivocation(doc, other.hash, "counter", self.clock.now())
+                    raise ChainError(
+                        Code.EQUIVOCATION,
+                        f"a different document {doc.counter} of {doc.device_id} is already held",
+                    )
+                self.state.hold(doc)
+                return Result("held", doc.hash, doc.device_id, doc.counter)
+            tx = self._accept_next(doc, device)
+        except ChainError as exc:
+            self._remember_rejection(doc.hash, exc)
+            return _rejected(exc, doc)
+        self._release_held(doc.device_id)
+        return Result("pending", doc.hash, doc.device_id, doc.counter, tx=tx)
+
+    def _accept_next(self, doc: Document, device: rules.DeviceRecord) -> Tx:
+        try:
+            rules.check_next(doc, device, self.rates, self.state.number_holder, self.state.original)
+        except ChainError as exc:
+            if exc.code == Code.NUMBER_USED:
+                holder = bytes.fromhex(str(exc.extra["existing_hash"]))
+                self.state.record_equivocation(doc, holder, "number", self.clock.now())
+            raise
+        tx = document_tx(doc)
+        tx.future = asyncio.get_running_loop().create_future()
+        self.state.accept_document(tx, device)
+        self.mempool.append(tx)
+        return tx
+
+    def _release_held(self, device_id: str) -> None:
+        """Documents held behind a gap the last acceptance filled, in counter order."""
+        device = self.state.devices[device_id]
+        while (doc := self.state.unhold(device_id, device.last_counter + 1)) is not None:
+            try:
+                rules.admission(doc, device, self.training)
+                self._accept_next(doc, device)
+            except ChainError as exc:
+                log.warning("held document %s/%d rejected: %s", device_id, doc.counter, exc)
+                self._remember_rejection(doc.hash, exc)
+                self.state.discard_held(doc.hash)
+                return
+
+    def _status_of_known(self, doc: Document) -> Result:
+        tx = self.state.pending.get(doc.hash)
+        if tx is not None:
+            return Result("pending", doc.hash, doc.device_id, doc.counter, tx=tx)
+        where = self.ledger.txs_hashes([doc.hash]).get(doc.hash)
+        assert where is not None, "a counter at or below the tip is pending or committed"
+        return self._done("duplicate", doc, *where)
+
+    def _done(self, status: str, doc: Document, height: int, position: int) -> Result:
+        return Result(status, doc.hash, doc.device_id, doc.counter, height, position)
+
+    def _remember_rejection(self, tx_hash: bytes, exc: ChainError) -> None:
+        self.rejections[tx_hash] = exc
+        while len(self.rejections) > REJECTION_MEMORY:
+            self.rejections.popitem(last=False)
+
+    # --- bureau acts and claims ------------------------------------------------------------
+
+    def enqueue(self, tx: Tx) -> asyncio.Future[tuple[int, int]]:
+        if len(self.mempool) >= self.mempool_max:
+            raise ChainError(
+                Code.UNAVAILABLE, "the chain is not finalizing and its mempool is full"
+            )
+        tx.future = asyncio.get_running_loop().create_future()
+        self.state.pending[tx.hash] = tx
+        self.mempool.append(tx)
+        self._work.set()
+        return tx.future
+
+    async def wait_final(
+        self, future: asyncio.Future[tuple[int, int]], wait: float
+    ) -> tuple[int, int]:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), wait)
+        except TimeoutError:
+            raise ChainError(
+                Code.UNAVAILABLE,
+                "accepted but not final yet (no quorum of nodes reachable); ask again later",
+            ) from None
+
+    def mempool_full(self) -> bool:
+        return len(self.mempool) >= self.mempool_max
+
+    # --- blocks ----------------------------------------------------------------------------
+
+    async def _cutter(self) -> None:
+        while True:
+            await self._work.wait()
+            if len(self.mempool) < self.block_max:
+                await asyncio.sleep(self.block_interval)
+            while self.mempool:
+                if not self.nodes.has_quorum():
+                    await asyncio.sleep(0.05)
+                    continue
+                if not self.cut_block():
+                    await asyncio.sleep(0.5)
+                await asyncio.sleep(0)
+            self._work.clear()
+
+    def cut_block(self) -> Block | None:
+        """Finalize the next block from the mempool; None if it could not be written."""
+        count = min(self.block_max, len(self.mempool))
+        txs = [self.mempool[i] for i in range(count)]
+        now = max(format_utc(self.clock.now()), self.last_time)
+        block = assemble(self.chain_id, self.height + 1, self.tip_hash, [t.hash for t in txs], now)
+        block.signatures = self.nodes.sign(block.header)
+        try:
+            with self.ledger.transaction() as db:
+                write_block(db, block, txs)
+        except sqlite3.Error as exc:
+            self.write_error = f"cannot write block {block.height}: {exc}"
+            log.error("%s; the %d transactions stay in the mempool", self.write_error, count)
+            return None
+        self.write_error = None
+        for _ in range(count):
+            self.mempool.popleft()
+        self.height, self.tip_hash, self.last_time = block.height, block.hash, now
+        self.blocks.put(block)
+        for position, tx in enumerate(txs):
+            self.state.committed(tx, block.height)
+            if tx.future is not None and not tx.future.done():
+                tx.future.set_result((block.height, position))
+        return block
+
+    def receipt(
+        self, height: int, position: int, device_id: str | None, counter: int | None
+    ) -> dict[str, Any]:
+        block = self.blocks.get(height)
+        if block is None:
+            raise ChainError(Code.NOT_FOUND, f"no block {height}")
+        return block.receipt(position, device_id, counter)

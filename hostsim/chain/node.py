@@ -1,0 +1,101 @@
+"""One chain instance: its ledger, nodes, bureau, engine and acts, opened from a data directory."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from device.protocol import trust
+from device.protocol.clock import Clock, SystemClock
+from hostsim.bureau import Bureau
+from hostsim.chain.acts import Acts
+from hostsim.chain.engine import Engine
+from hostsim.chain.ledger import Ledger
+from hostsim.chain.quorum import NodeSet
+
+
+class ChainSetupError(Exception):
+    """The data directory and the options disagree (mode, node count)."""
+
+
+@dataclass
+class Chain:
+    directory: Path
+    ledger: Ledger
+    nodes: NodeSet
+    bureau: Bureau
+    engine: Engine
+    acts: Acts
+    chain_id: str
+    training: bool
+    consortium: bytes
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        *,
+        nodes: int = 4,
+        training: bool = False,
+        clock: Clock | None = None,
+        block_max: int = 2000,
+        block_interval: float = 0.02,
+    ) -> Chain:
+        clock = clock or SystemClock()
+        directory.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger(directory)
+        try:
+            mode = ledger.get_meta("training")
+            if mode is not None and bool(mode[0]) != training:
+                raise ChainSetupError(
+                    f"{directory} holds a {'training' if mode[0] else 'production'} chain;"
+                    f" start it {'with' if mode[0] else 'without'} --training"
+                )
+            try:
+                node_set = NodeSet.open(directory, nodes)
+            except ValueError as exc:
+                raise ChainSetupError(str(exc)) from None
+            bureau = Bureau(directory, training)
+            chain_id_raw = ledger.get_meta("chain_id")
+            if chain_id_raw is None:
+                chain_id = "taxctl-training" if training else f"taxctl-{secrets.token_hex(4)}"
+                consortium = bureau.consortium(chain_id, node_set.public_keys, clock.now())
+                with ledger.transaction():
+                    ledger.set_meta("training", bytes([training]))
+                    ledger.set_meta("chain_id", chain_id.encode())
+                    ledger.set_meta("consortium", consortium)
+                    ledger.set_meta("bureau_key", bureau.public_key)
+            else:
+                chain_id = chain_id_raw.decode()
+                consortium = ledger.get_meta("consortium") or b""
+            opened = trust.open_consortium(consortium, bureau.public_key)
+            if opened.nodes != node_set.public_keys:
+                raise ChainSetupError("the node keys do not match the consortium on record")
+            engine = Engine(
+                ledger,
+                node_set,
+                bureau,
+                clock,
+                chain_id=chain_id,
+                training=training,
+                block_max=block_max,
+                block_interval=block_interval,
+            )
+        except BaseException:
+            ledger.close()
+            raise
+        return cls(
+            directory,
+            ledger,
+            node_set,
+            bureau,
+            engine,
+            Acts(engine),
+            chain_id,
+            training,
+            consortium,
+        )
+
+    def close(self) -> None:
+        self.ledger.close()

@@ -1,0 +1,86 @@
+"""The consortium's nodes: their keys, which of them can currently sign, and finality.
+
+All N nodes run in this process; each keeps its own Ed25519 key (persisted
+under the data directory, owner-only) and signs a block header only while
+it is not partitioned. A block is final when 2f+1 distinct nodes signed
+it, f = ⌊(N−1)/3⌋; with fewer reachable nodes nothing finalizes and
+transactions wait in the mempool until the partition heals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from device.protocol import trust
+from device.protocol.keys import KeyPair
+
+NODES_FILE = "nodes.json"
+
+
+def node_ids(count: int) -> list[str]:
+    """The tax bureau's node first, then the enterprise nodes."""
+    return ["bureau"] + [f"enterprise{i}" for i in range(1, count)]
+
+
+class NodeSet:
+    def __init__(self, keys: Mapping[str, KeyPair]) -> None:
+        self.keys = dict(keys)
+        self.partitioned: set[str] = set()
+
+    @classmethod
+    def open(cls, directory: Path, count: int) -> NodeSet:
+        """Load the node keys, creating them on first start; the count cannot change later."""
+        path = directory / NODES_FILE
+        if path.exists():
+            data = json.loads(path.read_text())
+            keys = {n["node_id"]: KeyPair.from_seed(bytes.fromhex(n["seed"])) for n in data}
+            if len(keys) != count:
+                raise ValueError(
+                    f"this ledger was created with {len(keys)} nodes;"
+                    f" start it with --nodes {len(keys)}"
+                )
+            return cls(keys)
+        if count < 1:
+            raise ValueError("a chain needs at least one node")
+        keys = {node_id: KeyPair.generate() for node_id in node_ids(count)}
+        entries = [{"node_id": n, "seed": k.seed.hex()} for n, k in keys.items()]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(entries, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return cls(keys)
+
+    @property
+    def public_keys(self) -> dict[str, bytes]:
+        return {node_id: key.public_key for node_id, key in self.keys.items()}
+
+    @property
+    def quorum(self) -> int:
+        return trust.quorum(len(self.keys))
+
+    def available(self) -> list[str]:
+        return [n for n in self.keys if n not in self.partitioned]
+
+    def has_quorum(self) -> bool:
+        return len(self.available()) >= self.quorum
+
+    def partition(self, nodes: Iterable[str]) -> None:
+        unknown = set(nodes) - set(self.keys)
+        if unknown:
+            raise KeyError(f"no such node: {', '.join(sorted(unknown))}")
+        self.partitioned |= set(nodes)
+
+    def heal(self) -> None:
+        self.partitioned.clear()
+
+    def sign(self, header: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Signatures of every reachable node (the caller checks there are enough)."""
+        return [
+            {"node_id": node_id, "signature": trust.sign_header(self.keys[node_id], header)}
+            for node_id in self.available()
+        ]

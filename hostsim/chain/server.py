@@ -1,0 +1,125 @@
+"""`taxctl hostsim chain`: run a chain with its API (and, with --faults, the admin API)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from hostsim.chain.api import build_app
+from hostsim.chain.faults import FAULTS, Faults, Listener, admin_app, inject
+from hostsim.chain.node import Chain
+
+log = logging.getLogger("taxctl.chain")
+DRAIN_SECONDS = 5.0
+
+
+def split_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def serve(
+    directory: Path,
+    listen: tuple[str, int],
+    *,
+    nodes: int,
+    training: bool,
+    faults: bool,
+    admin: tuple[str, int] | None,
+    block_max: int = 2000,
+    block_interval: float = 0.02,
+) -> int:
+    chain = Chain.open(
+        directory,
+        nodes=nodes,
+        training=training,
+        block_max=block_max,
+        block_interval=block_interval,
+    )
+    chain.engine.start()
+    fault_state = Faults()
+    app = build_app(chain, [inject] if faults else [])
+    app[FAULTS] = fault_state
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    listener = Listener(runner, *listen)
+    admin_runner: web.AppRunner | None = None
+    try:
+        port = await listener.start()
+        ready: dict[str, object] = {
+            "event": "ready",
+            "url": f"http://{_host(listen[0])}:{port}",
+            "chain_id": chain.chain_id,
+            "training": chain.training,
+            "height": chain.engine.height,
+            "nodes": len(chain.nodes.keys),
+            "admin_token_file": str(directory / "admin.token"),
+        }
+        if faults:
+            admin_runner = web.AppRunner(admin_app(chain, fault_state, listener), access_log=None)
+            await admin_runner.setup()
+            host, admin_port = admin or (listen[0], 0)
+            admin_listener = Listener(admin_runner, host, admin_port)
+            ready["admin_url"] = f"http://{_host(host)}:{await admin_listener.start()}"
+        print(json.dumps(ready), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: finalizing what is in the mempool (up to %.0f s)", DRAIN_SECONDS)
+        await listener.stop()
+        for _ in range(int(DRAIN_SECONDS / 0.05)):
+            if not chain.engine.mempool or not chain.nodes.has_quorum():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        await chain.engine.stop()
+        chain.close()
+    return 0
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def run(args: argparse.Namespace) -> int:
+    from hostsim.chain.node import ChainSetupError
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        listen = split_address(args.listen)
+        admin = split_address(args.admin) if args.admin else None
+        return asyncio.run(
+            serve(
+                Path(args.data),
+                listen,
+                nodes=args.nodes,
+                training=args.training,
+                faults=args.faults,
+                admin=admin,
+                block_max=args.block_max,
+                block_interval=args.block_interval_ms / 1000,
+            )
+        )
+    except (ValueError, ChainSetupError, OSError) as exc:
+        print(f"taxctl hostsim chain: {exc}", file=sys.stderr)
+        return 2

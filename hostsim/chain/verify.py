@@ -1,0 +1,122 @@
+"""`taxctl hostsim chain verify`: re-check a ledger from its first block.
+
+Every block: canonical header bytes, its hash, the link to the previous
+block, the Merkle root and count of its transactions (recomputed from the
+stored bodies), and a quorum of signatures from the consortium the bureau
+certified. Every transaction: its hash; every registration: the bureau's
+signature; every document: its device's signature, counter and hash
+chain. The first failure is reported with its block height.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from device.protocol import codec, merkle, trust
+from device.protocol.document import ZERO_HASH, DocumentError, parse_document
+from device.protocol.status import DeviceError
+from hostsim.chain.ledger import LEDGER_FILE, Ledger
+from hostsim.chain.tx import TxType, decode_act
+
+
+class LedgerCorrupt(Exception):
+    def __init__(self, height: int, reason: str) -> None:
+        super().__init__(f"block {height}: {reason}")
+        self.height = height
+        self.reason = reason
+
+
+@dataclass
+class Report:
+    blocks: int = 0
+    transactions: int = 0
+    documents: int = 0
+    devices: int = 0
+
+
+def verify_ledger(directory: Path) -> Report:
+    if not (directory / LEDGER_FILE).exists():
+        raise FileNotFoundError(f"no ledger in {directory}")
+    ledger = Ledger(directory)
+    try:
+        return _verify(ledger)
+    finally:
+        ledger.close()
+
+
+def _verify(ledger: Ledger) -> Report:
+    training = (ledger.get_meta("training") or b"\x00")[0] == 1
+    bureau_key = ledger.get_meta("bureau_key") or b""
+    if training and bureau_key != trust.TRAINING_BUREAU.public_key:
+        raise LedgerCorrupt(0, "a training chain must name the training bureau key")
+    try:
+        consortium = trust.open_consortium(ledger.get_meta("consortium") or b"", bureau_key)
+    except DeviceError as exc:
+        raise LedgerCorrupt(0, f"consortium record: {exc.detail}") from None
+    chain_id = (ledger.get_meta("chain_id") or b"").decode()
+    report = Report()
+    keys: dict[str, bytes] = {}
+    tips: dict[str, tuple[int, bytes]] = {}
+    prev = ZERO_HASH
+    for expected, block in enumerate(ledger.blocks(), start=1):
+        h = block.height
+        if h != expected:
+            raise LedgerCorrupt(expected, f"missing; the next block stored is {h}")
+        try:
+            header = codec.decode_canonical(block.header)
+        except codec.CodecError as exc:
+            raise LedgerCorrupt(h, f"header does not decode: {exc}") from None
+        if not isinstance(header, dict) or set(header) != trust.HEADER_KEYS:
+            raise LedgerCorrupt(h, "header fields malformed")
+        if hashlib.sha256(block.header).digest() != block.hash:
+            raise LedgerCorrupt(h, "stored block hash differs from the header's hash")
+        if header["height"] != h or header["chain_id"] != chain_id:
+            raise LedgerCorrupt(h, "header names another height or chain")
+        if header["prev_hash"] != prev:
+            raise LedgerCorrupt(h, "prev_hash does not link to the previous block")
+        try:
+            trust.check_quorum(header, codec.decode(block.signatures), consortium)
+        except (DeviceError, codec.CodecError) as exc:
+            raise LedgerCorrupt(h, f"quorum: {exc}") from None
+        txs = ledger.block_txs(h)
+        if [t.position for t in txs] != list(range(len(txs))) or len(txs) != header["tx_count"]:
+            raise LedgerCorrupt(h, "transactions missing or out of place")
+        for tx in txs:
+            if hashlib.sha256(tx.body).digest() != tx.hash:
+                raise LedgerCorrupt(h, f"transaction {tx.position}: body does not match its hash")
+        if merkle.root([t.hash for t in txs]) != header["merkle_root"]:
+            raise LedgerCorrupt(h, "Merkle root does not match the transactions")
+        for tx in txs:
+            where = f"transaction {tx.position}"
+            if tx.type == TxType.DOCUMENT:
+                try:
+                    doc = parse_document(tx.body)
+                except DocumentError as exc:
+                    raise LedgerCorrupt(h, f"{where}: {exc}") from None
+                key = keys.get(doc.device_id)
+                if key is None or not doc.verify(key):
+                    raise LedgerCorrupt(h, f"{where}: signature of {doc.device_id} does not verify")
+                last, last_hash = tips.get(doc.device_id, (0, ZERO_HASH))
+                if (doc.counter, doc.prev_hash) != (last + 1, last_hash):
+                    raise LedgerCorrupt(h, f"{where}: breaks {doc.device_id}'s hash chain")
+                if (tx.device_id, tx.counter) != (doc.device_id, doc.counter):
+                    raise LedgerCorrupt(h, f"{where}: index columns differ from the document")
+                tips[doc.device_id] = (doc.counter, doc.hash)
+                report.documents += 1
+            else:
+                try:
+                    act = decode_act(tx.body)
+                    if act["type"] == TxType.REGISTER:
+                        cert = trust.open_certificate(act["certificate"], bureau_key)
+                        keys[cert.device_id] = cert.public_key
+                    elif act["type"] == TxType.SEGMENT:
+                        trust.open_segment(act["segment"], bureau_key)
+                except (ValueError, KeyError, DeviceError) as exc:
+                    raise LedgerCorrupt(h, f"{where}: {exc}") from None
+            report.transactions += 1
+        prev = block.hash
+        report.blocks += 1
+    report.devices = len(keys)
+    return report

@@ -1,0 +1,151 @@
+"""Chain test fixtures: real device firmware (in-process) as the document source,
+a chain opened on a temp directory, and its HTTP API on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestServer
+
+from device.app import open_device
+from device.firmware import Firmware
+from device.limits import Limits
+from hostsim.chain.api import build_app
+from hostsim.chain.node import Chain
+
+BUYER_TAX_ID = "91440300MA5G123450"
+
+
+def invoice_body(total_units: int = 1, price: int = 1000, buyer_tax_id: str | None = None) -> dict[str, Any]:
+    buyer: dict[str, Any] = {"name": "Buyer Co"}
+    if buyer_tax_id:
+        buyer["tax_id"] = buyer_tax_id
+    return {
+        "buyer": buyer,
+        "items": [{"name": "Tea", "quantity": str(total_units), "unit_price": price, "tax_rate_bp": 1300}],
+    }
+
+
+class DeviceSim:
+    """A training device's firmware, driven directly: documents exactly as a device signs them."""
+
+    def __init__(self, path: Path) -> None:
+        self.fw: Firmware = open_device(
+            path, training=True, limits=Limits(offline_seconds=10**9, offline_amount=10**15)
+        )
+
+    @property
+    def device_id(self) -> str:
+        return self.fw.settings.device_id
+
+    @property
+    def certificate(self) -> bytes:
+        assert self.fw.registry.cert is not None
+        return self.fw.registry.cert.raw
+
+    @property
+    def segments(self) -> list[bytes]:
+        return self.fw.registry.live_segments()
+
+    def _commit(self) -> list[bytes]:
+        batch = self.fw.take_batch()
+        self.fw.journal.commit(batch)
+        self.fw.committed_batch(batch)
+        return [row.doc for row in batch.documents]
+
+    def issue(self, count: int = 1, **kwargs: Any) -> list[bytes]:
+        for _ in range(count):
+            self.fw.issue(invoice_body(**kwargs))
+        return self._commit()
+
+    def credit(self, code: str, number: str, items: list[dict[str, Any]] | None = None) -> bytes:
+        body: dict[str, Any] = {"refers_to": {"code": code, "number": number}, "reason": "returned"}
+        if items is not None:
+            body["items"] = items
+        self.fw.credit(body)
+        return self._commit()[0]
+
+    def close(self) -> None:
+        self.fw.journal.close()
+
+
+@pytest.fixture
+def device_factory(tmp_path: Path) -> Iterator[Any]:
+    made: list[DeviceSim] = []
+
+    def make() -> DeviceSim:
+        sim = DeviceSim(tmp_path / f"device{len(made)}")
+        made.append(sim)
+        return sim
+
+    yield make
+    for sim in made:
+        sim.close()
+
+
+@pytest.fixture
+def device(device_factory: Any) -> DeviceSim:
+    return device_factory()
+
+
+@pytest_asyncio.fixture
+async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
+    opened = Chain.open(tmp_path / "chain", training=True, block_interval=0.005)
+    opened.engine.start()
+    yield opened
+    await opened.engine.stop()
+    opened.close()
+
+
+class Api:
+    """The chain's HTTP API on a loopback port, with JSON helpers."""
+
+    def __init__(self, chain: Chain, server: TestServer, session: aiohttp.ClientSession) -> None:
+        self.chain, self.server, self.session = chain, server, session
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.session.request(method, self.url(path), **kwargs) as resp:
+            return resp.status, await resp.json()
+
+    async def register(self, sim: DeviceSim) -> dict[str, Any]:
+        status, body = await self.call(
+            "POST",
+            "/v1/devices",
+            json={"certificate": b64(sim.certificate), "segments": [b64(s) for s in sim.segments]},
+        )
+        assert status == 201, body
+        return body
+
+    async def submit(self, docs: list[bytes], **params: Any) -> list[dict[str, Any]]:
+        status, body = await self.call(
+            "POST", "/v1/documents", json={"documents": [b64(d) for d in docs]}, params=params
+        )
+        assert status == 200, body
+        return body["results"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest_asyncio.fixture
+async def api(chain: Chain) -> AsyncIterator[Api]:
+    server = TestServer(build_app(chain), host="127.0.0.1")
+    await server.start_server()
+    session = aiohttp.ClientSession()
+    try:
+        yield Api(chain, server, session)
+    finally:
+        await session.close()
+        await server.close()
+        await asyncio.sleep(0)
