@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ def register(subparsers: Any) -> None:
         help="run the consortium chain simulator (or `chain verify`)",
         description="Run N consortium nodes and the tax bureau behind one HTTP API.",
     )
-    chain.add_argument("--data", required=True, help="ledger directory (created if missing)")
+    chain.add_argument("--data", help="ledger directory (created if missing); required")
     chain.add_argument("--listen", default="127.0.0.1:8700", help="API address HOST:PORT")
     chain.add_argument("--nodes", type=int, default=4, help="consortium nodes (default 4)")
     chain.add_argument("--training", action="store_true", help="trust the training bureau key")
@@ -31,6 +32,12 @@ def register(subparsers: Any) -> None:
     chain.add_argument("--block-max", type=int, default=2000, help="transactions per block")
     chain.add_argument(
         "--block-interval-ms", type=float, default=20.0, help="wait this long to fill a block"
+    )
+    chain.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes that decode and verify large batches (0: in the event loop)",
     )
     chain.set_defaults(func=_run_chain)
     chain_sub = chain.add_subparsers(dest="chain_command", metavar="ACTION")
@@ -56,6 +63,9 @@ def register(subparsers: Any) -> None:
 def _run_chain(args: argparse.Namespace) -> int:
     from hostsim.chain.server import run
 
+    if not args.data:
+        print("taxctl hostsim chain: --data DIR is required", file=sys.stderr)
+        return 2
     return run(args)
 
 

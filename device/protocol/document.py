@@ -76,6 +76,7 @@ EXTRA_KEYS: dict[Kind, frozenset[str]] = {
 
 
 _KINDS = frozenset(k.value for k in Kind)
+_KIND_OF = {k.value: k for k in Kind}
 _EXPECTED_KEYS = {kind: BASE_KEYS | extra for kind, extra in EXTRA_KEYS.items()}
 
 
@@ -148,28 +149,13 @@ class Document:
     signature: bytes
     hash: bytes
     envelope: cose.Sign1
-
-    @property
-    def device_id(self) -> str:
-        return str(self.payload["device_id"])
-
-    @property
-    def counter(self) -> int:
-        return int(self.payload["counter"])
-
-    @property
-    def kind(self) -> Kind:
-        return Kind(self.payload["kind"])
-
-    @property
-    def code(self) -> str | None:
-        code = self.payload["code"]
-        return None if code is None else str(code)
-
-    @property
-    def number(self) -> str | None:
-        number = self.payload["number"]
-        return None if number is None else str(number)
+    # Read from the payload once at parse time (its shape is checked by then):
+    # the chain consults these several times per document.
+    device_id: str
+    counter: int
+    kind: Kind
+    code: str | None
+    number: str | None
 
     @property
     def total(self) -> int:
@@ -202,7 +188,16 @@ def parse_document(raw: bytes | bytearray | memoryview) -> Document:
     if envelope.kid != payload["device_id"].encode():
         raise DocumentError("COSE key id does not name the document's device")
     return Document(
-        envelope.raw, payload, envelope.signature, document_hash(envelope.raw), envelope
+        envelope.raw,
+        payload,
+        envelope.signature,
+        document_hash(envelope.raw),
+        envelope,
+        payload["device_id"],
+        payload["counter"],
+        _KIND_OF[payload["kind"]],
+        payload["code"],
+        payload["number"],
     )
 
 

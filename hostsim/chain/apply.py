@@ -1,6 +1,7 @@
 """Writing one finalized block into the ledger: the block, its transactions, and the
 indexes they move (device tips, invoices, credits, claims, history), in one SQL
-transaction opened by the caller."""
+transaction opened by the caller. An invoice's "issued" event is its own row in
+`invoices`; `history` holds what happened to it later (credits, claims)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None
         (height, block.hash, trust.header_bytes(block.header), codec.encode(block.signatures)),
     )
     db.executemany(
-        "INSERT INTO txs VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO txs (hash, height, position, type, body, device_id, counter)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
             (tx.hash, height, pos, tx.type.value, tx.body, tx.device_id, tx.counter)
             for pos, tx in enumerate(txs)
@@ -66,9 +68,6 @@ def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None
                     None,
                     None,
                 )
-            )
-            history.append(
-                _event(doc.code, doc.number, height, at, "issued", kind=p["kind"], total=doc.total)
             )
             if doc.kind == Kind.CREDIT:
                 ref = p["refers_to"]

@@ -17,15 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import sqlite3
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 from device.protocol.clock import Clock
-from device.protocol.document import Document, DocumentError, format_utc, parse_document
+from device.protocol.document import Document, format_utc
 from device.protocol.invoice import DEFAULT_TAX_RATES
 from hostsim.bureau import Bureau
 from hostsim.chain import rules
@@ -33,13 +35,14 @@ from hostsim.chain.apply import write_block
 from hostsim.chain.blocks import Block, BlockCache, assemble
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.ledger import Ledger
+from hostsim.chain.precheck import Checked, check_chunk, with_keys
 from hostsim.chain.quorum import NodeSet
 from hostsim.chain.state import TipState
 from hostsim.chain.tx import Tx, document_tx
 
 log = logging.getLogger("taxctl.chain")
 
-VERIFY_CHUNK = 128
+PRECHECK_CHUNK = 64
 REJECTION_MEMORY = 10_000
 
 
@@ -69,10 +72,6 @@ def _rejected(exc: ChainError, doc: Document | None = None) -> Result:
     )
 
 
-def _verify_chunk(items: Sequence[tuple[int, Document, bytes]]) -> list[tuple[int, bool]]:
-    return [(i, doc.verify(key)) for i, doc, key in items]
-
-
 class Engine:
     def __init__(
         self,
@@ -87,6 +86,7 @@ class Engine:
         block_max: int = 2000,
         block_interval: float = 0.02,
         mempool_max: int = 200_000,
+        workers: int = 0,
     ) -> None:
         self.ledger = ledger
         self.nodes = nodes
@@ -107,13 +107,19 @@ class Engine:
         self.tip_hash = last.hash if last else bytes(32)
         self.last_time = ""
         self.write_error: str | None = None
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self.workers = workers
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="block-writer")
+        self.pool: ProcessPoolExecutor | None = None
         self._work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.workers > 0:
+            # forkserver: workers do not inherit the event loop, the ledger or the sockets
+            context = multiprocessing.get_context("forkserver")
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
         self._task = asyncio.get_running_loop().create_task(self._cutter())
         for device_id in self.state.load_held():
             if device_id in self.state.devices:
@@ -125,35 +131,40 @@ class Engine:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self.pool.shutdown(wait=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writer.shutdown(wait=True)
 
     # --- documents -------------------------------------------------------------------------
 
     async def submit(self, raws: Sequence[bytes], wait: float) -> list[Result]:
         results: list[Result | None] = [None] * len(raws)
+        checked = await self._precheck(raws)
         docs: dict[int, Document] = {}
-        for i, raw in enumerate(raws):
-            try:
-                docs[i] = parse_document(raw)
-            except DocumentError as exc:
-                results[i] = _rejected(ChainError(Code.MALFORMED_DOCUMENT, str(exc)))
+        for i, c in enumerate(checked):
+            if c.doc is None:
+                results[i] = _rejected(ChainError(Code.MALFORMED_DOCUMENT, str(c.malformed)))
+            else:
+                docs[i] = c.doc
         committed = self.ledger.txs_hashes([d.hash for d in docs.values()])
-        to_verify: list[tuple[int, Document, bytes]] = []
         for i, doc in docs.items():
             where = committed.get(doc.hash)
             if where is not None:
                 results[i] = self._done("duplicate", doc, *where)
-            elif doc.hash not in self.state.pending and doc.hash not in self.state.held_hashes:
-                device = self.state.devices.get(doc.device_id)
-                if device is not None:
-                    to_verify.append((i, doc, device.public_key))
-        signatures = await self._verify(to_verify)
         # From here to the end of admission nothing awaits: the tip cannot move under us.
+        self.state.prefetch_numbers(
+            [
+                (d.code, d.number)
+                for i, d in docs.items()
+                if results[i] is None and d.code and d.number
+            ]
+        )
         admitted_before = len(self.mempool)
         for i, doc in docs.items():
             if results[i] is None:
-                results[i] = self._admit(doc, signatures.get(i))
+                results[i] = self._admit(doc, checked[i])
         self.state.flush_held(self.clock.now())
+        self.state.prefetch_numbers([])
         if len(self.mempool) > admitted_before:
             self._work.set()
         waiting = [
@@ -168,17 +179,29 @@ class Engine:
                 r.status = "committed"
         return final
 
-    async def _verify(self, items: list[tuple[int, Document, bytes]]) -> dict[int, bool]:
-        if len(items) <= VERIFY_CHUNK:
-            return dict(_verify_chunk(items))
+    async def _precheck(self, raws: Sequence[bytes]) -> list[Checked]:
+        """Decode, signatures and line totals: in worker processes for large batches."""
+        items = with_keys(raws, self._key_of)
+        if self.pool is None or len(items) <= PRECHECK_CHUNK:
+            return check_chunk(items, self.rates)
         loop = asyncio.get_running_loop()
-        chunks = [items[s : s + VERIFY_CHUNK] for s in range(0, len(items), VERIFY_CHUNK)]
-        done = await asyncio.gather(
-            *(loop.run_in_executor(self.pool, _verify_chunk, c) for c in chunks)
-        )
-        return {i: ok for part in done for i, ok in part}
+        size = max(PRECHECK_CHUNK, -(-len(items) // (2 * self.workers)))
+        chunks = [items[s : s + size] for s in range(0, len(items), size)]
+        try:
+            parts = await asyncio.gather(
+                *(loop.run_in_executor(self.pool, check_chunk, c, self.rates) for c in chunks)
+            )
+        except BrokenProcessPool:
+            log.error("a validation worker died; validating in the event loop from now on")
+            self.pool = None
+            return check_chunk(items, self.rates)
+        return [c for part in parts for c in part]
 
-    def _admit(self, doc: Document, signature_ok: bool | None) -> Result:
+    def _key_of(self, device_id: str) -> bytes | None:
+        device = self.state.devices.get(device_id)
+        return None if device is None else device.public_key
+
+    def _admit(self, doc: Document, checked: Checked) -> Result:
         pending = self.state.pending.get(doc.hash)
         if pending is not None:
             return Result("pending", doc.hash, doc.device_id, doc.counter, tx=pending)
@@ -186,6 +209,7 @@ class Engine:
             return Result("held", doc.hash, doc.device_id, doc.counter)
         try:
             device = rules.registered(doc, self.state.devices.get(doc.device_id))
+            signature_ok = checked.signature_ok
             if signature_ok is None:
                 signature_ok = doc.verify(device.public_key)
             if not signature_ok:
@@ -214,16 +238,26 @@ class Engine:
                     )
                 self.state.hold(doc)
                 return Result("held", doc.hash, doc.device_id, doc.counter)
-            tx = self._accept_next(doc, device)
+            tx = self._accept_next(doc, device, checked.totals_error)
         except ChainError as exc:
             self._remember_rejection(doc.hash, exc)
             return _rejected(exc, doc)
         self._release_held(doc.device_id)
         return Result("pending", doc.hash, doc.device_id, doc.counter, tx=tx)
 
-    def _accept_next(self, doc: Document, device: rules.DeviceRecord) -> Tx:
+    def _accept_next(
+        self, doc: Document, device: rules.DeviceRecord, totals_error: ChainError | bool | None
+    ) -> Tx:
+        """`totals_error` is the precheck's verdict on the line totals, or True to check now."""
         try:
-            rules.check_next(doc, device, self.rates, self.state.number_holder, self.state.original)
+            rules.check_next(
+                doc,
+                device,
+                self.rates,
+                self.state.number_holder,
+                self.state.original,
+                totals=totals_error,
+            )
         except ChainError as exc:
             if exc.code == Code.NUMBER_USED:
                 holder = bytes.fromhex(str(exc.extra["existing_hash"]))
@@ -241,7 +275,7 @@ class Engine:
         while (doc := self.state.unhold(device_id, device.last_counter + 1)) is not None:
             try:
                 rules.admission(doc, device, self.training)
-                self._accept_next(doc, device)
+                self._accept_next(doc, device, True)
             except ChainError as exc:
                 log.warning("held document %s/%d rejected: %s", device_id, doc.counter, exc)
                 self._remember_rejection(doc.hash, exc)
@@ -302,21 +336,24 @@ class Engine:
                 if not self.nodes.has_quorum():
                     await asyncio.sleep(0.05)
                     continue
-                if not self.cut_block():
+                if await self.cut_block() is None:
                     await asyncio.sleep(0.5)
-                await asyncio.sleep(0)
             self._work.clear()
 
-    def cut_block(self) -> Block | None:
-        """Finalize the next block from the mempool; None if it could not be written."""
+    async def cut_block(self) -> Block | None:
+        """Finalize the next block from the mempool; None if it could not be written.
+
+        The block's transactions stay at the head of the mempool (and in the
+        pending overlay) until the write is durable; admission goes on meanwhile.
+        """
         count = min(self.block_max, len(self.mempool))
         txs = [self.mempool[i] for i in range(count)]
         now = max(format_utc(self.clock.now()), self.last_time)
         block = assemble(self.chain_id, self.height + 1, self.tip_hash, [t.hash for t in txs], now)
         block.signatures = self.nodes.sign(block.header)
+        loop = asyncio.get_running_loop()
         try:
-            with self.ledger.transaction() as db:
-                write_block(db, block, txs)
+            await loop.run_in_executor(self.writer, self._write, block, txs)
         except sqlite3.Error as exc:
             self.write_error = f"cannot write block {block.height}: {exc}"
             log.error("%s; the %d transactions stay in the mempool", self.write_error, count)
@@ -331,6 +368,10 @@ class Engine:
             if tx.future is not None and not tx.future.done():
                 tx.future.set_result((block.height, position))
         return block
+
+    def _write(self, block: Block, txs: list[Tx]) -> None:
+        with self.ledger.block_transaction() as db:
+            write_block(db, block, txs)
 
     def receipt(
         self, height: int, position: int, device_id: str | None, counter: int | None

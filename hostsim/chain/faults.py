@@ -48,19 +48,19 @@ class Faults:
     remaining: int | None = None
     injected: int = 0
 
-    def take(self, request: web.Request) -> Mode:
-        """The fault for this request (and count it), or NONE."""
-        mode = self.mode
+    def take(self, request: web.Request) -> tuple[Mode, float]:
+        """The fault for this request and its latency (counting it), or NONE."""
+        mode, latency = self.mode, self.latency
         if mode == Mode.NONE:
-            return mode
+            return mode, 0.0
         if mode in (Mode.DROP_AFTER_COMMIT, Mode.DROP_MID_RESPONSE) and request.method != "POST":
-            return Mode.NONE
+            return Mode.NONE, 0.0
         self.injected += 1
         if self.remaining is not None:
             self.remaining -= 1
             if self.remaining <= 0 and mode != Mode.REFUSE:
                 self.clear()
-        return mode
+        return mode, latency
 
     def clear(self) -> None:
         self.mode, self.latency, self.remaining = Mode.NONE, 0.0, None
@@ -86,7 +86,7 @@ def _cut(request: web.Request) -> None:
 @web.middleware
 async def inject(request: web.Request, handler: Handler) -> web.StreamResponse:
     faults = request.app[FAULTS]
-    mode = faults.take(request)
+    mode, latency = faults.take(request)
     if mode == Mode.REFUSE:
         _cut(request)
         raise ConnectionResetError("refusing (fault injection)")
@@ -95,7 +95,7 @@ async def inject(request: web.Request, handler: Handler) -> web.StreamResponse:
             ChainError(Code.UNAVAILABLE, "the chain is unavailable (fault injection)")
         )
     if mode == Mode.LATENCY:
-        await asyncio.sleep(faults.latency)
+        await asyncio.sleep(latency)
     response = await handler(request)
     if mode == Mode.DROP_AFTER_COMMIT:
         _cut(request)

@@ -29,14 +29,14 @@ CREATE TABLE IF NOT EXISTS blocks (
     signatures BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS txs (
-    hash BLOB PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
     height INTEGER NOT NULL,
     position INTEGER NOT NULL,
     type TEXT NOT NULL,
     body BLOB NOT NULL,
     device_id TEXT,
     counter INTEGER
-) WITHOUT ROWID;
+);
 CREATE UNIQUE INDEX IF NOT EXISTS txs_position ON txs(height, position);
 CREATE UNIQUE INDEX IF NOT EXISTS txs_device ON txs(device_id, counter)
     WHERE counter IS NOT NULL;
@@ -116,6 +116,9 @@ CREATE TABLE IF NOT EXISTS buyers (
 """
 
 
+TX_COLUMNS = "hash, height, position, type, body, device_id, counter"
+
+
 @dataclass(frozen=True, slots=True)
 class TxRow:
     hash: bytes
@@ -139,12 +142,21 @@ class Ledger:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / LEDGER_FILE
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = self._connect()
         self.db.executescript(SCHEMA)
+        # Blocks are written from a worker thread on their own connection, so the
+        # event loop keeps admitting documents (reading through WAL) during the fsync.
+        self.writer = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
 
     def close(self) -> None:
+        self.writer.close()
         self.db.close()
 
     # --- meta ------------------------------------------------------------------------------
@@ -160,6 +172,10 @@ class Ledger:
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
+
+    def block_transaction(self) -> _Transaction:
+        """On the writer connection: only from the one thread that writes blocks."""
+        return _Transaction(self.writer)
 
     # --- blocks and transactions -----------------------------------------------------------
 
@@ -180,7 +196,7 @@ class Ledger:
             yield BlockRow(row[0], row[1], row[2], row[3])
 
     def tx(self, tx_hash: bytes) -> TxRow | None:
-        row = self.db.execute("SELECT * FROM txs WHERE hash=?", (tx_hash,)).fetchone()
+        row = self.db.execute(f"SELECT {TX_COLUMNS} FROM txs WHERE hash=?", (tx_hash,)).fetchone()
         return None if row is None else TxRow(*row)
 
     def txs_hashes(self, tx_hashes: Sequence[bytes]) -> dict[bytes, tuple[int, int]]:
@@ -197,19 +213,20 @@ class Ledger:
 
     def block_txs(self, height: int) -> list[TxRow]:
         rows = self.db.execute(
-            "SELECT * FROM txs WHERE height=? ORDER BY position", (height,)
+            f"SELECT {TX_COLUMNS} FROM txs WHERE height=? ORDER BY position", (height,)
         ).fetchall()
         return [TxRow(*row) for row in rows]
 
     def device_tx(self, device_id: str, counter: int) -> TxRow | None:
         row = self.db.execute(
-            "SELECT * FROM txs WHERE device_id=? AND counter=?", (device_id, counter)
+            f"SELECT {TX_COLUMNS} FROM txs WHERE device_id=? AND counter=?", (device_id, counter)
         ).fetchone()
         return None if row is None else TxRow(*row)
 
     def device_documents(self, device_id: str, after: int, limit: int) -> list[TxRow]:
         rows = self.db.execute(
-            "SELECT * FROM txs WHERE device_id=? AND counter>? ORDER BY counter LIMIT ?",
+            f"SELECT {TX_COLUMNS} FROM txs WHERE device_id=? AND counter>?"
+            " ORDER BY counter LIMIT ?",
             (device_id, after, limit),
         ).fetchall()
         return [TxRow(*row) for row in rows]
@@ -237,6 +254,19 @@ class Ledger:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def number_holders(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        out: dict[tuple[str, str], bytes] = {}
+        for start in range(0, len(keys), 400):
+            chunk = keys[start : start + 400]
+            marks = ",".join("(?, ?)" * 1 for _ in chunk)
+            flat = [v for key in chunk for v in key]
+            for code, number, h in self.db.execute(
+                f"SELECT code, number, hash FROM invoices WHERE (code, number) IN (VALUES {marks})",
+                flat,
+            ):
+                out[(code, number)] = bytes(h)
+        return out
+
     def invoice(self, code: str, number: str) -> dict[str, Any] | None:
         cur = self.db.execute("SELECT * FROM invoices WHERE code=? AND number=?", (code, number))
         row = cur.fetchone()
@@ -245,12 +275,27 @@ class Ledger:
         return dict(zip([c[0] for c in cur.description], row, strict=True))
 
     def history(self, code: str, number: str) -> list[dict[str, Any]]:
+        """The invoice's state history: issued, then credits and claims in order."""
+        issued = self.db.execute(
+            "SELECT t.height, i.issued_at, i.kind, i.total FROM invoices i"
+            " JOIN txs t ON t.hash = i.hash WHERE i.code=? AND i.number=?",
+            (code, number),
+        ).fetchone()
+        if issued is None:
+            return []
+        first = {
+            "height": issued[0],
+            "at": issued[1],
+            "event": "issued",
+            "kind": issued[2],
+            "total": issued[3],
+        }
         rows = self.db.execute(
             "SELECT height, at, event, detail FROM history WHERE code=? AND number=?"
             " ORDER BY rowid",
             (code, number),
         ).fetchall()
-        return [
+        return [first] + [
             {"height": h, "at": at, "event": event, **json.loads(detail)}
             for h, at, event, detail in rows
         ]

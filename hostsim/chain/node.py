@@ -41,6 +41,7 @@ class Chain:
         clock: Clock | None = None,
         block_max: int = 2000,
         block_interval: float = 0.02,
+        workers: int = 0,
     ) -> Chain:
         clock = clock or SystemClock()
         directory.mkdir(parents=True, exist_ok=True)
@@ -81,6 +82,7 @@ class Chain:
                 training=training,
                 block_max=block_max,
                 block_interval=block_interval,
+                workers=workers,
             )
         except BaseException:
             ledger.close()

@@ -135,7 +135,7 @@ def numbering(doc: Document, device: DeviceRecord, holder: bytes | None) -> None
         )
 
 
-def totals(doc: Document, rates: frozenset[int]) -> None:
+def check_totals(doc: Document, rates: frozenset[int]) -> None:
     kind = doc.kind
     if kind not in (Kind.INVOICE, Kind.CREDIT):
         return
@@ -179,12 +179,20 @@ def check_next(
     rates: frozenset[int],
     number_holder: Callable[[str, str], bytes | None],
     original: Callable[[str, str], Original | None],
+    totals: ChainError | bool | None = True,
 ) -> None:
-    """All content rules for the document that comes next for its device."""
+    """All content rules for the document that comes next for its device.
+
+    `totals` is True to check the line totals here, or the verdict of an
+    earlier check (None: they were right), raised in its place in the order.
+    """
     succession(doc, device)
     if doc.code is not None and doc.number is not None:
         numbering(doc, device, number_holder(doc.code, doc.number))
-    totals(doc, rates)
+    if totals is True:
+        check_totals(doc, rates)
+    elif isinstance(totals, ChainError):
+        raise totals
     if doc.kind == Kind.CREDIT:
         ref = doc.payload["refers_to"]
         credit(doc, original(str(ref["code"]), str(ref["number"])))

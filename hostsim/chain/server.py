@@ -38,6 +38,7 @@ async def serve(
     admin: tuple[str, int] | None,
     block_max: int = 2000,
     block_interval: float = 0.02,
+    workers: int = 0,
 ) -> int:
     chain = Chain.open(
         directory,
@@ -45,6 +46,7 @@ async def serve(
         training=training,
         block_max=block_max,
         block_interval=block_interval,
+        workers=workers,
     )
     chain.engine.start()
     fault_state = Faults()
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                 admin=admin,
                 block_max=args.block_max,
                 block_interval=args.block_interval_ms / 1000,
+                workers=args.workers,
             )
         )
     except (ValueError, ChainSetupError, OSError) as exc:

@@ -39,6 +39,8 @@ class TipState:
         self.held: dict[str, dict[int, Document]] = {}
         self.held_hashes: set[bytes] = set()
         self._new_held: list[tuple[bytes, str, int, bytes]] = []
+        self._committed_numbers: dict[Key, bytes] = {}
+        self._prefetched: set[Key] = set()
         for row in ledger.device_rows():
             device_id, cert_raw, height, revoked, reason, last, last_hash, last_at = row
             self.devices[device_id] = DeviceRecord(
@@ -76,8 +78,19 @@ class TipState:
                     return doc.raw
         return b""
 
+    def prefetch_numbers(self, keys: list[Key]) -> None:
+        """Look up a batch's numbers in one query; valid until the tip next moves."""
+        self._committed_numbers = self.ledger.number_holders(keys) if keys else {}
+        self._prefetched = set(keys)
+
     def number_holder(self, code: str, number: str) -> bytes | None:
-        return self.pending_numbers.get((code, number)) or self.ledger.number_holder(code, number)
+        key = (code, number)
+        pending = self.pending_numbers.get(key)
+        if pending is not None:
+            return pending
+        if key in self._prefetched:
+            return self._committed_numbers.get(key)
+        return self.ledger.number_holder(code, number)
 
     def original(self, code: str, number: str) -> Original | None:
         key = (code, number)

@@ -17,7 +17,7 @@ from pathlib import Path
 from device.protocol import codec, merkle, trust
 from device.protocol.document import ZERO_HASH, DocumentError, parse_document
 from device.protocol.status import DeviceError
-from hostsim.chain.ledger import LEDGER_FILE, Ledger
+from hostsim.chain.ledger import LEDGER_FILE, Ledger, TxRow
 from hostsim.chain.tx import TxType, decode_act
 
 
@@ -46,6 +46,16 @@ def verify_ledger(directory: Path) -> Report:
         ledger.close()
 
 
+def _block_txs(ledger: Ledger, height: int) -> list[TxRow]:
+    """The block's transactions, every body read as bytes whatever type it was stored as."""
+    rows = ledger.db.execute(
+        "SELECT hash, height, position, type, CAST(body AS BLOB), device_id, counter"
+        " FROM txs WHERE height=? ORDER BY position",
+        (height,),
+    ).fetchall()
+    return [TxRow(*row) for row in rows]
+
+
 def _verify(ledger: Ledger) -> Report:
     training = (ledger.get_meta("training") or b"\x00")[0] == 1
     bureau_key = ledger.get_meta("bureau_key") or b""
@@ -64,6 +74,8 @@ def _verify(ledger: Ledger) -> Report:
         h = block.height
         if h != expected:
             raise LedgerCorrupt(expected, f"missing; the next block stored is {h}")
+        if not isinstance(block.header, bytes) or not isinstance(block.signatures, bytes):
+            raise LedgerCorrupt(h, "header or signatures are not stored as bytes")
         try:
             header = codec.decode_canonical(block.header)
         except codec.CodecError as exc:
@@ -80,11 +92,11 @@ def _verify(ledger: Ledger) -> Report:
             trust.check_quorum(header, codec.decode(block.signatures), consortium)
         except (DeviceError, codec.CodecError) as exc:
             raise LedgerCorrupt(h, f"quorum: {exc}") from None
-        txs = ledger.block_txs(h)
+        txs = _block_txs(ledger, h)
         if [t.position for t in txs] != list(range(len(txs))) or len(txs) != header["tx_count"]:
             raise LedgerCorrupt(h, "transactions missing or out of place")
         for tx in txs:
-            if hashlib.sha256(tx.body).digest() != tx.hash:
+            if not isinstance(tx.body, bytes) or hashlib.sha256(tx.body).digest() != tx.hash:
                 raise LedgerCorrupt(h, f"transaction {tx.position}: body does not match its hash")
         if merkle.root([t.hash for t in txs]) != header["merkle_root"]:
             raise LedgerCorrupt(h, "Merkle root does not match the transactions")

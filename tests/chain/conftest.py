@@ -20,16 +20,20 @@ from device.limits import Limits
 from hostsim.chain.api import build_app
 from hostsim.chain.node import Chain
 
-BUYER_TAX_ID = "91440300MA5G123450"
+BUYER_TAX_ID = "91440300MA5G12345L"
 
 
-def invoice_body(total_units: int = 1, price: int = 1000, buyer_tax_id: str | None = None) -> dict[str, Any]:
+def invoice_body(
+    total_units: int = 1, price: int = 1000, buyer_tax_id: str | None = None
+) -> dict[str, Any]:
     buyer: dict[str, Any] = {"name": "Buyer Co"}
     if buyer_tax_id:
         buyer["tax_id"] = buyer_tax_id
     return {
         "buyer": buyer,
-        "items": [{"name": "Tea", "quantity": str(total_units), "unit_price": price, "tax_rate_bp": 1300}],
+        "items": [
+            {"name": "Tea", "quantity": str(total_units), "unit_price": price, "tax_rate_bp": 1300}
+        ],
     }
 
 
@@ -149,3 +153,31 @@ async def api(chain: Chain) -> AsyncIterator[Api]:
         await session.close()
         await server.close()
         await asyncio.sleep(0)
+
+
+def resign(sim: DeviceSim, raw: bytes, key: Any = None, **changes: Any) -> bytes:
+    """The document with some fields changed, signed again (by the device's key unless given)."""
+    from device.protocol.document import parse_document, sign_document
+
+    payload = dict(parse_document(raw).payload)
+    payload.pop("check_code")
+    payload.update(changes)
+    return sign_document(key or sim.fw.key, payload)[0]
+
+
+async def snapshot(api: Api, device_id: str) -> tuple[Any, ...]:
+    """Everything a rejected document must leave unchanged."""
+    engine = api.chain.engine
+    _, dev = await api.call("GET", f"/v1/devices/{device_id}")
+    invoices = api.chain.ledger.db.execute(
+        "SELECT count(*), sum(credited) FROM invoices"
+    ).fetchone()
+    return (
+        engine.height,
+        len(engine.mempool),
+        dev.get("last_counter"),
+        dev.get("accepted_counter"),
+        dev.get("last_hash"),
+        tuple(invoices),
+        engine.state.held_count(),
+    )
