@@ -1,0 +1,342 @@
+"""The local HTTP API for POS software.
+
+    POST /v1/invoices          issue an invoice        (device ISSUE)
+    POST /v1/credit-notes      issue a credit note     (device CREDIT)
+    POST /v1/reports/x         X report                (device X_REPORT)
+    POST /v1/reports/z         Z report, day close     (device Z_REPORT)
+    GET  /v1/documents/{counter}?device=…     reprint by counter
+    GET  /v1/invoices/{code}/{number}?device=…   reprint by code and number
+    GET  /v1/status            devices, backlog, chain
+    GET  /metrics              Prometheus text
+    GET  /v1/health            200 while the daemon runs
+
+Bodies are JSON. The issuing routes take the device CLI's request (for an
+invoice `{"buyer"?, "items": [...]}`) plus an optional `"device"`: a
+device name, port or id, needed only when several printers are attached
+(otherwise the first one online is used).
+
+Each issuing request carries an `Idempotency-Key` header (one is made up
+and returned when missing). The key is bound to one device request id
+before anything is sent, so a retry with the same key returns the same
+document. A refusal by the device (nothing issued) releases the key, so
+that the retry after, say, loading paper is a new attempt.
+
+Errors: `{"error": CODE, "message": sentence for the cashier, "detail"?}`
+with 4xx/409/503 as set out in `refusals.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from device.client import LinkError
+from device.protocol.commands import Command
+from device.protocol.document import DocumentError, parse_document
+from device.protocol.status import DeviceError, Status
+from syncd import refusals
+from syncd.idempotency import BadKey, IdempotencyStore, KeyReused, check_key, new_key
+from syncd.link import DeviceLink, LinkDown
+from syncd.metrics import CONTENT_TYPE, SyncdMetrics
+from syncd.receipt import DEFAULT_PAPER, document_json
+from syncd.refusals import ApiCode
+
+log = logging.getLogger("taxctl.syncd.api")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+ISSUING_ROUTES = {
+    "invoices": Command.ISSUE,
+    "credit-notes": Command.CREDIT,
+    "reports/x": Command.X_REPORT,
+    "reports/z": Command.Z_REPORT,
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        code: str,
+        refusal: refusals.Refusal,
+        detail: str = "",
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.code = code
+        self.refusal = refusal
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(f"{code}: {refusal.message} {detail}".strip())
+
+    @classmethod
+    def of(
+        cls, code: ApiCode, detail: str = "", headers: dict[str, str] | None = None, **extra: Any
+    ) -> ApiError:
+        return cls(code.value, refusals.for_code(code), detail, headers, **extra)
+
+    @classmethod
+    def device(
+        cls, exc: DeviceError, headers: dict[str, str] | None = None, **extra: Any
+    ) -> ApiError:
+        return cls(exc.status.name, refusals.for_status(exc.status), exc.detail, headers, **extra)
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"error": self.code, "message": self.refusal.message}
+        if self.detail:
+            body["detail"] = self.detail
+        body.update(self.extra)
+        out_headers = dict(self.headers)
+        if self.refusal.retry_after is not None:
+            out_headers["Retry-After"] = str(self.refusal.retry_after)
+        return web.json_response(body, status=self.refusal.http, headers=out_headers, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+@dataclass
+class ApiContext:
+    links: Sequence[DeviceLink]
+    store: IdempotencyStore
+    metrics: SyncdMetrics
+    status: Callable[[], dict[str, Any]]
+    wake: Callable[[DeviceLink], None]
+    max_body: int = 1 << 20
+    stopping: bool = False
+
+
+class PosApi:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.ctx.max_body, middlewares=[self._errors])
+        for route in ISSUING_ROUTES:
+            app.router.add_post(f"/v1/{route}", self._issuing(route))
+        app.router.add_get("/v1/documents/{counter}", self.reprint)
+        app.router.add_get("/v1/invoices/{code}/{number}", self.reprint)
+        app.router.add_get("/v1/status", self.status)
+        app.router.add_get("/v1/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = exc.response()
+            log.info("%s %s -> %d %s", request.method, request.path, response.status, exc)
+        except web.HTTPRequestEntityTooLarge:
+            error = ApiError.of(ApiCode.BODY_TOO_LARGE, f"limit {self.ctx.max_body} bytes")
+            response = error.response()
+        except web.HTTPException as exc:
+            response = web.json_response(
+                {"error": exc.reason.upper().replace(" ", "_"), "message": exc.reason},
+                status=exc.status,
+            )
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            response = ApiError.of(ApiCode.INTERNAL_ERROR).response()
+        self.ctx.metrics.pos_requests.inc(1, route, str(response.status))
+        return response
+
+    async def _json(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        if not raw.strip():
+            raise ApiError.of(ApiCode.BAD_REQUEST, "the body is empty; send a JSON object")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError.of(ApiCode.BAD_JSON, str(exc)) from None
+        if not isinstance(body, dict):
+            raise ApiError.of(ApiCode.BAD_REQUEST, "the body must be a JSON object")
+        return body
+
+    def _link(self, selector: Any, *, prefer_id: str | None = None) -> DeviceLink:
+        links = self.ctx.links
+        if prefer_id is not None:
+            for link in links:
+                if link.device_id == prefer_id:
+                    return link
+            raise ApiError.of(ApiCode.DEVICE_OFFLINE, f"device {prefer_id} is not attached now")
+        if selector is not None:
+            if not isinstance(selector, str) or not selector:
+                raise ApiError.of(ApiCode.BAD_REQUEST, '"device" is a device name, port or id')
+            for link in links:
+                if selector in (link.name, link.config.port, link.device_id):
+                    return link
+            known = ", ".join(link.device_id or link.name for link in links)
+            raise ApiError.of(ApiCode.UNKNOWN_DEVICE, f"{selector!r}; attached: {known}")
+        if not links:
+            raise ApiError.of(ApiCode.NO_DEVICE)
+        for link in links:
+            if link.online:
+                return link
+        return links[0]
+
+    @staticmethod
+    def _client(link: DeviceLink) -> Any:
+        try:
+            return link.require()
+        except LinkDown as exc:
+            raise ApiError.of(ApiCode.DEVICE_OFFLINE, str(exc)) from None
+
+    def _document(self, link: DeviceLink, response: dict[str, Any], paper: int) -> dict[str, Any]:
+        try:
+            document = parse_document(response["document"])
+        except (DocumentError, KeyError, TypeError) as exc:
+            raise ApiError.of(
+                ApiCode.INTERNAL_ERROR, f"the device sent a bad document: {exc}"
+            ) from None
+        public_key = (link.info or {}).get("public_key")
+        if not isinstance(public_key, bytes) or not document.verify(public_key):
+            raise ApiError.of(
+                ApiCode.INTERNAL_ERROR,
+                "the document's signature does not verify with the device's key",
+            )
+        return document_json(document, response, paper)
+
+    @staticmethod
+    def _paper(request: web.Request) -> int:
+        paper = request.query.get("paper", str(DEFAULT_PAPER))
+        if paper not in ("58", "80"):
+            raise ApiError.of(ApiCode.BAD_REQUEST, "paper is 58 or 80 (mm)")
+        return int(paper)
+
+    # --- issuing ---------------------------------------------------------------------------
+
+    def _issuing(self, route: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            return await self.issue(request, route)
+
+        return handler
+
+    async def issue(self, request: web.Request, route: str) -> web.Response:
+        if self.ctx.stopping:
+            raise ApiError.of(ApiCode.SHUTTING_DOWN)
+        command = ISSUING_ROUTES[route]
+        paper = self._paper(request)
+        header = request.headers.get(IDEMPOTENCY_HEADER)
+        try:
+            key = check_key(header) if header is not None else new_key()
+        except BadKey as exc:
+            raise ApiError.of(ApiCode.BAD_IDEMPOTENCY_KEY, str(exc)) from None
+        key_headers = {IDEMPOTENCY_HEADER: key}
+        if command in (Command.ISSUE, Command.CREDIT):
+            body = await self._json(request)
+        else:
+            body = await self._optional_json(request)
+        selector = body.pop("device", None)
+        earlier = await asyncio.to_thread(self.ctx.store.find, key) if header else None
+        if earlier is not None and selector is None:
+            link = self._link(None, prefer_id=earlier.device_id)
+        else:
+            link = self._link(selector)
+        client = self._client(link)
+        device_id = link.device_id or "?"
+        try:
+            claim = await asyncio.to_thread(
+                self.ctx.store.claim,
+                key,
+                route=route,
+                device_id=device_id,
+                command=int(command),
+                body=body,
+                request_id=client.new_request_id(),
+                device_chosen=selector is not None,
+            )
+        except KeyReused as exc:
+            raise ApiError.of(ApiCode.IDEMPOTENCY_KEY_REUSED, exc.reason) from None
+        try:
+            response = await client.request(
+                Command(claim.command), claim.body, request_id=claim.request_id
+            )
+        except DeviceError as exc:
+            # Refused: nothing was issued. Free the key so a retry is a new attempt (the
+            # device would otherwise replay this refusal for the same request id).
+            await asyncio.to_thread(self.ctx.store.release, key, claim.request_id)
+            raise ApiError.device(exc, key_headers, device_id=device_id) from None
+        except LinkError as exc:
+            # Outcome unknown: keep the key, so the retry re-sends the same request id.
+            link.mark_suspect(f"POS request: {exc}")
+            raise ApiError.of(
+                ApiCode.OUTCOME_UNKNOWN,
+                str(exc),
+                key_headers,
+                device_id=device_id,
+                idempotency_key=key,
+            ) from None
+        result = self._document(link, response, paper)
+        await asyncio.to_thread(self.ctx.store.complete, key, result["counter"])
+        self.ctx.wake(link)
+        result["idempotency_key"] = key
+        result["retry"] = not claim.fresh
+        log.info(
+            "%s %s %s/%s counter %d total %d%s",
+            device_id,
+            result["kind"],
+            result["code"],
+            result["number"],
+            result["counter"],
+            result["total"],
+            " (retry of an earlier request)" if not claim.fresh else "",
+        )
+        return web.json_response(result, headers=key_headers, dumps=_dumps)
+
+    async def _optional_json(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError.of(ApiCode.BAD_JSON, str(exc)) from None
+        if not isinstance(body, dict) or set(body) - {"device"}:
+            raise ApiError.of(ApiCode.BAD_REQUEST, 'a report takes no fields but "device"')
+        return body
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def reprint(self, request: web.Request) -> web.Response:
+        paper = self._paper(request)
+        link = self._link(request.query.get("device"))
+        client = self._client(link)
+        info = request.match_info
+        try:
+            if "counter" in info:
+                if not info["counter"].isdigit() or int(info["counter"]) < 1:
+                    raise ApiError.of(ApiCode.BAD_REQUEST, "counter is a positive integer")
+                response = await client.get_document(counter=int(info["counter"]))
+            else:
+                response = await client.get_document(code=info["code"], number=info["number"])
+        except DeviceError as exc:
+            if exc.status in (Status.RANGE_INVALID, Status.BAD_REQUEST):
+                raise ApiError.of(ApiCode.NOT_FOUND, exc.detail) from None
+            raise ApiError.device(exc) from None
+        except LinkError as exc:
+            link.mark_suspect(f"reprint: {exc}")
+            raise ApiError.of(ApiCode.DEVICE_OFFLINE, str(exc)) from None
+        return web.json_response(self._document(link, response, paper), dumps=_dumps)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.ctx.status(), dumps=_dumps)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "stopping": self.ctx.stopping})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,196 @@
+"""`taxctl syncd run|register|status` and `taxctl ports`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_LINK = 3
+
+
+def register(subparsers: Any) -> None:
+    from syncd import config as config_mod
+
+    syncd = subparsers.add_parser("syncd", help="the host sync daemon")
+    sub = syncd.add_subparsers(dest="syncd_command", metavar="ACTION", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run the daemon (serial links, POS API, sync to the chain)",
+        description="Own the serial links, serve the POS API, and get every document onto "
+        "the chain exactly once.",
+    )
+    config_mod.add_arguments(run)
+    run.set_defaults(func=_run)
+
+    reg = sub.add_parser(
+        "register",
+        help="walk a new device through CSR, certificate and first number segment",
+    )
+    reg.add_argument("--device", required=True, help="the device's port (path or pyserial URL)")
+    reg.add_argument("--chain", required=True, action="append", help="chain node URL")
+    reg.add_argument("--taxpayer", required=True, help="the taxpayer's 18-character tax id")
+    reg.add_argument("--name", default=None, help="the taxpayer's name (required unless training)")
+    reg.add_argument("--segment-size", type=int, default=10000, help="numbers in the first segment")
+    reg.add_argument("--baud", type=int, default=115200)
+    reg.set_defaults(func=_register)
+
+    status = sub.add_parser("status", help="what a running daemon reports, as a table")
+    status.add_argument("--api", default="127.0.0.1:8631", help="the daemon's POS API HOST:PORT")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(func=_status)
+
+    ports = subparsers.add_parser(
+        "ports", help="list serial ports and the devices answering on them"
+    )
+    ports.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for INFO")
+    ports.add_argument("--json", action="store_true")
+    ports.add_argument("extra", nargs="*", help="also probe these paths (pty symlinks, URLs)")
+    ports.set_defaults(func=_ports)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from syncd import config as config_mod
+    from syncd import logs
+    from syncd.chain_client import ChainClient
+    from syncd.service import Daemon
+
+    try:
+        cfg = config_mod.load(args)
+    except config_mod.ConfigError as exc:
+        print(f"taxctl syncd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.setup(cfg["log.level"])
+    client = ChainClient(cfg.chain_urls, cfg["chain.timeout"])
+
+    async def main() -> int:
+        daemon = Daemon(
+            cfg,
+            chain=client,
+            args=args,
+            reconfigure_chain=lambda new: client.reconfigure(new.chain_urls, new["chain.timeout"]),
+        )
+        return await daemon.run()
+
+    return asyncio.run(main())
+
+
+def _register(args: argparse.Namespace) -> int:
+    from device.client import DeviceClient, LinkError
+    from device.protocol.status import DeviceError
+    from device.transport import PortError
+    from syncd.chain_client import ChainClient
+    from syncd.chainport import ChainDown, ChainRefused
+    from syncd.registration import RegistrationError, check_taxpayer, register_device
+
+    async def main() -> int:
+        chain = ChainClient(args.chain)
+        client: DeviceClient | None = None
+        try:
+            client = await DeviceClient.open(args.device, baud=args.baud)
+            taxpayer = check_taxpayer(args.taxpayer, args.name or "")
+            out = await register_device(client, chain, taxpayer, segment_size=args.segment_size)
+        except RegistrationError as exc:
+            print(f"taxctl syncd register: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except (PortError, LinkError) as exc:
+            print(f"taxctl syncd register: device: {exc}", file=sys.stderr)
+            return EXIT_LINK
+        except DeviceError as exc:
+            print(f"taxctl syncd register: the device refused: {exc}", file=sys.stderr)
+            return 1
+        except ChainRefused as exc:
+            print(f"taxctl syncd register: the chain refused: {exc}", file=sys.stderr)
+            return 1
+        except ChainDown as exc:
+            print(f"taxctl syncd register: chain unreachable: {exc}", file=sys.stderr)
+            return EXIT_LINK
+        finally:
+            if client is not None:
+                await client.close()
+            await chain.close()
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+
+    return asyncio.run(main())
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = f"http://{args.api}/v1/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            status = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"taxctl syncd status: no daemon answering at {url}: {exc}", file=sys.stderr)
+        return EXIT_LINK
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    chain = status.get("chain", {})
+    print(f"chain    {chain.get('state')}  {chain.get('url')}  {chain.get('error') or ''}".rstrip())
+    print(f"pending  {status.get('pending', 0):,}   rejected {status.get('rejected', 0)}")
+    header = ("DEVICE", "PORT", "STATE", "COUNTER", "SYNCED", "PENDING", "OFFLINE SINCE")
+    rows = [header]
+    for d in status.get("devices", []):
+        rows.append(
+            (
+                str(d.get("device_id") or "-"),
+                str(d.get("port")),
+                str(d.get("state")),
+                str(d.get("counter", "-")),
+                str(d.get("synced_through", "-")),
+                f"{d.get('pending') or 0:,}",
+                str(d.get("offline_since") or "-"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _ports(args: argparse.Namespace) -> int:
+    from serial.tools import list_ports
+
+    from device.client import DeviceClient
+
+    candidates = [p.device for p in list_ports.comports()] + list(args.extra)
+
+    async def probe(port: str) -> dict[str, Any]:
+        client: DeviceClient | None = None
+        try:
+            client = await asyncio.wait_for(
+                DeviceClient.open(port, response_timeout=args.timeout, max_retries=1),
+                args.timeout * 4,
+            )
+            info = await asyncio.wait_for(client.info(), args.timeout * 4)
+            return {
+                "port": port,
+                "device_id": info.get("device_id"),
+                "training": info.get("training"),
+            }
+        except Exception as exc:  # a port that does not answer is simply not a device
+            return {"port": port, "device_id": None, "error": str(exc) or type(exc).__name__}
+        finally:
+            if client is not None:
+                await client.close()
+
+    async def main() -> list[dict[str, Any]]:
+        return [await probe(p) for p in candidates]
+
+    found = asyncio.run(main())
+    if args.json:
+        print(json.dumps(found, indent=2))
+    elif not found:
+        print("no serial ports found")
+    else:
+        for entry in found:
+            what = entry["device_id"] or f"no device ({entry.get('error')})"
+            print(f"{entry['port']}  {what}")
+    return 0

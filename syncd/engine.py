@@ -1,0 +1,574 @@
+"""Store-and-forward: every document from the device onto the chain, exactly once.
+
+Per device, a loop of drain rounds. A round is a three-stage pipeline:
+
+    FETCH pages from the device  ->  submit batches to the chain  ->  ACK_SYNC receipts
+
+running concurrently, so the device reads the next pages while the chain
+commits a batch and the device checks the previous receipt. Memory is
+bounded by the page queue and one batch, whatever the backlog. Document
+bytes are passed through untouched (never decoded): the counter of each is
+known from FETCH's `first`, since FETCH returns consecutive documents.
+
+Exactly once: the device keeps every document until a valid chain receipt
+moves its `synced_through`; the chain returns the original receipt for a
+document submitted again. So a round can always start over from the
+device's `synced_through + 1` — after a crash, a lost response, a restart
+of anything — and the worst case is a resubmission answered `duplicate`.
+
+Only the highest admitted receipt of a batch goes to the device (it
+acknowledges everything below it), and if several are waiting, only the
+newest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from device.client import DeviceClient, LinkError
+from device.protocol.status import DeviceError, Status
+from syncd.backoff import Backoff
+from syncd.chainport import ChainDown, ChainPort, ChainRefused
+from syncd.cursor import CursorStore
+from syncd.link import DeviceLink, LinkDown
+from syncd.metrics import SyncdMetrics
+from syncd.verdict import Next, Verdict, earliest_due, judge, skip_mask
+
+log = logging.getLogger("taxctl.syncd")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    batch_max: int = 1000
+    fetch_max_bytes: int = 60000
+    fetch_ahead: int = 8
+    poll_interval: float = 1.0
+    backoff_initial: float = 0.05
+    backoff_max: float = 0.5
+    reject_retries: int = 3
+    reject_retry_interval: float = 600.0
+
+
+class RoundEnd(StrEnum):
+    CAUGHT_UP = "caught up"
+    RETRY = "retry"
+    PARK = "park"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Page:
+    first: int
+    documents: list[bytes]
+
+
+class ChainHealth:
+    """Shared view of the chain across devices, for status and metrics."""
+
+    def __init__(self, metrics: SyncdMetrics | None = None) -> None:
+        self.metrics = metrics
+        self.ok: bool | None = None
+        self.last_error: str | None = None
+        self.since = time.time()
+
+    def success(self) -> None:
+        if self.ok is not True:
+            if self.ok is False:
+                log.info("chain reachable again after %.1f s", time.time() - self.since)
+            self.ok, self.last_error, self.since = True, None, time.time()
+        if self.metrics:
+            self.metrics.chain_up.set(1)
+
+    def failure(self, code: str, text: str) -> None:
+        if self.metrics:
+            self.metrics.chain_errors.inc(1, code)
+            self.metrics.chain_up.set(0)
+        if self.ok is not False:
+            log.warning("chain unavailable: %s", text)
+            self.since = time.time()
+        self.ok, self.last_error = False, text
+
+    @property
+    def word(self) -> str:
+        return {True: "ok", False: "down", None: "unknown"}[self.ok]
+
+
+class Consortium:
+    """The chain's node list, fetched once and refreshed when a device refuses it."""
+
+    def __init__(self, chain: ChainPort) -> None:
+        self.chain = chain
+        self.raw: bytes | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self, refresh: bool = False) -> bytes:
+        async with self._lock:
+            if self.raw is None or refresh:
+                self.raw = await self.chain.consortium()
+            return self.raw
+
+
+class DeviceSync:
+    def __init__(
+        self,
+        link: DeviceLink,
+        chain: ChainPort,
+        cursors: CursorStore,
+        settings: SyncSettings,
+        *,
+        health: ChainHealth,
+        consortium: Consortium,
+        metrics: SyncdMetrics | None = None,
+        before_round: Callable[[DeviceLink], Any] | None = None,
+        on_rejected: Callable[[str, Sequence[str]], bool] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.link = link
+        self.chain = chain
+        self.cursors = cursors
+        self.settings = settings
+        self.health = health
+        self.consortium = consortium
+        self.metrics = metrics
+        self.before_round = before_round
+        self.on_rejected = on_rejected
+        self.clock = clock
+        self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
+        self._wake = asyncio.Event()
+        self.rounds = 0
+        self.submitted = 0
+        self.acked_through = 0
+        self.parked_until: float | None = None
+        self.last_ack_error: str | None = None
+        self._device_id: str | None = None
+        self._synced_seen = 0
+
+    def wake(self) -> None:
+        """New documents were issued: look now rather than at the next poll."""
+        self._wake.set()
+
+    def update_settings(self, settings: SyncSettings) -> None:
+        self.settings = settings
+        self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
+        self._wake.set()
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not self.link.online:
+                waiter = asyncio.create_task(self.link.wait_online())
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                continue
+            try:
+                end = await self.drain(stop)
+            except (LinkError, LinkDown) as exc:
+                self.link.mark_suspect(f"sync: {exc}")
+                end = RoundEnd.RETRY
+            except DeviceError as exc:
+                log.error("%s: device refused during sync: %s", self.link.label, exc.text)
+                end = RoundEnd.PARK
+            except SubmissionRefused as exc:
+                log.error("%s: %s", self.link.label, exc)
+                end = RoundEnd.PARK
+            except ChainDown as exc:
+                self.health.failure(exc.code, str(exc))
+                end = RoundEnd.RETRY
+            self._save_cursor()
+            if end == RoundEnd.STOPPED or stop.is_set():
+                return
+            await self._pause(end, stop)
+
+    async def _pause(self, end: RoundEnd, stop: asyncio.Event) -> None:
+        s = self.settings
+        if end == RoundEnd.CAUGHT_UP:
+            delay = s.poll_interval
+            due = self._next_rejection_due()
+            if due is not None:
+                delay = min(delay, max(0.0, due - self.clock()))
+        elif end == RoundEnd.RETRY:
+            delay = self.backoff.next_delay()
+        else:
+            delay = max(s.backoff_max, s.reject_retry_interval)
+            due = self._next_rejection_due()
+            if due is not None:
+                delay = min(delay, max(s.backoff_max, due - self.clock()))
+            self.parked_until = self.clock() + delay
+        self._wake.clear()
+        waits = {asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())}
+        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
+        self.parked_until = None
+
+    def _next_rejection_due(self) -> float | None:
+        if self.link.device_id is None:
+            return None
+        cursor = self.cursors.device(self.link.device_id)
+        s = self.settings
+        return earliest_due(cursor, self.clock(), s.reject_retries, s.reject_retry_interval)
+
+    # --- one round ---------------------------------------------------------------------------
+
+    async def drain(self, stop: asyncio.Event) -> RoundEnd:
+        """Fetch, submit and acknowledge until the device has nothing unsynced (or a stop)."""
+        client = self.link.require()
+        self.rounds += 1
+        if self.before_round is not None:
+            await self.before_round(self.link)
+        if self.link.device_id != self._device_id:
+            self._device_id = self.link.device_id
+            self.acked_through = 0
+        self._synced_seen = int((self.link.status or {}).get("synced_through", 0))
+        pages: asyncio.Queue[Page | None] = asyncio.Queue(self.settings.fetch_ahead)
+        acks: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
+        fetcher = asyncio.create_task(self._fetch(client, pages, stop))
+        acker = asyncio.create_task(self._ack(client, acks))
+        batcher = Batcher(pages, fetcher, self.settings.batch_max)
+        end = RoundEnd.CAUGHT_UP
+        try:
+            end = await self._submit_loop(batcher, acks, stop)
+        finally:
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LinkError, DeviceError, LinkDown):
+                await fetcher
+            await acks.put(None)
+            acked = await acker  # raises the ACK's own failure, after the last batch
+            if acked is False and end == RoundEnd.CAUGHT_UP:
+                end = RoundEnd.PARK
+        return end
+
+    async def _fetch(
+        self, client: DeviceClient, pages: asyncio.Queue[Page | None], stop: asyncio.Event
+    ) -> None:
+        nxt = 1  # the device starts at synced_through + 1 anyway
+        try:
+            while not stop.is_set():
+                body = await client.fetch(nxt, max_bytes=self.settings.fetch_max_bytes)
+                self.link.note_counters(int(body["last_counter"]), int(body["synced_through"]))
+                docs = body["documents"]
+                if not docs:
+                    break
+                first = int(body["first"])
+                await pages.put(Page(first, docs))
+                nxt = first + len(docs)
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                pages.put_nowait(None)
+
+    async def _submit_loop(
+        self,
+        batcher: Batcher,
+        acks: asyncio.Queue[tuple[int, dict[str, Any]] | None],
+        stop: asyncio.Event,
+    ) -> RoundEnd:
+        device_id = self.link.device_id or "?"
+        cursor = self.cursors.device(device_id)
+        s = self.settings
+        while True:
+            if stop.is_set():
+                return RoundEnd.STOPPED
+            batch = await batcher.next()
+            if batch is None:
+                return RoundEnd.CAUGHT_UP
+            first, docs = batch
+            mask = skip_mask(
+                first, len(docs), cursor, self.clock(), s.reject_retries, s.reject_retry_interval
+            )
+            counters = [first + i for i in range(len(docs)) if not mask[i]]
+            if not counters:
+                continue
+            if len(counters) != len(docs):
+                docs = [d for d, skip in zip(docs, mask, strict=True) if not skip]
+            results = await self._submit(docs, stop)
+            if results is None:
+                return RoundEnd.STOPPED
+            verdict = judge(counters, results)
+            self._account(device_id, verdict, len(docs))
+            if verdict.ack_receipt is not None and verdict.ack_counter is not None:
+                await acks.put((verdict.ack_counter, verdict.ack_receipt))
+            if verdict.rejected:
+                codes = [r.code for r in verdict.rejected]
+                if self.on_rejected is not None and self.on_rejected(device_id, codes):
+                    log.warning(
+                        "%s: chain does not know the device or its numbers (%s); registering again",
+                        device_id,
+                        ", ".join(sorted(set(codes))),
+                    )
+                    return RoundEnd.RETRY
+                self._record_rejections(device_id, verdict)
+            if verdict.next == Next.RETRY:
+                log.info(
+                    "%s: %d documents not final on the chain yet (from %d); retrying",
+                    device_id,
+                    len(verdict.unresolved),
+                    verdict.unresolved[0],
+                )
+                return RoundEnd.RETRY
+            if verdict.next == Next.PARK:
+                log.warning(
+                    "%s: %d documents held behind rejected document %d; waiting",
+                    device_id,
+                    len(verdict.unresolved),
+                    verdict.rejected[0].counter,
+                )
+                return RoundEnd.PARK
+            self.backoff.reset()
+
+    async def _submit(self, docs: list[bytes], stop: asyncio.Event) -> list[Any] | None:
+        """Submit until the chain answers; None if asked to stop while it is away."""
+        while True:
+            started = time.monotonic()
+            try:
+                results = await self.chain.submit(docs)
+            except ChainDown as exc:
+                self.health.failure(exc.code, f"{exc} ({self.chain.url})")
+                if stop.is_set():
+                    return None
+                delay = self.backoff.next_delay()
+                waiter = asyncio.create_task(stop.wait())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), delay)
+                waiter.cancel()
+                if stop.is_set():
+                    return None
+                continue
+            except ChainRefused as exc:
+                # The whole submission refused (not one document): malformed batch or
+                # an unknown device. Nothing to retry quickly.
+                self.health.failure(exc.code, str(exc))
+                raise SubmissionRefused(exc.code, exc.message) from exc
+            self.health.success()
+            if self.metrics:
+                self.metrics.submit_latency.observe(time.monotonic() - started)
+            if len(results) != len(docs):
+                raise SubmissionRefused(
+                    "BAD_ANSWER", f"{len(docs)} documents sent, {len(results)} results"
+                )
+            return results
+
+    def _account(self, device_id: str, verdict: Verdict, sent: int) -> None:
+        self.submitted += sent
+        if self.metrics:
+            self.metrics.submitted_total.inc(sent, device_id)
+
+    def _record_rejections(self, device_id: str, verdict: Verdict) -> None:
+        cursor = self.cursors.device(device_id)
+        now = self.clock()
+        for r in verdict.rejected:
+            entry = cursor.record_rejection(r.counter, r.code, r.message, now)
+            if self.metrics:
+                self.metrics.chain_errors.inc(1, r.code)
+            left = self.settings.reject_retries - entry.attempts
+            log.error(
+                "%s: chain rejected document %d: %s %s (%s)",
+                device_id,
+                r.counter,
+                r.code,
+                r.message,
+                f"will try {left} more time(s)" if left > 0 else "not retrying; needs an operator",
+            )
+        self._export_rejections(device_id)
+        self.cursors.mark_dirty()
+        self._save_cursor()
+
+    def _export_rejections(self, device_id: str) -> None:
+        if not self.metrics:
+            return
+        cursor = self.cursors.device(device_id)
+        for key in [k for k in self.metrics.rejected.values if k[0] == device_id]:
+            self.metrics.rejected.remove(*key)
+        by_code: dict[str, int] = {}
+        for r in cursor.rejected.values():
+            by_code[r.code] = by_code.get(r.code, 0) + 1
+        for code, n in by_code.items():
+            self.metrics.rejected.set(n, device_id, code)
+
+    async def _ack(
+        self, client: DeviceClient, acks: asyncio.Queue[tuple[int, dict[str, Any]] | None]
+    ) -> bool:
+        """Hand receipts to the device; only the newest when several wait. False if the device
+        refused them (reported; the round should not go on as if synced)."""
+        ok = True
+        while True:
+            item = await acks.get()
+            if item is None:
+                return ok
+            last = False
+            while not acks.empty():
+                newer = acks.get_nowait()
+                if newer is None:
+                    last = True
+                    break
+                item = newer
+            counter, receipt = item
+            if counter > self.acked_through and not await self._ack_one(client, counter, receipt):
+                ok = False
+            if last:
+                return ok
+
+    async def _ack_one(self, client: DeviceClient, counter: int, receipt: dict[str, Any]) -> bool:
+        device_id = self.link.device_id or "?"
+        held = (self.link.info or {}).get("consortium")
+        try:
+            chain_list = await self.consortium.get()
+        except ChainDown as exc:
+            self.health.failure(exc.code, str(exc))
+            chain_list = None
+        offer = chain_list if chain_list is not None and chain_list != held else None
+        for attempt in range(2):
+            try:
+                result = await client.ack_sync([receipt], consortium=offer)
+            except DeviceError as exc:
+                if attempt == 0 and exc.status in (
+                    Status.RECEIPT_INVALID,
+                    Status.CONSORTIUM_INVALID,
+                ):
+                    # Perhaps the chain moved to a new node list: fetch it and offer it.
+                    with contextlib.suppress(ChainDown):
+                        offer = await self.consortium.get(refresh=True)
+                        continue
+                self.last_ack_error = exc.text
+                log.error("%s: device refused the receipt for %d: %s", device_id, counter, exc.text)
+                if self.metrics:
+                    self.metrics.chain_errors.inc(1, f"ACK_{exc.status.name}")
+                return False
+            if offer is not None and self.link.info is not None:
+                self.link.info["consortium"] = offer
+            synced = int(result["synced_through"])
+            moved = synced - self._synced_seen
+            self._synced_seen = max(self._synced_seen, synced)
+            self.acked_through = max(self.acked_through, synced)
+            self.last_ack_error = None
+            self.link.note_counters(0, synced)
+            if self.metrics and moved > 0:
+                self.metrics.synced_total.inc(moved, device_id)
+            cursor = self.cursors.device(device_id)
+            cursor.synced_through = synced
+            if cursor.forget_synced(synced):
+                self._export_rejections(device_id)
+            self.cursors.mark_dirty()
+            log.debug("%s: synced through %d", device_id, synced)
+            return True
+        return False
+
+    def _save_cursor(self) -> None:
+        if self.link.device_id is not None:
+            cursor = self.cursors.device(self.link.device_id)
+            cursor.port = self.link.config.port
+            status = self.link.status or {}
+            cursor.counter = int(status.get("counter", cursor.counter))
+            cursor.synced_through = max(cursor.synced_through, int(status.get("synced_through", 0)))
+        if self.cursors.dirty:
+            try:
+                self.cursors.save()
+            except OSError as exc:
+                log.error("cannot save the sync cursor: %s", exc)
+
+    def describe(self) -> dict[str, Any]:
+        device_id = self.link.device_id
+        rejected = []
+        if device_id is not None:
+            cursor = self.cursors.device(device_id)
+            s = self.settings
+            for r in sorted(cursor.rejected.values(), key=lambda r: r.counter):
+                rejected.append(
+                    {
+                        "counter": r.counter,
+                        "code": r.code,
+                        "message": r.message,
+                        "attempts": r.attempts,
+                        "retrying": not r.exhausted(s.reject_retries),
+                    }
+                )
+        return {
+            "rounds": self.rounds,
+            "submitted": self.submitted,
+            "parked_until": self.parked_until,
+            "ack_error": self.last_ack_error,
+            "rejected": rejected,
+        }
+
+
+class SubmissionRefused(Exception):
+    """The chain refused a whole submission (not single documents)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"chain refused the submission: {code} {message}")
+        self.code = code
+
+
+class Batcher:
+    """Turns FETCH pages into chain batches: what is ready, up to `limit` documents.
+
+    Waits only for the first page, so a slow chain gets big batches (pages
+    pile up meanwhile) and a fast one small, early ones. The part of a page
+    beyond the limit is carried into the next batch.
+    """
+
+    def __init__(
+        self, pages: asyncio.Queue[Page | None], fetcher: asyncio.Task[None], limit: int
+    ) -> None:
+        self.pages = pages
+        self.fetcher = fetcher
+        self.limit = limit
+        self.carry: Page | None = None
+        self.ended = False
+
+    async def _page(self, wait: bool) -> Page | None:
+        page: Page | None
+        if self.carry is not None:
+            page, self.carry = self.carry, None
+            return page
+        if self.ended:
+            return None
+        if not wait:
+            if self.pages.empty():
+                return None
+            page = self.pages.get_nowait()
+        else:
+            getter = asyncio.ensure_future(self.pages.get())
+            await asyncio.wait({getter, self.fetcher}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                page = getter.result()
+            else:
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await getter
+                if self.pages.empty():
+                    self.fetcher.result()  # a fetch error surfaces here
+                    self.ended = True
+                    return None
+                page = self.pages.get_nowait()
+        if page is None:
+            self.ended = True
+        return page
+
+    async def next(self) -> tuple[int, list[bytes]] | None:
+        page = await self._page(wait=True)
+        if page is None:
+            return None
+        first, docs = page.first, list(page.documents)
+        while len(docs) < self.limit:
+            more = await self._page(wait=False)
+            if more is None:
+                break
+            if more.first != first + len(docs):
+                raise RuntimeError(
+                    f"FETCH pages not consecutive: {first + len(docs)}, {more.first}"
+                )
+            docs.extend(more.documents)
+        if len(docs) > self.limit:
+            self.carry = Page(first + self.limit, docs[self.limit :])
+            docs = docs[: self.limit]
+        return first, docs

@@ -1,0 +1,206 @@
+"""POS idempotency keys: one key, one device request id, durably, before anything is sent.
+
+The device gives the same response to a retransmission with the same
+request id, command and body (and keeps that for issuing commands in its
+journal, across restarts). So if syncd stores `key -> (device, request id,
+command, body)` before it sends the request, a POS retry with the same key
+— after a lost response, a link failure, even a syncd restart — is sent
+with the same request id and gets the same invoice back, never a second one.
+
+A key reused for a different request (other route, device or body) is
+refused. Requests without a key get one generated, returned to the POS in
+the `Idempotency-Key` response header so that it can retry safely too.
+
+Storage: SQLite in the state directory, WAL, synchronous=FULL: the row is
+on disk before the request goes to the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device.protocol import codec
+
+DB_FILE = "idempotency.sqlite"
+MAX_KEY_LENGTH = 200
+DEFAULT_RETENTION = 30 * 86400.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,
+    route TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    request_id INTEGER NOT NULL,
+    command INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    created REAL NOT NULL,
+    counter INTEGER
+);
+CREATE INDEX IF NOT EXISTS requests_created ON requests(created);
+"""
+
+
+class KeyReused(ValueError):
+    """The key was first used for a different request."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"idempotency key {key!r} was used for {reason}")
+
+
+class BadKey(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    device_id: str
+    request_id: int
+    command: int
+    body: dict[str, Any]
+    fresh: bool  # True: stored now; False: a retry of an earlier request
+    counter: int | None = None
+
+
+def check_key(key: str) -> str:
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise BadKey(f"an idempotency key is 1 to {MAX_KEY_LENGTH} printable characters")
+    return key
+
+
+def new_key() -> str:
+    return f"syncd-{uuid.uuid4()}"
+
+
+def _signed(value: int) -> int:
+    """SQLite integers are signed 64-bit; request ids use all 64 bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _unsigned(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value
+
+
+def digest(route: str, body: dict[str, Any]) -> tuple[bytes, bytes]:
+    encoded = codec.encode(body)
+    return encoded, hashlib.sha256(route.encode() + b"\0" + encoded).digest()
+
+
+class IdempotencyStore:
+    def __init__(self, state: Path, *, retention: float = DEFAULT_RETENTION) -> None:
+        state.mkdir(parents=True, exist_ok=True)
+        self.path = state / DB_FILE
+        self.retention = retention
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def find(self, key: str) -> Claim | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT device_id, request_id, command, body, counter FROM requests WHERE key = ?",
+                (key,),
+            ).fetchone()
+        if row is None:
+            return None
+        return Claim(key, row[0], _unsigned(row[1]), row[2], codec.decode(row[3]), False, row[4])
+
+    def claim(
+        self,
+        key: str,
+        *,
+        route: str,
+        device_id: str,
+        command: int,
+        body: dict[str, Any],
+        request_id: int,
+        device_chosen: bool = True,
+    ) -> Claim:
+        """Store the mapping (durably) or return the one stored before.
+
+        `device_chosen` is False when the POS did not name a device: a
+        retry then goes to the device of the first attempt.
+        """
+        encoded, dig = digest(route, body)
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT route, device_id, request_id, command, body, digest, counter "
+                    "FROM requests WHERE key = ?",
+                    (key,),
+                ).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO requests (key, route, device_id, request_id, command, body, "
+                        "digest, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            key,
+                            route,
+                            device_id,
+                            _signed(request_id),
+                            command,
+                            encoded,
+                            dig,
+                            time.time(),
+                        ),
+                    )
+                    conn.execute("COMMIT")
+                    return Claim(key, device_id, request_id, command, body, True)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        old_route, old_device, old_rid, old_command, old_body, old_digest, counter = row
+        if old_route != route:
+            raise KeyReused(key, f"another operation ({old_route})")
+        if old_digest != dig:
+            raise KeyReused(key, "a request with a different body")
+        if device_chosen and old_device != device_id:
+            raise KeyReused(key, f"a request to another device ({old_device})")
+        return Claim(
+            key, old_device, _unsigned(old_rid), old_command, codec.decode(old_body), False, counter
+        )
+
+    def complete(self, key: str, counter: int) -> None:
+        """Note which document answered the key (for status and support; not needed for replay)."""
+        with self._lock:
+            self._conn.execute("UPDATE requests SET counter = ? WHERE key = ?", (counter, key))
+
+    def release(self, key: str, request_id: int) -> None:
+        """Forget a key whose request was refused (nothing issued), so that a retry is a new
+        attempt with a new request id. Only if it still maps to that request id."""
+        with self._lock:
+            self._conn.execute(
+                "DELETE FROM requests WHERE key = ? AND request_id = ? AND counter IS NULL",
+                (key, _signed(request_id)),
+            )
+
+    def purge(self, now: float | None = None) -> int:
+        """Forget keys older than the retention period; returns how many."""
+        cutoff = (time.time() if now is None else now) - self.retention
+        with self._lock:
+            cur = self._conn.execute("DELETE FROM requests WHERE created < ?", (cutoff,))
+            return cur.rowcount
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM requests").fetchone()[0])

@@ -1,0 +1,316 @@
+"""One serial link per device: open, handshake, watch, reopen.
+
+A link task keeps a `DeviceClient` on its port for as long as the port
+works. It opens the port (retrying with capped backoff while it is absent,
+busy or forbidden), handshakes (HELLO, INFO, STATUS), reports the device
+online, sends a STATUS heartbeat every `status_interval`, and when the
+port disappears or stops answering it reports the device offline, closes
+the client and starts over — an unplugged and replugged printer comes back
+without restarting the daemon.
+
+Other parts (the POS API, the sync engine) use `link.client` while the
+link is online; a `LinkError` from a request means its outcome is unknown
+and the request must be sent again with the same request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from device.client import DeviceClient, LinkError
+from device.protocol.status import DeviceError
+from device.transport import PortError
+from syncd.backoff import Backoff
+from syncd.config import DeviceConfig
+from syncd.metrics import SyncdMetrics
+
+log = logging.getLogger("taxctl.syncd")
+
+WATCH_TICK = 0.1
+
+
+class LinkState(StrEnum):
+    OFFLINE = "offline"  # no port, or the port does not answer
+    CONNECTING = "connecting"  # port open, handshake under way
+    ONLINE = "online"
+
+
+class LinkDown(ConnectionError):
+    """The device is not reachable now; nothing was sent."""
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    response_timeout: float = 1.0
+    max_retries: int = 5
+    max_in_flight: int = 32
+    reopen_max: float = 5.0
+    status_interval: float = 5.0
+
+
+class DeviceLink:
+    def __init__(
+        self,
+        device: DeviceConfig,
+        settings: LinkSettings,
+        metrics: SyncdMetrics | None = None,
+        *,
+        opener: Callable[..., Any] = DeviceClient.open,
+    ) -> None:
+        self.config = device
+        self.settings = settings
+        self.metrics = metrics
+        self._open = opener
+        self.state = LinkState.OFFLINE
+        self.client: DeviceClient | None = None
+        self.device_id: str | None = None
+        self.hello: dict[str, Any] | None = None
+        self.info: dict[str, Any] | None = None
+        self.status: dict[str, Any] | None = None
+        self.status_at: float | None = None
+        self.last_error: str | None = None
+        self.connections = 0
+        self.online_since: float | None = None
+        self._online = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._listeners: list[Callable[[DeviceLink], None]] = []
+        self._stats_seen: dict[str, int] = {}
+
+    # --- for users of the link ----------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def online(self) -> bool:
+        return self.state == LinkState.ONLINE and self.client is not None
+
+    def require(self) -> DeviceClient:
+        if self.state != LinkState.ONLINE or self.client is None or self.client.closed:
+            reason = f": {self.last_error}" if self.last_error else ""
+            raise LinkDown(f"printer {self.name} is not connected{reason}")
+        return self.client
+
+    async def wait_online(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._online.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def on_change(self, listener: Callable[[DeviceLink], None]) -> None:
+        self._listeners.append(listener)
+
+    def mark_suspect(self, reason: str) -> None:
+        """A request ran out of retransmissions: check the link now rather than at the
+        next heartbeat."""
+        if self.state == LinkState.ONLINE:
+            log.warning("%s: %s; checking the link", self.label, reason)
+            self._lost.set()
+
+    @property
+    def label(self) -> str:
+        return f"{self.device_id or '?'} on {self.config.port}"
+
+    async def refresh_status(self) -> dict[str, Any]:
+        status = await self.require().status()
+        self._set_status(status)
+        return status
+
+    def note_counters(self, counter: int, synced_through: int) -> None:
+        """Counters learned from FETCH/ACK_SYNC, between heartbeats."""
+        if self.status is not None:
+            self.status["counter"] = max(int(self.status.get("counter", 0)), counter)
+            self.status["synced_through"] = max(
+                int(self.status.get("synced_through", 0)), synced_through
+            )
+            self._export_status()
+
+    # --- the task ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(min(0.05, self.settings.reopen_max), self.settings.reopen_max)
+        while not stop.is_set():
+            client = await self._connect()
+            if client is None:
+                await _sleep_or_stop(stop, backoff.next_delay())
+                continue
+            backoff.reset()
+            try:
+                await self._watch(client, stop)
+            finally:
+                await self._drop(client)
+
+    async def _connect(self) -> DeviceClient | None:
+        cfg, s = self.config, self.settings
+        try:
+            client: DeviceClient = await self._open(
+                cfg.port,
+                baud=cfg.baud,
+                parity=cfg.parity,
+                stopbits=cfg.stopbits,
+                rtscts=cfg.rtscts,
+                response_timeout=s.response_timeout,
+                max_retries=s.max_retries,
+                max_in_flight=s.max_in_flight,
+            )
+        except (PortError, OSError) as exc:
+            self._set_error(str(exc))
+            return None
+        self.state = LinkState.CONNECTING
+        self.client = client
+        try:
+            hello = await client.hello()
+            info = await client.info()
+            status = await client.status()
+        except (LinkError, DeviceError) as exc:
+            self._set_error(f"handshake failed: {exc}")
+            await self._drop(client)
+            return None
+        previous = self.device_id
+        self.hello, self.info = hello, info
+        self.device_id = str(info["device_id"])
+        self._stats_seen = {}
+        if previous is not None and previous != self.device_id:
+            log.warning(
+                "port %s now has device %s (was %s)", self.config.port, self.device_id, previous
+            )
+        self._set_status(status)
+        self.connections += 1
+        self.last_error = None
+        self.online_since = time.time()
+        self.state = LinkState.ONLINE
+        self._lost.clear()
+        self._online.set()
+        if self.metrics is not None:
+            self.metrics.link_up.set(1, self.device_id, self.config.port)
+            if self.connections > 1:
+                self.metrics.link_reconnects.inc(1, self.device_id)
+        log.info(
+            "device %s online on %s: %s, counter %d, synced through %d, %s",
+            self.device_id,
+            self.config.port,
+            "training" if info.get("training") else "production",
+            status["counter"],
+            status["synced_through"],
+            "can issue" if status["can_issue"] else "blocked: " + ", ".join(status["blocking"]),
+        )
+        self._notify()
+        return client
+
+    async def _watch(self, client: DeviceClient, stop: asyncio.Event) -> None:
+        next_beat = time.monotonic() + self.settings.status_interval
+        while not stop.is_set():
+            if client.closed:
+                self._set_error("port closed (unplugged?)")
+                return
+            if self._lost.is_set() or time.monotonic() >= next_beat:
+                self._lost.clear()
+                try:
+                    self._set_status(await client.status())
+                except LinkError as exc:
+                    self._set_error(f"no answer: {exc}")
+                    return
+                except DeviceError as exc:
+                    log.warning("%s: STATUS refused: %s", self.label, exc)
+                next_beat = time.monotonic() + self.settings.status_interval
+            self._export_stats(client)
+            await _sleep_or_stop(stop, WATCH_TICK)
+
+    async def _drop(self, client: DeviceClient) -> None:
+        was_online = self.state == LinkState.ONLINE
+        self._export_stats(client)
+        self.state = LinkState.OFFLINE
+        self._online.clear()
+        self.online_since = None
+        if self.client is client:
+            self.client = None
+        with contextlib.suppress(Exception):
+            await client.close()
+        if was_online:
+            if self.metrics is not None and self.device_id is not None:
+                self.metrics.link_up.set(0, self.device_id, self.config.port)
+            log.warning("device %s offline: %s", self.label, self.last_error or "link closed")
+            self._notify()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self._drop(self.client)
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def _set_error(self, text: str) -> None:
+        if text != self.last_error:
+            level = logging.WARNING if self.connections else logging.ERROR
+            log.log(level, "port %s: %s", self.config.port, text)
+        self.last_error = text
+
+    def _set_status(self, status: dict[str, Any]) -> None:
+        self.status = status
+        self.status_at = time.time()
+        self._export_status()
+
+    def _export_status(self) -> None:
+        m, status, device = self.metrics, self.status, self.device_id
+        if m is None or status is None or device is None:
+            return
+        counter, synced = int(status["counter"]), int(status["synced_through"])
+        m.counter.set(counter, device)
+        m.synced_through.set(synced, device)
+        m.pending.set(max(0, counter - synced), device)
+        m.numbers_left.set(int(status.get("numbers_left", 0)), device)
+        m.can_issue.set(1 if status.get("can_issue") else 0, device)
+
+    def _export_stats(self, client: DeviceClient) -> None:
+        if self.metrics is None or self.device_id is None:
+            return
+        for event, value in client.stats.as_dict().items():
+            if event in ("requests", "responses"):
+                continue
+            delta = value - self._stats_seen.get(event, 0)
+            if delta > 0:
+                self.metrics.link_events.inc(delta, self.device_id, event)
+            self._stats_seen[event] = value
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener(self)
+            except Exception:  # a listener's bug must not take the link down
+                log.exception("link listener failed")
+
+    def describe(self) -> dict[str, Any]:
+        status = self.status or {}
+        return {
+            "name": self.name,
+            "port": self.config.port,
+            "device_id": self.device_id,
+            "state": self.state.value,
+            "error": self.last_error,
+            "training": bool(self.info.get("training")) if self.info else None,
+            "counter": status.get("counter"),
+            "synced_through": status.get("synced_through"),
+            "pending": (
+                max(0, int(status["counter"]) - int(status["synced_through"])) if status else None
+            ),
+            "can_issue": status.get("can_issue"),
+            "blocking": status.get("blocking"),
+            "numbers_left": status.get("numbers_left"),
+            "offline_since": status.get("offline_since"),
+            "last_sync_at": status.get("last_sync_at"),
+            "status_at": self.status_at,
+            "link_stats": self.client.stats.as_dict() if self.client else None,
+        }
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

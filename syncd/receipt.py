@@ -1,0 +1,81 @@
+"""A signed document as the POS shows it: receipt text and the verification QR payload.
+
+The layout is the printer's own (`device/render.py`: seller, buyer, lines,
+totals, check code, and the training banner on training documents), so
+what the till shows matches what the printer prints. The QR payload is the
+verification query of `device/protocol/qr.py`:
+
+    taxctl:v1?c=<12-digit code>&n=<8-digit number>&d=<YYYY-MM-DD>&t=<total fen>&k=<check code>[&x=1]
+
+which carries everything a verifier (查验) needs: code, number, date, total
+and the 20-digit check code; `x=1` marks a training document. Reports (X/Z)
+have no code or number and so no QR payload. Other renderings (ESC/POS,
+SVG, PNG) start from `Rendered.payload` with `device.render`.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from device import render
+from device.protocol import qr
+from device.protocol.document import Document
+
+TRAINING_BANNER = render.TRAINING_BANNER
+DEFAULT_PAPER = 80
+
+
+@dataclass(frozen=True)
+class Rendered:
+    payload: dict[str, Any]
+    text: str
+    qr: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"text": self.text, "qr": self.qr}
+
+
+def render_receipt(payload: dict[str, Any], paper: int = DEFAULT_PAPER) -> Rendered:
+    if paper not in render.PAPER_COLUMNS:
+        raise ValueError(f"paper width is one of {sorted(render.PAPER_COLUMNS)} mm")
+    text = render.text(payload, paper)
+    code = qr.for_document(payload).to_payload() if payload.get("code") is not None else None
+    return Rendered(payload, text, code)
+
+
+def json_value(value: Any) -> Any:
+    """A payload value as JSON: byte strings (hashes) in hex."""
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def document_json(
+    document: Document, response: dict[str, Any], paper: int = DEFAULT_PAPER
+) -> dict[str, Any]:
+    """What the POS API returns for a signed document."""
+    rendered = render_receipt(document.payload, paper)
+    out: dict[str, Any] = {
+        "device_id": document.device_id,
+        "counter": document.counter,
+        "kind": document.kind.value,
+        "code": document.code,
+        "number": document.number,
+        "issued_at": document.payload["issued_at"],
+        "total": document.total,
+        "check_code": document.check_code,
+        "training": document.training,
+        "offline": bool(document.payload.get("offline")),
+        "cose_sign1": base64.b64encode(document.raw).decode(),
+        "document": json_value(document.payload),
+        "receipt": rendered.as_json(),
+    }
+    if "synced" in response:
+        out["synced"] = bool(response["synced"])
+    return out

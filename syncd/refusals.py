@@ -1,0 +1,154 @@
+"""What the POS is told when an invoice cannot be issued: HTTP status and a sentence.
+
+Every device refusal maps to an HTTP status and a sentence a cashier can
+act on; the device's status name travels along (`error`) for the POS
+software. syncd's own conditions (port unplugged, outcome unknown, bad
+JSON, reused idempotency key…) have codes of their own in `ApiCode`.
+
+    422  the request itself is wrong (fix the sale, do not retry as is)
+    409  the device is in a state an operator must change
+    503  temporary: retry after the condition clears (paper, cover,
+         offline limits while syncd uploads, link down)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from device.protocol.status import MESSAGES, Status
+
+
+class ApiCode(StrEnum):
+    BAD_JSON = "BAD_JSON"
+    BAD_REQUEST = "BAD_REQUEST"
+    BODY_TOO_LARGE = "BODY_TOO_LARGE"
+    UNKNOWN_DEVICE = "UNKNOWN_DEVICE"
+    NO_DEVICE = "NO_DEVICE"
+    DEVICE_OFFLINE = "DEVICE_OFFLINE"
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    BAD_IDEMPOTENCY_KEY = "BAD_IDEMPOTENCY_KEY"
+    NOT_FOUND = "NOT_FOUND"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    http: int
+    message: str
+    retry_after: int | None = None
+
+
+_INVALID = 422
+_STATE = 409
+_LATER = 503
+
+DEVICE_REFUSALS: dict[Status, Refusal] = {
+    Status.BAD_REQUEST: Refusal(
+        _INVALID, "The invoice request is malformed; check the fields sent by the till."
+    ),
+    Status.BODY_TOO_LARGE: Refusal(_INVALID, "The invoice is too large for the printer."),
+    Status.UNKNOWN_COMMAND: Refusal(_STATE, "The printer does not support this operation."),
+    Status.UNSUPPORTED_VERSION: Refusal(
+        _STATE, "The printer's firmware does not speak this protocol version; call support."
+    ),
+    Status.REQUEST_ID_REUSED: Refusal(
+        _STATE, "This request conflicts with an earlier one; start a new sale."
+    ),
+    Status.UNREGISTERED: Refusal(
+        _STATE, "The printer is not registered with the tax bureau yet; call the administrator."
+    ),
+    Status.SEGMENT_EXHAUSTED: Refusal(
+        _LATER,
+        "The printer has no invoice numbers left; new numbers are being requested, "
+        "try again in a minute.",
+        60,
+    ),
+    Status.OFFLINE_TIME_LIMIT: Refusal(
+        _LATER,
+        "The printer has been offline too long and must upload its invoices first; "
+        "check the shop's internet connection, then try again.",
+        30,
+    ),
+    Status.OFFLINE_AMOUNT_LIMIT: Refusal(
+        _LATER,
+        "The printer has reached its offline amount limit and must upload its invoices "
+        "first; check the shop's internet connection, then try again.",
+        30,
+    ),
+    Status.STORAGE_FULL: Refusal(
+        _STATE, "The printer's memory is full; call the administrator. Nothing was issued."
+    ),
+    Status.PAPER_OUT: Refusal(_LATER, "The printer is out of paper: load paper and try again.", 5),
+    Status.COVER_OPEN: Refusal(_LATER, "The printer cover is open: close it and try again.", 5),
+    Status.CLOCK_BACKWARDS: Refusal(
+        _STATE, "The printer's clock is wrong (behind its last invoice); call the administrator."
+    ),
+    Status.ALREADY_REGISTERED: Refusal(_STATE, "The printer is already registered."),
+    Status.TRAINING_MODE: Refusal(_STATE, "Not possible on a training printer."),
+    Status.INVALID_INVOICE: Refusal(_INVALID, "The invoice is not valid; check the items."),
+    Status.INVALID_TAX_ID: Refusal(
+        _INVALID, "The buyer's tax id is wrong: check the 18-character code and type it again."
+    ),
+    Status.UNKNOWN_TAX_RATE: Refusal(
+        _INVALID, "An item uses a tax rate this printer is not set up for; check the item."
+    ),
+    Status.NEGATIVE_AMOUNT: Refusal(_INVALID, "Quantities and prices must be positive."),
+    Status.FIELD_TOO_LONG: Refusal(_INVALID, "A name on the invoice is too long; shorten it."),
+    Status.BAD_QUANTITY: Refusal(
+        _INVALID, "A quantity is not valid (a positive number, at most 3 decimals)."
+    ),
+    Status.TOO_MANY_ITEMS: Refusal(
+        _INVALID, "An invoice needs between 1 and 100 lines; split the sale."
+    ),
+    Status.AMOUNT_TOO_LARGE: Refusal(_INVALID, "An amount is too large for one invoice."),
+    Status.CREDIT_UNKNOWN_ORIGINAL: Refusal(
+        _INVALID, "No invoice with this code and number was issued on this printer."
+    ),
+    Status.CREDIT_EXCEEDS_ORIGINAL: Refusal(
+        _STATE, "The credit note is larger than what remains of the original invoice."
+    ),
+    Status.CREDIT_NOT_AN_INVOICE: Refusal(_INVALID, "Only an invoice can be credited."),
+    Status.RANGE_INVALID: Refusal(_INVALID, "No such document on this printer."),
+    Status.INTERNAL_ERROR: Refusal(
+        _LATER, "The printer reported an internal error; nothing was issued. Try again.", 5
+    ),
+}
+
+API_REFUSALS: dict[ApiCode, Refusal] = {
+    ApiCode.BAD_JSON: Refusal(400, "The till sent something that is not JSON."),
+    ApiCode.BAD_REQUEST: Refusal(400, "The till's request is missing or has wrong fields."),
+    ApiCode.BODY_TOO_LARGE: Refusal(413, "The request is too large."),
+    ApiCode.UNKNOWN_DEVICE: Refusal(404, "No printer with that name or id is attached."),
+    ApiCode.NO_DEVICE: Refusal(
+        503, "No printer is connected: check the printer's cable and power.", 5
+    ),
+    ApiCode.DEVICE_OFFLINE: Refusal(
+        503, "The printer is not connected: check its cable and power, then try again.", 5
+    ),
+    ApiCode.OUTCOME_UNKNOWN: Refusal(
+        503,
+        "The printer stopped answering before confirming. Try again with the same request: "
+        "you will get the same invoice, never a second one.",
+        2,
+    ),
+    ApiCode.IDEMPOTENCY_KEY_REUSED: Refusal(
+        422, "This request key was already used for a different sale; use a new key."
+    ),
+    ApiCode.BAD_IDEMPOTENCY_KEY: Refusal(
+        400, "The Idempotency-Key header must be 1 to 200 printable characters."
+    ),
+    ApiCode.NOT_FOUND: Refusal(404, "No such document."),
+    ApiCode.SHUTTING_DOWN: Refusal(503, "The invoice service is restarting; try again.", 2),
+    ApiCode.INTERNAL_ERROR: Refusal(500, "The invoice service hit an error; try again."),
+}
+
+
+def for_status(status: Status) -> Refusal:
+    return DEVICE_REFUSALS.get(status) or Refusal(_STATE, MESSAGES[status])
+
+
+def for_code(code: ApiCode) -> Refusal:
+    return API_REFUSALS[code]

@@ -1,0 +1,221 @@
+"""Registering devices with the tax bureau's chain, and keeping them in numbers.
+
+`register_device` walks a new device through CSR -> certificate -> first
+number segment (`taxctl syncd register`). It can be run again after an
+interruption: a device that already holds its certificate only gets what
+it still lacks.
+
+`Registrar` runs inside the daemon, before each sync round:
+- a training device provisions itself (self-signed training certificate
+  and segment); on first contact syncd registers those with the chain;
+- when a device runs low on invoice numbers (`registration.low_numbers`),
+  syncd asks the chain for a new segment and loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from device.client import DeviceClient
+from device.protocol import taxid
+from device.protocol.status import DeviceError, Status
+from syncd.chainport import ChainDown, ChainPort, ChainRefused
+from syncd.link import DeviceLink
+from syncd.metrics import SyncdMetrics
+
+log = logging.getLogger("taxctl.syncd")
+
+# Codes with which a chain says it does not know a device or its numbers;
+# registering again (training devices) can fix these.
+UNKNOWN_DEVICE_CODES = frozenset(
+    {"DEVICE_UNKNOWN", "UNKNOWN_DEVICE", "UNREGISTERED", "DEVICE_NOT_REGISTERED"}
+)
+UNKNOWN_SEGMENT_CODES = frozenset(
+    {"SEGMENT_UNKNOWN", "UNKNOWN_SEGMENT", "NUMBER_OUTSIDE_SEGMENT", "NUMBER_NOT_ALLOCATED"}
+)
+
+
+class RegistrationError(Exception):
+    """Registration cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    auto_segments: bool = True
+    low_numbers: int = 500
+    segment_size: int = 10000
+
+
+def check_taxpayer(tax_id: str, name: str) -> dict[str, str]:
+    problem = taxid.problem(tax_id)
+    if problem is not None:
+        raise RegistrationError(f"taxpayer tax id {tax_id!r}: {problem}")
+    name = name.strip()
+    if not 1 <= len(name) <= 100 or not name.isprintable():
+        raise RegistrationError("taxpayer name must be 1 to 100 printable characters")
+    return {"tax_id": tax_id, "name": name}
+
+
+async def register_device(
+    client: DeviceClient,
+    chain: ChainPort,
+    taxpayer: dict[str, str],
+    *,
+    segment_size: int,
+) -> dict[str, Any]:
+    """CSR -> certificate -> first segment. Returns what was done, as plain data."""
+    await client.hello()
+    info = await client.info()
+    device_id = str(info["device_id"])
+    steps: list[str] = []
+    if info.get("training"):
+        await chain.register(certificate=info["certificate"], segments=list(info["segments"]))
+        return {
+            "device_id": device_id,
+            "training": True,
+            "steps": ["training device: registered its own certificate and segments"],
+            "taxpayer": info.get("taxpayer"),
+        }
+    if info.get("registered"):
+        held = info.get("taxpayer") or {}
+        if held.get("tax_id") != taxpayer["tax_id"]:
+            raise RegistrationError(
+                f"device {device_id} is already registered to {held.get('tax_id')} "
+                f"({held.get('name')}); a device cannot change taxpayer"
+            )
+        steps.append("certificate already loaded")
+    else:
+        csr = await client.csr(taxpayer)
+        answer = await chain.register(csr=csr["csr"])
+        certificate = answer.get("certificate")
+        if not isinstance(certificate, bytes):
+            raise RegistrationError("the chain's registration answer holds no certificate")
+        loaded = await client.load_cert(certificate)
+        steps.append(f"certificate serial {loaded.get('serial')} loaded")
+    if not info.get("segments"):
+        segment = await chain.allocate_segment(device_id, segment_size)
+        loaded = await client.load_segment(segment)
+        steps.append(
+            f"segment {loaded['code']} {loaded['start']:08d}-{loaded['end']:08d} loaded "
+            f"({loaded['numbers_left']} numbers)"
+        )
+    else:
+        steps.append(f"{len(info['segments'])} segment(s) already loaded")
+    status = await client.status()
+    return {
+        "device_id": device_id,
+        "training": False,
+        "taxpayer": taxpayer,
+        "steps": steps,
+        "numbers_left": status.get("numbers_left"),
+        "can_issue": status.get("can_issue"),
+        "blocking": status.get("blocking"),
+    }
+
+
+class Registrar:
+    """Registration chores the daemon does by itself, before each sync round."""
+
+    RETRY_AFTER = 30.0
+
+    def __init__(
+        self,
+        chain: ChainPort,
+        settings: RegistrationSettings,
+        metrics: SyncdMetrics | None = None,
+    ) -> None:
+        self.chain = chain
+        self.settings = settings
+        self.metrics = metrics
+        self.known: set[str] = set()
+        self._segment_after: dict[str, float] = {}
+        self._refixed_at: dict[str, float] = {}
+
+    def forget(self, device_id: str) -> None:
+        """The chain said it does not know this device (or its numbers): register again."""
+        self.known.discard(device_id)
+
+    def on_rejections(self, device_id: str, codes: Sequence[str]) -> bool:
+        """True if registering again may fix these rejections (the caller retries soon
+        instead of counting them); at most once a minute per device, so a chain that
+        keeps saying no is reported rather than looped on."""
+        upper = [c.upper() for c in codes]
+        if not any(c in UNKNOWN_DEVICE_CODES or c in UNKNOWN_SEGMENT_CODES for c in upper):
+            return False
+        now = time.monotonic()
+        if now - self._refixed_at.get(device_id, -1e9) < 60.0:
+            return False
+        self._refixed_at[device_id] = now
+        self.forget(device_id)
+        return True
+
+    async def before_round(self, link: DeviceLink) -> None:
+        device_id = link.device_id
+        if device_id is None or link.info is None:
+            return
+        if link.info.get("training") and device_id not in self.known:
+            await self._register_training(link)
+        if self.settings.auto_segments:
+            await self._top_up(link)
+
+    async def _register_training(self, link: DeviceLink) -> None:
+        info = link.require().info
+        fresh = await info()
+        link.info = fresh
+        if not fresh.get("certificate"):
+            return
+        try:
+            await self.chain.register(
+                certificate=fresh["certificate"], segments=list(fresh.get("segments") or [])
+            )
+        except ChainRefused as exc:
+            log.error("%s: the chain refused its training registration: %s", link.label, exc)
+            return
+        self.known.add(str(fresh["device_id"]))
+        log.info("%s: training certificate and segments registered with the chain", link.label)
+
+    async def _top_up(self, link: DeviceLink) -> None:
+        status, device_id = link.status, link.device_id
+        if status is None or device_id is None or not (link.info or {}).get("registered"):
+            return
+        left = int(status.get("numbers_left", 0))
+        if left >= self.settings.low_numbers:
+            return
+        now = time.monotonic()
+        if now < self._segment_after.get(device_id, 0.0):
+            return
+        self._segment_after[device_id] = now + self.RETRY_AFTER
+        client = link.require()
+        try:
+            segment = await self.chain.allocate_segment(device_id, self.settings.segment_size)
+        except ChainRefused as exc:
+            log.error("%s: the chain refused a new number segment: %s", link.label, exc)
+            return
+        except ChainDown as exc:
+            log.warning("%s: numbers low (%d) and the chain is away: %s", link.label, left, exc)
+            return
+        try:
+            loaded = await client.load_segment(segment)
+        except DeviceError as exc:
+            if exc.status == Status.SEGMENT_INVALID:
+                log.error("%s: device refused the chain's segment: %s", link.label, exc.text)
+                return
+            raise
+        if link.info is not None:
+            link.info["segments"] = [*link.info.get("segments", []), segment]
+        if link.status is not None:
+            link.status["numbers_left"] = loaded.get("numbers_left", left)
+        if self.metrics:
+            self.metrics.segments_loaded.inc(1, device_id)
+        log.info(
+            "%s: numbers were low (%d); loaded segment %s %08d-%08d",
+            link.label,
+            left,
+            loaded.get("code"),
+            int(loaded.get("start", 0)),
+            int(loaded.get("end", 0)),
+        )

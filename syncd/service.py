@@ -1,0 +1,403 @@
+"""The daemon: links, sync engines and the POS API in one event loop.
+
+Startup: open the state directory, start one link task and one sync task
+per device, serve the API, print the ready line, tell systemd READY=1.
+SIGTERM/SIGINT: stop taking POS requests, let each engine finish the batch
+it has in flight (submitted batches get their receipts acknowledged on the
+device), close the links, exit 0. SIGHUP: read the configuration again and
+apply it — devices added or removed, chain nodes, sync and link settings,
+log level; a changed API address needs a restart (logged). A configuration
+that does not validate is reported and the running one kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from syncd import config as config_mod
+from syncd import logs
+from syncd.api import ApiContext, PosApi
+from syncd.chainport import ChainPort
+from syncd.config import Config, ConfigError, DeviceConfig
+from syncd.cursor import CursorStore
+from syncd.engine import ChainHealth, Consortium, DeviceSync, SyncSettings
+from syncd.idempotency import IdempotencyStore
+from syncd.link import DeviceLink, LinkSettings
+from syncd.metrics import SyncdMetrics
+from syncd.notify import Notifier, status_line
+from syncd.registration import Registrar, RegistrationSettings
+
+log = logging.getLogger("taxctl.syncd")
+
+ENGINE_STOP_TIMEOUT = 60.0
+
+
+def sync_settings(cfg: Config) -> SyncSettings:
+    return SyncSettings(
+        batch_max=cfg["sync.batch_max"],
+        fetch_max_bytes=cfg["sync.fetch_max_bytes"],
+        fetch_ahead=cfg["sync.fetch_ahead"],
+        poll_interval=cfg["sync.poll_interval"],
+        backoff_initial=min(cfg["sync.backoff_initial"], cfg["sync.backoff_max"]),
+        backoff_max=cfg["sync.backoff_max"],
+        reject_retries=cfg["sync.reject_retries"],
+        reject_retry_interval=cfg["sync.reject_retry_interval"],
+    )
+
+
+def link_settings(cfg: Config) -> LinkSettings:
+    return LinkSettings(
+        response_timeout=cfg["link.response_timeout"],
+        max_retries=cfg["link.max_retries"],
+        max_in_flight=cfg["link.max_in_flight"],
+        reopen_max=cfg["link.reopen_max"],
+        status_interval=cfg["link.status_interval"],
+    )
+
+
+def registration_settings(cfg: Config) -> RegistrationSettings:
+    return RegistrationSettings(
+        auto_segments=cfg["registration.auto_segments"],
+        low_numbers=cfg["registration.low_numbers"],
+        segment_size=cfg["registration.segment_size"],
+    )
+
+
+@dataclass
+class Attached:
+    """One device's link and engine with their tasks."""
+
+    link: DeviceLink
+    engine: DeviceSync
+    link_stop: asyncio.Event
+    sync_stop: asyncio.Event
+    link_task: asyncio.Task[None] | None = None
+    sync_task: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        self.sync_stop.set()
+        if self.sync_task is not None:
+            try:
+                await asyncio.wait_for(self.sync_task, ENGINE_STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("%s: sync did not stop in time", self.link.label)
+        self.link_stop.set()
+        if self.link_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.link_task, 10)
+        await self.link.close()
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        chain: ChainPort,
+        args: argparse.Namespace | None = None,
+        notifier: Notifier | None = None,
+        reconfigure_chain: Callable[[Config], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.args = args
+        self.chain = chain
+        self.reconfigure_chain = reconfigure_chain
+        self.notifier = notifier or Notifier()
+        self.metrics = SyncdMetrics()
+        self.health = ChainHealth(self.metrics)
+        self.consortium = Consortium(chain)
+        self.registrar = Registrar(chain, registration_settings(cfg), self.metrics)
+        self.started = time.time()
+        self.attached: list[Attached] = []
+        self.stop_event = asyncio.Event()
+        self.exit_code = 0
+        self.url: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._background: list[asyncio.Task[None]] = []
+        cfg.state.mkdir(parents=True, exist_ok=True)
+        self.store = IdempotencyStore(cfg.state)
+        self.cursors = CursorStore(cfg.state)
+        self.api_ctx = ApiContext(
+            links=[],
+            store=self.store,
+            metrics=self.metrics,
+            status=self.status,
+            wake=self._wake,
+            max_body=cfg["api.max_body"],
+        )
+
+    # --- devices ---------------------------------------------------------------------------
+
+    def _attach(self, device: DeviceConfig) -> Attached:
+        link = DeviceLink(device, link_settings(self.cfg), self.metrics)
+        engine = DeviceSync(
+            link,
+            self.chain,
+            self.cursors,
+            sync_settings(self.cfg),
+            health=self.health,
+            consortium=self.consortium,
+            metrics=self.metrics,
+            before_round=self.registrar.before_round,
+            on_rejected=self.registrar.on_rejections,
+        )
+        link.on_change(lambda _link: engine.wake())
+        item = Attached(link, engine, asyncio.Event(), asyncio.Event())
+        item.link_task = asyncio.create_task(self._guard(link.run(item.link_stop), link.label))
+        item.sync_task = asyncio.create_task(
+            self._guard(engine.run(item.sync_stop), f"sync {device.port}")
+        )
+        self.attached.append(item)
+        self.api_ctx.links = [a.link for a in self.attached]
+        return item
+
+    async def _detach(self, item: Attached) -> None:
+        self.attached.remove(item)
+        self.api_ctx.links = [a.link for a in self.attached]
+        await item.stop()
+
+    async def _guard(self, work: Any, what: str) -> None:
+        """A task that dies of a bug stops the daemon with a failure (systemd restarts it)."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.critical("%s crashed; stopping", what, exc_info=True)
+            self.exit_code = 1
+            self.stop_event.set()
+
+    def _wake(self, link: DeviceLink) -> None:
+        for item in self.attached:
+            if item.link is link:
+                item.engine.wake()
+
+    # --- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        devices = []
+        pending = rejected = 0
+        for item in self.attached:
+            entry = item.link.describe()
+            entry["sync"] = item.engine.describe()
+            devices.append(entry)
+            if entry["pending"]:
+                pending += entry["pending"]
+            rejected += len(entry["sync"]["rejected"])
+        return {
+            "pid": os.getpid(),
+            "uptime": round(now - self.started, 1),
+            "config": str(self.cfg.source) if self.cfg.source else None,
+            "state": str(self.cfg.state),
+            "api": self.url,
+            "devices": devices,
+            "pending": pending,
+            "rejected": rejected,
+            "chain": {
+                "state": self.health.word,
+                "url": self.chain.url,
+                "urls": list(self.cfg.chain_urls),
+                "error": self.health.last_error,
+                "since": self.health.since,
+            },
+        }
+
+    def status_text(self) -> str:
+        status = self.status()
+        online = sum(1 for d in status["devices"] if d["state"] == "online")
+        return status_line(
+            len(status["devices"]),
+            online,
+            status["pending"],
+            status["chain"]["state"],
+            status["rejected"],
+        )
+
+    def refresh_gauges(self) -> None:
+        now = time.time()
+        for item in self.attached:
+            link = item.link
+            if link.device_id is None or link.status is None:
+                continue
+            since = link.status.get("offline_since")
+            age = 0.0
+            if isinstance(since, str):
+                with contextlib.suppress(ValueError):
+                    from device.protocol.document import parse_utc
+
+                    age = max(0.0, now - parse_utc(since))
+            if int(link.status.get("counter", 0)) <= int(link.status.get("synced_through", 0)):
+                age = 0.0
+            self.metrics.oldest_age.set(age, link.device_id)
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        for device in self.cfg.devices:
+            self._attach(device)
+        try:
+            await self._serve_api()
+        except OSError as exc:
+            log.error("cannot serve the POS API: %s", exc)
+            await self._shutdown()
+            return 1
+        ready = {
+            "event": "ready",
+            "url": self.url,
+            "socket": str(self.cfg.api_socket) if self.cfg.api_socket else None,
+            "devices": [d.port for d in self.cfg.devices],
+            "pid": os.getpid(),
+        }
+        sys.stdout.write(json.dumps(ready) + "\n")
+        sys.stdout.flush()
+        log.info(
+            "syncd ready: API %s, %d device(s), chain %s",
+            self.url,
+            len(self.cfg.devices),
+            ", ".join(self.cfg.chain_urls),
+        )
+        self.notifier.ready(self.status_text())
+        self._background.append(asyncio.create_task(self._status_loop()))
+        if self.notifier.watchdog_interval:
+            self._background.append(asyncio.create_task(self._watchdog_loop()))
+        await self.stop_event.wait()
+        await self._shutdown()
+        return self.exit_code
+
+    def _request_stop(self, sig: int) -> None:
+        if not self.stop_event.is_set():
+            log.info("%s: finishing in-flight work and stopping", signal.Signals(sig).name)
+            self.stop_event.set()
+
+    async def _serve_api(self) -> None:
+        app = PosApi(self.api_ctx).app()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runner = runner
+        host, port = self.cfg.api_host_port
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound}"
+        if self.cfg.api_socket is not None:
+            path = self.cfg.api_socket
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_socket():
+                    path.unlink()
+            unix = web.UnixSite(runner, str(path))
+            await unix.start()
+            os.chmod(path, 0o660)
+
+    async def _status_loop(self) -> None:
+        interval = self.cfg["notify.status_interval"]
+        purge_at = 0.0
+        while not self.stop_event.is_set():
+            self.refresh_gauges()
+            self.notifier.status(self.status_text())
+            if self.cursors.dirty:
+                with contextlib.suppress(OSError):
+                    self.cursors.save()
+            if time.monotonic() >= purge_at:
+                purge_at = time.monotonic() + 3600
+                with contextlib.suppress(Exception):
+                    removed = await asyncio.to_thread(self.store.purge)
+                    if removed:
+                        log.info("forgot %d old idempotency keys", removed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), interval)
+            interval = self.cfg["notify.status_interval"]
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval or 1.0
+        while not self.stop_event.is_set():
+            self.notifier.watchdog()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), interval)
+
+    async def _shutdown(self) -> None:
+        self.notifier.stopping(f"stopping: {self.status_text()}")
+        self.api_ctx.stopping = True
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(item.stop() for item in list(self.attached)))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        with contextlib.suppress(OSError):
+            self.cursors.save()
+        self.store.close()
+        await self.chain.close()
+        self.notifier.close()
+        log.info("syncd stopped")
+
+    # --- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        self.notifier.send(reloading=1, monotonic_usec=time.monotonic_ns() // 1000)
+        try:
+            if self.args is None:
+                raise ConfigError("config", "started without a configuration to reload")
+            new = config_mod.load(self.args)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", exc)
+            self.notifier.ready(self.status_text())
+            return
+        old, self.cfg = self.cfg, new
+        logs.set_level(new["log.level"])
+        for key, now in (
+            ("api.listen", new["api.listen"] != old["api.listen"]),
+            ("api.socket", new.api_socket != old.api_socket),
+            ("state", new.state != old.state),
+        ):
+            if now:
+                log.warning("SIGHUP: %s changed; it takes effect at the next restart", key)
+        chain_changed = (
+            new.chain_urls != old.chain_urls or new["chain.timeout"] != old["chain.timeout"]
+        )
+        if chain_changed and self.reconfigure_chain is not None:
+            self.reconfigure_chain(new)
+            log.info("SIGHUP: chain nodes now %s", ", ".join(new.chain_urls))
+        self.registrar.settings = registration_settings(new)
+        wanted = {d.port: d for d in new.devices}
+        for item in list(self.attached):
+            device = wanted.get(item.link.config.port)
+            if device is None or device != item.link.config:
+                log.info("SIGHUP: detaching %s", item.link.config.port)
+                await self._detach(item)
+        present = {item.link.config.port for item in self.attached}
+        for device in new.devices:
+            if device.port not in present:
+                log.info("SIGHUP: attaching %s", device.port)
+                self._attach(device)
+        for item in self.attached:
+            item.link.settings = link_settings(new)
+            item.engine.update_settings(sync_settings(new))
+        log.info("SIGHUP: configuration reloaded from %s", new.source or "flags")
+        self.notifier.ready(self.status_text())
+
+
+def default_state_hint(path: Path) -> str:
+    return f"state directory {path}"
