@@ -121,9 +121,8 @@ def run_demo(args: argparse.Namespace) -> int:
     children: list[Child] = []
     say = print
     try:
-        say(
-            f"taxctl demo — everything under {root} (training mode: nothing here is a real invoice)\n"
-        )
+        say(f"taxctl demo — everything under {root}")
+        say("(training mode: nothing here is a valid invoice)\n")
         chain = Child(
             "chain",
             [
@@ -195,9 +194,8 @@ def run_demo(args: argparse.Namespace) -> int:
         _, status_now = http("GET", f"{api}/v1/status")
         dev = status_now["devices"][0]
         waiting = len(issued) - dev["synced_through"]
-        say(
-            f"   waiting for the chain: {waiting} documents; chain state: {status_now['chain']['state']}\n"
-        )
+        chain_state = status_now["chain"]["state"]
+        say(f"   waiting for the chain: {waiting} documents; chain state: {chain_state}\n")
 
         http("DELETE", f"{admin}/admin/faults")
         started = time.monotonic()
