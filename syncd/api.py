@@ -295,7 +295,9 @@ class PosApi:
             result["total"],
             " (retry of an earlier request)" if not claim.fresh else "",
         )
-        return web.json_response(result, headers=key_headers, dumps=_dumps)
+        # 201 for a document issued now, 200 for the same document given again
+        status = 201 if claim.fresh else 200
+        return web.json_response(result, status=status, headers=key_headers, dumps=_dumps)
 
     async def _optional_json(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()

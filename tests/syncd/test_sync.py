@@ -1,0 +1,133 @@
+"""Store-and-forward through real processes: outages, lost responses, partitions, kill -9."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tests.helpers import export_documents
+from tests.syncd.conftest import Shop, kill9, wait_for
+
+
+def issue_many(shop: Shop, count: int) -> int:
+    ok = 0
+    for _ in range(count):
+        status, body = shop.issue()
+        assert status == 201, body
+        ok += 1
+    return ok
+
+
+def test_chain_down_then_back_every_document_once(shop: Shop) -> None:
+    shop.start_chain()
+    shop.start_device()
+    shop.start_syncd()
+    issue_many(shop, 3)
+    shop.wait_synced(3)
+    shop.fault("refuse")
+    issue_many(shop, 25)
+    wait_for(lambda: shop.status()["chain"]["state"] != "ok", 10, "chain reported down")
+    dev = wait_for(
+        lambda: (d := shop.device_status())["counter"] == 28 and d, 10, "status refreshed"
+    )
+    assert dev["synced_through"] == 3 and dev["pending"] == 25
+    shop.clear_faults()
+    shop.wait_synced(28, timeout=30)
+    # the device's offline limits reset: its own STATUS says so
+    dev = wait_for(
+        lambda: (d := shop.device_status())["offline_since"] is None and d, 10, "limits reset"
+    )
+    assert dev["can_issue"] and dev["blocking"] == [] and dev["pending"] == 0
+    assert shop.assert_exactly_once() == 28
+
+
+def test_503_lost_responses_and_a_partition(shop: Shop) -> None:
+    shop.start_chain()
+    shop.start_device()
+    shop.start_syncd()
+    issue_many(shop, 2)
+    shop.wait_synced(2)
+    shop.fault("unavailable", count=6)
+    issue_many(shop, 10)
+    shop.wait_synced(12)
+    shop.fault("drop_after_commit", count=3)
+    issue_many(shop, 10)
+    shop.wait_synced(22)
+    shop.fault("drop_mid_response", count=2)
+    issue_many(shop, 10)
+    shop.wait_synced(32)
+    from tests.syncd.conftest import http
+
+    http("POST", f"{shop.admin}/admin/partition", {"nodes": ["enterprise3"]})
+    issue_many(shop, 10)
+    shop.wait_synced(42)
+    http("POST", f"{shop.admin}/admin/partition", {"nodes": ["enterprise2"]})  # no quorum now
+    issue_many(shop, 10)
+    time.sleep(1.0)
+    assert shop.device_status()["synced_through"] == 42
+    http("POST", f"{shop.admin}/admin/heal", {})
+    shop.wait_synced(52)
+    assert shop.assert_exactly_once() == 52
+
+
+def test_kill_9_of_syncd_device_and_chain(shop: Shop) -> None:
+    shop.start_chain()
+    shop.start_device()
+    shop.start_syncd("--sync-batch-max", "200")
+    shop.fault("refuse")
+    issue_many(shop, 600)
+    shop.clear_faults()
+    time.sleep(0.3)  # syncd is mid-drain
+    kill9(shop.syncd)  # type: ignore[arg-type]
+    shop.start_syncd("--sync-batch-max", "200")
+    shop.wait_synced(600)
+
+    # the printer dies while POS requests are in flight
+    results: list[int] = []
+
+    def cashier() -> None:
+        for _ in range(40):
+            status, _ = shop.issue()
+            results.append(status)
+
+    threads = [threading.Thread(target=cashier) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    kill9(shop.devices["printer"])
+    shop.start_device()
+    for t in threads:
+        t.join(120)
+    issued_ok = results.count(201)
+    journal = len(export_documents(shop.root / "printer"))
+    # never a second invoice for one request: at most what was asked, at least what was answered
+    assert issued_ok <= journal - 600 <= len(results)
+    assert all(status in (201, 503) for status in results), results
+
+    # the chain dies in the middle of committing a drain
+    shop.fault("refuse")
+    issue_many(shop, 300)
+    total = len(export_documents(shop.root / "printer"))
+    shop.clear_faults()
+    time.sleep(0.2)
+    kill9(shop.chain)  # type: ignore[arg-type]
+    time.sleep(0.5)
+    shop.start_chain()
+    shop.wait_synced(total, timeout=60)
+    assert shop.assert_exactly_once() == total
+
+
+def test_port_unplugged_and_back(shop: Shop) -> None:
+    shop.start_chain()
+    shop.start_device()
+    shop.start_syncd()
+    issue_many(shop, 2)
+    shop.devices["printer"].stop()  # the pty goes away: the cable is out
+    wait_for(lambda: shop.device_status()["state"] != "online", 10, "device reported offline")
+    status, body = shop.issue()
+    assert status == 503 and body["error"] in ("DEVICE_OFFLINE", "NO_DEVICE"), body
+    shop.start_device()
+    wait_for(lambda: shop.device_status()["state"] == "online", 15, "device back online")
+    issue_many(shop, 2)
+    shop.wait_synced(4)
+    assert shop.assert_exactly_once() == 4
