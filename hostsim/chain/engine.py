@@ -111,6 +111,7 @@ class Engine:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="block-writer")
         self.pool: ProcessPoolExecutor | None = None
         self._work = asyncio.Event()
+        self._incoming = 0  # submissions still being decoded and verified
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -139,7 +140,11 @@ class Engine:
 
     async def submit(self, raws: Sequence[bytes], wait: float) -> list[Result]:
         results: list[Result | None] = [None] * len(raws)
-        checked = await self._precheck(raws)
+        self._incoming += 1
+        try:
+            checked = await self._precheck(raws)
+        finally:
+            self._incoming -= 1
         docs: dict[int, Document] = {}
         for i, c in enumerate(checked):
             if c.doc is None:
@@ -330,7 +335,9 @@ class Engine:
     async def _cutter(self) -> None:
         while True:
             await self._work.wait()
-            if len(self.mempool) < self.block_max:
+            # Wait for a fuller block only while other submissions are on their way in;
+            # a lone submitter should not pay the interval on every batch.
+            if len(self.mempool) < self.block_max and self._incoming:
                 await asyncio.sleep(self.block_interval)
             while self.mempool:
                 if not self.nodes.has_quorum():
