@@ -188,11 +188,12 @@ class Registrar:
         now = time.monotonic()
         if now < self._segment_after.get(device_id, 0.0):
             return
-        self._segment_after[device_id] = now + self.RETRY_AFTER
         client = link.require()
         try:
             segment = await self.chain.allocate_segment(device_id, self.settings.segment_size)
         except ChainRefused as exc:
+            # Asking again at once would be refused again: wait before the next try.
+            self._segment_after[device_id] = now + self.RETRY_AFTER
             log.error("%s: the chain refused a new number segment: %s", link.label, exc)
             return
         except ChainDown as exc:

@@ -74,7 +74,7 @@ class Shop:
 
     # --- processes -------------------------------------------------------------------------
 
-    def start_chain(self) -> Process:
+    def start_chain(self, training: bool = True) -> Process:
         self.chain = spawn(
             [
                 "hostsim",
@@ -83,7 +83,7 @@ class Shop:
                 str(self.root / "chain"),
                 "--listen",
                 f"127.0.0.1:{self.chain_port}",
-                "--training",
+                *(["--training"] if training else []),
                 "--faults",
                 "--block-interval-ms",
                 "5",
@@ -97,7 +97,7 @@ class Shop:
         self.admin = self.chain.ready["admin_url"]
         return self.chain
 
-    def start_device(self, name: str = "printer", *extra: str) -> Process:
+    def start_device(self, name: str = "printer", *extra: str, training: bool = True) -> Process:
         proc = spawn(
             [
                 "device",
@@ -106,7 +106,7 @@ class Shop:
                 str(self.root / name),
                 "--link",
                 str(self.link(name)),
-                "--training",
+                *(["--training"] if training else []),
                 *extra,
             ],
             stderr=self.root / f"{name}.log",
@@ -122,6 +122,7 @@ class Shop:
         *extra: str,
         env: dict[str, str] | None = None,
         devices: tuple[str, ...] = ("printer",),
+        chains: tuple[str, ...] = (),
     ) -> Process:
         args = [
             "syncd",
@@ -130,8 +131,7 @@ class Shop:
             str(self.root / "syncd"),
             "--api",
             "127.0.0.1:0",
-            "--chain",
-            self.chain_url,
+            *[a for url in chains or (self.chain_url,) for a in ("--chain", url)],
             "--link-status-interval",
             "0.2",
             "--sync-poll-interval",

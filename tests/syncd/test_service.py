@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -187,13 +188,6 @@ def test_pos_api_paths(shop: Shop) -> None:
         timeout=60,
     )
     assert table.returncode == 0 and "DEVICE" in table.stdout and "online" in table.stdout
-    ports = subprocess.run(
-        [sys.executable, "-m", "taxctl", "ports", "--json", str(shop.link("printer"))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert ports.returncode == 0
 
 
 def test_register_command(shop: Shop) -> None:
@@ -223,3 +217,12 @@ def test_register_command(shop: Shop) -> None:
     device_id = shop.devices["printer"].ready["device_id"]
     status, body, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
     assert status == 200 and body["registration"]["training"] is True
+    ports = subprocess.run(
+        [sys.executable, "-m", "taxctl", "ports", "--json", str(shop.link())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ports.returncode == 0, ports.stderr
+    found = {p["port"]: p["device_id"] for p in json.loads(ports.stdout)}
+    assert found[str(shop.link())] == device_id

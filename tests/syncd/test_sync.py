@@ -131,3 +131,100 @@ def test_port_unplugged_and_back(shop: Shop) -> None:
     issue_many(shop, 2)
     shop.wait_synced(4)
     assert shop.assert_exactly_once() == 4
+
+
+def test_failover_to_the_next_chain_node(shop: Shop) -> None:
+    shop.start_chain()
+    shop.start_device()
+    dead = "http://127.0.0.1:9"  # discard port: nothing listens
+    shop.start_syncd(chains=(dead, shop.chain_url))
+    issue_many(shop, 5)
+    shop.wait_synced(5)
+    assert shop.status()["chain"]["url"] == shop.chain_url
+    assert shop.assert_exactly_once() == 5
+
+
+def test_rejected_documents_are_reported_with_the_chain_code(shop: Shop) -> None:
+    from tests.syncd.conftest import http
+
+    shop.start_chain()
+    device = shop.start_device()
+    shop.start_syncd("--sync-reject-retries", "2", "--sync-reject-retry-interval", "0.2")
+    issue_many(shop, 2)
+    shop.wait_synced(2)
+    token = (shop.root / "chain" / "admin.token").read_text().strip()
+    status, body, _ = http(
+        "POST",
+        f"{shop.chain_url}/v1/devices/{device.ready['device_id']}/revoke",
+        {"reason": "reported stolen"},
+        {"Authorization": f"Bearer {token}"},
+    )
+    assert status == 200, body
+    issue_many(shop, 3)
+
+    def reported() -> list[dict[str, object]]:
+        return [
+            r for r in shop.device_status()["sync"]["rejected"] if r["code"] == "device_revoked"
+        ]
+
+    rejected = wait_for(reported, 20, "rejection reported")
+    assert rejected[0]["counter"] == 3
+    _, metrics, _ = http("GET", f"{shop.api}/metrics")
+    assert "taxctl_syncd_rejected_documents" in metrics and "device_revoked" in metrics
+    assert shop.device_status()["synced_through"] == 2
+    time.sleep(1.0)  # retries are bounded: the chain still holds exactly two documents
+    assert len(shop.chain_documents(device.ready["device_id"])) == 2
+
+
+def test_production_registration_and_automatic_segments(shop: Shop) -> None:
+    import subprocess
+    import sys
+
+    from tests.syncd.conftest import http
+
+    shop.start_chain(training=False)
+    _, consortium, _ = http("GET", f"{shop.chain_url}/v1/consortium")
+    shop.start_device("printer", "--bureau-key", consortium["bureau_key"], training=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taxctl",
+            "syncd",
+            "register",
+            "--device",
+            str(shop.link()),
+            "--chain",
+            shop.chain_url,
+            "--taxpayer",
+            "91350100M000100Y43",
+            "--name",
+            "ACME Trading",
+            "--segment-size",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "certificate serial" in out.stdout and "segment" in out.stdout
+    shop.start_syncd("--registration-low-numbers", "4", "--registration-segment-size", "10")
+    # more than the first segment: syncd tops it up as numbers run low; a cashier who
+    # outruns it is told to try again (503 SEGMENT_EXHAUSTED) and does
+    issued = 0
+    for _ in range(400):
+        status, body = shop.issue()
+        if status == 201:
+            issued += 1
+            if issued == 25:
+                break
+        else:
+            assert (status, body["error"]) == (503, "SEGMENT_EXHAUSTED"), body
+            time.sleep(0.05)
+    assert issued == 25
+    shop.wait_synced(25)
+    assert shop.assert_exactly_once() == 25
+    device_id = shop.devices["printer"].ready["device_id"]
+    _, info, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
+    assert info["registration"]["training"] is False and len(info["segments"]) >= 3
