@@ -58,7 +58,10 @@ class Bureau:
         return self.key.public_key
 
     def is_admin(self, token: str | None) -> bool:
-        return token is not None and secrets.compare_digest(token, self.admin_token)
+        # bytes: compare_digest refuses non-ASCII str, and a header may hold anything
+        return token is not None and secrets.compare_digest(
+            token.encode("utf-8", "surrogateescape"), self.admin_token.encode()
+        )
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -130,7 +133,8 @@ class Bureau:
 
 
 def buyer_key_hash(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    # surrogateescape: header values arrive as str with undecodable bytes escaped
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 def public_view(cert: trust.DeviceCert) -> dict[str, Any]:

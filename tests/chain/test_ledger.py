@@ -270,3 +270,22 @@ async def test_production_registration_by_csr(tmp_path: Path) -> None:
         await chain.engine.stop()
         chain.close()
     assert verify_ledger(tmp_path / "prod").blocks >= 3
+
+
+async def test_credentials_with_any_bytes_are_refused_not_crashed(
+    api: Api, device: DeviceSim
+) -> None:
+    """Found by the API fuzz: a bearer token holding non-ASCII or undecodable bytes."""
+    await api.register(device)
+    for token in ("é", "\udcfd\udce9"):
+        header = {
+            "Authorization": f"Bearer {token}".encode("utf-8", "surrogateescape").decode("latin-1")
+        }
+        status, body = await api.call(
+            "POST", f"/v1/devices/{device.device_id}/revoke", json={"reason": "x"}, headers=header
+        )
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        status, body = await api.call(
+            "POST", "/v1/invoices/000000000000/00000000/claim", headers=header
+        )
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
