@@ -101,6 +101,18 @@ def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
 
 
+def wait_online(api: str) -> None:
+    """syncd is ready before it has met the printer: wait for the link."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        _, status = http("GET", f"{api}/v1/status")
+        if all(d["state"] == "online" for d in status["devices"]):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the printer did not come online: {status['devices']}")
+        time.sleep(0.1)
+
+
 def wait_synced(api: str, issued: int) -> dict[str, Any]:
     deadline = time.monotonic() + SYNC_TIMEOUT
     while True:
@@ -168,6 +180,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         children.append(syncd)
         api = syncd.ready["url"]
+        wait_online(api)
         say(f"3. sync daemon: POS API at {api}\n")
 
         issued: list[dict[str, Any]] = []

@@ -35,7 +35,7 @@ from hostsim.chain.apply import write_block
 from hostsim.chain.blocks import Block, BlockCache, assemble
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.ledger import Ledger
-from hostsim.chain.precheck import Checked, check_chunk, with_keys
+from hostsim.chain.precheck import Checked, check_chunk, warm_up, with_keys, worker_init
 from hostsim.chain.quorum import NodeSet
 from hostsim.chain.state import TipState
 from hostsim.chain.tx import Tx, document_tx
@@ -118,9 +118,14 @@ class Engine:
 
     def start(self) -> None:
         if self.workers > 0:
-            # forkserver: workers do not inherit the event loop, the ledger or the sockets
-            context = multiprocessing.get_context("forkserver")
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            # spawn: workers inherit neither the event loop, the ledger nor the sockets, and
+            # they are the chain's own children, so they can be tied to its life
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=worker_init
+            )
+            for _ in range(self.workers):
+                self.pool.submit(warm_up)
         self._task = asyncio.get_running_loop().create_task(self._cutter())
         for device_id in self.state.load_held():
             if device_id in self.state.devices:

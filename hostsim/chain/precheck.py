@@ -60,6 +60,27 @@ def check_chunk(
 
 KeyLookup = Callable[[str], bytes | None]
 
+PR_SET_PDEATHSIG = 1
+
+
+def worker_init() -> None:
+    """In each worker: die with the chain process, even if it is killed with SIGKILL."""
+    import ctypes
+    import ctypes.util
+    import signal
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own EOF handling remains
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the chain to handle
+
+
+def warm_up() -> int:
+    """A no-op a worker runs once at start, so it is ready before the first batch."""
+    return 0
+
 
 def with_keys(raws: Sequence[bytes], key_of: KeyLookup) -> list[tuple[bytes, bytes | None]]:
     out = []
