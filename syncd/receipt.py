@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from device import render
-from device.protocol import qr
+from device.protocol import codec, qr
 from device.protocol.document import Document
 
 TRAINING_BANNER = render.TRAINING_BANNER
@@ -45,17 +45,6 @@ def render_receipt(payload: dict[str, Any], paper: int = DEFAULT_PAPER) -> Rende
     return Rendered(payload, text, code)
 
 
-def json_value(value: Any) -> Any:
-    """A payload value as JSON: byte strings (hashes) in hex."""
-    if isinstance(value, dict):
-        return {str(k): json_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_value(v) for v in value]
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
-
-
 def document_json(
     document: Document, response: dict[str, Any], paper: int = DEFAULT_PAPER
 ) -> dict[str, Any]:
@@ -73,7 +62,7 @@ def document_json(
         "training": document.training,
         "offline": bool(document.payload.get("offline")),
         "cose_sign1": base64.b64encode(document.raw).decode(),
-        "document": json_value(document.payload),
+        "document": codec.json_view(document.payload),
         "receipt": rendered.as_json(),
     }
     if "synced" in response:

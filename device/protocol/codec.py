@@ -132,3 +132,14 @@ def _keys_in_order(value: Any) -> bool:
         elif kind is cbor2.CBORTag:
             push(item.value)
     return True
+
+
+def json_view(value: Any) -> Any:
+    """A decoded CBOR value as JSON data: byte strings (hashes, keys, signatures) in hex."""
+    if isinstance(value, dict):
+        return {str(k): json_view(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_view(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value

@@ -17,6 +17,7 @@ from typing import Any
 import cbor2
 from aiohttp import web
 
+from device.protocol import codec
 from hostsim.chain.errors import ChainError, Code
 
 CBOR = "application/cbor"
@@ -91,20 +92,10 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def respond(request: web.Request, body: dict[str, Any], status: int = 200) -> web.Response:
     if wants_cbor(request):
         return web.Response(body=cbor2.dumps(body), status=status, content_type=CBOR)
-    return web.json_response(jsonable(body), status=status)
+    return web.json_response(codec.json_view(body), status=status)
 
 
 def error_response(exc: ChainError) -> web.Response:
