@@ -44,6 +44,9 @@ from syncd.verdict import Next, Verdict, earliest_due, judge, skip_mask
 log = logging.getLogger("taxctl.syncd")
 
 
+MIN_PAGE_BYTES = 1024
+
+
 @dataclass(frozen=True)
 class SyncSettings:
     batch_max: int = 1000
@@ -149,6 +152,7 @@ class DeviceSync:
         self.last_ack_error: str | None = None
         self._device_id: str | None = None
         self._synced_seen = 0
+        self.page_bytes = settings.fetch_max_bytes  # FETCH page size, adapted to the line
 
     def wake(self) -> None:
         """New documents were issued: look now rather than at the next poll."""
@@ -156,6 +160,7 @@ class DeviceSync:
 
     def update_settings(self, settings: SyncSettings) -> None:
         self.settings = settings
+        self.page_bytes = min(self.page_bytes, settings.fetch_max_bytes)
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._wake.set()
 
@@ -254,7 +259,16 @@ class DeviceSync:
         nxt = 1  # the device starts at synced_through + 1 anyway
         try:
             while not stop.is_set():
-                body = await client.fetch(nxt, max_bytes=self.settings.fetch_max_bytes)
+                try:
+                    body = await client.fetch(nxt, max_bytes=self.page_bytes)
+                except LinkError:
+                    # On a noisy line a long frame rarely arrives whole (each byte is a
+                    # chance to be hit): ask for shorter pages, and grow back on success.
+                    self.page_bytes = max(MIN_PAGE_BYTES, self.page_bytes // 4)
+                    raise
+                self.page_bytes = min(
+                    self.settings.fetch_max_bytes, self.page_bytes + self.page_bytes // 4
+                )
                 self.link.note_counters(int(body["last_counter"]), int(body["synced_through"]))
                 docs = body["documents"]
                 if not docs:

@@ -208,6 +208,12 @@ class Shop:
                 return out
             after = out[-1]["counter"]
 
+    def assert_exactly_once_after_sync(self, name: str = "printer", index: int = 0) -> int:
+        """Wait until the journal is synced, then check it is on the chain exactly once."""
+        count = len(export_documents(self.root / name))
+        self.wait_synced(count, index=index)
+        return self.assert_exactly_once(name)
+
     def assert_exactly_once(self, name: str = "printer") -> int:
         """Every journal document is on the chain once, byte for byte, and nothing else is."""
         journal = export_documents(self.root / name)

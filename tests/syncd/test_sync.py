@@ -228,3 +228,64 @@ def test_production_registration_and_automatic_segments(shop: Shop) -> None:
     device_id = shop.devices["printer"].ready["device_id"]
     _, info, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
     assert info["registration"]["training"] is False and len(info["segments"]) >= 3
+
+
+def test_noisy_serial_line_and_unix_socket_api(shop: Shop) -> None:
+    """syncd talks to the printer through a line that flips bits and drops bytes;
+    POS requests arrive on the Unix socket. Every invoice once, nothing lost."""
+    import json
+    import socket
+
+    from tests.helpers import spawn
+
+    shop.start_chain()
+    shop.start_device("printer")
+    noisy = spawn(
+        [
+            "hostsim",
+            "noisy-link",
+            "--device",
+            str(shop.link("printer")),
+            "--link",
+            str(shop.link("noisy")),
+            "--corrupt",
+            "0.0002",
+            "--drop",
+            "0.0002",
+            "--seed",
+            "7",
+        ],
+        stderr=shop.root / "noisy.log",
+    )
+    try:
+        sock_path = shop.root / "api.sock"
+        shop.start_syncd("--api-socket", str(sock_path), devices=("noisy",))
+        body = json.dumps(
+            {"items": [{"name": "Tea", "quantity": "1", "unit_price": 100, "tax_rate_bp": 1300}]}
+        ).encode()
+        answered = 0
+        for i in range(20):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(60)
+                s.connect(str(sock_path))
+                s.sendall(
+                    b"POST /v1/invoices HTTP/1.1\r\nHost: pos\r\nContent-Type: application/json\r\n"
+                    + f"Idempotency-Key: sale-{i}\r\nContent-Length: {len(body)}\r\n".encode()
+                    + b"Connection: close\r\n\r\n"
+                    + body
+                )
+                reply = b""
+                while chunk := s.recv(65536):
+                    reply += chunk
+            status = int(reply.split(b" ", 2)[1])
+            assert status in (201, 503), reply[:300]
+            answered += status == 201
+        assert answered >= 15  # a few may time out on the noisy line; none may be doubled
+        journal = shop.assert_exactly_once_after_sync()
+        assert answered <= journal <= 20
+    finally:
+        noisy.stop()
+    assert noisy.proc.stdout is not None
+    stopped = json.loads(noisy.proc.stdout.readline())
+    damaged = sum(stopped[d]["corrupted"] + stopped[d]["dropped"] for d in ("to_device", "to_host"))
+    assert damaged > 0, stopped
