@@ -237,7 +237,8 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         _, forged = http("POST", f"{chain_url}/v1/verify", {**query, "check_code": "0" * 20})
         say(f"   the same with a made-up check code: {forged['result']}\n")
-        say(f"done. logs: {logs}")
+        kept = args.dir is not None or os.environ.get("TAXCTL_DEMO_KEEP") is not None
+        say(f"done. logs: {logs}" if kept else "done. (run with --dir DIR to keep state and logs)")
         return 0
     except (RuntimeError, OSError, KeyError, ValueError) as exc:
         print(f"taxctl demo: {exc}", file=sys.stderr)
