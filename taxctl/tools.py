@@ -131,6 +131,7 @@ def run_demo(args: argparse.Namespace) -> int:
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     children: list[Child] = []
+    failed = False
     say = print
     try:
         say(f"taxctl demo — everything under {root}")
@@ -241,10 +242,11 @@ def run_demo(args: argparse.Namespace) -> int:
         say(f"done. logs: {logs}" if kept else "done. (run with --dir DIR to keep state and logs)")
         return 0
     except (RuntimeError, OSError, KeyError, ValueError) as exc:
-        print(f"taxctl demo: {exc}", file=sys.stderr)
+        print(f"taxctl demo: {exc} (state and logs kept in {root})", file=sys.stderr)
+        failed = True
         return 1
     finally:
         for child in reversed(children):
             child.stop()
-        if args.dir is None and os.environ.get("TAXCTL_DEMO_KEEP") is None:
+        if not failed and args.dir is None and os.environ.get("TAXCTL_DEMO_KEEP") is None:
             shutil.rmtree(root, ignore_errors=True)
