@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import Any
 
 from device.protocol import codec, cose
+from device.protocol.invoice import is_invoice_code, is_invoice_number
 from device.protocol.keys import KeyPair
 
 ZERO_HASH = bytes(32)
@@ -230,8 +231,12 @@ def check_shape(payload: object) -> None:
     if not _is_int(payload["counter"]) or payload["counter"] < 1:
         raise DocumentError("counter must be an integer >= 1")
     if kind in NUMBERED_KINDS:
-        if type(payload["code"]) is not str or type(payload["number"]) is not str:
-            raise DocumentError("an invoice or credit note needs code and number")
+        if not (is_invoice_code(payload["code"]) and is_invoice_number(payload["number"])):
+            # ASCII digits only: int() would read other scripts' digits as the same
+            # number, letting two strings name one invoice number
+            raise DocumentError(
+                "an invoice or credit note needs a 12-digit code and 8-digit number"
+            )
     elif payload["code"] is not None or payload["number"] is not None:
         raise DocumentError("a report has no code/number")
     try:
@@ -253,14 +258,22 @@ def check_shape(payload: object) -> None:
     if type(prev) is not bytes or len(prev) != 32:
         raise DocumentError("prev_hash must be 32 bytes")
     check = payload["check_code"]
-    if type(check) is not str or len(check) != CHECK_CODE_DIGITS or not check.isdigit():
+    if (
+        type(check) is not str
+        or len(check) != CHECK_CODE_DIGITS
+        or not (check.isascii() and check.isdigit())
+    ):
         raise DocumentError("check_code must be 20 digits")
     if type(payload["offline"]) is not bool or type(payload["training"]) is not bool:
         raise DocumentError("offline and training must be booleans")
     if kind == Kind.CREDIT:
         ref = payload["refers_to"]
-        if type(ref) is not dict or ref.keys() != {"code", "number"}:
-            raise DocumentError("refers_to needs code and number")
+        if (
+            type(ref) is not dict
+            or ref.keys() != {"code", "number"}
+            or not (is_invoice_code(ref["code"]) and is_invoice_number(ref["number"]))
+        ):
+            raise DocumentError("refers_to needs a 12-digit code and an 8-digit number")
         if type(payload["reason"]) is not str:
             raise DocumentError("reason must be text")
     elif kind in (Kind.X_REPORT, Kind.Z_REPORT):

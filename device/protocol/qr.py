@@ -44,16 +44,18 @@ class VerificationQuery:
 
     def problem(self) -> str | None:
         """Why this query cannot be asked, or None."""
-        if not (len(self.code) == 12 and self.code.isdigit()):
+        if not (len(self.code) == 12 and self.code.isascii() and self.code.isdigit()):
             return "the invoice code is 12 digits"
-        if not (len(self.number) == 8 and self.number.isdigit()):
+        if not (len(self.number) == 8 and self.number.isascii() and self.number.isdigit()):
             return "the invoice number is 8 digits"
         if not _DATE.fullmatch(self.date):
             return "the date is YYYY-MM-DD"
         if self.check_code is None and self.total is None:
             return "give the check code (all 20 digits or the last 6) or the total"
         if self.check_code is not None and not (
-            self.check_code.isdigit() and len(self.check_code) in (6, 20)
+            self.check_code.isascii()
+            and self.check_code.isdigit()
+            and len(self.check_code) in (6, 20)
         ):
             return "the check code is 20 digits, or its last 6"
         return None

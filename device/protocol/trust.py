@@ -209,7 +209,9 @@ def open_segment(raw: bytes, bureau_key: bytes) -> Segment:
     code = _field(p, "code", str, Status.SEGMENT_INVALID)
     start = _field(p, "start", int, Status.SEGMENT_INVALID)
     end = _field(p, "end", int, Status.SEGMENT_INVALID)
-    if not (len(code) == 12 and code.isdigit() and 1 <= start <= end <= 99_999_999):
+    if not (
+        len(code) == 12 and code.isascii() and code.isdigit() and 1 <= start <= end <= 99_999_999
+    ):
         raise DeviceError(Status.SEGMENT_INVALID, f"bad code or range {code} {start}..{end}")
     return Segment(
         raw,

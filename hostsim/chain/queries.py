@@ -10,6 +10,7 @@ from aiohttp import web
 
 from device.protocol import codec, qr
 from device.protocol.document import parse_document
+from device.protocol.invoice import is_invoice_code, is_invoice_number
 from hostsim.bureau import public_view
 from hostsim.chain import wire
 from hostsim.chain.errors import ChainError, Code
@@ -36,7 +37,7 @@ def device_id_param(request: web.Request) -> str:
 
 def invoice_params(request: web.Request) -> tuple[str, str]:
     code, number = request.match_info["code"], request.match_info["number"]
-    if not (len(code) == 12 and code.isdigit() and len(number) == 8 and number.isdigit()):
+    if not (is_invoice_code(code) and is_invoice_number(number)):
         raise ChainError(Code.BAD_REQUEST, "an invoice code is 12 digits and a number 8 digits")
     return code, number
 

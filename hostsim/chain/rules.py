@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from device.protocol import trust
 from device.protocol.document import ZERO_HASH, Document, Kind
-from device.protocol.invoice import recheck_lines
+from device.protocol.invoice import is_invoice_number, recheck_lines
 from device.protocol.status import DeviceError
 from hostsim.chain.errors import ChainError, Code
 
@@ -121,7 +121,7 @@ def numbering(doc: Document, device: DeviceRecord, holder: bytes | None) -> None
     code, number = doc.code, doc.number
     if code is None or number is None:
         return
-    value = int(number) if number.isdigit() and len(number) == 8 else -1
+    value = int(number) if is_invoice_number(number) else -1
     if not any(seg.contains(code, value) for seg in device.segments):
         raise ChainError(
             Code.NUMBER_OUTSIDE_SEGMENT,

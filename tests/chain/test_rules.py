@@ -352,3 +352,14 @@ def _with_taxpayer(cert: trust.DeviceCert, taxpayer: dict[str, str]) -> trust.De
     from dataclasses import replace
 
     return replace(cert, taxpayer=taxpayer)
+
+
+async def test_a_number_in_other_script_digits_is_malformed(api: Api, device: DeviceSim) -> None:
+    """int() reads "٠٠٠٠٠٠٠١" as 1: such a number would name an invoice twice."""
+    await api.register(device)
+    [raw] = device.issue(1)
+    number = parse_document(raw).number
+    assert number is not None
+    other = "".join(chr(0x0660 + int(c)) for c in number)  # ARABIC-INDIC digits
+    await expect_rejected(api, device, resign(device, raw, number=other), "malformed_document")
+    assert (await api.submit([raw]))[0]["status"] == "committed"
