@@ -98,6 +98,7 @@ def test_kill_9_of_syncd_device_and_chain(shop: Shop) -> None:
     shop.start_device()
     for t in threads:
         t.join(120)
+    wait_for(lambda: shop.device_status()["state"] == "online", 15, "printer back online")
     issued_ok = results.count(201)
     journal = len(export_documents(shop.root / "printer"))
     # never a second invoice for one request: at most what was asked, at least what was answered
