@@ -239,12 +239,15 @@ class Ledger:
             " last_counter, last_hash, last_issued_at FROM devices"
         ).fetchall()
 
+    def device_tip(self, device_id: str) -> tuple[int, bytes] | None:
+        """The device's last committed counter and document hash."""
+        row = self.db.execute(
+            "SELECT last_counter, last_hash FROM devices WHERE device_id=?", (device_id,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
     def segment_rows(self) -> list[tuple[str, bytes]]:
         return self.db.execute("SELECT device_id, raw FROM segments ORDER BY height").fetchall()
-
-    def max_segment_end(self, code: str) -> int:
-        row = self.db.execute('SELECT max("end") FROM segments WHERE code=?', (code,)).fetchone()
-        return int(row[0] or 0)
 
     # --- invoices --------------------------------------------------------------------------
 
@@ -258,7 +261,7 @@ class Ledger:
         out: dict[tuple[str, str], bytes] = {}
         for start in range(0, len(keys), 400):
             chunk = keys[start : start + 400]
-            marks = ",".join("(?, ?)" * 1 for _ in chunk)
+            marks = ",".join(["(?, ?)"] * len(chunk))
             flat = [v for key in chunk for v in key]
             for code, number, h in self.db.execute(
                 f"SELECT code, number, hash FROM invoices WHERE (code, number) IN (VALUES {marks})",

@@ -98,9 +98,7 @@ async def device(request: web.Request) -> web.Response:
     record = chain.engine.state.devices.get(device_id)
     if record is None:
         raise ChainError(Code.UNKNOWN_DEVICE, f"no device {device_id} on this chain")
-    committed = chain.ledger.db.execute(
-        "SELECT last_counter, last_hash FROM devices WHERE device_id=?", (device_id,)
-    ).fetchone()
+    last_counter, last_hash = chain.ledger.device_tip(device_id) or (0, bytes(32))
     evidence = [
         {
             "counter": e["counter"],
@@ -120,8 +118,8 @@ async def device(request: web.Request) -> web.Response:
         {
             "device_id": device_id,
             "public_key": record.public_key,
-            "last_counter": committed[0] if committed else 0,
-            "last_hash": bytes(committed[1]) if committed else bytes(32),
+            "last_counter": last_counter,
+            "last_hash": last_hash,
             "accepted_counter": record.last_counter,
             "registration": {**public_view(record.certificate), "height": record.registered_height},
             "revoked": record.revoked_height is not None,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from device.protocol import trust
 from device.protocol.document import ZERO_HASH, Document, Kind
-from device.protocol.invoice import is_invoice_number, recheck_lines
+from device.protocol.invoice import recheck_lines
 from device.protocol.status import DeviceError
 from hostsim.chain.errors import ChainError, Code
 
@@ -121,8 +121,8 @@ def numbering(doc: Document, device: DeviceRecord, holder: bytes | None) -> None
     code, number = doc.code, doc.number
     if code is None or number is None:
         return
-    value = int(number) if is_invoice_number(number) else -1
-    if not any(seg.contains(code, value) for seg in device.segments):
+    # check_shape admitted only 8 ASCII digits, so int() reads exactly what is printed
+    if not any(seg.contains(code, int(number)) for seg in device.segments):
         raise ChainError(
             Code.NUMBER_OUTSIDE_SEGMENT,
             f"{code}/{number} is not inside a segment allocated to {device.device_id}",

@@ -9,7 +9,6 @@ are kept in memory and persisted, so a restart does not lose them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from device.protocol import trust
 from device.protocol.document import Document, DocumentError, Kind, format_utc, parse_document
@@ -218,12 +217,3 @@ class TipState:
                 format_utc(now),
             )
         )
-
-    def device_view(self, device_id: str) -> dict[str, Any] | None:
-        device = self.devices.get(device_id)
-        if device is None:
-            return None
-        return {
-            "last_counter": device.last_counter,
-            "last_hash": device.last_hash.hex(),
-        }
