@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from taxctl.address import parse_listen
+
 DEFAULT_CONFIG = Path("/etc/taxctl/syncd.toml")
 DEFAULT_STATE = Path("/var/lib/taxctl-syncd")
 PARITIES = ("N", "E", "O", "M", "S")
@@ -69,6 +71,10 @@ class Option:
 
     @property
     def flag(self) -> str:
+        if self.key == "api.listen":
+            return "--api"
+        if self.key.startswith("serial."):
+            return "--" + self.key.split(".", 1)[1]  # --baud, --parity, --stopbits, --rtscts
         return "--" + self.key.replace(".", "-").replace("_", "-")
 
     @property
@@ -177,14 +183,6 @@ def locate_keys(text: str) -> dict[str, int]:
 
 
 # --- values ------------------------------------------------------------------------------
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"must be HOST:PORT with a port from 0 to 65535, got {text!r}")
-    return host, int(port)
 
 
 def _check_url(url: object) -> str:
@@ -373,8 +371,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if option.key == "api.listen":
             continue
         flag = option.flag
-        if option.key.startswith("serial."):
-            flag = "--" + option.key.split(".", 1)[1]  # --baud, --parity, --stopbits, --rtscts
         extra: dict[str, Any] = {}
         if option.kind is bool:
             extra = {"nargs": "?", "const": "true", "metavar": "BOOL"}
@@ -409,10 +405,7 @@ def load(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None) 
         try:
             values[option.key] = coerce(option, given)
         except ValueError as exc:
-            flag = option.flag
-            if option.key.startswith("serial."):
-                flag = "--" + option.key.split(".", 1)[1]
-            raise ConfigError(option.key, str(exc), flag) from None
+            raise ConfigError(option.key, str(exc), option.flag) from None
 
     state = getattr(args, "state", None) or file_cfg.state
     if state is None:

@@ -16,16 +16,10 @@ from aiohttp import web
 from hostsim.chain.api import build_app
 from hostsim.chain.faults import FAULTS, Faults, Listener, admin_app, inject
 from hostsim.chain.node import Chain
+from taxctl.address import parse_listen
 
 log = logging.getLogger("taxctl.chain")
 DRAIN_SECONDS = 5.0
-
-
-def split_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 async def serve(
@@ -108,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        listen = split_address(args.listen)
-        admin = split_address(args.admin) if args.admin else None
+        listen = parse_listen(args.listen)
+        admin = parse_listen(args.admin) if args.admin else None
         return asyncio.run(
             serve(
                 Path(args.data),

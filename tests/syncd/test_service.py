@@ -226,3 +226,30 @@ def test_register_command(shop: Shop) -> None:
     assert ports.returncode == 0, ports.stderr
     found = {p["port"]: p["device_id"] for p in json.loads(ports.stdout)}
     assert found[str(shop.link())] == device_id
+
+
+def test_a_bad_flag_is_named_as_it_is_typed(tmp_path: Path) -> None:
+    import pytest
+
+    from syncd import config as config_mod
+
+    for argv, flag in (
+        (["--api", "127.0.0.1:99999"], "--api"),
+        (["--baud", "3"], "--baud"),
+        (["--sync-batch-max", "0"], "--sync-batch-max"),
+    ):
+        args = config_mod.namespace(
+            [
+                "--config",
+                str(tmp_path / "none.toml"),
+                "--device",
+                "x",
+                "--chain",
+                "http://a:1",
+                *argv,
+            ]
+        )
+        (tmp_path / "none.toml").write_text("")
+        with pytest.raises(config_mod.ConfigError) as caught:
+            config_mod.load(args, environ={})
+        assert str(caught.value).startswith(f"{flag}:"), str(caught.value)
