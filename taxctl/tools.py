@@ -49,6 +49,25 @@ def register(subparsers: Any) -> None:
     demo.set_defaults(func=run_demo)
 
 
+def read_ready(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any] | None:
+    """The JSON ready line a taxctl process prints on stdout once it serves; None if
+    it exits or the time runs out first. Other lines before it are passed over."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if readable:
+            line = proc.stdout.readline()
+            if not line:
+                return None
+            data = json.loads(line)
+            if data.get("event") == "ready":
+                return dict(data)
+        if proc.poll() is not None:
+            return None
+    return None
+
+
 class Child:
     """A taxctl subprocess that prints one JSON ready line on stdout."""
 
@@ -64,20 +83,11 @@ class Child:
         self.ready = self._wait_ready(log)
 
     def _wait_ready(self, log: Path) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if readable:
-                line = self.proc.stdout.readline()
-                if line:
-                    data = json.loads(line)
-                    if data.get("event") == "ready":
-                        return dict(data)
-            if self.proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError(f"the {self.name} did not start; see {log}")
+        ready = read_ready(self.proc, READY_TIMEOUT)
+        if ready is None:
+            self.stop()
+            raise RuntimeError(f"the {self.name} did not start; see {log}")
+        return ready
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pycose.messages import Sign1Message
 from device.protocol import codec, merkle, trust
 from device.protocol.document import ZERO_HASH, document_hash, format_utc
 from device.protocol.keys import KeyPair
+from taxctl.tools import read_ready
 
 
 def pycose_verify(raw: bytes, public_key: bytes) -> dict[str, Any]:
@@ -143,19 +143,9 @@ def spawn(
     )
     if stderr:
         err.close()  # type: ignore[union-attr]
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            data = json.loads(line)
-            if data.get("event") == "ready":
-                return Process(proc, data)
-        if proc.poll() is not None:
-            break
+    ready = read_ready(proc, timeout)
+    if ready is not None:
+        return Process(proc, ready)
     proc.kill()
     proc.wait()
     raise RuntimeError(f"taxctl {' '.join(args)} did not become ready (exit {proc.returncode})")
