@@ -296,9 +296,7 @@ class Daemon:
         host, port = self.cfg.api_host_port
         site = web.TCPSite(runner, host, port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
+        bound = int(runner.addresses[0][1])  # the port the system chose for port 0
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
         if self.cfg.api_socket is not None:
