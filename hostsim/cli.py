@@ -59,6 +59,26 @@ def register(subparsers: Any) -> None:
     noisy.add_argument("--seed", type=int, default=0)
     noisy.set_defaults(func=_run_noisy)
 
+    pos = sub.add_parser(
+        "pos",
+        help="tills that issue invoices through syncd's POS API (also the load generator)",
+        description="Drive syncd's POS API like a shop's tills and summarise what happened.",
+    )
+    where = pos.add_mutually_exclusive_group()
+    where.add_argument("--api", default="127.0.0.1:8631", help="syncd's POS API, HOST:PORT or URL")
+    where.add_argument("--socket", type=Path, help="syncd's POS API Unix socket")
+    pos.add_argument("--count", type=int, default=100, help="sales to make (default 100)")
+    pos.add_argument("--rate", type=float, default=0.0, help="sales per second (0: flat out)")
+    pos.add_argument("--concurrency", type=int, default=4, help="tills selling at once")
+    pos.add_argument("--device", help="send every sale to this printer (name, port or id)")
+    pos.add_argument("--seed", type=int, default=0, help="seed of the sales mix")
+    pos.add_argument("--credit-share", type=float, default=0.03, help="share of credit notes")
+    pos.add_argument("--retry-share", type=float, default=0.05, help="sales asked for twice")
+    pos.add_argument("--patience", type=float, default=30.0, help="seconds to retry one sale")
+    pos.add_argument("--record", type=Path, help="append each acknowledged document (JSONL)")
+    pos.add_argument("--json", action="store_true", help="print the summary as JSON")
+    pos.set_defaults(func=_run_pos)
+
 
 def _run_chain(args: argparse.Namespace) -> int:
     from hostsim.chain.server import run
@@ -116,3 +136,72 @@ def _run_noisy(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _run_pos(args: argparse.Namespace) -> int:
+    from hostsim.pos.mix import MixSettings
+    from hostsim.pos.till import TillSettings, run_tills
+
+    problems = [
+        f"--{name.replace('_', '-')} must be between 0 and 1"
+        for name in ("credit_share", "retry_share")
+        if not 0 <= getattr(args, name) <= 1
+    ]
+    if args.count < 0 or args.concurrency < 1 or args.rate < 0 or args.patience <= 0:
+        problems.append("--count, --rate >= 0; --concurrency >= 1; --patience > 0")
+    if problems:
+        print(f"taxctl hostsim pos: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    if args.socket is not None:
+        api = f"unix:{args.socket}"
+    else:
+        api = args.api if "://" in args.api else f"http://{args.api}"
+    settings = TillSettings(
+        api=api,
+        count=args.count,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        seed=args.seed,
+        device=args.device,
+        patience=args.patience,
+        mix=MixSettings(credit_share=args.credit_share, retry_share=args.retry_share),
+        record=args.record,
+    )
+    report = run_tills(settings)
+    summary = report.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+    if report.resend_mismatched:
+        for line in report.resend_mismatched[:5]:
+            print(f"BUG: a sale asked for again got another answer: {line}", file=sys.stderr)
+        return 1
+    return 0 if summary["acknowledged"] or not args.count else 1
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    latency = summary["latency_ms"]
+    refused = ", ".join(f"{code} {n}" for code, n in summary["refused"].items()) or "none"
+    rows = [
+        ("sales", summary["sales"]),
+        (
+            "acknowledged",
+            f"{summary['acknowledged']} ({summary['invoices']} invoices,"
+            f" {summary['credit_notes']} credit notes)",
+        ),
+        ("refused by the printer", refused),
+        ("given up (no answer)", summary["gave_up"]),
+        ("retried with the same key", summary["retries"]),
+        (
+            "asked twice on purpose",
+            f"{summary['resent_same_key']} ({summary['resend_mismatched']} got another answer)",
+        ),
+        ("elapsed", f"{summary['elapsed_s']:.2f} s ({summary['acknowledged_per_s']}/s)"),
+        (
+            "latency p50 / p90 / p99 / max",
+            f"{latency['p50']} / {latency['p90']} / {latency['p99']} / {latency['max']} ms",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.syncd.conftest import INVOICE, Shop, http, wait_for
+from tests.shop import INVOICE, Shop, http, wait_for
 
 
 class NotifySocket:

@@ -6,7 +6,7 @@ import threading
 import time
 
 from tests.helpers import export_documents
-from tests.syncd.conftest import Shop, kill9, wait_for
+from tests.shop import Shop, kill9, wait_for
 
 
 def issue_many(shop: Shop, count: int) -> int:
@@ -56,7 +56,7 @@ def test_503_lost_responses_and_a_partition(shop: Shop) -> None:
     shop.fault("drop_mid_response", count=2)
     issue_many(shop, 10)
     shop.wait_synced(32)
-    from tests.syncd.conftest import http
+    from tests.shop import http
 
     http("POST", f"{shop.admin}/admin/partition", {"nodes": ["enterprise3"]})
     issue_many(shop, 10)
@@ -146,7 +146,7 @@ def test_failover_to_the_next_chain_node(shop: Shop) -> None:
 
 
 def test_rejected_documents_are_reported_with_the_chain_code(shop: Shop) -> None:
-    from tests.syncd.conftest import http
+    from tests.shop import http
 
     shop.start_chain()
     device = shop.start_device()
@@ -181,7 +181,7 @@ def test_production_registration_and_automatic_segments(shop: Shop) -> None:
     import subprocess
     import sys
 
-    from tests.syncd.conftest import http
+    from tests.shop import http
 
     shop.start_chain(training=False)
     _, consortium, _ = http("GET", f"{shop.chain_url}/v1/consortium")

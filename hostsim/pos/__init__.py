@@ -1,0 +1,1 @@
+"""The point-of-sale simulator: tills that drive syncd's POS API."""
