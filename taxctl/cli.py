@@ -16,7 +16,7 @@ COMPONENTS = (
     "device.cli",
     "syncd.cli",
     "hostsim.cli",
-    "taxctl.tools",
+    "taxctl.demo",
 )
 
 

@@ -67,6 +67,7 @@ class TillReport:
     sales: int = 0
     acknowledged: list[Acknowledged] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)
+    messages: dict[str, str] = field(default_factory=dict)  # what the cashier saw, per code
     gave_up: int = 0
     retries: int = 0
     resent: int = 0
@@ -189,7 +190,9 @@ class Tills:
                 return status, answer, attempts
             code = str(answer.get("error", ""))
             if status and code not in RETRY_CODES:
-                self.report.refused[code or f"HTTP_{status}"] += 1
+                code = code or f"HTTP_{status}"
+                self.report.refused[code] += 1
+                self.report.messages.setdefault(code, str(answer.get("message", "")))
                 return status, answer, attempts
             if time.monotonic() + pause > give_up:
                 self.report.gave_up += 1
