@@ -17,6 +17,7 @@ COMPONENTS = (
     "syncd.cli",
     "hostsim.cli",
     "taxctl.demo",
+    "taxctl.verify",
 )
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from device.protocol import taxid
 from device.protocol.document import format_utc
 from hostsim.bureau import buyer_key_hash
-from hostsim.chain import queries, wire
+from hostsim.chain import page, queries, wire
 from hostsim.chain.engine import Result
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.node import Chain
@@ -221,4 +221,5 @@ def build_app(chain: Chain, middlewares: list[Any] | None = None) -> web.Applica
     app.router.add_post("/v1/buyers", enrol_buyer)
     app.router.add_post("/v1/invoices/{code}/{number}/claim", claim_invoice)
     queries.add_routes(app.router)
+    page.add_routes(app.router)
     return app

@@ -1,0 +1,148 @@
+"""The 查验 page in a real headless Chromium (Selenium 4 and Debian's chromium and
+chromium-driver): a buyer types the receipt's fields, pastes a QR payload, mistypes a
+check code, and reads each answer; screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from device.protocol import qr
+from device.protocol.document import Document
+from tests.chain.test_verify_cli import LiveChain
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+WAIT = 20.0
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    # no network but loopback: nothing may phone home or fetch updates
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=900,1400",
+)
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if missing:
+        pytest.skip(
+            f"Chromium not installed ({', '.join(missing)} missing): .ci/run installs it with "
+            "apt-get (packages chromium, chromium-driver)"
+        )
+    # The explicit driver path already keeps Selenium Manager out; this keeps it offline
+    # should a later Selenium consult it anyway.
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    service = Service(
+        executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")
+    )
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        driver.set_page_load_timeout(WAIT)
+        driver.set_script_timeout(WAIT)
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveChain]:
+    chain = LiveChain(tmp_path / "chain")
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
+def submit(driver: WebDriver, button: str) -> str:
+    """Click a form's button, wait for the answer page, return its data-result."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, button).click()
+    WebDriverWait(driver, WAIT).until(EC.staleness_of(page))
+    result = WebDriverWait(driver, WAIT).until(EC.presence_of_element_located((By.ID, "result")))
+    return str(result.get_attribute("data-result"))
+
+
+def type_fields(driver: WebDriver, doc: Document, check_code: str) -> None:
+    values = {
+        "c": str(doc.code),
+        "n": str(doc.number),
+        "d": doc.payload["issued_at"][:10],
+        "k": check_code,
+    }
+    for name, value in values.items():
+        box = driver.find_element(By.ID, name)
+        box.clear()
+        box.send_keys(value)
+
+
+def screenshot(driver: WebDriver, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    path.unlink(missing_ok=True)
+    assert driver.save_screenshot(str(path)), path
+    return path
+
+
+def assert_real_picture(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 5000, path
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) >= 300, (image.format, image.size)
+        low, high = image.convert("L").getextrema()  # type: ignore[misc]
+        assert high - low > 100, "the screenshot is blank"
+
+
+def test_a_buyer_verifies_in_a_real_browser(browser: WebDriver, live: LiveChain) -> None:
+    first, second = live.issue(2)
+
+    browser.get(f"{live.url}/verify")
+    assert "查验 / Verify" in browser.page_source
+    assert browser.find_elements(By.ID, "result") == []
+    type_fields(browser, first, str(first.check_code)[-6:])
+    assert submit(browser, "verify-fields") == "authentic"
+    total = f"¥{first.total // 100}.{first.total % 100:02d}"
+    assert browser.find_element(By.ID, "total").text == total
+    assert browser.find_element(By.ID, "invoice").text == f"{first.code}/{first.number}"
+    assert browser.find_element(By.ID, "seller").text == first.payload["seller"]["name"]
+    training = browser.find_element(By.ID, "training")
+    assert training.is_displayed() and "not a valid invoice" in training.text
+    rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+    assert [r.get_attribute("data-event") for r in rows] == ["issued"]
+    assert_real_picture(screenshot(browser, "verify-page-authentic.png"))
+
+    # the answer page carries the form again: paste the second receipt's QR payload
+    payload = qr.for_document(second.payload).to_payload()
+    box = browser.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys(payload)
+    assert submit(browser, "verify-payload") == "authentic"
+    assert browser.find_element(By.ID, "invoice").text == f"{second.code}/{second.number}"
+
+    type_fields(browser, second, "000000")
+    assert submit(browser, "verify-fields") == "mismatch"
+    mismatched = browser.find_element(By.ID, "mismatched")
+    assert mismatched.get_attribute("data-fields") == "check_code"
+    assert browser.find_elements(By.ID, "total") == []
+    assert_real_picture(screenshot(browser, "verify-page-mismatch.png"))

@@ -1,0 +1,217 @@
+"""`taxctl verify` against a real chain process: each answer and its exit code, and a clear
+one-line error (no traceback) when the question cannot be asked or the chain cannot answer."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device.protocol import qr
+from device.protocol.document import Document, parse_document
+from tests.chain.conftest import BUYER_TAX_ID, DeviceSim, b64
+from tests.helpers import Process, spawn
+
+
+def post(url: str, body: dict[str, Any], token: str | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@dataclass
+class LiveChain:
+    """A training chain process with a registered device and committed invoices."""
+
+    root: Path
+    proc: Process = field(init=False)
+    device: DeviceSim = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = spawn(
+            [
+                "hostsim",
+                "chain",
+                "--data",
+                str(self.root / "ledger"),
+                "--listen",
+                "127.0.0.1:0",
+                "--training",
+                "--block-interval-ms",
+                "5",
+            ],
+            stderr=self.root / "chain.log",
+        )
+        self.url: str = self.proc.ready["url"]
+        self.device = DeviceSim(self.root / "device")
+        status, body = post(
+            f"{self.url}/v1/devices",
+            {
+                "certificate": b64(self.device.certificate),
+                "segments": [b64(s) for s in self.device.segments],
+            },
+        )
+        assert status == 201, body
+
+    def issue(self, count: int = 1) -> list[Document]:
+        raws = self.device.issue(count, buyer_tax_id=BUYER_TAX_ID)
+        status, body = post(f"{self.url}/v1/documents", {"documents": [b64(r) for r in raws]})
+        assert status == 200 and body["counts"] == {"committed": count}, body
+        return [parse_document(raw) for raw in raws]
+
+    def claim(self, doc: Document) -> None:
+        admin = Path(self.proc.ready["admin_token_file"]).read_text().strip()
+        buyer = {"tax_id": BUYER_TAX_ID, "name": "Buyer Co"}
+        status, body = post(f"{self.url}/v1/buyers", buyer, token=admin)
+        assert status == 201, body
+        path = f"{self.url}/v1/invoices/{doc.code}/{doc.number}/claim"
+        status, claim = post(path, {}, token=body["api_key"])
+        assert status == 201, claim
+
+    def stop(self) -> None:
+        try:
+            self.proc.stop()
+        finally:
+            self.device.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveChain]:
+    chain = LiveChain(tmp_path_factory.mktemp("verify-cli"))
+    try:
+        yield chain
+    finally:
+        chain.stop()
+
+
+def verify(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taxctl", "verify", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def typed(doc: Document, **changes: str) -> list[str]:
+    fields = {
+        "code": str(doc.code),
+        "number": str(doc.number),
+        "date": doc.payload["issued_at"][:10],
+        "check-code": str(doc.check_code)[-6:],
+    } | changes
+    return [arg for name, value in fields.items() for arg in (f"--{name}", value)]
+
+
+def one_line_error(out: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert out.stdout == "", out.stdout
+    assert out.stderr.startswith("taxctl verify: ") and out.stderr.count("\n") == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert all(w in out.stderr for w in words), out.stderr
+
+
+def test_authentic_by_typed_fields_and_by_payload(live: LiveChain) -> None:
+    [doc] = live.issue()
+    out = verify("--chain", live.url, *typed(doc))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("authentic"), out.stdout
+    total = f"¥{doc.total // 100}.{doc.total % 100:02d}"
+    for text in (doc.payload["seller"]["name"], total, "claimed:  no", "training: yes"):
+        assert text in out.stdout, (text, out.stdout)
+
+    payload = qr.for_document(doc.payload).to_payload()
+    out = verify("--chain", live.url, "--payload", payload, "--json")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["result"] == "authentic" and answer["training"] is True
+    assert (answer["total"], answer["claimed"]) == (doc.total, False)
+
+    yuan = f"{doc.total // 100}.{doc.total % 100:02d}"
+    out = verify("--chain", live.url, *typed(doc)[:6], "--total", yuan)
+    assert (out.returncode, out.stdout.split()[0]) == (0, "authentic"), out
+
+
+def test_not_found_and_mismatch_exit_1(live: LiveChain) -> None:
+    [doc] = live.issue()
+    out = verify("--chain", live.url, *typed(doc, number="99999999"))
+    assert out.returncode == 1 and out.stdout.startswith("not found"), out
+    out = verify("--chain", live.url, *typed(doc, **{"check-code": "000000"}))
+    assert out.returncode == 1 and out.stdout.startswith("mismatch"), out
+    assert "check_code" in out.stdout
+    out = verify("--chain", live.url, *typed(doc, date="2020-01-01"), "--json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["mismatched"] == ["date"]
+
+
+def test_already_claimed_exits_3(live: LiveChain) -> None:
+    [doc] = live.issue()
+    live.claim(doc)
+    out = verify("--chain", live.url, *typed(doc))
+    assert out.returncode == 3, out
+    assert out.stdout.startswith("ALREADY CLAIMED") and "claimed:  yes" in out.stdout
+
+
+def test_bad_questions_exit_2_without_asking(tmp_path: Path) -> None:
+    nowhere = "http://127.0.0.1:9"  # never contacted: the question fails first
+    doc = ["--code", "044031900111", "--number", "00000001", "--date", "2026-01-01"]
+    for args, words in [
+        (["--payload", "nonsense"], ["--payload", "taxctl:v1?"]),
+        (["--payload", "taxctl:v1?c=1&n=2&d=3&k=4"], ["12 digits"]),
+        (["--code", "12"], ["--number"]),
+        ([*doc], ["check code"]),
+        ([*doc, "--check-code", "12345"], ["last 6"]),
+        ([*doc, "--total", "1.234"], ["--total"]),
+        (["--payload", "taxctl:v1?c=1", "--code", "044031900111"], ["not both"]),
+    ]:
+        out = verify("--chain", nowhere, *args)
+        assert out.returncode == 2, (args, out)
+        one_line_error(out, *words)
+    out = verify("--chain", "not-a-url", *doc, "--check-code", "123456")
+    assert out.returncode == 2
+    one_line_error(out, "--chain")
+
+
+def test_unreachable_chain_is_one_clear_line(live: LiveChain) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free once closed: nothing listens there
+    [doc] = live.issue()
+    out = verify("--chain", f"http://127.0.0.1:{port}", *typed(doc))
+    assert out.returncode == 4, out
+    one_line_error(out, "cannot reach the chain", str(port))
+
+
+def test_a_4xx_is_one_clear_line(live: LiveChain) -> None:
+    [doc] = live.issue()
+    out = verify("--chain", f"{live.url}/elsewhere", *typed(doc))
+    assert out.returncode == 4, out
+    one_line_error(out, "refused", "404 not_found")
+
+
+def test_help_documents_the_exit_codes() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "taxctl", "verify", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for line in ("0  authentic", "1  not authentic", "2  the question", "3  authentic, but"):
+        assert line in out.stdout, out.stdout
+    assert "4  no answer" in out.stdout
