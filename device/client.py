@@ -3,10 +3,12 @@
 One DeviceClient per port. Many requests may be outstanding at once
 (pipelining); each is matched to its response by request id. The link
 rules are those of docs/PROTOCOL.md §3: retransmit the identical frame
-after the response timeout, at once on a NAK, after a short pause on BUSY;
-an ACK extends the wait. When retransmissions run out, the request fails
-with LinkError and its outcome is unknown — the caller must send it again
-with the same request id (which is always safe) before treating it as lost.
+after the response timeout, at once on a NAK or a damaged frame naming the
+request, after a short pause on BUSY; after an ACK, keep asking every
+response timeout for up to the long timeout without spending retries.
+When retransmissions run out, the request fails with LinkError and its
+outcome is unknown — the caller must send it again with the same request id
+(which is always safe) before treating it as lost.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class _Pending:
     deadline: float
     retries: int = 0
     busy_waits: int = 0
+    acked_until: float = 0.0  # the device is working on it: polls until then are free
 
 
 class DeviceClient:
@@ -186,6 +189,7 @@ class DeviceClient:
                         self._on_frame(event)
                     else:
                         self.stats.damaged_frames += 1
+                        self._on_damaged(event.request_id)
         except LinkError as exc:
             self._fail_all(exc)
         except Exception as exc:  # the port broke in a way we did not foresee
@@ -202,7 +206,10 @@ class DeviceClient:
                 pending.future.set_result(frame)
         elif frame.type == FrameType.ACK:
             self.stats.acks += 1
-            pending.deadline = max(pending.deadline, now + LONG_TIMEOUT)
+            # Ask again after the usual timeout (a lost response then costs 1 s, not 10):
+            # the device answers a repeat of a request it is still working on with an ACK.
+            pending.acked_until = now + LONG_TIMEOUT
+            pending.deadline = now + self.response_timeout
         elif frame.type == FrameType.BUSY:
             self.stats.busy += 1
             pending.busy_waits += 1
@@ -215,6 +222,15 @@ class DeviceClient:
             self.stats.naks += 1
             self._retransmit(frame.request_id, pending, now)
 
+    def _on_damaged(self, request_id: int | None) -> None:
+        """A damaged frame whose header names an outstanding request is most likely its
+        response, lost: ask again now rather than after the timeout."""
+        if request_id is None:
+            return
+        pending = self._pending.get(request_id)
+        if pending is not None:
+            self._retransmit(request_id, pending, time.monotonic())
+
     async def _timer_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK)
@@ -222,6 +238,8 @@ class DeviceClient:
             for rid, pending in list(self._pending.items()):
                 if not pending.future.done() and now >= pending.deadline:
                     self.stats.timeouts += 1
+                    if now < pending.acked_until:
+                        pending.retries -= 1  # polling a request the device acknowledged
                     self._retransmit(rid, pending, now)
 
     def _retransmit(self, rid: int, pending: _Pending, now: float) -> None:

@@ -1,0 +1,86 @@
+"""The host's link rules against a scripted device: what it resends, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from device.client import DeviceClient
+from device.protocol import codec
+from device.protocol.commands import Command
+from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
+
+
+class ScriptedPort:
+    """A Port whose far end is the test: it sees every frame written and says what it likes."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self.sent: asyncio.Queue[tuple[float, Frame]] = asyncio.Queue()
+        self._decoder = FrameDecoder()
+
+    async def read(self) -> bytes:
+        return await self.incoming.get()
+
+    def write(self, data: bytes) -> None:
+        for frame in self._decoder.feed(data):
+            assert isinstance(frame, Frame)
+            self.sent.put_nowait((time.monotonic(), frame))
+
+    def close(self) -> None:
+        pass
+
+    def answer(self, request: Frame, kind: FrameType = FrameType.RESPONSE) -> bytes:
+        wire = encode_frame(Frame(kind, request.request_id, request.command, 0, codec.encode({})))
+        self.incoming.put_nowait(wire)
+        return wire
+
+
+async def next_sent(port: ScriptedPort, within: float) -> tuple[float, Frame]:
+    return await asyncio.wait_for(port.sent.get(), within)
+
+
+async def test_a_damaged_response_is_asked_for_again_at_once() -> None:
+    port = ScriptedPort()
+    client = DeviceClient(port, response_timeout=5.0)  # only the damage can explain a resend
+    try:
+        call = asyncio.create_task(client.request(Command.STATUS))
+        _, request = await next_sent(port, 1)
+        good = encode_frame(
+            Frame(
+                FrameType.RESPONSE, request.request_id, request.command, 0, codec.encode({"ok": 1})
+            )
+        )
+        damaged = bytearray(good)
+        damaged[-3] ^= 0x01  # the CRC fails; the header still names the request
+        port.incoming.put_nowait(bytes(damaged))
+        _, again = await next_sent(port, 1.0)
+        assert again == request
+        port.incoming.put_nowait(good)
+        assert await asyncio.wait_for(call, 1) == {"ok": 1}
+        assert client.stats.damaged_frames == 1 and client.stats.timeouts == 0
+        assert client.stats.retransmissions == 1
+    finally:
+        await client.close()
+
+
+async def test_after_an_ack_the_host_polls_each_timeout_without_spending_retries() -> None:
+    port = ScriptedPort()
+    client = DeviceClient(port, response_timeout=0.1, max_retries=2)
+    try:
+        call = asyncio.create_task(client.request(Command.STATUS))
+        sent_at, request = await next_sent(port, 1)
+        # The device is busy with it: more ACKs than the retry budget, then the answer.
+        for _ in range(5):
+            port.answer(request, FrameType.ACK)
+            at, again = await next_sent(port, 1.0)
+            assert again == request
+            assert at - sent_at < 0.5  # one response timeout, not the 10 s long timeout
+            sent_at = at
+        port.answer(request)
+        assert await asyncio.wait_for(call, 1) == {}
+        assert client.stats.acks == 5 and client.stats.link_errors == 0
+    finally:
+        await client.close()
