@@ -179,6 +179,15 @@ class PosApi:
             for link in links:
                 if selector in (link.name, link.config.port, link.device_id):
                     return link
+            unidentified = [link.name for link in links if link.device_id is None]
+            if unidentified:
+                # It may be the printer on a port not yet answering (syncd just started,
+                # cable out): a till should try again, not be told the printer is unknown.
+                raise ApiError.of(
+                    ApiCode.DEVICE_OFFLINE,
+                    f"{selector!r} is not attached now; not yet identified: "
+                    + ", ".join(unidentified),
+                )
             known = ", ".join(link.device_id or link.name for link in links)
             raise ApiError.of(ApiCode.UNKNOWN_DEVICE, f"{selector!r}; attached: {known}")
         if not links:

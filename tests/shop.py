@@ -125,6 +125,7 @@ class Shop:
         env: dict[str, str] | None = None,
         devices: tuple[str, ...] = ("printer",),
         chains: tuple[str, ...] = (),
+        wait_online: bool = True,
     ) -> Process:
         args = [
             "syncd",
@@ -147,6 +148,8 @@ class Shop:
         self.syncd_args = args
         self.syncd = spawn(args, env=env, stderr=self.root / "syncd.log")
         self.api = self.syncd.ready["url"]
+        if not wait_online:
+            return self.syncd
         wait_for(
             lambda: all(d["state"] == "online" for d in self.status()["devices"]),
             15,

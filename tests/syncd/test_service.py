@@ -253,3 +253,16 @@ def test_a_bad_flag_is_named_as_it_is_typed(tmp_path: Path) -> None:
         with pytest.raises(config_mod.ConfigError) as caught:
             config_mod.load(args, environ={})
         assert str(caught.value).startswith(f"{flag}:"), str(caught.value)
+
+
+def test_a_printer_not_yet_identified_is_offline_to_the_tills_not_unknown(shop: Shop) -> None:
+    shop.start_chain()
+    device_id = shop.start_device().ready["device_id"]
+    shop.devices["printer"].stop()  # known printer, but not answering while syncd starts
+    shop.start_syncd(wait_online=False)
+    sale = {**INVOICE, "device": device_id}
+    status, body, headers = http("POST", f"{shop.api}/v1/invoices", sale)
+    assert (status, body["error"]) == (503, "DEVICE_OFFLINE"), body
+    assert "not yet identified" in body["detail"] and headers["Retry-After"]
+    shop.start_device()
+    wait_for(lambda: shop.issue(sale)[0] == 201, 20, "the printer to answer")
