@@ -70,7 +70,11 @@ def register(subparsers: Any) -> None:
     pos.add_argument("--count", type=int, default=100, help="sales to make (default 100)")
     pos.add_argument("--rate", type=float, default=0.0, help="sales per second (0: flat out)")
     pos.add_argument("--concurrency", type=int, default=4, help="tills selling at once")
-    pos.add_argument("--device", help="send every sale to this printer (name, port or id)")
+    pos.add_argument(
+        "--device",
+        action="append",
+        help="sell on this printer (name, port or id); repeat to go round several",
+    )
     pos.add_argument("--seed", type=int, default=0, help="seed of the sales mix")
     pos.add_argument("--credit-share", type=float, default=0.03, help="share of credit notes")
     pos.add_argument("--retry-share", type=float, default=0.05, help="sales asked for twice")
@@ -162,7 +166,7 @@ def _run_pos(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         rate=args.rate,
         seed=args.seed,
-        device=args.device,
+        devices=tuple(args.device or ()),
         patience=args.patience,
         mix=MixSettings(credit_share=args.credit_share, retry_share=args.retry_share),
         record=args.record,

@@ -157,7 +157,7 @@ class Shop:
                     concurrency=2,
                     rate=rate,
                     seed=self._seed,
-                    device=device_id,
+                    devices=(device_id,),
                     mix=MixSettings(credit_share=0.05, retry_share=0.1),
                 )
             )

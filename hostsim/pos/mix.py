@@ -57,6 +57,7 @@ class Sale:
     route: str  # "invoices" or "credit-notes"
     body: dict[str, Any]
     resend: bool  # ask again with the same idempotency key after the answer
+    device: str | None = None  # a credit note goes to the printer of its invoice
 
 
 @dataclass
@@ -65,28 +66,28 @@ class SaleMix:
 
     seed: int = 0
     settings: MixSettings = field(default_factory=MixSettings)
-    creditable: list[tuple[str, str]] = field(default_factory=list)
+    creditable: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
         self._credited: set[tuple[str, str]] = set()
 
-    def issued(self, code: str, number: str) -> None:
-        """An invoice the tills got back: a candidate for a later credit note."""
-        self.creditable.append((code, number))
+    def issued(self, code: str, number: str, device: str | None = None) -> None:
+        """An invoice the tills got back (from `device`): a candidate for a credit note."""
+        self.creditable.append((code, number, device))
 
     def next_sale(self) -> Sale:
         rnd = self._random
         resend = rnd.random() < self.settings.retry_share
         if self.creditable and rnd.random() < self.settings.credit_share:
-            ref = self.creditable.pop(rnd.randrange(len(self.creditable)))
-            if ref not in self._credited:
-                self._credited.add(ref)
+            code, number, device = self.creditable.pop(rnd.randrange(len(self.creditable)))
+            if (code, number) not in self._credited:
+                self._credited.add((code, number))
                 body = {
-                    "refers_to": {"code": ref[0], "number": ref[1]},
+                    "refers_to": {"code": code, "number": number},
                     "reason": rnd.choice(("goods returned", "price corrected", "order cancelled")),
                 }
-                return Sale("credit-notes", body, resend)
+                return Sale("credit-notes", body, resend, device)
         return Sale("invoices", self.invoice(), resend)
 
     def invoice(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class TillSettings:
     concurrency: int = 4
     rate: float = 0.0  # sales per second over all tills; 0: as fast as answers come
     seed: int = 0
-    device: str | None = None
+    devices: tuple[str, ...] = ()  # sales go round these printers (default: syncd picks)
     patience: float = 30.0  # seconds a till keeps asking about one sale
     request_timeout: float = 15.0
     mix: MixSettings = field(default_factory=MixSettings)
@@ -139,8 +139,11 @@ class Tills:
                 if delay > 0:
                     await asyncio.sleep(delay)
             sale = self.mix.next_sale()
-            if settings.device is not None:
-                sale = Sale(sale.route, {**sale.body, "device": settings.device}, sale.resend)
+            device = sale.device
+            if device is None and settings.devices:
+                device = settings.devices[index % len(settings.devices)]
+            if device is not None:
+                sale = Sale(sale.route, {**sale.body, "device": device}, sale.resend, device)
             self.report.sales += 1
             await self._sell(session, base, sale)
 
@@ -163,7 +166,7 @@ class Tills:
         )
         self.report.acknowledged.append(ack)
         if ack.kind == "invoice":
-            self.mix.issued(ack.code, ack.number)
+            self.mix.issued(ack.code, ack.number, ack.device_id)
         if self._record is not None:
             self._record.write(json.dumps(ack.__dict__) + "\n")
             self._record.flush()

@@ -43,7 +43,7 @@ def test_credit_notes_refer_to_issued_invoices_once_each() -> None:
     assert all(mix.next_sale().route == "invoices" for _ in range(20))  # nothing to credit yet
     issued = [(f"0440{n:08d}", f"{n:08d}") for n in range(1, 11)]
     for code, number in issued:
-        mix.issued(code, number)
+        mix.issued(code, number, device=f"printer-{number}")
     credited = []
     for _ in range(200):
         sale = mix.next_sale()
@@ -51,6 +51,7 @@ def test_credit_notes_refer_to_issued_invoices_once_each() -> None:
             parse_credit_request(sale.body, DEFAULT_TAX_RATES)
             ref = sale.body["refers_to"]
             credited.append((ref["code"], ref["number"]))
+            assert sale.device == f"printer-{ref['number']}"  # the printer that issued it
     assert sorted(credited) == sorted(issued)  # each credited, none twice
 
 
