@@ -1,0 +1,1 @@
+"""Chaos runs: a shop of real processes, tills selling, and faults thrown at random."""
