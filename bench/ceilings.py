@@ -8,9 +8,12 @@ commits in WAL mode with synchronous=FULL on a given filesystem.
 from __future__ import annotations
 
 import os
+import select
 import sqlite3
 import tempfile
+import threading
 import time
+import tty
 from pathlib import Path
 
 from nacl.signing import SigningKey
@@ -60,3 +63,34 @@ def fsync_commit_rate(directory: Path | None = None, seconds: float = 1.0) -> fl
             return _rate(commit, seconds)
         finally:
             conn.close()
+
+
+def pty_bytes_rate(seconds: float = 1.0) -> float:
+    """Bytes per second through a raw pty (the emulator's serial line, unpaced)."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    stop = threading.Event()
+
+    def write() -> None:
+        chunk = os.urandom(4096)
+        while not stop.is_set():
+            ready = select.select([], [master], [], 0.1)[1]
+            if ready:
+                os.write(master, chunk)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    moved = 0
+    try:
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            if select.select([slave], [], [], 0.1)[0]:
+                moved += len(os.read(slave, 65536))
+        return moved / (time.perf_counter() - start)
+    finally:
+        stop.set()
+        writer.join(1)
+        os.close(master)
+        os.close(slave)
