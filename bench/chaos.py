@@ -27,15 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hostsim.chaos.run import run_chaos
 from hostsim.chaos.world import ChaosSettings
-from tests.helpers import pycose_verify
-
-
-def pycose_ok(raw: bytes, public_key: bytes) -> bool:
-    try:
-        pycose_verify(raw, public_key)
-    except Exception:
-        return False
-    return True
+from tests.helpers import pycose_ok
 
 
 def main() -> int:

@@ -48,6 +48,12 @@ class Tally:
             self.unexpected.append(f"{what}: {detail}")
             print(f"   UNEXPECTED: {what}: {detail}")
 
+    def expect_refusal(self, label: str, what: str, refused: bool, detail: Any) -> None:
+        """A fraud or a mistake the system must refuse; counted under `label` when it does."""
+        self.expect(what, refused, detail)
+        if refused:
+            self.refused_as_expected.append(label)
+
 
 class Progress:
     """One live line on a terminal; nothing but the final state elsewhere."""
@@ -283,9 +289,7 @@ class Shop:
         second, again = http("POST", url, {}, token=enrolled["api_key"])
         code = (again.get("error") or {}).get("code")
         refused = second == 409 and code == "already_claimed"
-        tally.expect("a second claim is refused", refused, again)
-        if refused:
-            tally.refused_as_expected.append("second claim")
+        tally.expect_refusal("second claim", "a second claim is refused", refused, again)
         return f"; claimed by {buyer['name']}; claimed again: {code}"
 
     # --- a fraudster -----------------------------------------------------------------------
@@ -302,9 +306,7 @@ class Shop:
         forged = cose.assemble(codec.encode_ordered(payload), sign1.signature, sign1.kid)
         result = self._submit(forged)
         refused = result["status"] == "rejected" and result.get("code") == "bad_signature"
-        tally.expect("a forged document is rejected", refused, result)
-        if refused:
-            tally.refused_as_expected.append("forged document")
+        tally.expect_refusal("forged document", "a forged document is rejected", refused, result)
         print(
             f"   {ack.code}/{ack.number} with another buyer written in:"
             f" {result['status']} ({result.get('code')})"
@@ -313,9 +315,9 @@ class Shop:
         result = self._submit(genuine)
         height = (result.get("receipt") or {}).get("header", {}).get("height")
         replayed = result["status"] == "duplicate" and height == row["height"]
-        tally.expect("a replayed document gets its original receipt", replayed, result)
-        if replayed:
-            tally.refused_as_expected.append("replayed document")
+        tally.expect_refusal(
+            "replayed document", "a replayed document gets its original receipt", replayed, result
+        )
         print(
             f"   the genuine document sent again: {result['status']},"
             f" the original receipt (block {height}), no second copy"
@@ -324,9 +326,9 @@ class Shop:
         query = {"code": ack.code, "number": ack.number, "date": row["document"]["issued_at"][:10]}
         _, answer = http("POST", f"{self.chain_url}/v1/verify", {**query, "check_code": "000000"})
         wrong = answer.get("result") == "mismatch"
-        tally.expect("查验 with a made-up check code says mismatch", wrong, answer)
-        if wrong:
-            tally.refused_as_expected.append("made-up check code")
+        tally.expect_refusal(
+            "made-up check code", "查验 with a made-up check code says mismatch", wrong, answer
+        )
         print(f"   查验 with a made-up check code: {answer.get('result')}")
 
     def _submit(self, raw: bytes) -> dict[str, Any]:

@@ -36,6 +36,15 @@ def pycose_verify(raw: bytes, public_key: bytes) -> dict[str, Any]:
     return payload
 
 
+def pycose_ok(raw: bytes, public_key: bytes) -> bool:
+    """pycose_verify as a yes/no, for checkers that collect failures instead of raising."""
+    try:
+        pycose_verify(raw, public_key)
+    except Exception:
+        return False
+    return True
+
+
 def check_journal(documents: Sequence[bytes], public_key: bytes, first: int = 1) -> None:
     """Counters gapless from `first`, hash chain intact, every signature good (pycose)."""
     prev = ZERO_HASH if first == 1 else None

@@ -7,8 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,20 +16,13 @@ import pytest
 
 from device.protocol import qr
 from device.protocol.document import Document, parse_document
+from taxctl.tools import http
 from tests.chain.conftest import BUYER_TAX_ID, DeviceSim, b64
 from tests.helpers import Process, spawn
 
 
 def post(url: str, body: dict[str, Any], token: str | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    request.add_header("Content-Type", "application/json")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http("POST", url, body, token=token)
 
 
 @dataclass

@@ -16,15 +16,7 @@ from device.signer import load_key
 from hostsim.chaos.monkey import WEIGHTS, Fault, Monkey
 from hostsim.chaos.run import run_chaos
 from hostsim.chaos.world import ChaosSettings
-from tests.helpers import check_journal, pycose_verify
-
-
-def pycose_ok(raw: bytes, public_key: bytes) -> bool:
-    try:
-        pycose_verify(raw, public_key)
-    except Exception:
-        return False
-    return True
+from tests.helpers import check_journal, pycose_ok
 
 
 def test_the_monkey_is_repeatable_and_throws_everything() -> None:
