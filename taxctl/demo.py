@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from taxctl.demo_steps import Shop, Tally, format_summary, restart_commands
+from taxctl.demo_report import Tally, format_summary, restart_commands
+from taxctl.demo_steps import Shop
 
 DEFAULT_INVOICES = 20
 
