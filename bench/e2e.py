@@ -34,7 +34,7 @@ from bench.ceilings import (
 )
 from hostsim.pos.mix import MixSettings
 from hostsim.pos.till import Tills, TillSettings
-from taxctl.tools import Child, http
+from taxctl.tools import Child, all_online, wait_status
 
 # Offline limits out of the way: the window measures throughput, not a shop's limits.
 TRAINING = ["--training", "--offline-amount", str(10**15), "--offline-seconds", str(10**9)]
@@ -63,11 +63,7 @@ def start_shop(root: Path, devices: int) -> tuple[list[Child], str, list[str]]:
     syncd = Child("syncd", syncd_args, logs / "syncd.log")
     children.append(syncd)
     api = syncd.ready["url"]
-    deadline = time.monotonic() + 30
-    while not all(d["state"] == "online" for d in http("GET", f"{api}/v1/status")[1]["devices"]):
-        if time.monotonic() > deadline:
-            raise RuntimeError("printers did not come online")
-        time.sleep(0.1)
+    wait_status(api, all_online, "printers online")
     return children, api, ids
 
 
@@ -85,15 +81,17 @@ def sell(api: str, ids: list[str], count: int, concurrency: int, rate: float, se
 
 
 def wait_synced(api: str, targets: dict[str, int], timeout: float) -> float:
-    """Seconds until every printer's synced_through reaches its target counter."""
-    deadline = time.monotonic() + timeout
-    while True:
-        devices = http("GET", f"{api}/v1/status")[1]["devices"]
-        if all(d.get("synced_through", 0) >= targets[d["device_id"]] for d in devices):
-            return time.perf_counter()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not synced after {timeout} s: {devices}")
-        time.sleep(0.02)
+    """perf_counter() once every printer's synced_through reaches its target counter."""
+    wait_status(
+        api,
+        lambda status: all(
+            d.get("synced_through", 0) >= targets[d["device_id"]] for d in status["devices"]
+        ),
+        "every sale synced",
+        timeout,
+        interval=0.02,
+    )
+    return time.perf_counter()
 
 
 def main() -> None:

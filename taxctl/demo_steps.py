@@ -14,7 +14,7 @@ from hostsim.audit import chain_documents, compare
 from hostsim.pos.mix import MixSettings
 from hostsim.pos.till import Acknowledged, Tills, TillSettings
 from taxctl.demo_report import Progress, Tally
-from taxctl.tools import Child, http
+from taxctl.tools import Child, all_online, http, wait_status
 
 # The sales mix's mean invoice total is about 6,200 yuan: this offline limit lets a
 # printer sell roughly `invoices` sales while the chain is away before it refuses.
@@ -77,7 +77,7 @@ class Shop:
             syncd_args += ["--device", str(self.root / f"{name}.tty")]
         syncd_args += ["--chain", self.chain_url, "--api", "127.0.0.1:0", "--log-level", "warning"]
         self.api = self._child("syncd", syncd_args).ready["url"]
-        self._wait(lambda s: all(d["state"] == "online" for d in s["devices"]), "printers online")
+        wait_status(self.api, all_online, "printers online")
         print(f"3. sync daemon: POS API at {self.api}\n")
 
     def stop(self) -> None:
@@ -87,16 +87,6 @@ class Shop:
 
     def _status(self) -> dict[str, Any]:
         return dict(http("GET", f"{self.api}/v1/status")[1])
-
-    def _wait(self, done: Any, what: str, timeout: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self._status()
-            if done(status):
-                return status
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}: {status['devices']}")
-            time.sleep(0.1)
 
     # --- selling ---------------------------------------------------------------------------
 

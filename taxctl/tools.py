@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,25 @@ def http(method: str, url: str, body: Any = None, token: str | None = None) -> t
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_status(
+    api: str,
+    done: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+) -> dict[str, Any]:
+    """Poll syncd's /v1/status until `done` holds; the status that satisfied it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = dict(http("GET", f"{api}/v1/status")[1])
+        if done(status):
+            return status
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}: {status['devices']}")
+        time.sleep(interval)
+
+
+def all_online(status: dict[str, Any]) -> bool:
+    return all(d["state"] == "online" for d in status["devices"])

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from hostsim.audit import chain_documents
 from tests.helpers import Process, export_documents, spawn
 
 INVOICE = {
@@ -201,17 +202,9 @@ class Shop:
 
         return wait_for(done, timeout, f"{count} documents synced")
 
-    def chain_documents(self, device_id: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        after = 0
-        while True:
-            _, page, _ = http(
-                "GET", f"{self.chain_url}/v1/devices/{device_id}/documents?after={after}&limit=1000"
-            )
-            out += page["documents"]
-            if len(page["documents"]) < 1000:
-                return out
-            after = out[-1]["counter"]
+    def chain_documents(self, device_id: str) -> list[tuple[int, bytes]]:
+        """(counter, COSE bytes) of every document the chain holds for the device."""
+        return chain_documents(self.chain_url, device_id)
 
     def assert_exactly_once_after_sync(self, name: str = "printer", index: int = 0) -> int:
         """Wait until the journal is synced, then check it is on the chain exactly once."""
@@ -224,8 +217,8 @@ class Shop:
         journal = export_documents(self.root / name)
         device_id = self.devices[name].ready["device_id"]
         on_chain = self.chain_documents(device_id)
-        assert [d["counter"] for d in on_chain] == list(range(1, len(journal) + 1))
-        assert [d["cose_sign1"] for d in on_chain] == [j["cose_sign1"] for j in journal]
+        assert [counter for counter, _ in on_chain] == list(range(1, len(journal) + 1))
+        assert [raw for _, raw in on_chain] == [j["raw"] for j in journal]
         return len(journal)
 
 

@@ -30,34 +30,35 @@ class Verdict:
     documents: int = 0
     acknowledged: int = 0
     audits: list[DeviceAudit] = field(default_factory=list)
-    ack_problems: list[str] = field(default_factory=list)
+    acks_missing: list[str] = field(default_factory=list)  # given to a till, not on the chain
+    acks_twice: list[str] = field(default_factory=list)  # one document given to two sales
+    acks_differing: list[str] = field(default_factory=list)  # other code/number on the chain
     independent_failures: list[str] = field(default_factory=list)
     ledger: str = ""
 
     @property
     def lost(self) -> int:
-        return sum(len(a.lost) + len(a.altered) for a in self.audits) + sum(
-            "not on the chain" in p for p in self.ack_problems
-        )
+        return sum(len(a.lost) + len(a.altered) for a in self.audits) + len(self.acks_missing)
 
     @property
     def duplicated(self) -> int:
-        return sum(len(a.duplicated) + len(a.unknown) for a in self.audits) + sum(
-            "given twice" in p for p in self.ack_problems
-        )
+        return sum(len(a.duplicated) + len(a.unknown) for a in self.audits) + len(self.acks_twice)
 
     @property
     def ok(self) -> bool:
         return (
             all(a.clean for a in self.audits)
-            and not self.ack_problems
+            and not self.ack_problems()
             and not self.independent_failures
             and self.ledger.startswith("ok")
         )
 
+    def ack_problems(self) -> list[str]:
+        return self.acks_missing + self.acks_twice + self.acks_differing
+
     def problems(self) -> list[str]:
         out = [f"{a.device_id}: {a}" for a in self.audits if not a.clean]
-        return out + self.ack_problems + self.independent_failures + [self.ledger]
+        return out + self.ack_problems() + self.independent_failures + [self.ledger]
 
 
 def check_devices(
@@ -91,13 +92,13 @@ def check_devices(
     given = Counter((a["device_id"], a["counter"]) for a in acks)
     for (device_id, counter), times in given.items():
         if times > 1:
-            verdict.ack_problems.append(f"{device_id} #{counter} given twice to the tills")
+            verdict.acks_twice.append(f"{device_id} #{counter} given twice to the tills")
     for ack in acks:
         where = held.get((ack["device_id"], ack["counter"]))
         if where is None:
-            verdict.ack_problems.append(f"{ack['device_id']} #{ack['counter']} not on the chain")
+            verdict.acks_missing.append(f"{ack['device_id']} #{ack['counter']} not on the chain")
         elif where != (ack["code"], ack["number"]):
-            verdict.ack_problems.append(f"{ack} differs from the chain's {where}")
+            verdict.acks_differing.append(f"{ack} differs from the chain's {where}")
     return verdict
 
 

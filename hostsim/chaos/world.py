@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device.journal import export
 from hostsim.chaos.monkey import Fault, Monkey, Strike
-from taxctl.tools import Child, http
+from taxctl.tools import Child, all_online, http, wait_status
 
 
 @dataclass
@@ -140,7 +141,7 @@ class World:
             self.start_device(n)
             self.start_link(n)
         self.start_syncd()
-        self._wait(lambda s: all(d["state"] == "online" for d in s["devices"]), 30, "online")
+        wait_status(self.api, all_online, "printers online")
         s = self.settings
         self.tills = subprocess.Popen(
             [
@@ -260,29 +261,22 @@ class World:
         out, _ = self.tills.communicate(timeout=timeout)
         summary: dict[str, Any] = json.loads(out) if out.strip() else {}
         summary["tills_done_after_s"] = round(time.monotonic() - started, 1)
-        from device.journal import export
+        # With the tills done nothing more is signed: count each journal once.
+        signed = {
+            device_id: sum(1 for _ in export(self.root / f"device-{n + 1}"))
+            for n, device_id in enumerate(self.device_ids)
+        }
 
         def synced(status: dict[str, Any]) -> bool:
             by_id = {d.get("device_id"): d for d in status["devices"]}
-            for n, device_id in enumerate(self.device_ids):
-                count = sum(1 for _ in export(self.root / f"device-{n + 1}"))
-                if by_id.get(device_id, {}).get("synced_through", -1) < count:
-                    return False
-            return True
+            return all(
+                by_id.get(device_id, {}).get("synced_through", -1) >= count
+                for device_id, count in signed.items()
+            )
 
-        self._wait(synced, timeout, "every journal on the chain", interval=0.5)
+        wait_status(self.api, synced, "every journal on the chain", timeout, interval=0.5)
         summary["synced_after_s"] = round(time.monotonic() - started, 1)
         return summary
-
-    def _wait(self, done: Any, timeout: float, what: str, interval: float = 0.1) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = http("GET", f"{self.api}/v1/status")[1]
-            if done(status):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}: {status['devices']}")
-            time.sleep(interval)
 
 
 def kill9(child: Child) -> None:
