@@ -189,12 +189,17 @@ async def test_credit_rules_and_state_on_the_original(api: Api, device: DeviceSi
     line = parse_document(part).payload["items"][0]
     big = [dict(line, quantity="-3", amount=-3000, tax=-390)]
     tip = parse_document(template)
+    # issued_at too: the credit was signed before the template, and the clock never runs back
+    after_tip = {
+        "counter": tip.counter + 1,
+        "prev_hash": tip.hash,
+        "number": _next_number(tip),
+        "issued_at": tip.payload["issued_at"],
+    }
     over = resign(
         device,
         part,
-        counter=tip.counter + 1,
-        prev_hash=tip.hash,
-        number=_next_number(tip),
+        **after_tip,
         items=big,
         amount=-3000,
         tax=-390,
@@ -204,18 +209,14 @@ async def test_credit_rules_and_state_on_the_original(api: Api, device: DeviceSi
     unknown = resign(
         device,
         part,
-        counter=tip.counter + 1,
-        prev_hash=tip.hash,
-        number=_next_number(tip),
+        **after_tip,
         refers_to={"code": doc.code, "number": "00000999"},
     )
     await expect_rejected(api, device, unknown, "credit_unknown_original")
     not_invoice = resign(
         device,
         part,
-        counter=tip.counter + 1,
-        prev_hash=tip.hash,
-        number=_next_number(tip),
+        **after_tip,
         refers_to={"code": doc.code, "number": parse_document(part).number},
     )
     await expect_rejected(api, device, not_invoice, "credit_not_an_invoice")
