@@ -263,8 +263,11 @@ class Ledger:
             chunk = keys[start : start + 400]
             marks = ",".join(["(?, ?)"] * len(chunk))
             flat = [v for key in chunk for v in key]
+            # Driven from the VALUES rows, one primary-key lookup each: written as
+            # "(code, number) IN (VALUES ...)" SQLite scans the whole table instead.
             for code, number, h in self.db.execute(
-                f"SELECT code, number, hash FROM invoices WHERE (code, number) IN (VALUES {marks})",
+                f"SELECT i.code, i.number, i.hash FROM (VALUES {marks}) AS v"
+                " CROSS JOIN invoices AS i ON i.code = v.column1 AND i.number = v.column2",
                 flat,
             ):
                 out[(code, number)] = bytes(h)

@@ -289,3 +289,34 @@ async def test_credentials_with_any_bytes_are_refused_not_crashed(
             "POST", "/v1/invoices/000000000000/00000000/claim", headers=header
         )
         assert (status, body["error"]["code"]) == (401, "unauthorized")
+
+
+async def test_number_lookup_uses_the_primary_key(tmp_path: Path) -> None:
+    """A batch's numbers are looked up by key: a scan would grow with the ledger."""
+    from hostsim.chain.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "chain")
+    try:
+        ledger.db.executemany(
+            "INSERT INTO invoices (code, number, hash, device_id, counter, kind, seller_tax_id,"
+            " total, issued_at, check_code, training) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                ("3100", f"{n:08d}", bytes([n]) * 32, "D", n, "invoice", "T", 100, "", "0", 1)
+                for n in range(1, 6)
+            ],
+        )
+        statements: list[str] = []
+        ledger.db.set_trace_callback(statements.append)
+        wanted = [("3100", "00000002"), ("3100", "00000009"), ("3100", "00000005")]
+        found = ledger.number_holders(wanted)
+        ledger.db.set_trace_callback(None)
+        assert found == {
+            ("3100", "00000002"): bytes([2]) * 32,
+            ("3100", "00000005"): bytes([5]) * 32,
+        }
+        assert statements
+        for sql in statements:  # the trace shows the statement with its parameters bound
+            plan = " | ".join(row[3] for row in ledger.db.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "SCAN invoices" not in plan and "SEARCH i USING PRIMARY KEY" in plan, plan
+    finally:
+        ledger.close()
