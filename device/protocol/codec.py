@@ -78,6 +78,20 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
     return value
 
 
+def decode_leading(raw: bytes) -> Any:
+    """The first item of `raw`, for callers that then check its exact encoding is all
+    of `raw` (which also rules out trailing bytes, without a stream to track them)."""
+    if not raw:
+        raise CodecError("empty body where a CBOR item was expected")
+    try:
+        value = cbor2.loads(raw)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise CodecError(f"not valid CBOR: {exc}") from exc
+    if isinstance(value, _SENTINELS):
+        raise CodecError("a lone CBOR break or undefined is not a data item")
+    return value
+
+
 def decode_canonical(data: bytes | bytearray | memoryview) -> Any:
     """Decode, refusing anything but the deterministic encoding of the value.
 
@@ -88,7 +102,7 @@ def decode_canonical(data: bytes | bytearray | memoryview) -> Any:
     never occur in this project's documents.
     """
     raw = bytes(data)
-    value = decode(raw)
+    value = decode_leading(raw)
     if encode_ordered(value) != raw or not _keys_in_order(value):
         raise CodecError("CBOR is not in deterministic encoding (RFC 8949 §4.2.1)")
     return value

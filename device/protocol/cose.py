@@ -89,7 +89,7 @@ class Sign1:
 def decode_sign1(data: bytes | bytearray | memoryview) -> Sign1:
     raw = bytes(data)
     try:
-        item = codec.decode(raw)
+        item = codec.decode_leading(raw)  # exactness: the re-assembly check below
     except codec.CodecError as exc:
         raise CoseError(str(exc)) from exc
     if not isinstance(item, cbor2.CBORTag) or item.tag != TAG_SIGN1:

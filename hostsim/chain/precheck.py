@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from device.protocol.document import Document, DocumentError, parse_document
 from hostsim.chain import rules
@@ -27,6 +28,10 @@ class Checked:
     malformed: str | None = None
     signature_ok: bool | None = None  # None: not checked (device unknown when sent)
     totals_error: ChainError | None = None
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A plain tuple: the dataclass default looks its fields up on every pickle.
+        return (Checked, (self.doc, self.malformed, self.signature_ok, self.totals_error))
 
 
 def kid_of(raw: bytes) -> str | None:

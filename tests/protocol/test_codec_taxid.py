@@ -52,9 +52,17 @@ def test_non_canonical_refused() -> None:
 
 
 def test_garbage_refused() -> None:
-    for junk in (b"", b"\xff", b"\x5f\x41", b"\xa1"):
+    for junk in (b"", b"\xff", b"\xf7", b"\x5f\x41", b"\xa1"):
+        for decode in (codec.decode, codec.decode_canonical):
+            with pytest.raises(codec.CodecError):
+                decode(junk)
+
+
+def test_canonical_refuses_trailing_bytes() -> None:
+    # The item itself is canonical; only the byte after it is wrong.
+    for extra in (b"\x00", b"\xff", codec.encode({"a": 1})):
         with pytest.raises(codec.CodecError):
-            codec.decode(junk)
+            codec.decode_canonical(codec.encode({"a": 1}) + extra)
 
 
 def test_spec_example_tax_id_is_valid() -> None:

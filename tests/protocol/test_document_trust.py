@@ -91,6 +91,14 @@ def test_non_canonical_document_is_refused() -> None:
         parse_document(cose.assemble(reordered, env.signature, env.kid))
 
 
+def test_document_with_bytes_after_it_is_refused() -> None:
+    key = KeyPair.generate()
+    raw, _ = sign_document(key, sample_fields(key))
+    for extra in (b"\x00", b"\xf7", raw):
+        with pytest.raises(DocumentError, match="deterministic"):
+            parse_document(raw + extra)
+
+
 def test_shape_errors_are_specific() -> None:
     key = KeyPair.generate()
     fields = sample_fields(key)
