@@ -252,3 +252,16 @@ def test_check_code_splice_equals_canonical_encoding(extra: dict[str, int]) -> N
 def test_keys_that_would_sort_after_check_code_are_refused() -> None:
     with pytest.raises(ValueError, match="shorter"):
         sign_document(KeyPair.generate(), {"device_id": "TCAAAAAAAAAAAA", "\x80" * 5: 1})
+
+
+def test_document_crosses_processes_intact() -> None:
+    """The chain's workers pickle parsed documents; the envelope is re-sliced on arrival."""
+    import pickle
+
+    key = KeyPair.generate()
+    for fields in (sample_fields(key), sample_fields(key, counter=7)):
+        doc = parse_document(sign_document(key, fields)[0])
+        back = pickle.loads(pickle.dumps(doc))
+        assert back == doc
+        assert back.envelope == doc.envelope and back.signature == doc.signature
+        assert back.verify(key.public_key)
