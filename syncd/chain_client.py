@@ -101,18 +101,23 @@ class ChainClient:
         # Ask the chain to answer before our own timeout: what is not final by then
         # comes back "pending" and is asked for again, rather than timing out.
         wait = max(0.1, min(5.0, self.timeout / 2))
+        # Compact receipts: each block's header and signatures come once per answer
+        # rather than once per document; they are put back before anything else sees them.
         answer = await self._call(
-            "POST", f"/v1/documents?wait={wait:g}", {"documents": list(documents)}
+            "POST",
+            f"/v1/documents?wait={wait:g}&receipts=compact",
+            {"documents": list(documents)},
         )
         results = answer.get("results") if isinstance(answer, dict) else None
         if not isinstance(results, list) or len(results) != len(documents):
             raise ChainDown(
                 "the chain's answer does not hold one result per document", "BAD_ANSWER"
             )
+        blocks = blocks_by_height(answer.get("blocks", []))
         return [
             SubmitResult(
                 str(r.get("status")),
-                r.get("receipt") if isinstance(r.get("receipt"), dict) else None,
+                full_receipt(r["receipt"], blocks) if isinstance(r.get("receipt"), dict) else None,
                 r.get("code"),
                 r.get("message"),
                 r.get("counter"),
@@ -162,6 +167,38 @@ class ChainClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def blocks_by_height(blocks: Any) -> dict[int, dict[str, Any]]:
+    """A compact answer's `blocks` (header and signatures of each), by height."""
+    if not isinstance(blocks, list):
+        raise ChainDown("the chain's answer lists its blocks wrongly", "BAD_ANSWER")
+    out: dict[int, dict[str, Any]] = {}
+    for block in blocks:
+        header = block.get("header") if isinstance(block, dict) else None
+        height = header.get("height") if isinstance(header, dict) else None
+        if type(height) is not int or "signatures" not in block:
+            raise ChainDown("the chain's answer lists a block without its header", "BAD_ANSWER")
+        out[height] = block
+    return out
+
+
+def full_receipt(receipt: dict[str, Any], blocks: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """A compact receipt with its block's header and signatures put back: the same
+    receipt the chain gives in full (a full one is returned as it is)."""
+    if "height" not in receipt:
+        return receipt
+    block = blocks.get(receipt["height"])
+    if block is None:
+        raise ChainDown(
+            f"the chain's answer names block {receipt['height']!r} without listing it",
+            "BAD_ANSWER",
+        )
+    out: dict[str, Any] = {k: receipt[k] for k in ("doc_hash", "position", "proof") if k in receipt}
+    out["header"] = block["header"]
+    out["signatures"] = block["signatures"]
+    out.update((k, receipt[k]) for k in ("device_id", "counter") if k in receipt)
+    return out
 
 
 def _decode(raw: bytes, kind: str) -> Any:

@@ -18,6 +18,7 @@ from device.protocol import taxid
 from device.protocol.document import format_utc
 from hostsim.bureau import buyer_key_hash
 from hostsim.chain import page, queries, wire
+from hostsim.chain.blocks import Block
 from hostsim.chain.engine import Result
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.node import Chain
@@ -67,16 +68,21 @@ def require_admin(request: web.Request) -> None:
 # --- documents -----------------------------------------------------------------------------
 
 
-def result_body(chain: Chain, result: Result) -> dict[str, Any]:
+def result_body(chain: Chain, result: Result, blocks: dict[int, Block] | None) -> dict[str, Any]:
+    """One document's result; with `blocks`, its receipt is compact and its block is
+    added to `blocks` for the answer to list once."""
     out: dict[str, Any] = {"status": result.status}
     if result.hash is not None:
         out["hash"] = result.hash
         out["device_id"] = result.device_id
         out["counter"] = result.counter
     if result.height is not None and result.position is not None:
-        out["receipt"] = chain.engine.receipt(
-            result.height, result.position, result.device_id, result.counter
+        block = chain.engine.block(result.height)
+        out["receipt"] = block.receipt(
+            result.position, result.device_id, result.counter, compact=blocks is not None
         )
+        if blocks is not None:
+            blocks[result.height] = block
     if result.code is not None:
         out["code"] = result.code.value
         out["message"] = result.message
@@ -94,18 +100,20 @@ async def submit_documents(request: web.Request) -> web.Response:
     if chain.engine.mempool_full():
         raise ChainError(Code.UNAVAILABLE, "the chain is not finalizing and its mempool is full")
     wait = wire.wait_param(request, DEFAULT_WAIT)
+    compact = wire.receipts_param(request) == "compact"
     results = await chain.engine.submit(raws, wait)
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
-    return wire.respond(
-        request,
-        {
-            "height": chain.engine.height,
-            "counts": counts,
-            "results": [result_body(chain, r) for r in results],
-        },
-    )
+    blocks: dict[int, Block] | None = {} if compact else None
+    answer: dict[str, Any] = {
+        "height": chain.engine.height,
+        "counts": counts,
+        "results": [result_body(chain, r, blocks) for r in results],
+    }
+    if blocks is not None:
+        answer["blocks"] = [blocks[h].attestation() for h in sorted(blocks)]
+    return wire.respond(request, answer)
 
 
 # --- devices -------------------------------------------------------------------------------

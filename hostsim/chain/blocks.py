@@ -4,7 +4,9 @@ A header is the deterministic CBOR map of `device.protocol.trust`
 (chain_id, height, prev_hash, merkle_root, time, tx_count); nodes sign
 BLOCK_DOMAIN + header bytes. A receipt names one document, its place in
 the block, the audit path to the root and the node signatures: everything
-a device needs to check it with the consortium keys it pinned.
+a device needs to check it with the consortium keys it pinned. A batch's
+answer can instead carry compact receipts, which name their block by
+height, and each block's header and signatures once.
 """
 
 from __future__ import annotations
@@ -30,18 +32,29 @@ class Block:
     def height(self) -> int:
         return int(self.header["height"])
 
-    def receipt(self, position: int, device_id: str | None, counter: int | None) -> dict[str, Any]:
+    def receipt(
+        self, position: int, device_id: str | None, counter: int | None, *, compact: bool = False
+    ) -> dict[str, Any]:
+        """The full receipt; `compact` names the block by height instead of carrying its
+        header and signatures, which an answer then lists once (see `attestation`)."""
         out: dict[str, Any] = {
             "doc_hash": self.tx_hashes[position],
             "position": position,
             "proof": merkle.audit_path(self.tree, position),
-            "header": self.header,
-            "signatures": self.signatures,
         }
+        if compact:
+            out["height"] = self.header["height"]
+        else:
+            out["header"] = self.header
+            out["signatures"] = self.signatures
         if device_id is not None:
             out["device_id"] = device_id
             out["counter"] = counter
         return out
+
+    def attestation(self) -> dict[str, Any]:
+        """What compact receipts leave out: the header and the node signatures over it."""
+        return {"header": self.header, "signatures": self.signatures}
 
 
 def assemble(

@@ -385,10 +385,13 @@ class Engine:
         with self.ledger.block_transaction() as db:
             write_block(db, block, txs)
 
-    def receipt(
-        self, height: int, position: int, device_id: str | None, counter: int | None
-    ) -> dict[str, Any]:
+    def block(self, height: int) -> Block:
         block = self.blocks.get(height)
         if block is None:
             raise ChainError(Code.NOT_FOUND, f"no block {height}")
-        return block.receipt(position, device_id, counter)
+        return block
+
+    def receipt(
+        self, height: int, position: int, device_id: str | None, counter: int | None
+    ) -> dict[str, Any]:
+        return self.block(height).receipt(position, device_id, counter)

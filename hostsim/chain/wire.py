@@ -88,6 +88,17 @@ def wait_param(request: web.Request, default: float) -> float:
     return value
 
 
+RECEIPT_FORMS = ("full", "compact")
+
+
+def receipts_param(request: web.Request) -> str:
+    """`full` (each receipt carries its block's header and signatures) or `compact`."""
+    value = request.query.get("receipts", "full")
+    if value not in RECEIPT_FORMS:
+        raise ChainError(Code.BAD_REQUEST, f"receipts is one of {', '.join(RECEIPT_FORMS)}")
+    return value
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

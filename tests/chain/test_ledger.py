@@ -71,6 +71,36 @@ async def test_receipts_unlock_the_device(api: Api, device: DeviceSim) -> None:
     assert [r["receipt"] for r in again["results"]] == receipts
 
 
+async def test_compact_receipts_put_back_are_the_full_receipts(api: Api, device: DeviceSim) -> None:
+    from syncd.chain_client import ChainClient, blocks_by_height, full_receipt
+
+    await api.register(device)
+    docs = device.issue(30)
+    full = [(await submit_cbor(api, part))["results"] for part in (docs[:10], docs[10:])]
+    receipts = [r["receipt"] for part in full for r in part]
+    heights = {r["header"]["height"] for r in receipts}
+    assert len(heights) == 2  # two batches, two blocks
+    compact = await submit_cbor(api, docs, receipts="compact")
+    assert [r["status"] for r in compact["results"]] == ["duplicate"] * 30
+    assert all("header" not in r["receipt"] for r in compact["results"])
+    assert [b["header"]["height"] for b in compact["blocks"]] == sorted(heights)
+    blocks = blocks_by_height(compact["blocks"])
+    assert [full_receipt(r["receipt"], blocks) for r in compact["results"]] == receipts
+    # what syncd's client hands on, and the device accepts
+    client = ChainClient([api.url("")])
+    try:
+        results = await client.submit(docs)
+    finally:
+        await client.close()
+    assert [r.receipt for r in results] == receipts
+    async with api.session.get(
+        api.url("/v1/consortium"), headers={"Accept": "application/cbor"}
+    ) as resp:
+        consortium = cbor2.loads(await resp.read())["consortium"]
+    ack = {"consortium": consortium, "receipts": [results[-1].receipt]}
+    assert sync.verify_ack(device.fw, ack)[0] == 30
+
+
 async def test_same_document_twice_in_one_batch(api: Api, device: DeviceSim) -> None:
     await api.register(device)
     [raw] = device.issue(1)

@@ -301,6 +301,19 @@ async def test_every_answer_is_documented(api: Api, device_factory: Any) -> None
     assert [r["status"] for r in answer["results"]] == ["committed"] * 3
     answer = await call("POST", "/v1/documents", 200, send_cbor={"documents": docs}, cbor=True)
     assert [r["status"] for r in answer["results"]] == ["duplicate"] * 3
+    for form in (
+        {"json": {"documents": [b64(d) for d in docs]}},
+        {"send_cbor": {"documents": docs}},
+    ):
+        compact = await call(
+            "POST",
+            "/v1/documents",
+            200,
+            params={"receipts": "compact"},
+            cbor="send_cbor" in form,
+            **form,
+        )
+        assert len(compact["blocks"]) == 1 and "header" not in compact["results"][0]["receipt"]
     gap, ahead = sim.issue(2)
     answer = await call("POST", "/v1/documents", 200, json={"documents": [b64(ahead)]})
     assert answer["results"][0]["status"] == "held"
@@ -327,6 +340,7 @@ async def test_every_answer_is_documented(api: Api, device_factory: Any) -> None
             (400, "bad_request", {"json": {"documents": ["not base64!"]}}),
             (400, "bad_request", {"json": [1, 2]}),
             (400, "bad_request", {"json": {"documents": ["AA=="]}, "params": {"wait": 31}}),
+            (400, "bad_request", {"json": {"documents": ["AA=="]}, "params": {"receipts": "x"}}),
             (400, "bad_request", {"data": b"{", "headers": JSON_TYPE}),
             (400, "bad_request", {"data": b"\xff", "headers": {"Content-Type": CBOR}}),
             (413, "batch_too_large", {"json": {"documents": ["AA=="] * (wire.MAX_BATCH + 1)}}),
