@@ -112,6 +112,7 @@ class Engine:
         self.pool: ProcessPoolExecutor | None = None
         self._work = asyncio.Event()
         self._incoming = 0  # submissions still being decoded and verified
+        self._queued = 0  # transactions ever queued: the next one's `seq`
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -177,11 +178,14 @@ class Engine:
         self.state.prefetch_numbers([])
         if len(self.mempool) > admitted_before:
             self._work.set()
-        waiting = [
-            r.tx.future for r in results if r and r.tx and r.tx.future and r.status == "pending"
-        ]
+        waiting = [r.tx for r in results if r and r.tx and r.tx.future and r.status == "pending"]
         if waiting and wait > 0:
-            await asyncio.wait(waiting, timeout=wait)
+            # Blocks are cut from the head of the mempool in order, so the transaction
+            # queued last is final last: waiting for it is waiting for all of them
+            # (without a callback on each of up to a thousand futures).
+            last = max(waiting, key=lambda tx: tx.seq).future
+            assert last is not None
+            await asyncio.wait([last], timeout=wait)
         final = [r for r in results if r is not None]
         for r in final:
             if r.status == "pending" and r.tx and r.tx.future and r.tx.future.done():
@@ -276,7 +280,7 @@ class Engine:
         tx = document_tx(doc)
         tx.future = asyncio.get_running_loop().create_future()
         self.state.accept_document(tx, device)
-        self.mempool.append(tx)
+        self._queue(tx)
         return tx
 
     def _release_held(self, device_id: str) -> None:
@@ -317,7 +321,7 @@ class Engine:
             )
         tx.future = asyncio.get_running_loop().create_future()
         self.state.pending[tx.hash] = tx
-        self.mempool.append(tx)
+        self._queue(tx)
         self._work.set()
         return tx.future
 
@@ -331,6 +335,11 @@ class Engine:
                 Code.UNAVAILABLE,
                 "accepted but not final yet (no quorum of nodes reachable); ask again later",
             ) from None
+
+    def _queue(self, tx: Tx) -> None:
+        self._queued += 1
+        tx.seq = self._queued
+        self.mempool.append(tx)
 
     def mempool_full(self) -> bool:
         return len(self.mempool) >= self.mempool_max

@@ -32,6 +32,7 @@ class Tx:
     doc: Document | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     future: asyncio.Future[tuple[int, int]] | None = None
+    seq: int = 0  # place in the order the mempool received it (set when queued)
 
 
 def document_tx(doc: Document) -> Tx:

@@ -101,6 +101,20 @@ async def test_compact_receipts_put_back_are_the_full_receipts(api: Api, device:
     assert sync.verify_ack(device.fw, ack)[0] == 30
 
 
+async def test_batches_spread_over_several_blocks_come_back_final(
+    api: Api, device: DeviceSim
+) -> None:
+    """A submission waits until its last queued document is final: blocks are cut in order."""
+    await api.register(device)
+    api.chain.engine.block_max = 4
+    docs = device.issue(10)
+    # overlapping: documents 3..6 may be pending from the other submission
+    first, second = await asyncio.gather(api.submit(docs[:7]), api.submit(docs[3:]))
+    for results in (first, second):
+        assert {r["status"] for r in results} <= {"committed", "duplicate"}, results
+    assert len({r["receipt"]["header"]["height"] for r in first + second}) >= 3
+
+
 async def test_same_document_twice_in_one_batch(api: Api, device: DeviceSim) -> None:
     await api.register(device)
     [raw] = device.issue(1)
