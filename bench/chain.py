@@ -9,7 +9,7 @@ The figure is documents committed (receipt received) per second of wall
 time; the ceiling is the raw Ed25519 verify rate of one core, measured in
 the same run — every document costs the chain at least one verification.
 
-    python bench/chain.py [--devices 8] [--per-device 2500] [--batch 500]
+    python bench/chain.py [--devices 8] [--per-device 5000] [--batch 500]
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ async def drive(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=8)
-    parser.add_argument("--per-device", type=int, default=2500)
+    parser.add_argument("--per-device", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--workers", type=int, default=None, help="chain validation processes")
     args = parser.parse_args()

@@ -178,18 +178,17 @@ class Engine:
         self.state.prefetch_numbers([])
         if len(self.mempool) > admitted_before:
             self._work.set()
-        waiting = [r.tx for r in results if r and r.tx and r.tx.future and r.status == "pending"]
+        waiting = [r.tx for r in results if r and r.tx and r.status == "pending"]
         if waiting and wait > 0:
             # Blocks are cut from the head of the mempool in order, so the transaction
             # queued last is final last: waiting for it is waiting for all of them
-            # (without a callback on each of up to a thousand futures).
-            last = max(waiting, key=lambda tx: tx.seq).future
-            assert last is not None
-            await asyncio.wait([last], timeout=wait)
+            # (without a future and a callback for each of up to a thousand).
+            last = max(waiting, key=lambda tx: tx.seq)
+            await asyncio.wait([last.finality()], timeout=wait)
         final = [r for r in results if r is not None]
         for r in final:
-            if r.status == "pending" and r.tx and r.tx.future and r.tx.future.done():
-                r.height, r.position = r.tx.future.result()
+            if r.status == "pending" and r.tx and r.tx.final is not None:
+                r.height, r.position = r.tx.final
                 r.status = "committed"
         return final
 
@@ -278,7 +277,6 @@ class Engine:
                 self.state.record_equivocation(doc, holder, "number", self.clock.now())
             raise
         tx = document_tx(doc)
-        tx.future = asyncio.get_running_loop().create_future()
         self.state.accept_document(tx, device)
         self._queue(tx)
         return tx
@@ -319,11 +317,10 @@ class Engine:
             raise ChainError(
                 Code.UNAVAILABLE, "the chain is not finalizing and its mempool is full"
             )
-        tx.future = asyncio.get_running_loop().create_future()
         self.state.pending[tx.hash] = tx
         self._queue(tx)
         self._work.set()
-        return tx.future
+        return tx.finality()
 
     async def wait_final(
         self, future: asyncio.Future[tuple[int, int]], wait: float
@@ -386,8 +383,9 @@ class Engine:
         self.blocks.put(block)
         for position, tx in enumerate(txs):
             self.state.committed(tx, block.height)
+            tx.final = (block.height, position)
             if tx.future is not None and not tx.future.done():
-                tx.future.set_result((block.height, position))
+                tx.future.set_result(tx.final)
         return block
 
     def _write(self, block: Block, txs: list[Tx]) -> None:

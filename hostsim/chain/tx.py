@@ -31,8 +31,18 @@ class Tx:
     counter: int | None = None
     doc: Document | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    # (height, position) once final; `future` is made only for a transaction someone waits on
+    final: tuple[int, int] | None = None
     future: asyncio.Future[tuple[int, int]] | None = None
     seq: int = 0  # place in the order the mempool received it (set when queued)
+
+    def finality(self) -> asyncio.Future[tuple[int, int]]:
+        """A future resolved with (height, position) when the transaction is final."""
+        if self.future is None:
+            self.future = asyncio.get_running_loop().create_future()
+            if self.final is not None:
+                self.future.set_result(self.final)
+        return self.future
 
 
 def document_tx(doc: Document) -> Tx:
