@@ -128,16 +128,35 @@ def parse_item(item: object, index: int, rates: frozenset[int], *, credit: bool 
     if not item.keys() <= _ITEM_KEYS:
         unknown = sorted(set(item) - _ITEM_KEYS, key=str)
         raise DeviceError(Status.INVALID_INVOICE, f"items[{index}] has unknown fields {unknown}")
-    name = check_text(item.get("name"), f"items[{index}].name")
-    milli = parse_quantity(item.get("quantity"))
-    price = item.get("unit_price")
+    return _line(
+        item.get("name"),
+        item.get("quantity"),
+        item.get("unit_price"),
+        item.get("tax_rate_bp"),
+        index,
+        rates,
+        credit,
+    )
+
+
+def _line(
+    name: object,
+    quantity: object,
+    price: object,
+    rate: object,
+    index: int,
+    rates: frozenset[int],
+    credit: bool,
+) -> Line:
+    """A line from its four given fields, each checked (the quantity unsigned)."""
+    name = check_text(name, f"items[{index}].name")
+    milli = parse_quantity(quantity)
     if type(price) is not int:  # bool is an int subclass; a price is never true/false
         raise DeviceError(Status.INVALID_INVOICE, f"items[{index}].unit_price must be integer fen")
     if price <= 0:
         raise DeviceError(Status.NEGATIVE_AMOUNT, f"items[{index}].unit_price is {price}")
     if price > MAX_UNIT_PRICE:
         raise DeviceError(Status.AMOUNT_TOO_LARGE, f"items[{index}].unit_price is {price}")
-    rate = item.get("tax_rate_bp")
     if type(rate) is not int:
         raise DeviceError(Status.UNKNOWN_TAX_RATE, f"items[{index}].tax_rate_bp must be an integer")
     if rate not in rates:
@@ -262,7 +281,6 @@ def recheck_lines(items: object, rates: frozenset[int], *, credit: bool) -> Tota
     for index, item in enumerate(items):
         if not isinstance(item, Mapping):
             raise DeviceError(Status.INVALID_INVOICE, f"items[{index}] must be a map")
-        request = {k: item.get(k) for k in ("name", "unit_price", "tax_rate_bp")}
         quantity = item.get("quantity")
         if credit and isinstance(quantity, str) and quantity.startswith("-"):
             quantity = quantity[1:]
@@ -270,18 +288,29 @@ def recheck_lines(items: object, rates: frozenset[int], *, credit: bool) -> Tota
             raise DeviceError(
                 Status.BAD_QUANTITY, f"items[{index}] credit quantity must be negative"
             )
-        request["quantity"] = quantity
-        line = parse_item(request, index, rates, credit=credit)
+        line = _line(
+            item.get("name"),
+            quantity,
+            item.get("unit_price"),
+            item.get("tax_rate_bp"),
+            index,
+            rates,
+            credit,
+        )
         if item.get("amount") != line.amount or item.get("tax") != line.tax:
             raise DeviceError(
                 Status.INVALID_INVOICE,
                 f"items[{index}] amount/tax {item.get('amount')}/{item.get('tax')}"
                 f" should be {line.amount}/{line.tax}",
             )
-        if dict(item) != line.to_payload():
-            # Catches extra fields and non-canonical quantities ("1.50" for "1.5"),
-            # which would let two byte strings stand for the same line.
+        if item.keys() != _LINE_KEYS or item["quantity"] != format_quantity(line.quantity_milli):
+            # Extra fields, or a non-canonical quantity ("1.50" for "1.5"): either would
+            # let two byte strings stand for the same line. (Name, price and rate were
+            # read from the item itself.)
             raise DeviceError(Status.INVALID_INVOICE, f"items[{index}] is not in canonical form")
         amount += line.amount
         tax += line.tax
     return Totals(amount, tax)
+
+
+_LINE_KEYS = frozenset(Line("", 1, 1, 0, 0, 0).to_payload())
