@@ -14,6 +14,7 @@ in progress.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -138,6 +139,19 @@ class SegmentRow:
         return self.end - self.next + 1
 
 
+# Several rows per INSERT: sqlite3 releases and re-takes the GIL around every
+# statement step, and with executemany that is once per row. Each re-take
+# waits for the event loop thread, which is signing the next group, so a
+# group's commit cost the signer one GIL hand-over per document.
+ROWS_PER_INSERT = 64
+_ROW_PLACEHOLDERS = "(" + ",".join("?" * len(_COLUMNS.split(","))) + ")"
+
+
+@functools.cache
+def _insert_documents(rows: int) -> str:
+    return f"INSERT INTO documents ({_COLUMNS}) VALUES " + ",".join([_ROW_PLACEHOLDERS] * rows)
+
+
 def sql_request_id(request_id: int) -> int:
     """A u64 request id as SQLite's signed 64-bit INTEGER (same bits)."""
     return request_id - (1 << 64) if request_id >= 1 << 63 else request_id
@@ -191,10 +205,12 @@ class Journal:
             conn = self._write
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                if batch.documents:
-                    conn.executemany(
-                        f"INSERT INTO documents ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        [row.values() for row in batch.documents],
+                docs = batch.documents
+                for start in range(0, len(docs), ROWS_PER_INSERT):
+                    chunk = docs[start : start + ROWS_PER_INSERT]
+                    conn.execute(
+                        _insert_documents(len(chunk)),
+                        [value for row in chunk for value in row.values()],
                     )
                 if batch.request_marks:
                     conn.executemany(
