@@ -20,7 +20,7 @@ TRAINING_SEGMENT_SIZE = 1_000_000
 TRAINING_CERT_YEARS = 10
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NumberSlot:
     segment_id: int
     code: str
@@ -64,7 +64,9 @@ class Registry:
         raise DeviceError(Status.SEGMENT_EXHAUSTED)
 
     def peek_available(self) -> None:
-        if self.numbers_left() <= 0:
+        # Per document: stop at the first segment with a number left instead of
+        # counting what all of them hold.
+        if not any(self.next_number[s.id] <= s.end for s in self.segments):
             raise DeviceError(Status.SEGMENT_EXHAUSTED)
 
     def live_segments(self) -> list[bytes]:
