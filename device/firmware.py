@@ -32,7 +32,7 @@ from device.reports import Period
 from device.settings import Settings
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Head:
     counter: int = 0
     last_hash: bytes = ZERO_HASH

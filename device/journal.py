@@ -74,7 +74,7 @@ class StorageFull(JournalError):
     """SQLite reported a full disk (or the page limit); nothing was written."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DocumentRow:
     counter: int
     kind: str

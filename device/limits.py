@@ -29,7 +29,7 @@ class Limits:
             raise ValueError("offline limits must not be negative")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Backlog:
     """What is not yet on the chain."""
 

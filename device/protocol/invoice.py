@@ -91,7 +91,7 @@ def check_tax_id(value: object, what: str) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Line:
     name: str
     quantity_milli: int
@@ -176,7 +176,7 @@ def parse_items(items: object, rates: frozenset[int], *, credit: bool = False) -
     return lines
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Totals:
     amount: int
     tax: int
@@ -214,7 +214,7 @@ def parse_party(value: object, what: str, *, tax_id_required: bool) -> dict[str,
     return party
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InvoiceRequest:
     buyer: dict[str, str] | None
     lines: list[Line]
