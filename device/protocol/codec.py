@@ -15,6 +15,7 @@ same document.
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any
 
 import cbor2
@@ -26,9 +27,49 @@ class CodecError(ValueError):
     """Bytes that are not the single, well-formed CBOR item expected."""
 
 
+class _Encoders(threading.local):
+    """One reusable encoder of each kind per thread.
+
+    `cbor2.dumps` builds an encoder and a buffer for every call, about
+    2 us: more than encoding a device response takes, and it runs twice
+    for every invoice (payload and response). An encoder that fails part
+    way is replaced, so no state from a bad value leaks into the next.
+    """
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.buffer = io.BytesIO()
+        self.canonical = cbor2.CBOREncoder(self.buffer, canonical=True)
+        self.ordered = cbor2.CBOREncoder(self.buffer)
+
+
+_encoders = _Encoders()
+
+
+def _dump(value: Any, *, canonical: bool) -> bytes:
+    local = _encoders
+    if local.busy:  # re-entered from within an encode (a signal handler, say)
+        return bytes(cbor2.dumps(value, canonical=canonical))
+    local.busy = True
+    buffer = local.buffer
+    try:
+        buffer.seek(0)
+        buffer.truncate()
+        (local.canonical if canonical else local.ordered).encode(value)
+        return buffer.getvalue()
+    except BaseException:
+        local.reset()
+        raise
+    finally:
+        local.busy = False
+
+
 def encode(value: Any) -> bytes:
     try:
-        return bytes(cbor2.dumps(value, canonical=True))
+        return _dump(value, canonical=True)
     except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
         raise CodecError(f"cannot encode as CBOR: {exc}") from exc
 
@@ -40,7 +81,7 @@ def encode_ordered(value: Any) -> bytes:
     constructs its maps in order with `ordered_map`. Tests check the two
     agree.
     """
-    return bytes(cbor2.dumps(value))
+    return _dump(value, canonical=False)
 
 
 def key_order(key: str) -> tuple[int, bytes]:

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import sys
+import threading
+from typing import Any
+
+import cbor2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,6 +35,49 @@ def _order_all(value: object) -> object:
 @given(values)
 def test_ordered_encoding_equals_canonical(value: object) -> None:
     assert codec.encode_ordered(_order_all(value)) == codec.encode(value)
+
+
+@given(values)
+def test_encoders_give_what_a_fresh_cbor2_encoder_gives(value: object) -> None:
+    ordered = _order_all(value)
+    assert codec.encode(value) == cbor2.dumps(value, canonical=True)
+    assert codec.encode_ordered(ordered) == cbor2.dumps(ordered)
+
+
+def test_a_failed_encode_leaves_nothing_behind() -> None:
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    for bad in ({"a": object()}, [b"x" * 100, object()], cyclic):
+        with pytest.raises(codec.CodecError):
+            codec.encode(bad)
+        with pytest.raises((cbor2.CBOREncodeError, TypeError, ValueError)):
+            codec.encode_ordered(bad)
+        assert codec.encode({"b": [1, 2], "a": "x"}) == bytes.fromhex("a2616161786162820102")
+        assert codec.encode_ordered([1]) == b"\x81\x01"
+
+
+def test_threads_encoding_at_once_each_get_their_own_bytes() -> None:
+    failures: list[int] = []
+
+    def encode_many(n: int) -> None:
+        value = {"thread": n, "blob": bytes([n]) * (100 * n), "items": list(range(n))}
+        expected = cbor2.dumps(value, canonical=True)
+        for _ in range(2000):
+            if codec.encode(value) != expected or codec.encode_ordered(n) != cbor2.dumps(n):
+                failures.append(n)
+                return
+
+    threads = [threading.Thread(target=encode_many, args=(n,)) for n in range(1, 5)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, mid-encode included
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures and not any(thread.is_alive() for thread in threads)
 
 
 @given(values)
