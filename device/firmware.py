@@ -122,21 +122,16 @@ class Firmware:
     def take_batch(self) -> Batch:
         rows, self._pending = self._pending, []
         self._pending_payloads.clear()
-        batch = Batch(documents=rows)
+        marks = self.request_marks
         for row in rows:
             if row.request_id is not None:
+                # Raised before the commit (the journal raises its own in the same
+                # statement): if the commit fails, the mark is only too high, which
+                # costs a journal lookup, never a missed replay.
                 prefix, low = row.request_id >> 32, row.request_id & 0xFFFFFFFF
-                if low > batch.request_marks.get(prefix, -1):
-                    batch.request_marks[prefix] = low
-        for prefix, low in batch.request_marks.items():
-            # Raised before the commit: if it fails, the mark is only too high, which
-            # costs a journal lookup, never a missed replay.
-            if low > self.request_marks.get(prefix, -1):
-                self.request_marks[prefix] = low
-        if rows:
-            batch.segment_next = dict(self.registry.next_number)
-            batch.meta["period"] = self.period.to_record()
-        return batch
+                if low > marks.get(prefix, -1):
+                    marks[prefix] = low
+        return Batch(documents=rows, period=self.period.to_record() if rows else None)
 
     def maybe_issued(self, request_id: int) -> bool:
         """False only if no document was ever journaled under this request id.
