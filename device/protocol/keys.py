@@ -52,7 +52,8 @@ class KeyPair:
 
     def check_code_mac(self, message: bytes) -> bytes:
         """HMAC-SHA256 under a key derived from the signing seed (the check-code key)."""
-        return hmac.new(self._check_key, message, hashlib.sha256).digest()
+        # The one-shot form runs in C; an HMAC object costs about 3 us more per document.
+        return hmac.digest(self._check_key, message, "sha256")
 
     @property
     def _check_key(self) -> bytes:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 
 import cbor2
 import pytest
@@ -71,6 +73,13 @@ def test_signing_is_deterministic_and_check_code_depends_on_content() -> None:
     _, pc = sign_document(key, sample_fields(key, counter=2))
     assert a == b
     assert pa["check_code"] != pc["check_code"]
+
+
+def test_check_code_mac_is_hmac_sha256_under_the_check_key() -> None:
+    key = KeyPair.generate()
+    expected = hmac.new(key._check_key, b"message", hashlib.sha256).digest()
+    assert key.check_code_mac(b"message") == expected
+    assert key.check_code_mac(b"other") != expected
 
 
 def test_tampered_payload_fails_verification() -> None:
