@@ -1,0 +1,73 @@
+"""Group commit under load: a failed commit refuses exactly its own documents.
+
+The writer signs the next group while the previous one is being committed.
+When a commit fails, the documents signed on top of it must be signed
+again, and the host sees a refusal only for the requests whose commit
+failed: counters and numbers stay gapless, the hash chain unbroken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from device.journal import Batch, JournalError
+from device.protocol import cose
+from device.protocol.document import ZERO_HASH, document_hash, parse_document
+from device.protocol.status import DeviceError, Status
+from tests.device.conftest import INVOICE, Harness, wide_limits
+
+REQUESTS = 48
+
+
+def _fail_once(h: Harness, which: int) -> list[int]:
+    """Make the `which`-th document batch fail, slowly, so the next group is signed
+    on top of it meanwhile. Returns the sizes of the batches the journal saw."""
+    journal = h.fw.journal
+    commit = journal.commit
+    sizes: list[int] = []
+    lock = threading.Lock()
+
+    def flaky(batch: Batch) -> None:
+        if batch.documents:
+            with lock:
+                sizes.append(len(batch.documents))
+                failing = len(sizes) == which
+            if failing:
+                time.sleep(0.05)
+                raise JournalError("injected write error")
+        commit(batch)
+
+    journal.commit = flaky  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_a_failed_commit_refuses_only_its_own_documents(start: Any) -> None:
+    h: Harness = await start(limits=wide_limits())
+    sizes = _fail_once(h, which=2)
+    outcomes = await asyncio.gather(
+        *(h.client.issue(INVOICE) for _ in range(REQUESTS)), return_exceptions=True
+    )
+    refused = [o for o in outcomes if isinstance(o, DeviceError)]
+    issued = [o for o in outcomes if isinstance(o, dict)]
+    assert len(refused) + len(issued) == REQUESTS, outcomes
+    assert {e.status for e in refused} == {Status.INTERNAL_ERROR}
+    assert len(refused) == sizes[1], "exactly the failed batch is refused"
+    assert len(sizes) > 2, "the load never had a group signed behind the failing one"
+    # Gapless: the failed documents' counters and numbers were given again.
+    assert sorted(o["counter"] for o in issued) == list(range(1, len(issued) + 1))
+    assert sorted(int(o["number"]) for o in issued) == list(range(1, len(issued) + 1))
+    assert h.fw.journal.count() == len(issued) == h.fw.head.counter
+    previous = ZERO_HASH
+    for counter in range(1, len(issued) + 1):
+        row = h.fw.journal.document(counter)
+        assert row is not None
+        doc = parse_document(row.doc)
+        assert doc.payload["prev_hash"] == previous
+        assert cose.decode_sign1(row.doc).verify(h.fw.key.public_key)
+        previous = document_hash(row.doc)
+    # Later requests go on from there.
+    after = await h.client.issue(INVOICE)
+    assert after["counter"] == len(issued) + 1
