@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from asyncio import FIRST_COMPLETED
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from device import sync
 from device.firmware import Firmware, Snapshot
 from device.journal import Batch, JournalError, StorageFull
+from device.journal_thread import JournalThread
 from device.protocol.commands import ISSUING, Command
 from device.protocol.document import Kind, format_utc
 from device.protocol.status import DeviceError, Status
@@ -46,60 +47,68 @@ class WriteRequest:
 
 
 Result = tuple[WriteRequest, int, dict[str, Any]]
-_STOP: Any = object()  # queued by stop(): the writer returns once it gets here
 
 
 @dataclass(slots=True)
 class _Flight:
-    """A group being committed: its task, the state before it, its answers."""
+    """A group being committed: the state before it, its answers, and the outcome
+    (set by `_committed`, in the loop, once the journal thread is done)."""
 
-    task: asyncio.Task[DeviceError | None]
     before: Snapshot
     results: list[Result]
+    batch: Batch
+    done: asyncio.Future[DeviceError | None]
 
 
 class Writer:
     def __init__(self, fw: Firmware) -> None:
         self.fw = fw
-        self.queue: asyncio.Queue[WriteRequest] = asyncio.Queue()  # and _STOP at the end
+        self._queue: deque[WriteRequest] = deque()
+        self._stopping = False
+        # Set when there is something for `run` to do: a request, or a commit finished.
+        self._wake: asyncio.Future[None] | None = None
         # One thread: commits are serial, and the event loop never waits on an fsync.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._journal = JournalThread()
         self._in_flight: _Flight | None = None
         self.groups = 0
         self.documents = 0
 
     def submit(self, request: WriteRequest) -> None:
-        self.queue.put_nowait(request)
+        self._queue.append(request)
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def run(self) -> None:
         """Process writes until `stop()`; everything queued before it is committed and answered."""
+        loop = asyncio.get_running_loop()
         while True:
-            getter = asyncio.ensure_future(self.queue.get())
-            if self._in_flight is not None:
-                # Wake for the next request or for the commit, whichever is first: a
-                # failed commit must be rolled back and answered even if nothing follows.
-                await asyncio.wait({getter, self._in_flight.task}, return_when=FIRST_COMPLETED)
-                if self._in_flight is not None and self._in_flight.task.done():
-                    await self._settle()
-            items = [await getter]
-            while not self.queue.empty() and len(items) < MAX_GROUP:
-                items.append(self.queue.get_nowait())
-            stopping = items[-1] is _STOP
-            await self._process([item for item in items if item is not _STOP])
-            if stopping:
+            if self._in_flight is not None and self._in_flight.done.done():
+                # A failed commit is rolled back and answered even if nothing follows.
                 await self._settle()
-                return
+            if not self._queue:
+                if self._stopping:
+                    await self._settle()
+                    return
+                self._wake = loop.create_future()
+                await self._wake
+                self._wake = None
+                continue
+            items = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_GROUP))]
+            await self._process(items)
 
     def stop(self) -> None:
         """Ask `run` to finish what is queued and return (no request is cut in half)."""
-        self.queue.put_nowait(_STOP)
+        self._stopping = True
+        self._wake_up()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._journal.close()
 
     async def _commit(self, batch: Batch) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.fw.journal.commit, batch)
+        await self._journal.run(self.fw.journal.commit, batch)
 
     async def _process(self, items: list[WriteRequest]) -> None:
         start = 0
@@ -123,7 +132,7 @@ class Writer:
         flight, self._in_flight = self._in_flight, None
         if flight is None:
             return True
-        error = await flight.task
+        error = await flight.done
         if error is None:
             return True
         self.fw.restore(flight.before)
@@ -147,8 +156,9 @@ class Writer:
         if not batch:
             self._send(results)
             return
-        task = asyncio.create_task(self._commit_and_reply(batch, results))
-        self._in_flight = _Flight(task, snapshot, results)
+        flight = _Flight(snapshot, results, batch, asyncio.get_running_loop().create_future())
+        self._in_flight = flight
+        self._journal.submit(partial(self._committed, flight), self.fw.journal.commit, batch)
 
     async def _sign_group(self, group: list[WriteRequest]) -> list[Result]:
         results: list[Result] = []
@@ -167,20 +177,28 @@ class Writer:
                 results.append((item, Status.INTERNAL_ERROR, error.to_body()))
         return results
 
-    async def _commit_and_reply(self, batch: Batch, results: list[Result]) -> DeviceError | None:
-        """Commit, then answer. Runs while the next group is signed, so on failure it
-        touches nothing and leaves rollback and refusals to _settle."""
-        try:
-            await self._commit(batch)
-        except JournalError as exc:
-            status = Status.STORAGE_FULL if isinstance(exc, StorageFull) else Status.INTERNAL_ERROR
-            log.error("journal commit failed, %d documents refused: %s", len(batch.documents), exc)
-            return DeviceError(status, str(exc))
-        self.fw.committed_batch(batch)
-        self.groups += 1
-        self.documents += len(batch.documents)
-        self._send(results)
-        return None
+    def _committed(self, flight: _Flight, _: None, error: BaseException | None) -> None:
+        """In the loop, as soon as the journal thread is done with a group: answer it.
+        Runs while the next group is signed, so on failure it touches nothing and
+        leaves rollback and refusals to _settle."""
+        if error is None:
+            self.fw.committed_batch(flight.batch)
+            self.groups += 1
+            self.documents += len(flight.batch.documents)
+            self._send(flight.results)
+            flight.done.set_result(None)
+        else:
+            status = (
+                Status.STORAGE_FULL if isinstance(error, StorageFull) else Status.INTERNAL_ERROR
+            )
+            log.error(
+                "journal commit failed, %d documents refused: %s",
+                len(flight.batch.documents),
+                error,
+                exc_info=None if isinstance(error, JournalError) else error,  # a bug: show where
+            )
+            flight.done.set_result(DeviceError(status, str(error)))
+        self._wake_up()
 
     @staticmethod
     def _send(results: list[Result]) -> None:
@@ -244,13 +262,8 @@ class Writer:
             raw = _bytes_field(body, "segment")
             segment = fw.registry.check_segment(raw)
             if segment is not None:
-                row = await asyncio.get_running_loop().run_in_executor(
-                    self._executor,
-                    fw.journal.add_segment,
-                    segment.code,
-                    segment.start,
-                    segment.end,
-                    segment.raw,
+                row = await self._journal.run(
+                    fw.journal.add_segment, segment.code, segment.start, segment.end, segment.raw
                 )
                 fw.registry.add_segment(row)
             loaded = next(s for s in fw.registry.segments if s.raw == raw)
