@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import cbor2
@@ -89,8 +90,8 @@ def key_order(key: str) -> tuple[int, bytes]:
     return (len(raw), raw)
 
 
-def ordered_map(mapping: dict[str, Any]) -> dict[str, Any]:
-    """The same map with its text keys in deterministic encoding order."""
+def ordered_map(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict: the same map with its text keys in deterministic encoding order."""
     keys = tuple(mapping)
     order = _ORDERS.get(keys)
     if order is None:

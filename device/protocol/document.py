@@ -89,8 +89,17 @@ def document_hash(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 
 
+_last_formatted: tuple[int, str] = (-1, "")
+
+
 def format_utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds)))
+    # Every document signed within the same second carries the same text.
+    global _last_formatted
+    whole = int(seconds)
+    last = _last_formatted
+    if last[0] != whole:
+        last = _last_formatted = (whole, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(whole)))
+    return last[1]
 
 
 _UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -116,8 +125,11 @@ def parse_utc(text: object) -> int:
     return (when - _EPOCH) // datetime.timedelta(seconds=1)
 
 
+_CHECK_CODE_MODULUS = 10**CHECK_CODE_DIGITS
+
+
 def check_code_from_mac(mac: bytes) -> str:
-    return f"{int.from_bytes(mac[:9], 'big') % 10**CHECK_CODE_DIGITS:0{CHECK_CODE_DIGITS}d}"
+    return str(int.from_bytes(mac[:9], "big") % _CHECK_CODE_MODULUS).zfill(CHECK_CODE_DIGITS)
 
 
 _CHECK_CODE_KEY = b"\x6acheck_code\x74"  # text(10) "check_code", then the head of text(20)
@@ -129,7 +141,7 @@ def sign_document(key: KeyPair, fields: Mapping[str, Any]) -> tuple[bytes, dict[
         raise ValueError("check_code is derived, not given")
     if not 1 <= len(fields) < 23:
         raise ValueError("a document payload has 1 to 22 fields besides check_code")
-    payload = codec.ordered_map(dict(fields))
+    payload = codec.ordered_map(fields)  # a new dict: the caller's mapping is not changed
     if len(next(reversed(payload)).encode()) >= len("check_code"):  # the longest key sorts last
         raise ValueError("payload keys must be shorter than 'check_code' (it is appended last)")
     unsigned = codec.encode_ordered(payload)

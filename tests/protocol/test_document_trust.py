@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 
 import cbor2
 import pytest
@@ -19,6 +20,8 @@ from device.protocol.document import (
     ZERO_HASH,
     DocumentError,
     Kind,
+    check_code_from_mac,
+    format_utc,
     parse_document,
     sign_document,
 )
@@ -80,6 +83,20 @@ def test_check_code_mac_is_hmac_sha256_under_the_check_key() -> None:
     expected = hmac.new(key._check_key, b"message", hashlib.sha256).digest()
     assert key.check_code_mac(b"message") == expected
     assert key.check_code_mac(b"other") != expected
+
+
+def test_utc_text_is_right_whichever_second_came_before() -> None:
+    # format_utc keeps the last second's text: going back and forth must not reuse it wrongly.
+    for seconds in (1_790_000_000, 1_790_000_000.9, 1_790_000_001, 0, 1_790_000_000, 59.5):
+        assert format_utc(seconds) == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds)))
+
+
+def test_check_code_is_twenty_digits_of_the_mac_with_leading_zeros() -> None:
+    for mac in (bytes(32), bytes(8) + b"\x07" + bytes(23), b"\xff" * 32, bytes(range(32))):
+        expected = int.from_bytes(mac[:9], "big") % 10**20
+        code = check_code_from_mac(mac)
+        assert len(code) == 20 and code.isdigit() and int(code) == expected
+    assert check_code_from_mac(bytes(8) + b"\x07" + bytes(23)) == "7".rjust(20, "0")
 
 
 def test_tampered_payload_fails_verification() -> None:

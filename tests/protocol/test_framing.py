@@ -129,3 +129,14 @@ def test_bad_escape_is_refused() -> None:
 def test_worth_nak_ignores_short_noise() -> None:
     assert not framing.worth_nak(FrameError(NakReason.TRUNCATED, None, 3))
     assert framing.worth_nak(FrameError(NakReason.BAD_FCS, 5, 40))
+
+
+def test_unknown_frame_type_is_refused_and_known_types_decode_to_their_member() -> None:
+    for ftype in range(256):
+        head = framing.HEADER.pack(framing.PROTOCOL_VERSION, ftype, 99, 0x10, 0, 0)
+        wire = bytes([FLAG]) + framing.escape(head + crc.crc32(head).to_bytes(4, "little"))
+        (event,) = FrameDecoder().feed(wire + bytes([FLAG]))
+        if ftype in set(FrameType):
+            assert isinstance(event, Frame) and event.type is FrameType(ftype)
+        else:
+            assert event == FrameError(NakReason.BAD_TYPE, 99, len(head) + 4)
