@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from device.journal import Batch, JournalError
 from device.protocol import cose
 from device.protocol.document import ZERO_HASH, document_hash, parse_document
@@ -22,9 +24,9 @@ from tests.device.conftest import INVOICE, Harness, wide_limits
 REQUESTS = 48
 
 
-def _fail_once(h: Harness, which: int) -> list[int]:
-    """Make the `which`-th document batch fail, slowly, so the next group is signed
-    on top of it meanwhile. Returns the sizes of the batches the journal saw."""
+def _fail_once(h: Harness, which: int, error: Exception) -> list[int]:
+    """Make the `which`-th document batch fail with `error`, slowly, so the next group
+    is signed on top of it meanwhile. Returns the sizes of the batches the journal saw."""
     journal = h.fw.journal
     commit = journal.commit
     sizes: list[int] = []
@@ -37,16 +39,21 @@ def _fail_once(h: Harness, which: int) -> list[int]:
                 failing = len(sizes) == which
             if failing:
                 time.sleep(0.05)
-                raise JournalError("injected write error")
+                raise error
         commit(batch)
 
     journal.commit = flaky  # type: ignore[method-assign]
     return sizes
 
 
-async def test_a_failed_commit_refuses_only_its_own_documents(start: Any) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [JournalError("injected write error"), RuntimeError("a bug in the journal")],
+    ids=["journal-error", "unexpected-exception"],
+)
+async def test_a_failed_commit_refuses_only_its_own_documents(start: Any, error: Exception) -> None:
     h: Harness = await start(limits=wide_limits())
-    sizes = _fail_once(h, which=2)
+    sizes = _fail_once(h, which=2, error=error)
     outcomes = await asyncio.gather(
         *(h.client.issue(INVOICE) for _ in range(REQUESTS)), return_exceptions=True
     )

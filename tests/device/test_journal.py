@@ -130,3 +130,18 @@ def test_a_one_statement_batch_that_fails_changes_nothing(journal: Journal) -> N
         journal.commit(Batch(documents=rows, period={"documents": 9}))
     assert _state(journal) == before
     assert not journal._write.in_transaction
+
+
+def test_a_journal_from_before_the_insert_trigger_gets_it_on_open(tmp_path: Path) -> None:
+    old = Journal(tmp_path)
+    _with_segment(old)
+    old._write.executescript(
+        "DROP TRIGGER document_writes_insert; DROP VIEW document_writes;"
+    )  # the schema as it was: documents, segments, request_marks, meta
+    old.close()
+    reopened = Journal(tmp_path)
+    try:
+        reopened.commit(Batch(documents=[_row(c) for c in range(1, 4)], period={"documents": 3}))
+        assert _state(reopened) == (3, {0xFFFF_FFFF: 3}, 4, {"documents": 3})
+    finally:
+        reopened.close()
