@@ -21,6 +21,7 @@ from device.protocol.clock import Clock, SystemClock
 from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT
 from device.server import DeviceServer
 from device.settings import Settings, SettingsError
+from device.statelock import StateLock
 from device.transport import Port, create_pty, open_serial
 
 log = logging.getLogger("taxctl.device")
@@ -37,10 +38,41 @@ def open_device(
     clock: Clock | None = None,
     max_page_count: int | None = None,
 ) -> Firmware:
-    """Open a device's state, personalising it on first start."""
+    """Open a device's state, personalising it on first start. The state stays
+    locked to this process until `Firmware.close()` (or the process ends)."""
     clock = clock or SystemClock()
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
+    lock = StateLock(state)  # before anything is read or written: a second printer stops here
+    try:
+        fw = _open_locked(
+            state,
+            training=training,
+            bureau_key=bureau_key,
+            limits=limits,
+            capacity=capacity,
+            tax_rates=tax_rates,
+            clock=clock,
+            max_page_count=max_page_count,
+        )
+    except BaseException:
+        lock.release()
+        raise
+    fw.state_lock = lock
+    return fw
+
+
+def _open_locked(
+    state: Path,
+    *,
+    training: bool | None,
+    bureau_key: bytes | None,
+    limits: Limits | None,
+    capacity: int | None,
+    tax_rates: frozenset[int] | None,
+    clock: Clock,
+    max_page_count: int | None,
+) -> Firmware:
     existing = settings_mod.load(state)
     if existing is None:
         if not training and bureau_key is None:
@@ -141,7 +173,7 @@ async def serve(
         await server.serve(stop)
     finally:
         port.close()
-        fw.journal.close()
+        fw.close()
         if link is not None:
             with contextlib.suppress(OSError):
                 if link.is_symlink() and not link.exists():

@@ -30,6 +30,7 @@ from device.protocol.status import DeviceError, Status
 from device.registry import Registry
 from device.reports import Period
 from device.settings import Settings
+from device.statelock import StateLock
 
 
 @dataclass(slots=True)
@@ -96,8 +97,16 @@ class Firmware:
         self.request_marks = journal.request_marks()
         self.paper_out = False
         self.cover_open = False
+        self.state_lock: StateLock | None = None  # set by app.open_device
         self._pending: list[DocumentRow] = []
         self._pending_payloads: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def close(self) -> None:
+        """Close the journal and let another process open this state."""
+        self.journal.close()
+        if self.state_lock is not None:
+            self.state_lock.release()
+            self.state_lock = None
 
     # --- clock -------------------------------------------------------------------------
 

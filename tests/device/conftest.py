@@ -41,6 +41,7 @@ class Harness:
         self.stop.set()
         await asyncio.wait_for(self.task, 10)
         self.port.close()
+        self.fw.close()  # as `taxctl device run` does on the way out
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a refusal must leave untouched."""

@@ -122,6 +122,24 @@ def test_state_directory_rules(tmp_path: Path) -> None:
     assert not (tmp_path / "t").exists()  # a clean stop removed the link
 
 
+def test_a_second_printer_on_the_same_state_is_refused(device: tuple[Process, Path]) -> None:
+    proc, tmp_path = device
+    second = taxctl(
+        "device",
+        "run",
+        "--state",
+        str(tmp_path / "state"),
+        "--link",
+        str(tmp_path / "tty2"),
+        "--training",
+    )
+    assert second.returncode == 4
+    assert f"in use by another device process (pid {proc.proc.pid})" in second.stderr
+    assert not (tmp_path / "tty2").exists()
+    info = json.loads(taxctl("device", "info", "--port", str(tmp_path / "tty")).stdout)
+    assert info["device_id"]  # the first one is still serving
+
+
 def test_export_of_a_missing_state_says_so(tmp_path: Path) -> None:
     result = taxctl("device", "export", "--state", str(tmp_path / "nothing"))
     assert result.returncode == 4 and "no journal" in result.stderr

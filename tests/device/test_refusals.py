@@ -249,3 +249,22 @@ async def _until(client: Any, predicate: Any, attempts: int = 100) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached")
+
+
+def test_one_process_per_state_directory(tmp_path: Any) -> None:
+    from device.app import open_device
+    from device.settings import SettingsError
+    from device.statelock import StateInUse
+
+    state = tmp_path / "state"
+    fw = open_device(state, training=True)
+    held = rf"in use by another device process \(pid {os.getpid()}\)"
+    with pytest.raises(StateInUse, match=held):
+        open_device(state, training=True)
+    fw.close()
+    again = open_device(state, training=True)  # closed: free again
+    again.close()
+    # A start that fails on the way (wrong bureau key) does not keep the state locked.
+    with pytest.raises(SettingsError, match="different tax bureau key"):
+        open_device(state, bureau_key=bytes(32))
+    open_device(state, training=True).close()
