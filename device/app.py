@@ -45,79 +45,56 @@ def open_device(
     os.chmod(state, 0o700)
     lock = StateLock(state)  # before anything is read or written: a second printer stops here
     try:
-        fw = _open_locked(
-            state,
-            training=training,
-            bureau_key=bureau_key,
-            limits=limits,
-            capacity=capacity,
-            tax_rates=tax_rates,
-            clock=clock,
-            max_page_count=max_page_count,
-        )
+        existing = settings_mod.load(state)
+        if existing is None:
+            if not training and bureau_key is None:
+                raise SettingsError(
+                    f"{state} holds no device yet: personalise it with --training, or with "
+                    "--bureau-key HEX (the tax bureau's public key to pin)"
+                )
+            training_key = trust.TRAINING_BUREAU.public_key
+            if training and bureau_key is not None and bureau_key != training_key:
+                raise SettingsError("a training device pins the well-known training bureau key")
+            # A crash after the key was written but before the settings: reuse that key.
+            key = signer.load_key(state) if signer.key_exists(state) else signer.create_key(state)
+            current = Settings(
+                device_id=trust.device_id_for(key.public_key),
+                training=bool(training),
+                bureau_key=training_key if training else bureau_key or b"",
+                limits=limits or Limits(),
+                capacity=capacity or settings_mod.DEFAULT_CAPACITY,
+                tax_rates=tax_rates or settings_mod.DEFAULT_TAX_RATES,
+            )
+            settings_mod.save(state, current)
+            log.info(
+                "personalised device %s (%s)",
+                current.device_id,
+                "training" if current.training else "production",
+            )
+        else:
+            key = signer.load_key(state)
+            if trust.device_id_for(key.public_key) != existing.device_id:
+                raise SettingsError(
+                    f"the key in {state} does not belong to device {existing.device_id}"
+                )
+            current = settings_mod.reconcile(
+                existing,
+                training=training,
+                bureau_key=bureau_key,
+                limits=limits,
+                capacity=capacity,
+                tax_rates=tax_rates,
+            )
+            if current != existing:
+                settings_mod.save(state, current)
+        journal = Journal(state, max_page_count=max_page_count)
+        fw = Firmware(current, key, journal, clock, state)
+        fw.state_lock = lock
+        if current.training:
+            fw.registry.provision_training(clock.now())
     except BaseException:
         lock.release()
         raise
-    fw.state_lock = lock
-    return fw
-
-
-def _open_locked(
-    state: Path,
-    *,
-    training: bool | None,
-    bureau_key: bytes | None,
-    limits: Limits | None,
-    capacity: int | None,
-    tax_rates: frozenset[int] | None,
-    clock: Clock,
-    max_page_count: int | None,
-) -> Firmware:
-    existing = settings_mod.load(state)
-    if existing is None:
-        if not training and bureau_key is None:
-            raise SettingsError(
-                f"{state} holds no device yet: personalise it with --training, or with "
-                "--bureau-key HEX (the tax bureau's public key to pin)"
-            )
-        if training and bureau_key is not None and bureau_key != trust.TRAINING_BUREAU.public_key:
-            raise SettingsError("a training device pins the well-known training bureau key")
-        # A crash after the key was written but before the settings: reuse that key.
-        key = signer.load_key(state) if signer.key_exists(state) else signer.create_key(state)
-        current = Settings(
-            device_id=trust.device_id_for(key.public_key),
-            training=bool(training),
-            bureau_key=trust.TRAINING_BUREAU.public_key if training else bureau_key or b"",
-            limits=limits or Limits(),
-            capacity=capacity or settings_mod.DEFAULT_CAPACITY,
-            tax_rates=tax_rates or settings_mod.DEFAULT_TAX_RATES,
-        )
-        settings_mod.save(state, current)
-        log.info(
-            "personalised device %s (%s)",
-            current.device_id,
-            "training" if current.training else "production",
-        )
-    else:
-        key = signer.load_key(state)
-        if trust.device_id_for(key.public_key) != existing.device_id:
-            raise SettingsError(
-                f"the key in {state} does not belong to device {existing.device_id}"
-            )
-        current = settings_mod.reconcile(
-            existing,
-            training=training,
-            bureau_key=bureau_key,
-            limits=limits,
-            capacity=capacity,
-            tax_rates=tax_rates,
-        )
-        if current != existing:
-            settings_mod.save(state, current)
-    journal = Journal(state, max_page_count=max_page_count)
-    fw = Firmware(current, key, journal, clock, state)
-    if current.training:
-        fw.registry.provision_training(clock.now())
     return fw
 
 
