@@ -160,14 +160,22 @@ def spawn(
     raise RuntimeError(f"taxctl {' '.join(args)} did not become ready (exit {proc.returncode})")
 
 
-def export_documents(state: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "taxctl", "device", "export", "--state", str(state)],
+def run_taxctl(
+    *args: str, timeout: float = 60, stdin: str | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`python -m taxctl ARGS` as a user runs it, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "taxctl", *args],
         capture_output=True,
         text=True,
-        check=True,
-        timeout=60,
+        timeout=timeout,
+        input=stdin,
+        check=check,
     )
+
+
+def export_documents(state: Path) -> list[dict[str, Any]]:
+    out = run_taxctl("device", "export", "--state", str(state), check=True)
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     for row in rows:
         row["raw"] = base64.b64decode(row["cose_sign1"])

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from taxctl.tools import http
-from tests.helpers import spawn
+from tests.helpers import run_taxctl, spawn
 
 
 def demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "taxctl", "demo", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_taxctl("demo", *args, timeout=120)
 
 
 def summary_row(out: str, name: str) -> int:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.chain.conftest import DeviceSim, b64
-from tests.helpers import Process, spawn
+from tests.helpers import Process, run_taxctl, spawn
 
 pytestmark = pytest.mark.asyncio
 
@@ -167,12 +165,7 @@ async def test_kill_9_mid_commit_then_restart(tmp_path: Path, device: DeviceSim)
     finally:
         proc.proc.stop()
     assert committed_counters(data) == list(range(1, 3001))
-    ok = subprocess.run(
-        [sys.executable, "-m", "taxctl", "hostsim", "chain", "verify", "--data", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ok = run_taxctl("hostsim", "chain", "verify", "--data", str(data), timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "3000 documents" in ok.stdout
     db = sqlite3.connect(data / "ledger.sqlite")
@@ -182,11 +175,6 @@ async def test_kill_9_mid_commit_then_restart(tmp_path: Path, device: DeviceSim)
     db.execute("UPDATE txs SET body = body || x'00' WHERE counter=1234")
     db.commit()
     db.close()
-    bad = subprocess.run(
-        [sys.executable, "-m", "taxctl", "hostsim", "chain", "verify", "--data", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = run_taxctl("hostsim", "chain", "verify", "--data", str(data), timeout=120)
     assert bad.returncode == 1
     assert f"block {height}:" in bad.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from device.protocol import qr
 from device.protocol.document import Document, parse_document
 from taxctl.tools import http
 from tests.chain.conftest import BUYER_TAX_ID, DeviceSim, b64
-from tests.helpers import Process, spawn
+from tests.helpers import Process, run_taxctl, spawn
 
 
 def post(url: str, body: dict[str, Any], token: str | None = None) -> tuple[int, Any]:
@@ -92,12 +91,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveChain]:
 
 
 def verify(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "taxctl", "verify", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_taxctl("verify", *args)
 
 
 def typed(doc: Document, **changes: str) -> list[str]:
@@ -196,13 +190,7 @@ def test_a_4xx_is_one_clear_line(live: LiveChain) -> None:
 
 
 def test_help_documents_the_exit_codes() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "taxctl", "verify", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    out = run_taxctl("verify", "--help", check=True)
     for line in ("0  authentic", "1  not authentic", "2  the question", "3  authentic, but"):
         assert line in out.stdout, out.stdout
     assert "4  no answer" in out.stdout

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +14,9 @@ import pytest
 from device.protocol.status import Status
 from device.transport import FdPort, PortError, open_serial
 from tests.device.conftest import INVOICE
-from tests.helpers import Process, export_documents, pycose_verify, spawn
+from tests.helpers import Process, export_documents, pycose_verify, run_taxctl, spawn
 
-
-def taxctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "taxctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-    )
+taxctl = run_taxctl
 
 
 @pytest.fixture

@@ -6,19 +6,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.helpers import run_taxctl
 from tests.shop import Shop, http, wait_for
 
 
 def run_pos(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "taxctl", "hostsim", "pos", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_taxctl("hostsim", "pos", *args, timeout=timeout)
 
 
 def test_tills_issue_credit_and_retry_then_everything_is_on_the_chain_once(

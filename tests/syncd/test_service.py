@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.helpers import run_taxctl
 from tests.shop import INVOICE, Shop, http, wait_for
 
 
@@ -87,12 +88,7 @@ def test_sd_notify_sigterm_and_sighup(shop: Shop, tmp_path: Path) -> None:
 def test_config_errors_name_the_key_and_line(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[chain]\nurls = ["http://127.0.0.1:1"]\n\n[sync]\nbatch_max = "lots"\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "taxctl", "syncd", "run", "--config", str(config), "--device", "x"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_taxctl("syncd", "run", "--config", str(config), "--device", "x")
     assert out.returncode == 2
     assert "sync.batch_max" in out.stderr and "bad.toml:5" in out.stderr, out.stderr
     config.write_text('[chain]\nurls = ["http://127.0.0.1:1"]\n')
@@ -181,12 +177,7 @@ def test_pos_api_paths(shop: Shop) -> None:
     ):
         assert name in text
     shop.wait_synced(5)
-    table = subprocess.run(
-        [sys.executable, "-m", "taxctl", "syncd", "status", "--api", api.removeprefix("http://")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    table = run_taxctl("syncd", "status", "--api", api.removeprefix("http://"))
     assert table.returncode == 0 and "DEVICE" in table.stdout and "online" in table.stdout
 
 
@@ -217,12 +208,7 @@ def test_register_command(shop: Shop) -> None:
     device_id = shop.devices["printer"].ready["device_id"]
     status, body, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
     assert status == 200 and body["registration"]["training"] is True
-    ports = subprocess.run(
-        [sys.executable, "-m", "taxctl", "ports", "--json", str(shop.link())],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ports = run_taxctl("ports", "--json", str(shop.link()))
     assert ports.returncode == 0, ports.stderr
     found = {p["port"]: p["device_id"] for p in json.loads(ports.stdout)}
     assert found[str(shop.link())] == device_id
