@@ -4,16 +4,18 @@ check code, and reads each answer; screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -76,11 +78,34 @@ def live(tmp_path: Path) -> Iterator[LiveChain]:
         chain.stop()
 
 
+def gone(page: WebElement) -> Callable[[WebDriver], bool]:
+    """EC.staleness_of, also for the way Chromium sometimes says it mid-navigation.
+
+    While the old document is torn down, chromedriver may answer a question about
+    its node with "unknown error: ... Node with given id does not belong to the
+    document" instead of "stale element reference": the same fact, which
+    staleness_of does not catch, and the test failed on it now and then.
+    """
+
+    def check(_: WebDriver) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc.msg):
+                return True
+            raise
+        return False
+
+    return check
+
+
 def submit(driver: WebDriver, button: str) -> str:
     """Click a form's button, wait for the answer page, return its data-result."""
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, button).click()
-    WebDriverWait(driver, WAIT).until(EC.staleness_of(page))
+    WebDriverWait(driver, WAIT).until(gone(page))
     result = WebDriverWait(driver, WAIT).until(EC.presence_of_element_located((By.ID, "result")))
     return str(result.get_attribute("data-result"))
 
@@ -146,3 +171,42 @@ def test_a_buyer_verifies_in_a_real_browser(browser: WebDriver, live: LiveChain)
     assert mismatched.get_attribute("data-fields") == "check_code"
     assert browser.find_elements(By.ID, "total") == []
     assert_real_picture(screenshot(browser, "verify-page-mismatch.png"))
+
+
+class _Node:
+    """Stands in for the old page's <html> element: is_enabled answers or raises."""
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+    def is_enabled(self) -> bool:
+        if self.error is not None:
+            raise self.error
+        return True
+
+
+@pytest.mark.parametrize(
+    ("error", "replaced"),
+    [
+        (None, False),
+        (StaleElementReferenceException("stale element reference"), True),
+        (
+            WebDriverException(
+                'unknown error: unhandled inspector error: {"code":-32000,'
+                '"message":"Node with given id does not belong to the document"}'
+            ),
+            True,
+        ),
+    ],
+)
+def test_gone_reads_both_ways_of_saying_the_page_was_replaced(
+    error: Exception | None, replaced: bool
+) -> None:
+    check = gone(_Node(error))  # type: ignore[arg-type]
+    assert check(None) is replaced  # type: ignore[arg-type]
+
+
+def test_gone_lets_any_other_driver_error_through() -> None:
+    check = gone(_Node(WebDriverException("chrome not reachable")))  # type: ignore[arg-type]
+    with pytest.raises(WebDriverException, match="chrome not reachable"):
+        check(None)  # type: ignore[arg-type]
