@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from device.counters import RunCounts
 from device.journal import Batch, DocumentRow, Journal
 from device.limits import Backlog, amount_exceeded, check_issue, is_offline, time_exceeded
 from device.protocol import codec, cose, invoice
@@ -97,6 +98,7 @@ class Firmware:
         self.request_marks = journal.request_marks()
         self.paper_out = False
         self.cover_open = False
+        self.run = RunCounts()
         self.state_lock: StateLock | None = None  # set by app.open_device
         self._pending: list[DocumentRow] = []
         self._pending_payloads: dict[tuple[str, str], dict[str, Any]] = {}

@@ -68,9 +68,6 @@ class DeviceServer:
         self.decoder = FrameDecoder()
         self._in_flight: dict[int, tuple[bytes, float, bool]] = {}  # id -> (digest, since, acked)
         self._recent: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # id -> (digest, frame)
-        self.naks = 0
-        self.busy = 0
-        self.replays = 0
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set or the port closes; then finish every accepted write."""
@@ -115,7 +112,7 @@ class DeviceServer:
                                 DeviceError(Status.INTERNAL_ERROR, str(exc)),
                             )
                 elif isinstance(event, FrameError) and worth_nak(event):
-                    self.naks += 1
+                    self.fw.run.naks_sent += 1
                     self._send(Frame(FrameType.NAK, event.request_id or 0, 0, event.reason))
 
     async def _ack_loop(self) -> None:
@@ -145,7 +142,7 @@ class DeviceServer:
         recent = self._recent.get(rid)
         if recent is not None:
             if recent[0] == digest:
-                self.replays += 1
+                self.fw.run.replays += 1
                 self.port.write(recent[1])
             else:
                 self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
@@ -157,7 +154,7 @@ class DeviceServer:
         ):
             return
         if len(self._in_flight) >= self.max_in_flight:
-            self.busy += 1
+            self.fw.run.busy_sent += 1
             self._send(Frame(FrameType.BUSY, rid, command))
             return
         known = _COMMANDS.get(command)
@@ -215,7 +212,7 @@ class DeviceServer:
         if row.request_digest != digest:
             self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
         else:
-            self.replays += 1
+            self.fw.run.replays += 1
             self._reply(rid, command, digest, Status.OK, response_for_row(row))
         return True
 

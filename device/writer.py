@@ -70,8 +70,6 @@ class Writer:
         # One thread: commits are serial, and the event loop never waits on an fsync.
         self._journal = JournalThread()
         self._in_flight: _Flight | None = None
-        self.groups = 0
-        self.documents = 0
 
     def submit(self, request: WriteRequest) -> None:
         self._queue.append(request)
@@ -183,8 +181,7 @@ class Writer:
         leaves rollback and refusals to _settle."""
         if error is None:
             self.fw.committed_batch(flight.batch)
-            self.groups += 1
-            self.documents += len(flight.batch.documents)
+            self.fw.run.committed(len(flight.batch.documents))
             self._send(flight.results)
             flight.done.set_result(None)
         else:

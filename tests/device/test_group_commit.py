@@ -17,7 +17,9 @@ import pytest
 
 from device.journal import Batch, JournalError
 from device.protocol import cose
+from device.protocol.commands import Command
 from device.protocol.document import ZERO_HASH, document_hash, parse_document
+from device.protocol.framing import Frame, FrameType, encode_frame
 from device.protocol.status import DeviceError, Status
 from tests.device.conftest import INVOICE, Harness, wide_limits
 
@@ -78,3 +80,50 @@ async def test_a_failed_commit_refuses_only_its_own_documents(start: Any, error:
     # Later requests go on from there.
     after = await h.client.issue(INVOICE)
     assert after["counter"] == len(issued) + 1
+
+
+def _count_commits(h: Harness) -> list[int]:
+    """Record the size of every document batch the journal commits."""
+    journal = h.fw.journal
+    commit = journal.commit
+    sizes: list[int] = []
+
+    def counting(batch: Batch) -> None:
+        commit(batch)
+        if batch.documents:
+            sizes.append(len(batch.documents))
+
+    journal.commit = counting  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_status_counts_what_this_run_did(start: Any, tmp_path: Any) -> None:
+    h: Harness = await start(limits=wide_limits())
+    zero = {"document_commits": 0, "documents": 0, "naks_sent": 0, "busy_sent": 0, "replays": 0}
+    assert (await h.client.status())["since_start"] == zero
+    sizes = _count_commits(h)
+    await asyncio.gather(*(h.client.issue(INVOICE) for _ in range(REQUESTS)))
+    assert len(sizes) < REQUESTS, "concurrent requests should share commits"
+    rid = h.client.new_request_id()
+    first = await h.client.issue(INVOICE, request_id=rid)
+    assert await h.client.issue(INVOICE, request_id=rid) == first  # a retransmission
+    damaged = bytearray(encode_frame(Frame(FrameType.REQUEST, rid + 1, Command.STATUS, 0, b"")))
+    damaged[-2] ^= 0x01  # one bit of the FCS: the device NAKs it
+    h.client.port.write(bytes(damaged))
+    h.server.max_in_flight = 2  # the host still sends 8 at once: BUSY for the rest
+    await asyncio.gather(*(h.client.issue(INVOICE) for _ in range(8)))
+    counts = (await h.client.status())["since_start"]
+    assert h.client.stats.busy > 0
+    assert counts == {
+        "document_commits": len(sizes),
+        "documents": REQUESTS + 1 + 8,
+        "naks_sent": 1,
+        "busy_sent": h.client.stats.busy,
+        "replays": 1,
+    }
+    assert sum(sizes) == REQUESTS + 1 + 8
+    await h.close()
+    # Counted per run, not journaled: a restarted device starts again from zero.
+    again: Harness = await start(state=h.state, link=tmp_path / "tty2", clock=h.clock)
+    status = await again.client.status()
+    assert status["since_start"] == zero and status["counter"] == REQUESTS + 1 + 8
