@@ -10,6 +10,11 @@ machine, so the measurement is done in rounds: each round measures the
 commit ceiling, then every concurrency. Each run is compared with the
 ceiling of its own round, and the summary gives the median over rounds.
 
+Each run also reports what the device says it did (STATUS `since_start`):
+its journal commits and documents per commit, which is group commit at
+work, and the CPU per invoice of the device and of this host process (from
+/proc, where there is one), which is where the time goes.
+
     python bench/issue.py [--seconds 5] [--concurrency 1,32] [--rounds 3]
 """
 
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -70,11 +76,24 @@ def start_device(state: Path, link: Path) -> subprocess.Popen[str]:
     return proc
 
 
-async def measure(link: Path, concurrency: int, seconds: float) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process so far, from /proc (None where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    link: Path, concurrency: int, seconds: float, device_pid: int
+) -> dict[str, float | None]:
     client = await DeviceClient.open(str(link), max_in_flight=concurrency)
     try:
         for _ in range(50):  # warm up
             await client.issue(REQUEST)
+        before = (await client.status())["since_start"]
+        device_cpu, host_cpu = cpu_seconds(device_pid), cpu_seconds(os.getpid())
         latencies: list[float] = []
         deadline = time.perf_counter() + seconds
 
@@ -87,6 +106,11 @@ async def measure(link: Path, concurrency: int, seconds: float) -> dict[str, flo
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
+        device_cpu = _used(device_cpu, cpu_seconds(device_pid), len(latencies))
+        host_cpu = _used(host_cpu, cpu_seconds(os.getpid()), len(latencies))
+        after = (await client.status())["since_start"]
+        commits = after["document_commits"] - before["document_commits"]
+        documents = after["documents"] - before["documents"]
         latencies.sort()
         return {
             "in_flight": concurrency,
@@ -95,9 +119,23 @@ async def measure(link: Path, concurrency: int, seconds: float) -> dict[str, flo
             "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3),
             "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),
             "retransmissions": client.stats.retransmissions,
+            # Group commit at work: how often the device fsynced, and for how many each time.
+            "device_documents": documents,
+            "device_commits": commits,
+            "device_commits_per_s": round(commits / elapsed, 1),
+            "documents_per_commit": round(documents / commits, 2) if commits else None,
+            # Where the time goes: CPU per invoice of the device and of this host process.
+            "device_cpu_us_per_invoice": device_cpu,
+            "host_cpu_us_per_invoice": host_cpu,
         }
     finally:
         await client.close()
+
+
+def _used(start: float | None, end: float | None, invoices: int) -> float | None:
+    if start is None or end is None or not invoices:
+        return None
+    return round((end - start) / invoices * 1e6, 1)
 
 
 def main() -> None:
@@ -115,7 +153,9 @@ def main() -> None:
         try:
             for _ in range(max(1, args.rounds)):
                 commit_rate = fsync_commit_rate(root)
-                runs = [asyncio.run(measure(root / "tty", c, args.seconds)) for c in levels]
+                runs = [
+                    asyncio.run(measure(root / "tty", c, args.seconds, device.pid)) for c in levels
+                ]
                 for run in runs:
                     run["vs_fsync_commits"] = round(run["invoices_per_s"] / commit_rate, 2)
                 rounds.append({"fsync_commits_per_s": round(commit_rate, 1), "runs": runs})
@@ -131,6 +171,11 @@ def main() -> None:
             "median_vs_ed25519_signs": round(
                 statistics.median(r["invoices_per_s"] for r in mine) / sign_rate, 3
             ),
+            "median_documents_per_commit": _median(r["documents_per_commit"] for r in mine),
+            "median_device_cpu_us_per_invoice": _median(
+                r["device_cpu_us_per_invoice"] for r in mine
+            ),
+            "median_host_cpu_us_per_invoice": _median(r["host_cpu_us_per_invoice"] for r in mine),
         }
     print(
         json.dumps(
@@ -149,6 +194,11 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 if __name__ == "__main__":
