@@ -26,25 +26,26 @@ from tests.device.conftest import INVOICE, Harness, wide_limits
 REQUESTS = 48
 
 
-def _fail_once(h: Harness, which: int, error: Exception) -> list[int]:
-    """Make the `which`-th document batch fail with `error`, slowly, so the next group
-    is signed on top of it meanwhile. Returns the sizes of the batches the journal saw."""
+def _record_commits(h: Harness, *, fail: tuple[int, Exception] | None = None) -> list[int]:
+    """Record the size of every document batch the journal is given. With
+    `fail=(which, error)` the `which`-th fails with `error`, slowly, so the next
+    group is signed on top of it meanwhile."""
     journal = h.fw.journal
     commit = journal.commit
     sizes: list[int] = []
     lock = threading.Lock()
 
-    def flaky(batch: Batch) -> None:
+    def recording(batch: Batch) -> None:
         if batch.documents:
             with lock:
                 sizes.append(len(batch.documents))
-                failing = len(sizes) == which
-            if failing:
+                failing = fail[1] if fail is not None and len(sizes) == fail[0] else None
+            if failing is not None:
                 time.sleep(0.05)
-                raise error
+                raise failing
         commit(batch)
 
-    journal.commit = flaky  # type: ignore[method-assign]
+    journal.commit = recording  # type: ignore[method-assign]
     return sizes
 
 
@@ -55,7 +56,7 @@ def _fail_once(h: Harness, which: int, error: Exception) -> list[int]:
 )
 async def test_a_failed_commit_refuses_only_its_own_documents(start: Any, error: Exception) -> None:
     h: Harness = await start(limits=wide_limits())
-    sizes = _fail_once(h, which=2, error=error)
+    sizes = _record_commits(h, fail=(2, error))
     outcomes = await asyncio.gather(
         *(h.client.issue(INVOICE) for _ in range(REQUESTS)), return_exceptions=True
     )
@@ -82,26 +83,11 @@ async def test_a_failed_commit_refuses_only_its_own_documents(start: Any, error:
     assert after["counter"] == len(issued) + 1
 
 
-def _count_commits(h: Harness) -> list[int]:
-    """Record the size of every document batch the journal commits."""
-    journal = h.fw.journal
-    commit = journal.commit
-    sizes: list[int] = []
-
-    def counting(batch: Batch) -> None:
-        commit(batch)
-        if batch.documents:
-            sizes.append(len(batch.documents))
-
-    journal.commit = counting  # type: ignore[method-assign]
-    return sizes
-
-
 async def test_status_counts_what_this_run_did(start: Any, tmp_path: Any) -> None:
     h: Harness = await start(limits=wide_limits())
     zero = {"document_commits": 0, "documents": 0, "naks_sent": 0, "busy_sent": 0, "replays": 0}
     assert (await h.client.status())["since_start"] == zero
-    sizes = _count_commits(h)
+    sizes = _record_commits(h)
     await asyncio.gather(*(h.client.issue(INVOICE) for _ in range(REQUESTS)))
     assert len(sizes) < REQUESTS, "concurrent requests should share commits"
     rid = h.client.new_request_id()
