@@ -6,7 +6,9 @@ value: definite lengths, shortest integer forms, map keys sorted by their
 encoded bytes. For the text keys used throughout, that order is "shorter
 key first, then bytewise", which is also cbor2's canonical order.
 
-Decoding is strict: one data item and nothing after it, and where a
+Decoding is strict and bounded: every input passes the policy of
+`untrusted.py` (no tags but those a format defines, bounded depth and
+size) before cbor2 sees it; one data item and nothing after it, and where a
 signature depends on the bytes (`decode_canonical`), the input must be
 exactly what `encode` would produce, so that no two byte strings mean the
 same document.
@@ -20,6 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import cbor2
+
+from device.protocol.untrusted import CBOR_BODY, InputRefused, Limits, check_cbor
 
 _SENTINELS = (type(cbor2.loads(b"\xff")), type(cbor2.loads(b"\xf7")))  # break, undefined
 
@@ -104,10 +108,19 @@ def ordered_map(mapping: Mapping[str, Any]) -> dict[str, Any]:
 _ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
-def decode(data: bytes | bytearray | memoryview) -> Any:
-    data = bytes(data)
+def _admit(data: bytes, limits: Limits) -> None:
+    """The decoding policy (device/protocol/untrusted.py), before cbor2 builds anything."""
     if not data:
         raise CodecError("empty body where a CBOR item was expected")
+    try:
+        check_cbor(data, limits)
+    except InputRefused as exc:
+        raise CodecError(f"CBOR refused: {exc}") from None
+
+
+def decode(data: bytes | bytearray | memoryview, limits: Limits = CBOR_BODY) -> Any:
+    data = bytes(data)
+    _admit(data, limits)
     stream = io.BytesIO(data)
     try:
         value = cbor2.CBORDecoder(stream).decode()
@@ -120,11 +133,10 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
     return value
 
 
-def decode_leading(raw: bytes) -> Any:
+def decode_leading(raw: bytes, limits: Limits = CBOR_BODY) -> Any:
     """The first item of `raw`, for callers that then check its exact encoding is all
     of `raw` (which also rules out trailing bytes, without a stream to track them)."""
-    if not raw:
-        raise CodecError("empty body where a CBOR item was expected")
+    _admit(raw, limits)
     try:
         value = cbor2.loads(raw)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -134,7 +146,7 @@ def decode_leading(raw: bytes) -> Any:
     return value
 
 
-def decode_canonical(data: bytes | bytearray | memoryview) -> Any:
+def decode_canonical(data: bytes | bytearray | memoryview, limits: Limits = CBOR_BODY) -> Any:
     """Decode, refusing anything but the deterministic encoding of the value.
 
     Re-encoding with the order-preserving encoder catches non-shortest
@@ -144,7 +156,7 @@ def decode_canonical(data: bytes | bytearray | memoryview) -> Any:
     never occur in this project's documents.
     """
     raw = bytes(data)
-    value = decode_leading(raw)
+    value = decode_leading(raw, limits)
     if encode_ordered(value) != raw or not _keys_in_order(value):
         raise CodecError("CBOR is not in deterministic encoding (RFC 8949 §4.2.1)")
     return value

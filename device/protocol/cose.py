@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import cbor2
 
-from device.protocol import codec
+from device.protocol import codec, untrusted
 from device.protocol.keys import SIGNATURE_SIZE, KeyPair, verify
 
 TAG_SIGN1 = 18
@@ -89,7 +89,7 @@ class Sign1:
 def decode_sign1(data: bytes | bytearray | memoryview) -> Sign1:
     raw = bytes(data)
     try:
-        item = codec.decode_leading(raw)  # exactness: the re-assembly check below
+        item = codec.decode_leading(raw, untrusted.COSE)  # exactness: the re-assembly check below
     except codec.CodecError as exc:
         raise CoseError(str(exc)) from exc
     if not isinstance(item, cbor2.CBORTag) or item.tag != TAG_SIGN1:
