@@ -28,6 +28,7 @@ from typing import Any
 
 __all__ = [
     "CBOR_BODY",
+    "CHAIN_ANSWER",
     "COSE",
     "JSON_BODY",
     "InputRefused",
@@ -59,6 +60,9 @@ class Limits:
 
 
 CBOR_BODY = Limits()  # a request or answer body: maps with text keys, no tags
+# A chain's answer to a submission of up to 1000 documents: about 60 items each with full
+# receipts. The bound keeps a hostile answer's decoded value to tens of megabytes.
+CHAIN_ANSWER = Limits(max_items=500_000)
 COSE = Limits(tags=frozenset({18}), int_keys=True, max_items=64)  # COSE_Sign1: tag 18, labels
 JSON_BODY = Limits()
 
