@@ -42,6 +42,7 @@ MAX_ERROR_BYTES = 64 * 1024
 MESSAGE_CHARS = 200
 _CODE = re.compile(r"[A-Za-z0-9_]{1,64}")
 _DEVICE_ID = re.compile(r"TC[0-9A-Z]{12}")
+_INVOICE_CODE = re.compile(r"[0-9]{12}")
 
 T = TypeVar("T")
 
@@ -79,9 +80,9 @@ def error_of(raw: bytes, kind: str) -> tuple[str, str]:
         body = codec.decode(raw, CBOR_BODY) if kind == CBOR else loads_json(raw, JSON_BODY)
     except (codec.CodecError, InputRefused) as exc:
         raise bad(f"the error body does not decode ({exc})") from None
-    error = _map(_map(body, "the error body").get("error"), "its error")
-    code = _text(error.get("code"), "its code", _CODE)
-    return code, sentence(_text(error.get("message"), "its message"))
+    error = _map(_map(body, "the error body").get("error"), "the error body's error")
+    code = _text(error.get("code"), "the error body's code", _CODE)
+    return code, sentence(_text(error.get("message"), "the error body's message"))
 
 
 def sentence(text: str) -> str:
@@ -235,10 +236,10 @@ def result_of(value: Any, index: int, blocks: dict[int, dict[str, Any]]) -> Subm
 def submit_answer(value: Any, sent: int) -> list[SubmitResult]:
     """A SubmitAnswer to `sent` documents: one result per document, receipts made full."""
     answer = _map(value, "the submit answer")
-    _int(answer.get("height"), "its height", 0)
-    for status, count in _map(answer.get("counts"), "its counts").items():
-        _int(count, f"its count of {shown(status)}", 1)
-    results = _list(answer.get("results"), "its results")
+    _int(answer.get("height"), "the submit answer's height", 0)
+    for status, count in _map(answer.get("counts"), "the submit answer's counts").items():
+        _int(count, f"the submit answer's count of {shown(status)}", 1)
+    results = _list(answer.get("results"), "the submit answer's results")
     if len(results) != sent:
         raise bad(f"{len(results)} results for {sent} documents")
     blocks = blocks_by_height(answer["blocks"]) if "blocks" in answer else {}
@@ -248,38 +249,38 @@ def submit_answer(value: Any, sent: int) -> list[SubmitResult]:
 def consortium_answer(value: Any) -> bytes:
     """A Consortium answer's signed node list (the COSE bytes a device pins)."""
     answer = _map(value, "the consortium answer")
-    _text(answer.get("chain_id"), "its chain_id")
-    _int(answer.get("epoch"), "its epoch", 0)
-    _bool(answer.get("training"), "its training")
-    _int(answer.get("quorum"), "its quorum", 1)
-    _bytes(answer.get("bureau_key"), "its bureau_key", 32)
-    for i, entry in enumerate(_list(answer.get("nodes"), "its nodes")):
+    _text(answer.get("chain_id"), "the consortium answer's chain_id")
+    _int(answer.get("epoch"), "the consortium answer's epoch", 0)
+    _bool(answer.get("training"), "the consortium answer's training")
+    _int(answer.get("quorum"), "the consortium answer's quorum", 1)
+    _bytes(answer.get("bureau_key"), "the consortium answer's bureau_key", 32)
+    for i, entry in enumerate(_list(answer.get("nodes"), "the consortium answer's nodes")):
         node = _map(entry, f"node {i}")
         _text(node.get("node_id"), f"node {i}'s node_id")
         _bytes(node.get("public_key"), f"node {i}'s public_key", 32)
-    return _bytes(answer.get("consortium"), "its consortium")
+    return _bytes(answer.get("consortium"), "the consortium answer's consortium")
 
 
 def registration_answer(value: Any) -> Registration:
     answer = _map(value, "the registration answer")
-    segments = _list(answer.get("segments"), "its segments")
+    segments = _list(answer.get("segments"), "the registration answer's segments")
     return Registration(
-        _text(answer.get("device_id"), "its device_id", _DEVICE_ID),
-        _bytes(answer.get("certificate"), "its certificate"),
-        _int(answer.get("registered_height"), "its registered_height", 0),
-        tuple(_bytes(s, f"its segment {i}") for i, s in enumerate(segments)),
+        _text(answer.get("device_id"), "the registration answer's device_id", _DEVICE_ID),
+        _bytes(answer.get("certificate"), "the registration answer's certificate"),
+        _int(answer.get("registered_height"), "the registration answer's registered_height", 0),
+        tuple(_bytes(s, f"the registration answer's segment {i}") for i, s in enumerate(segments)),
     )
 
 
 def segment_answer(value: Any, device_id: str) -> bytes:
     """A SegmentAnswer for `device_id`: the bureau-signed segment."""
     answer = _map(value, "the segment answer")
-    if _text(answer.get("device_id"), "its device_id") != device_id:
+    if _text(answer.get("device_id"), "the segment answer's device_id") != device_id:
         raise bad(f"a segment for device {shown(answer['device_id'])}, not {device_id}")
-    _text(answer.get("code"), "its code", re.compile(r"[0-9]{12}"))
-    _int(answer.get("start"), "its start", 1)
-    _int(answer.get("end"), "its end", 1)
-    return _bytes(answer.get("segment"), "its segment")
+    _text(answer.get("code"), "the segment answer's code", _INVOICE_CODE)
+    _int(answer.get("start"), "the segment answer's start", 1)
+    _int(answer.get("end"), "the segment answer's end", 1)
+    return _bytes(answer.get("segment"), "the segment answer's segment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,15 +296,15 @@ class Health:
 def health_answer(value: Any) -> Health:
     answer = _map(value, "the health answer")
     for key in ("nodes", "reachable", "quorum", "mempool", "held"):
-        _int(answer.get(key), f"its {key}", 0)
-    status = _text(answer.get("status"), "its status")
+        _int(answer.get(key), f"the health answer's {key}", 0)
+    status = _text(answer.get("status"), "the health answer's status")
     if status not in ("ok", "degraded"):
-        raise bad(f"its status is {shown(status)}")
+        raise bad(f"the health answer's status is {shown(status)}")
     return Health(
         status,
-        _text(answer.get("chain_id"), "its chain_id"),
-        _bool(answer.get("training"), "its training"),
-        _int(answer.get("height"), "its height", 0),
-        _bool(answer.get("finalizing"), "its finalizing"),
-        _optional(answer, "error", lambda v, w: sentence(_text(v, w)), "its error"),
+        _text(answer.get("chain_id"), "the health answer's chain_id"),
+        _bool(answer.get("training"), "the health answer's training"),
+        _int(answer.get("height"), "the health answer's height", 0),
+        _bool(answer.get("finalizing"), "the health answer's finalizing"),
+        _optional(answer, "error", lambda v, w: sentence(_text(v, w)), "the health answer's error"),
     )

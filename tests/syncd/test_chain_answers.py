@@ -448,3 +448,54 @@ async def test_a_well_formed_refusal_is_still_a_refusal(hostile: HostileChain) -
         await client.close()
     assert caught.value.code == "bad_certificate"
     assert caught.value.message == "not from this bureau"
+
+
+class UnregisteredPrinter:
+    """The device side of `taxctl syncd register`, up to loading what the chain sends."""
+
+    def __init__(self) -> None:
+        self.loaded: list[bytes] = []
+
+    async def hello(self) -> dict[str, Any]:
+        return {}
+
+    async def info(self) -> dict[str, Any]:
+        return {"device_id": DEVICE, "training": False, "registered": False, "segments": []}
+
+    async def csr(self, taxpayer: dict[str, str]) -> dict[str, Any]:
+        return {"csr": b"csr"}
+
+    async def load_cert(self, certificate: bytes) -> dict[str, Any]:
+        self.loaded.append(certificate)
+        return {"serial": 1}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {**REGISTRATION, "certificate": "Y2VydA=="},
+        {k: v for k, v in REGISTRATION.items() if k != "certificate"},
+        {**REGISTRATION, "registered_height": [4]},
+        [REGISTRATION],
+    ],
+    ids=["certificate as text", "no certificate", "height a list", "a list"],
+)
+async def test_registration_refuses_a_wrong_answer_clearly_and_loads_nothing(
+    hostile: HostileChain, answer: Any
+) -> None:
+    from syncd.registration import register_device
+
+    hostile.handler = hostile.cbor_answer(answer, status=201)
+    printer = UnregisteredPrinter()
+    chain = ChainClient([hostile.url])
+    try:
+        with pytest.raises(ChainDown, match="registration answer") as caught:
+            await register_device(
+                printer,  # type: ignore[arg-type]
+                chain,
+                {"tax_id": "91350100M000100Y43", "name": "ACME"},
+                segment_size=10,
+            )
+    finally:
+        await chain.close()
+    assert caught.value.code == "BAD_ANSWER" and printer.loaded == []
