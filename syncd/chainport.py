@@ -1,10 +1,13 @@
 """What syncd needs from the chain, as one narrow interface.
 
-The sync engine and the registration flow talk to `ChainPort`; `adapter.py`
-fits the chain client (`syncd/chain_client.py`) to it, and tests plug in
-an in-memory chain. Two errors matter to callers:
+The sync engine and the registration flow talk to `ChainPort`; the chain
+client (`syncd/chain_client.py`) implements it over HTTP, and tests plug in
+an in-memory chain. Its answers are typed values (below), already checked
+against the chain's API (`syncd/answers.py`), so callers never meet a
+malformed one. Two errors matter to callers:
 
-- `ChainDown`: no usable answer (unreachable, 5xx, timeout). Retry later.
+- `ChainDown`: no usable answer (unreachable, 5xx, timeout, or an answer
+  that is not what the API defines: code `BAD_ANSWER`). Retry later.
   For a submission the outcome is unknown — harmless, since submitting the
   same documents again returns their original receipts.
 - `ChainRefused`: the chain answered no, with a code; retrying the same
@@ -14,6 +17,8 @@ an in-memory chain. Two errors matter to callers:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 
@@ -30,14 +35,42 @@ class ChainRefused(Exception):
         super().__init__(f"{code}: {message}")
 
 
+class SubmitStatus(StrEnum):
+    COMMITTED = "committed"
+    DUPLICATE = "duplicate"
+    PENDING = "pending"
+    HELD = "held"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """One document's result. `receipt` (the full receipt, as the device checks it) is
+    there for committed and duplicate; `code` and `message` for rejected."""
+
+    status: SubmitStatus
+    receipt: dict[str, Any] | None = None
+    code: str | None = None
+    message: str | None = None
+    counter: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    device_id: str
+    certificate: bytes
+    registered_height: int
+    segments: tuple[bytes, ...]
+
+
 class ChainPort(Protocol):
     @property
     def url(self) -> str:
         """The node currently in use (for status)."""
         ...
 
-    async def submit(self, documents: Sequence[bytes]) -> list[Any]:
-        """One result per document, in order: `.status`, `.receipt`, `.code`, `.message`."""
+    async def submit(self, documents: Sequence[bytes]) -> list[SubmitResult]:
+        """One result per document, in order."""
         ...
 
     async def consortium(self) -> bytes:
@@ -50,7 +83,7 @@ class ChainPort(Protocol):
         csr: bytes | None = None,
         certificate: bytes | None = None,
         segments: Sequence[bytes] = (),
-    ) -> dict[str, Any]:
+    ) -> Registration:
         """Register a device: from a CSR (the bureau returns a certificate) or, for a
         training device, its self-issued certificate and segments."""
         ...

@@ -109,7 +109,8 @@ def _register(args: argparse.Namespace) -> int:
             print(f"taxctl syncd register: the chain refused: {exc}", file=sys.stderr)
             return 1
         except ChainDown as exc:
-            print(f"taxctl syncd register: chain unreachable: {exc}", file=sys.stderr)
+            what = "answered wrongly" if exc.code == "BAD_ANSWER" else "unreachable"
+            print(f"taxctl syncd register: chain {what}: {exc}", file=sys.stderr)
             return EXIT_LINK
         finally:
             if client is not None:

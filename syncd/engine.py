@@ -35,7 +35,7 @@ from typing import Any
 from device.client import DeviceClient, LinkError
 from device.protocol.status import DeviceError, Status
 from syncd.backoff import Backoff
-from syncd.chainport import ChainDown, ChainPort, ChainRefused
+from syncd.chainport import ChainDown, ChainPort, ChainRefused, SubmitResult
 from syncd.cursor import CursorStore
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import SyncdMetrics
@@ -79,13 +79,15 @@ class ChainHealth:
         self.metrics = metrics
         self.ok: bool | None = None
         self.last_error: str | None = None
+        self.last_code: str | None = None
         self.since = time.time()
 
     def success(self) -> None:
         if self.ok is not True:
             if self.ok is False:
                 log.info("chain reachable again after %.1f s", time.time() - self.since)
-            self.ok, self.last_error, self.since = True, None, time.time()
+            self.ok, self.last_error, self.last_code = True, None, None
+            self.since = time.time()
         if self.metrics:
             self.metrics.chain_up.set(1)
 
@@ -93,10 +95,11 @@ class ChainHealth:
         if self.metrics:
             self.metrics.chain_errors.inc(1, code)
             self.metrics.chain_up.set(0)
+        if self.ok is not False or code != self.last_code:
+            log.warning("chain unavailable (%s): %s", code, text)
         if self.ok is not False:
-            log.warning("chain unavailable: %s", text)
             self.since = time.time()
-        self.ok, self.last_error = False, text
+        self.ok, self.last_error, self.last_code = False, text, code
 
     @property
     def word(self) -> str:
@@ -153,6 +156,8 @@ class DeviceSync:
         self._device_id: str | None = None
         self._synced_seen = 0
         self.page_bytes = settings.fetch_max_bytes  # FETCH page size, adapted to the line
+        self.failures = 0  # rounds ended by an unexpected error (a bug), survived
+        self._last_failure: tuple[str, str] | None = None
 
     def wake(self) -> None:
         """New documents were issued: look now rather than at the next poll."""
@@ -189,10 +194,36 @@ class DeviceSync:
             except ChainDown as exc:
                 self.health.failure(exc.code, str(exc))
                 end = RoundEnd.RETRY
+            except Exception as exc:  # a bug: this device's sync must outlive it
+                self._failed(exc)
+                end = RoundEnd.RETRY
+            else:
+                self._last_failure = None
             self._save_cursor()
             if end == RoundEnd.STOPPED or stop.is_set():
                 return
             await self._pause(end, stop)
+
+    def _failed(self, exc: Exception) -> None:
+        """Count an unexpected error; its traceback is logged once, not at every retry
+        while the same error repeats."""
+        self.failures += 1
+        if self.metrics:
+            self.metrics.task_failures.inc(1, "sync", self.link.config.port)
+        frame = exc.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        where = f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame else "?"
+        signature = (type(exc).__name__, where)
+        if signature == self._last_failure:
+            log.debug("%s: sync failed again (%s); retrying", self.link.label, type(exc).__name__)
+            return
+        self._last_failure = signature
+        log.error(
+            "%s: sync round failed unexpectedly; retrying after a backoff",
+            self.link.label,
+            exc_info=exc,
+        )
 
     async def _pause(self, end: RoundEnd, stop: asyncio.Event) -> None:
         s = self.settings
@@ -339,12 +370,16 @@ class DeviceSync:
                 return RoundEnd.PARK
             self.backoff.reset()
 
-    async def _submit(self, docs: list[bytes], stop: asyncio.Event) -> list[Any] | None:
+    async def _submit(self, docs: list[bytes], stop: asyncio.Event) -> list[SubmitResult] | None:
         """Submit until the chain answers; None if asked to stop while it is away."""
         while True:
             started = time.monotonic()
             try:
                 results = await self.chain.submit(docs)
+                if len(results) != len(docs):  # a port that does not check its answers
+                    raise ChainDown(
+                        f"{len(results)} results for {len(docs)} documents", "BAD_ANSWER"
+                    )
             except ChainDown as exc:
                 self.health.failure(exc.code, f"{exc} ({self.chain.url})")
                 if stop.is_set():
@@ -365,10 +400,6 @@ class DeviceSync:
             self.health.success()
             if self.metrics:
                 self.metrics.submit_latency.observe(time.monotonic() - started)
-            if len(results) != len(docs):
-                raise SubmissionRefused(
-                    "BAD_ANSWER", f"{len(docs)} documents sent, {len(results)} results"
-                )
             return results
 
     def _account(self, device_id: str, verdict: Verdict, sent: int) -> None:
@@ -436,7 +467,7 @@ class DeviceSync:
         held = (self.link.info or {}).get("consortium")
         try:
             chain_list = await self.consortium.get()
-        except ChainDown as exc:
+        except (ChainDown, ChainRefused) as exc:
             self.health.failure(exc.code, str(exc))
             chain_list = None
         offer = chain_list if chain_list is not None and chain_list != held else None
@@ -449,7 +480,7 @@ class DeviceSync:
                     Status.CONSORTIUM_INVALID,
                 ):
                     # Perhaps the chain moved to a new node list: fetch it and offer it.
-                    with contextlib.suppress(ChainDown):
+                    with contextlib.suppress(ChainDown, ChainRefused):
                         offer = await self.consortium.get(refresh=True)
                         continue
                 self.last_ack_error = exc.text

@@ -193,6 +193,11 @@ class SyncdMetrics:
             "taxctl_syncd_chain_errors_total", "chain failures and refusals by code", ("code",)
         )
         self.chain_up = r.gauge("taxctl_syncd_chain_up", "1 if the last chain call succeeded")
+        self.task_failures = r.counter(
+            "taxctl_syncd_task_failures_total",
+            "unexpected errors (bugs) a device's sync or link task survived, by task and port",
+            ("task", "port"),
+        )
         self.rejected = r.gauge(
             "taxctl_syncd_rejected_documents",
             "documents the chain rejected, by device and code",

@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from aiohttp import web
 from syncd import config as config_mod
 from syncd import logs
 from syncd.api import ApiContext, PosApi
+from syncd.backoff import Backoff
 from syncd.chainport import ChainPort
 from syncd.config import Config, ConfigError, DeviceConfig
 from syncd.cursor import CursorStore
@@ -44,6 +45,9 @@ from syncd.registration import Registrar, RegistrationSettings
 log = logging.getLogger("taxctl.syncd")
 
 ENGINE_STOP_TIMEOUT = 60.0
+# Restarting a device's task after a crash: soon, then no more than every half minute.
+RESTART_INITIAL = 0.5
+RESTART_MAX = 30.0
 
 
 def sync_settings(cfg: Config) -> SyncSettings:
@@ -157,9 +161,11 @@ class Daemon:
         )
         link.on_change(lambda _link: engine.wake())
         item = Attached(link, engine, asyncio.Event(), asyncio.Event())
-        item.link_task = asyncio.create_task(self._guard(link.run(item.link_stop), link.label))
+        item.link_task = asyncio.create_task(
+            self._supervise(lambda: link.run(item.link_stop), "link", device.port, item.link_stop)
+        )
         item.sync_task = asyncio.create_task(
-            self._guard(engine.run(item.sync_stop), f"sync {device.port}")
+            self._supervise(lambda: engine.run(item.sync_stop), "sync", device.port, item.sync_stop)
         )
         self.attached.append(item)
         self.api_ctx.links = [a.link for a in self.attached]
@@ -170,16 +176,27 @@ class Daemon:
         self.api_ctx.links = [a.link for a in self.attached]
         await item.stop()
 
-    async def _guard(self, work: Any, what: str) -> None:
-        """A task that dies of a bug stops the daemon with a failure (systemd restarts it)."""
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.critical("%s crashed; stopping", what, exc_info=True)
-            self.exit_code = 1
-            self.stop_event.set()
+    async def _supervise(
+        self, work: Callable[[], Awaitable[None]], task: str, port: str, stop: asyncio.Event
+    ) -> None:
+        """Run one device's link or sync task until it returns. If it dies of a bug, log
+        and count it and start it again after a backoff: the POS API and the other
+        printers carry on, and this one recovers if the fault was passing."""
+        backoff = Backoff(RESTART_INITIAL, RESTART_MAX)
+        while True:
+            started = time.monotonic()
+            try:
+                await work()
+                return
+            except Exception:
+                log.critical("%s %s crashed; restarting it", task, port, exc_info=True)
+                self.metrics.task_failures.inc(1, task, port)
+            if time.monotonic() - started > RESTART_MAX:
+                backoff.reset()  # it had been running well: this is a new fault
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff.next_delay())
+            if stop.is_set():
+                return
 
     def _wake(self, link: DeviceLink) -> None:
         for item in self.attached:
@@ -213,6 +230,7 @@ class Daemon:
                 "url": self.chain.url,
                 "urls": list(self.cfg.chain_urls),
                 "error": self.health.last_error,
+                "code": self.health.last_code,
                 "since": self.health.since,
             },
         }

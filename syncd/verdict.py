@@ -18,26 +18,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
+from syncd.chainport import SubmitResult, SubmitStatus
 from syncd.cursor import DeviceCursor
 
-
-class SubmitStatus(StrEnum):
-    COMMITTED = "committed"
-    DUPLICATE = "duplicate"
-    PENDING = "pending"
-    HELD = "held"
-    REJECTED = "rejected"
+__all__ = ["ADMITTED", "UNRESOLVED", "Next", "Rejected", "SubmitStatus", "Verdict", "judge"]
 
 
 ADMITTED = frozenset({SubmitStatus.COMMITTED, SubmitStatus.DUPLICATE})
 UNRESOLVED = frozenset({SubmitStatus.PENDING, SubmitStatus.HELD})
-
-
-class ResultLike(Protocol):
-    status: Any
-    receipt: Any
 
 
 class Next(StrEnum):
@@ -64,33 +54,9 @@ class Verdict:
     statuses: dict[str, int] = field(default_factory=dict)
 
 
-def result_code(result: Any) -> str:
-    for name in ("code", "error", "error_code"):
-        value = getattr(result, name, None)
-        if value:
-            return str(value)
-    return "UNKNOWN"
-
-
-def result_message(result: Any) -> str:
-    for name in ("message", "detail", "reason"):
-        value = getattr(result, name, None)
-        if value:
-            return str(value)
-    return ""
-
-
-def status_of(result: Any) -> SubmitStatus:
-    raw = getattr(result, "status", None)
-    value = getattr(raw, "value", raw)
-    try:
-        return SubmitStatus(str(value))
-    except ValueError:
-        return SubmitStatus.PENDING  # unknown answer: not final, ask again
-
-
-def judge(counters: Sequence[int], results: Sequence[Any]) -> Verdict:
-    """Interpret one submission's results (in the order the documents were sent)."""
+def judge(counters: Sequence[int], results: Sequence[SubmitResult]) -> Verdict:
+    """Interpret one submission's results (in the order the documents were sent), as the
+    chain port hands them: typed and checked, so a status is one the API defines."""
     if len(counters) != len(results):
         raise ValueError(f"{len(counters)} documents sent, {len(results)} results")
     ack_counter: int | None = None
@@ -101,11 +67,11 @@ def judge(counters: Sequence[int], results: Sequence[Any]) -> Verdict:
     admitted = 0
     first_rejected: int | None = None
     for counter, result in zip(counters, results, strict=True):
-        status = status_of(result)
+        status = result.status
         statuses[status.value] = statuses.get(status.value, 0) + 1
         if status in ADMITTED:
-            receipt = getattr(result, "receipt", None)
-            if not isinstance(receipt, dict):
+            receipt = result.receipt
+            if receipt is None:
                 unresolved.append(counter)  # admitted but no receipt to show for it: ask again
                 continue
             admitted += 1
@@ -114,7 +80,7 @@ def judge(counters: Sequence[int], results: Sequence[Any]) -> Verdict:
         elif status in UNRESOLVED:
             unresolved.append(counter)
         else:
-            rejected.append(Rejected(counter, result_code(result), result_message(result)))
+            rejected.append(Rejected(counter, result.code or "UNKNOWN", result.message or ""))
             if first_rejected is None:
                 first_rejected = counter
     if unresolved:
