@@ -249,7 +249,18 @@ ANSWER_SHAPES: dict[str, dict[str, Any]] = {
     "consortium": {"consortium": b"\xd2\x84"},
     "register": {"certificate": b"\xd2\x84", "device_id": "TCFUZZ", "segments": []},
     "allocate_segment": {"segment": b"\xd2\x84"},
-    "health": {"status": "ok", "height": 1},
+    "health": {
+        "status": "ok",
+        "chain_id": "fuzz",
+        "training": True,
+        "height": 1,
+        "nodes": 4,
+        "reachable": 4,
+        "quorum": 3,
+        "finalizing": True,
+        "mempool": 0,
+        "held": 0,
+    },
 }
 ERROR_SHAPE: dict[str, Any] = {"error": {"code": "BAD_REQUEST", "message": "no"}}
 STATUSES = (200, 200, 200, 200, 200, 200, 201, 400, 404, 409, 500, 503, 302, 204)
@@ -268,7 +279,13 @@ def _answers(draw: st.DrawFn, call: str) -> Answer:
             st.one_of(fz.mutated(valid, fz.JSON_VALUES).map(_json), st.sampled_from(_JSON_NASTIES))
         )
     else:
-        body = draw(st.one_of(fz.mutated(valid, values).map(fz.dumps), fz.cbor_bodies(valid)))
+        body = draw(
+            st.one_of(
+                st.just(fz.dumps(valid)),
+                fz.mutated(valid, values).map(fz.dumps),
+                fz.cbor_bodies(valid),
+            )
+        )
     return Answer(status, kind, body)
 
 

@@ -364,6 +364,7 @@ async def feed_answer(
         async with asyncio.timeout(ANSWER_DEADLINE):
             await call_client(client, call)
         outcome = "ok"
+        figures.accepted += 1
     except ChainDown as exc:
         outcome = f"down:{exc.code}"
     except ChainRefused as exc:
