@@ -18,6 +18,7 @@ from hostsim.chain.node import Chain
 from hostsim.chain.tx import TxType
 
 HASH = re.compile(r"[0-9a-f]{64}")
+MAX_PAYLOAD_CHARS = 512
 
 
 CHAIN: web.AppKey[Chain] = web.AppKey("chain", Chain)
@@ -299,8 +300,17 @@ def verification(chain: Chain, query: qr.VerificationQuery) -> dict[str, Any]:
 
 def _query_from(fields: dict[str, Any]) -> qr.VerificationQuery:
     if "payload" in fields:
+        payload = fields["payload"]
+        # A real payload is about 90 characters; qr.parse's refusals name unknown fields,
+        # so an unbounded payload would be echoed back whole.
+        if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD_CHARS:
+            raise ChainError(
+                Code.BAD_REQUEST,
+                f"payload is the text of a receipt's QR code (at most {MAX_PAYLOAD_CHARS}"
+                " characters)",
+            )
         try:
-            return qr.parse(str(fields["payload"]))
+            return qr.parse(payload)
         except qr.QrError as exc:
             raise ChainError(Code.BAD_REQUEST, str(exc)) from None
     total = fields.get("total")
@@ -324,7 +334,7 @@ def _query_from(fields: dict[str, Any]) -> qr.VerificationQuery:
 
 
 async def verify_post(request: web.Request) -> web.Response:
-    body = await wire.read_body(request)
+    body = await wire.read_body(request, wire.FLAT)
     return wire.respond(request, verification(_chain(request), _query_from(body)))
 
 
