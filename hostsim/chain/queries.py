@@ -47,7 +47,7 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
     text = request.query.get(name)
     if text is None:
         return default
-    if not re.fullmatch(r"\d{1,12}", text) or not low <= int(text) <= high:
+    if not re.fullmatch(r"[0-9]{1,12}", text) or not low <= int(text) <= high:
         raise ChainError(Code.BAD_REQUEST, f"{name} is an integer from {low} to {high}")
     return int(text)
 
@@ -202,7 +202,7 @@ async def block(request: web.Request) -> web.Response:
     text = request.match_info["height"]
     height = chain.engine.height if text == "latest" else None
     if height is None:
-        if not re.fullmatch(r"\d{1,12}", text):
+        if not re.fullmatch(r"[0-9]{1,12}", text):
             raise ChainError(Code.BAD_REQUEST, "a height is a positive integer or 'latest'")
         height = int(text)
     row = chain.ledger.block(height)
