@@ -39,6 +39,7 @@ def register(subparsers: Any) -> None:
         default=os.cpu_count() or 1,
         help="processes that decode and verify large batches (0: in the event loop)",
     )
+    _held_options(chain)
     chain.set_defaults(func=_run_chain)
     chain_sub = chain.add_subparsers(dest="chain_command", metavar="ACTION")
     verify = chain_sub.add_parser("verify", help="re-check every block, signature and document")
@@ -82,6 +83,42 @@ def register(subparsers: Any) -> None:
     pos.add_argument("--record", type=Path, help="append each acknowledged document (JSONL)")
     pos.add_argument("--json", action="store_true", help="print the summary as JSON")
     pos.set_defaults(func=_run_pos)
+
+
+def _held_options(chain: Any) -> None:
+    from hostsim.chain.state import HELD_LIMITS as held
+
+    chain.add_argument(
+        "--held-per-device",
+        type=_positive(int),
+        default=held.per_device,
+        help=f"documents held ahead of a gap, per device (default {held.per_device})",
+    )
+    chain.add_argument(
+        "--held-total",
+        type=_positive(int),
+        default=held.total,
+        help=f"documents held ahead of gaps, all devices (default {held.total})",
+    )
+    chain.add_argument(
+        "--held-max-age",
+        type=_positive(float),
+        default=held.max_age,
+        help=f"seconds a held document is kept (default {held.max_age:g})",
+    )
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError("must be greater than 0")
+        return value
+
+    return parse
 
 
 def _run_chain(args: argparse.Namespace) -> int:

@@ -93,7 +93,7 @@ def result_body(chain: Chain, result: Result, blocks: dict[int, Block] | None) -
 async def submit_documents(request: web.Request) -> web.Response:
     chain = chain_of(request)
     cbor = request.content_type == wire.CBOR
-    body = await wire.read_body(request)
+    body = await wire.read_body(request, wire.DOCUMENTS)
     raws = wire.blobs(body.get("documents"), "documents", cbor=cbor, limit=wire.MAX_BATCH)
     if not raws:
         raise ChainError(Code.BAD_REQUEST, "documents is empty")
@@ -122,12 +122,12 @@ async def submit_documents(request: web.Request) -> web.Response:
 async def register_device(request: web.Request) -> web.Response:
     chain = chain_of(request)
     cbor = request.content_type == wire.CBOR
-    body = await wire.read_body(request)
+    body = await wire.read_body(request, wire.LISTS)
     csr = wire.blob(body["csr"], "csr", cbor=cbor) if "csr" in body else None
     cert = (
         wire.blob(body["certificate"], "certificate", cbor=cbor) if "certificate" in body else None
     )
-    segments = wire.blobs(body.get("segments", []), "segments", cbor=cbor, limit=100)
+    segments = wire.blobs(body.get("segments", []), "segments", cbor=cbor, limit=wire.MAX_SEGMENTS)
     out = await chain.acts.register(csr, cert, segments, wire.wait_param(request, DEFAULT_WAIT))
     return wire.respond(
         request,
@@ -147,7 +147,7 @@ async def add_segment(request: web.Request) -> web.Response:
     chain = chain_of(request)
     device_id = device_id_param(request)
     cbor = request.content_type == wire.CBOR
-    body = await wire.read_body(request)
+    body = await wire.read_body(request, wire.FLAT)
     wait = wire.wait_param(request, DEFAULT_WAIT)
     if "segment" in body:
         seg = await chain.acts.record_segment(
@@ -175,7 +175,7 @@ async def revoke_device(request: web.Request) -> web.Response:
     require_admin(request)
     chain = chain_of(request)
     device_id = device_id_param(request)
-    body = await wire.read_body(request)
+    body = await wire.read_body(request, wire.FLAT)
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
         raise ChainError(Code.BAD_REQUEST, "give a reason (1 to 200 characters)")
@@ -189,7 +189,7 @@ async def revoke_device(request: web.Request) -> web.Response:
 async def enrol_buyer(request: web.Request) -> web.Response:
     require_admin(request)
     chain = chain_of(request)
-    body = await wire.read_body(request)
+    body = await wire.read_body(request, wire.FLAT)
     tax_id, name = body.get("tax_id"), body.get("name")
     problem = taxid.problem(tax_id)
     if problem is not None:

@@ -37,7 +37,7 @@ from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.ledger import Ledger
 from hostsim.chain.precheck import Checked, check_chunk, warm_up, with_keys, worker_init
 from hostsim.chain.quorum import NodeSet
-from hostsim.chain.state import TipState
+from hostsim.chain.state import HELD_LIMITS, HeldLimits, TipState
 from hostsim.chain.tx import Tx, document_tx
 
 log = logging.getLogger("taxctl.chain")
@@ -87,6 +87,7 @@ class Engine:
         block_interval: float = 0.02,
         mempool_max: int = 200_000,
         workers: int = 0,
+        held_limits: HeldLimits = HELD_LIMITS,
     ) -> None:
         self.ledger = ledger
         self.nodes = nodes
@@ -98,7 +99,7 @@ class Engine:
         self.block_max = block_max
         self.block_interval = block_interval
         self.mempool_max = mempool_max
-        self.state = TipState(ledger, bureau.open_certificate, bureau.open_segment)
+        self.state = TipState(ledger, bureau.open_certificate, bureau.open_segment, held_limits)
         self.blocks = BlockCache(ledger)
         self.mempool: deque[Tx] = deque()
         self.rejections: OrderedDict[bytes, ChainError] = OrderedDict()
@@ -128,7 +129,9 @@ class Engine:
             for _ in range(self.workers):
                 self.pool.submit(warm_up)
         self._task = asyncio.get_running_loop().create_task(self._cutter())
-        for device_id in self.state.load_held():
+        self.state.load_held()
+        self.state.expire_held(self.clock.now())
+        for device_id in list(self.state.held):
             if device_id in self.state.devices:
                 self._release_held(device_id)
         self._work.set()
@@ -171,10 +174,12 @@ class Engine:
             ]
         )
         admitted_before = len(self.mempool)
+        now = self.clock.now()
+        self.state.expire_held(now)
         for i, doc in docs.items():
             if results[i] is None:
-                results[i] = self._admit(doc, checked[i])
-        self.state.flush_held(self.clock.now())
+                results[i] = self._admit(doc, checked[i], now)
+        self.state.flush_held()
         self.state.prefetch_numbers([])
         if len(self.mempool) > admitted_before:
             self._work.set()
@@ -214,7 +219,7 @@ class Engine:
         device = self.state.devices.get(device_id)
         return None if device is None else device.public_key
 
-    def _admit(self, doc: Document, checked: Checked) -> Result:
+    def _admit(self, doc: Document, checked: Checked, now: float) -> Result:
         pending = self.state.pending.get(doc.hash)
         if pending is not None:
             return Result("pending", doc.hash, doc.device_id, doc.counter, tx=pending)
@@ -249,7 +254,10 @@ class Engine:
                         Code.EQUIVOCATION,
                         f"a different document {doc.counter} of {doc.device_id} is already held",
                     )
-                self.state.hold(doc)
+                refusal = self.state.hold_refusal(doc.device_id, device.last_counter + 1)
+                if refusal is not None:  # not remembered: it is accepted once the gap fills
+                    return _rejected(refusal, doc)
+                self.state.hold(doc, now)
                 return Result("held", doc.hash, doc.device_id, doc.counter)
             tx = self._accept_next(doc, device, checked.totals_error)
         except ChainError as exc:

@@ -29,6 +29,7 @@ class Code(StrEnum):
     TRAINING_NOT_ALLOWED = "training_not_allowed"
     TRAINING_ONLY = "training_only"
     CLOCK_REGRESSION = "clock_regression"
+    HELD_FULL = "held_full"  # ahead of a gap, but the chain already holds its most
     # Registration and bureau
     BAD_CSR = "bad_csr"
     BAD_CERTIFICATE = "bad_certificate"
@@ -67,10 +68,18 @@ STATUS: dict[Code, int] = {
 }
 
 
+MAX_MESSAGE_CHARS = 400
+
+
 class ChainError(Exception):
     """A refusal with a stable code and a sentence; `extra` goes into the error body."""
 
     def __init__(self, code: Code, message: str, **extra: object) -> None:
+        # A last bound for messages that carry a library's or the device code's words (a
+        # malformed document's reason can quote a field of it): an answer never grows
+        # with the input, and 10,000 remembered rejections stay small.
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + "…"
         super().__init__(message)
         self.code = code
         self.message = message

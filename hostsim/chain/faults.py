@@ -136,9 +136,9 @@ def admin_app(chain: Chain, faults: Faults, listener: Listener) -> web.Applicati
         return web.json_response({**faults.view(), "partitioned": sorted(chain.nodes.partitioned)})
 
     async def set_faults(request: web.Request) -> web.Response:
-        body = await wire.read_body(request)
+        body = await wire.read_body(request, wire.FLAT)
         try:
-            mode = Mode(body.get("mode"))
+            mode = Mode(body.get("mode", ""))
         except ValueError:
             raise ChainError(
                 Code.BAD_REQUEST, f"mode is one of {[m.value for m in Mode]}"
@@ -163,7 +163,7 @@ def admin_app(chain: Chain, faults: Faults, listener: Listener) -> web.Applicati
         return web.json_response(faults.view())
 
     async def partition(request: web.Request) -> web.Response:
-        body = await wire.read_body(request)
+        body = await wire.read_body(request, wire.LISTS)
         nodes = body.get("nodes")
         if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
             raise ChainError(Code.BAD_REQUEST, "nodes is a list of node ids")

@@ -308,8 +308,12 @@ class Ledger:
 
     # --- held and evidence -----------------------------------------------------------------
 
-    def held_rows(self) -> list[tuple[bytes, str, int, bytes]]:
-        return self.db.execute("SELECT hash, device_id, counter, body FROM held").fetchall()
+    def held_rows(self) -> list[tuple[bytes, str, int, bytes, str]]:
+        """Every held document, oldest first (the order they expire in)."""
+        return self.db.execute(
+            "SELECT hash, device_id, counter, body, received_at FROM held"
+            " ORDER BY received_at, device_id, counter"
+        ).fetchall()
 
     def add_held(self, rows: Sequence[tuple[bytes, str, int, bytes, str]]) -> None:
         with self.transaction() as tx:

@@ -13,6 +13,7 @@ from hostsim.chain.acts import Acts
 from hostsim.chain.engine import Engine
 from hostsim.chain.ledger import Ledger
 from hostsim.chain.quorum import NodeSet
+from hostsim.chain.state import HELD_LIMITS, HeldLimits
 
 
 class ChainSetupError(Exception):
@@ -42,6 +43,7 @@ class Chain:
         block_max: int = 2000,
         block_interval: float = 0.02,
         workers: int = 0,
+        held_limits: HeldLimits = HELD_LIMITS,
     ) -> Chain:
         clock = clock or SystemClock()
         directory.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,7 @@ class Chain:
                 block_max=block_max,
                 block_interval=block_interval,
                 workers=workers,
+                held_limits=held_limits,
             )
         except BaseException:
             ledger.close()

@@ -18,6 +18,7 @@ from hostsim.chain.node import Chain
 from hostsim.chain.tx import TxType
 
 HASH = re.compile(r"[0-9a-f]{64}")
+MAX_PAYLOAD_CHARS = 512
 
 
 CHAIN: web.AppKey[Chain] = web.AppKey("chain", Chain)
@@ -46,7 +47,7 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
     text = request.query.get(name)
     if text is None:
         return default
-    if not re.fullmatch(r"\d{1,12}", text) or not low <= int(text) <= high:
+    if not re.fullmatch(r"[0-9]{1,12}", text) or not low <= int(text) <= high:
         raise ChainError(Code.BAD_REQUEST, f"{name} is an integer from {low} to {high}")
     return int(text)
 
@@ -201,7 +202,7 @@ async def block(request: web.Request) -> web.Response:
     text = request.match_info["height"]
     height = chain.engine.height if text == "latest" else None
     if height is None:
-        if not re.fullmatch(r"\d{1,12}", text):
+        if not re.fullmatch(r"[0-9]{1,12}", text):
             raise ChainError(Code.BAD_REQUEST, "a height is a positive integer or 'latest'")
         height = int(text)
     row = chain.ledger.block(height)
@@ -299,8 +300,17 @@ def verification(chain: Chain, query: qr.VerificationQuery) -> dict[str, Any]:
 
 def _query_from(fields: dict[str, Any]) -> qr.VerificationQuery:
     if "payload" in fields:
+        payload = fields["payload"]
+        # A real payload is about 90 characters; qr.parse's refusals name unknown fields,
+        # so an unbounded payload would be echoed back whole.
+        if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD_CHARS:
+            raise ChainError(
+                Code.BAD_REQUEST,
+                f"payload is the text of a receipt's QR code (at most {MAX_PAYLOAD_CHARS}"
+                " characters)",
+            )
         try:
-            return qr.parse(str(fields["payload"]))
+            return qr.parse(payload)
         except qr.QrError as exc:
             raise ChainError(Code.BAD_REQUEST, str(exc)) from None
     total = fields.get("total")
@@ -324,7 +334,7 @@ def _query_from(fields: dict[str, Any]) -> qr.VerificationQuery:
 
 
 async def verify_post(request: web.Request) -> web.Response:
-    body = await wire.read_body(request)
+    body = await wire.read_body(request, wire.FLAT)
     return wire.respond(request, verification(_chain(request), _query_from(body)))
 
 

@@ -17,6 +17,7 @@ from device.protocol import trust
 from device.protocol.document import ZERO_HASH, Document, Kind
 from device.protocol.invoice import recheck_lines
 from device.protocol.status import DeviceError
+from device.protocol.untrusted import shown
 from hostsim.chain.errors import ChainError, Code
 
 
@@ -95,7 +96,7 @@ def admission(doc: Document, device: DeviceRecord, chain_training: bool) -> None
     if seller.get("tax_id") != device.tax_id:
         raise ChainError(
             Code.SELLER_MISMATCH,
-            f"seller {seller.get('tax_id')!r} is not the certified taxpayer {device.tax_id}",
+            f"seller {shown(seller.get('tax_id'))} is not the certified taxpayer {device.tax_id}",
         )
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from hostsim.chain.api import build_app
 from hostsim.chain.faults import FAULTS, Faults, Listener, admin_app, inject
 from hostsim.chain.node import Chain
+from hostsim.chain.state import HELD_LIMITS, HeldLimits
 from taxctl.address import parse_listen
 
 log = logging.getLogger("taxctl.chain")
@@ -35,6 +36,7 @@ async def serve(
     block_max: int = 2000,
     block_interval: float = 0.02,
     workers: int = 0,
+    held_limits: HeldLimits = HELD_LIMITS,
 ) -> int:
     chain = Chain.open(
         directory,
@@ -43,6 +45,7 @@ async def serve(
         block_max=block_max,
         block_interval=block_interval,
         workers=workers,
+        held_limits=held_limits,
     )
     chain.engine.start()
     fault_state = Faults()
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 block_max=args.block_max,
                 block_interval=args.block_interval_ms / 1000,
                 workers=args.workers,
+                held_limits=HeldLimits(args.held_per_device, args.held_total, args.held_max_age),
             )
         )
     except (ValueError, ChainSetupError, OSError) as exc:

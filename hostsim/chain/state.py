@@ -8,15 +8,52 @@ are kept in memory and persisted, so a restart does not lose them.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from device.protocol import trust
-from device.protocol.document import Document, DocumentError, Kind, format_utc, parse_document
+from device.protocol.document import (
+    Document,
+    DocumentError,
+    Kind,
+    format_utc,
+    parse_document,
+    parse_utc,
+)
+from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.ledger import Ledger
 from hostsim.chain.rules import DeviceRecord, Original
 from hostsim.chain.tx import Tx, TxType
 
 Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLimits:
+    """Bounds on documents held ahead of a counter gap (`taxctl hostsim chain --held-*`).
+
+    Held documents are signed by a registered device but cannot be ordered
+    yet; without bounds one device sending its counters out of order could
+    fill the chain's memory and ledger. A device's sender resubmits until
+    its documents are final, so a refused or expired one is sent again once
+    the gap is filled."""
+
+    per_device: int = 2_000  # two of syncd's largest batches, sent out of order
+    total: int = 20_000
+    max_age: float = 3_600.0  # seconds since the chain received it
+
+
+HELD_LIMITS = HeldLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    hash: bytes
+    device_id: str
+    counter: int
+    raw: bytes
+    since: float  # when the chain received it (the injected clock)
 
 
 class TipState:
@@ -25,6 +62,7 @@ class TipState:
         ledger: Ledger,
         open_certificate: Callable[[bytes], trust.DeviceCert],
         open_segment: Callable[[bytes], trust.Segment],
+        held_limits: HeldLimits = HELD_LIMITS,
     ) -> None:
         self.ledger = ledger
         self.devices: dict[str, DeviceRecord] = {}
@@ -35,9 +73,12 @@ class TipState:
         self.pending_invoices: dict[Key, Original] = {}
         self.pending_credits: dict[Key, int] = {}
         self.pending_claims: dict[Key, str] = {}
-        self.held: dict[str, dict[int, Document]] = {}
-        self.held_hashes: set[bytes] = set()
-        self._new_held: list[tuple[bytes, str, int, bytes]] = []
+        self.held_limits = held_limits
+        # Documents ahead of a gap: by device and counter, and by hash in arrival order
+        # (so the oldest is first to expire); those not yet written to the ledger.
+        self.held: dict[str, dict[int, Held]] = {}
+        self.held_hashes: OrderedDict[bytes, Held] = OrderedDict()
+        self._new_held: dict[bytes, Held] = {}
         self._committed_numbers: dict[Key, bytes] = {}
         self._prefetched: set[Key] = set()
         for row in ledger.device_rows():
@@ -71,11 +112,8 @@ class TipState:
         row = self.ledger.tx(tx_hash)
         if row is not None:
             return row.body
-        for docs in self.held.values():
-            for doc in docs.values():
-                if doc.hash == tx_hash:
-                    return doc.raw
-        return b""
+        held = self.held_hashes.get(tx_hash)
+        return b"" if held is None else held.raw
 
     def prefetch_numbers(self, keys: list[Key]) -> None:
         """Look up a batch's numbers in one query; valid until the tip next moves."""
@@ -157,42 +195,97 @@ class TipState:
 
     # --- held documents --------------------------------------------------------------------
 
-    def held_at(self, device_id: str, counter: int) -> Document | None:
+    def held_at(self, device_id: str, counter: int) -> Held | None:
         return self.held.get(device_id, {}).get(counter)
 
-    def hold(self, doc: Document) -> None:
-        self.held.setdefault(doc.device_id, {})[doc.counter] = doc
-        self.held_hashes.add(doc.hash)
-        self._new_held.append((doc.hash, doc.device_id, doc.counter, doc.raw))
+    def hold_refusal(self, device_id: str, missing: int) -> ChainError | None:
+        """Why one more document of this device cannot be held, or None."""
+        limits = self.held_limits
+        count = len(self.held.get(device_id, ()))
+        if count >= limits.per_device:
+            return ChainError(
+                Code.HELD_FULL,
+                f"{device_id} already has {count} documents held behind its missing document"
+                f" {missing}, the most the chain holds for one device; send {missing} first",
+            )
+        if len(self.held_hashes) >= limits.total:
+            return ChainError(
+                Code.HELD_FULL,
+                f"the chain already holds {limits.total} documents behind counter gaps, its"
+                f" limit; send {device_id}'s document {missing} first",
+            )
+        return None
+
+    def hold(self, doc: Document, now: float) -> None:
+        """Keep a document ahead of a gap (the caller checked `hold_refusal`).
+
+        Only its bytes are kept, not the decoded payload: a few hundred bytes
+        each instead of a few kilobytes; it is decoded again when released."""
+        held = Held(doc.hash, doc.device_id, doc.counter, doc.raw, now)
+        self.held.setdefault(doc.device_id, {})[doc.counter] = held
+        self.held_hashes[doc.hash] = held
+        self._new_held[doc.hash] = held
 
     def unhold(self, device_id: str, counter: int) -> Document | None:
         """Take the document held at this counter (its row goes when its block is written)."""
         docs = self.held.get(device_id)
-        doc = docs.pop(counter, None) if docs else None
-        if doc is not None:
-            self.held_hashes.discard(doc.hash)
-            self._new_held = [r for r in self._new_held if r[0] != doc.hash]
-        return doc
+        held = docs.get(counter) if docs else None
+        if held is None:
+            return None
+        self._forget(held)
+        try:
+            return parse_document(held.raw)
+        except DocumentError:  # it parsed when it was held: only a damaged ledger row
+            self.discard_held(held.hash)
+            return None
+
+    def _forget(self, held: Held) -> None:
+        docs = self.held[held.device_id]
+        del docs[held.counter]
+        if not docs:
+            del self.held[held.device_id]
+        del self.held_hashes[held.hash]
+        self._new_held.pop(held.hash, None)
 
     def discard_held(self, tx_hash: bytes) -> None:
         with self.ledger.transaction() as db:
             db.execute("DELETE FROM held WHERE hash=?", (tx_hash,))
 
-    def flush_held(self, now: float) -> None:
+    def expire_held(self, now: float) -> int:
+        """Drop held documents received `max_age` or more before `now`, oldest first, from
+        memory and the ledger; their senders resubmit them (`held` is not final)."""
+        cutoff = now - self.held_limits.max_age
+        expired: list[Held] = []
+        for held in self.held_hashes.values():  # in arrival order: oldest first
+            if held.since > cutoff:
+                break
+            expired.append(held)
+        for held in expired:
+            self._forget(held)
+        if expired:
+            with self.ledger.transaction() as db:
+                db.executemany("DELETE FROM held WHERE hash=?", [(h.hash,) for h in expired])
+        return len(expired)
+
+    def flush_held(self) -> None:
         if self._new_held:
-            at = format_utc(now)
-            self.ledger.add_held([(*row, at) for row in self._new_held])
+            self.ledger.add_held(
+                [
+                    (h.hash, h.device_id, h.counter, h.raw, format_utc(h.since))
+                    for h in self._new_held.values()
+                ]
+            )
             self._new_held.clear()
 
-    def load_held(self) -> list[str]:
-        for tx_hash, device_id, counter, body in self.ledger.held_rows():
+    def load_held(self) -> None:
+        for tx_hash, device_id, counter, body, received_at in self.ledger.held_rows():
             try:
-                doc = parse_document(bytes(body))
-            except DocumentError:
-                continue
-            self.held.setdefault(device_id, {})[counter] = doc
-            self.held_hashes.add(bytes(tx_hash))
-        return list(self.held)
+                since = float(parse_utc(received_at))
+            except ValueError:
+                since = 0.0  # unreadable: the first to expire
+            held = Held(bytes(tx_hash), device_id, counter, bytes(body), since)
+            self.held.setdefault(device_id, {})[counter] = held
+            self.held_hashes[held.hash] = held
 
     def held_count(self) -> int:
         return len(self.held_hashes)
