@@ -223,8 +223,28 @@ def _refuse_constant(name: str) -> Any:
     raise InputRefused(f"{name} is not a JSON number")
 
 
+def json_items_bound(raw: bytes | str) -> int:
+    """At least the number of JSON values and keys in `raw`, counted without parsing
+    (in C, at memory speed).
+
+    Every value or key but the first is preceded by `,` `:` `[` or `{`, so their count
+    bounds the items (characters inside strings only raise it). json.loads builds the
+    whole value before the walk can bound it: 30 MB of `[],` cost 7 s and 1.4 GB.
+    """
+    if isinstance(raw, str):
+        return 1 + raw.count(",") + raw.count(":") + raw.count("[") + raw.count("{")
+    return 1 + raw.count(b",") + raw.count(b":") + raw.count(b"[") + raw.count(b"{")
+
+
 def loads_json(data: bytes | str, limits: Limits = JSON_BODY) -> Any:
-    """Parse JSON and walk it with `limits`; NaN, Infinity and lone surrogates are refused."""
+    """Parse JSON and walk it with `limits`; NaN, Infinity and lone surrogates are refused.
+
+    The walk after parsing applies the exact item bound; the count before it only keeps
+    json.loads' work in proportion to that bound, with room for punctuation in strings.
+    """
+    separators = json_items_bound(data)
+    if separators > 4 * limits.max_items + 1024:
+        raise InputRefused(f"{separators} JSON separators, for at most {limits.max_items} items")
     try:
         value = json.loads(data, parse_constant=_refuse_constant)
     except InputRefused:

@@ -136,7 +136,8 @@ def test_indefinite_lengths_are_decoded() -> None:
 @pytest.mark.parametrize(
     ("text", "why"),
     [
-        ("[" * 100_000 + "]" * 100_000, "nested deeper"),
+        ("[" * 100_000 + "]" * 100_000, "JSON separators"),
+        ("[" * 20_000 + "]" * 20_000, "nested deeper"),
         ("[" * 17 + "]" * 17, "nested deeper than 16"),
         ('{"a": NaN}', "NaN is not a JSON number"),
         ("[Infinity]", "Infinity is not a JSON number"),
@@ -146,6 +147,7 @@ def test_indefinite_lengths_are_decoded() -> None:
         ("[1.5]", "floating-point"),
         ("{", "not valid JSON"),
     ],
+    ids=lambda value: str(value)[:24],
 )
 def test_json_bounds(text: str, why: str) -> None:
     with pytest.raises(InputRefused, match=why):
@@ -166,3 +168,15 @@ def test_shown_is_bounded_and_visible() -> None:
     assert shown([1] * 10**6) == "a list of 1000000 items"
     assert shown(12) == "12"
     assert len(shown("y" * 10**6)) < 50
+
+
+def test_a_json_flood_is_refused_before_it_is_parsed() -> None:
+    flood = b"[" + b"[]," * 10_000_000 + b"[]]"  # 30 MB: json.loads alone would take 1.4 GB
+    tracemalloc.start()
+    with pytest.raises(InputRefused, match="JSON separators"):
+        loads_json(flood)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1_000_000
+    # Punctuation inside strings is allowed for, up to four times the item bound.
+    loads_json(json.dumps({"reason": "," * 50_000}).encode())
