@@ -103,7 +103,7 @@ def format_utc(seconds: float) -> str:
     return last[1]
 
 
-_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", re.ASCII)  # int() reads any digits
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)

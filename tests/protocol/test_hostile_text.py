@@ -179,3 +179,10 @@ def test_every_printed_text_field_is_checked() -> None:
     line = invoice.make_line(bad, 1000, 100, 1300).to_payload()
     with pytest.raises(DeviceError, match="holds"):
         invoice.recheck_lines([line], rates, credit=False)
+
+
+def test_times_are_ascii_digits_only() -> None:
+    """int() reads other scripts' digits as the same number: two strings for one time."""
+    assert document.parse_utc("2030-01-01T00:00:00Z") == 1893456000
+    with pytest.raises(ValueError, match="not a UTC time"):
+        document.parse_utc("\u0662\u0660\u0663\u0660-01-01T00:00:00Z")
