@@ -8,13 +8,15 @@ import json
 import logging
 import os
 import signal
+import sqlite3
+import stat
 import sys
 from pathlib import Path
 
 from device import settings as settings_mod
 from device import signer
 from device.firmware import Firmware
-from device.journal import Journal
+from device.journal import Journal, JournalError
 from device.limits import Limits
 from device.protocol import trust
 from device.protocol.clock import Clock, SystemClock
@@ -39,10 +41,49 @@ def open_device(
     max_page_count: int | None = None,
 ) -> Firmware:
     """Open a device's state, personalising it on first start. The state stays
-    locked to this process until `Firmware.close()` (or the process ends)."""
-    clock = clock or SystemClock()
+    locked to this process until `Firmware.close()` (or the process ends).
+
+    A state directory the process cannot write (read-only, another owner's, a
+    full or read-only file system) raises SettingsError saying so in one line."""
+    try:
+        return _open_device(
+            state,
+            training=training,
+            bureau_key=bureau_key,
+            limits=limits,
+            capacity=capacity,
+            tax_rates=tax_rates,
+            clock=clock or SystemClock(),
+            max_page_count=max_page_count,
+        )
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SettingsError(f"the state directory {state} cannot be used: {why}{where}") from None
+    except (sqlite3.Error, JournalError) as exc:
+        raise SettingsError(
+            f"the state directory {state} cannot be used: its journal cannot be opened "
+            f"for writing ({exc})"
+        ) from None
+
+
+def _open_device(
+    state: Path,
+    *,
+    training: bool | None,
+    bureau_key: bytes | None,
+    limits: Limits | None,
+    capacity: int | None,
+    tax_rates: frozenset[int] | None,
+    clock: Clock,
+    max_page_count: int | None,
+) -> Firmware:
     state.mkdir(parents=True, exist_ok=True)
-    os.chmod(state, 0o700)
+    # Keep others out of the keys, but never grant the owner a right the directory's
+    # owner took away: a directory made read-only stays so, and is refused below.
+    mode = stat.S_IMODE(state.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(state, mode & 0o700)
     lock = StateLock(state)  # before anything is read or written: a second printer stops here
     try:
         existing = settings_mod.load(state)

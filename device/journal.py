@@ -273,9 +273,14 @@ class Journal:
                     for sql, params in statements:
                         conn.execute(sql, params)
                     conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
+                # Whatever stopped it (a value sqlite cannot bind raises OverflowError, not
+                # sqlite3.Error), an open transaction must not stay open for the next batch
+                # to commit together with this one's first half.
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if not isinstance(exc, sqlite3.Error):
+                    raise
                 if _is_full(exc):
                     raise StorageFull(str(exc)) from exc
                 raise JournalError(str(exc)) from exc

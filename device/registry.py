@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from device.journal import Journal, SegmentRow
-from device.protocol import taxid, trust
+from device.protocol import invoice, taxid, trust
 from device.protocol.keys import KeyPair
 from device.protocol.status import DeviceError, Status
 from device.settings import Settings
@@ -82,6 +82,10 @@ class Registry:
             raise DeviceError(Status.CERT_INVALID, "certificate training flag does not match")
         if taxid.problem(cert.taxpayer["tax_id"]) is not None:
             raise DeviceError(Status.CERT_INVALID, "certificate taxpayer tax id is invalid")
+        try:  # the seller's name is printed on every receipt: the same rules as any name
+            invoice.check_text(cert.taxpayer["name"], "certificate taxpayer name")
+        except DeviceError as exc:
+            raise DeviceError(Status.CERT_INVALID, exc.detail) from None
         if self.cert is not None and self.cert.raw != raw:
             raise DeviceError(Status.ALREADY_REGISTERED)
         return cert

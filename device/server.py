@@ -30,7 +30,7 @@ from device.protocol.framing import (
     encode_frame,
     worth_nak,
 )
-from device.protocol.status import DeviceError, Status
+from device.protocol.status import DeviceError, Status, internal_error
 from device.transport import Port
 from device.writer import Writer, WriteRequest
 
@@ -107,9 +107,7 @@ class DeviceServer:
                         except Exception as exc:  # one bad request must not stop the device
                             log.exception("request 0x%x failed", event.request_id)
                             self._reply_uncached(
-                                event.request_id,
-                                event.command,
-                                DeviceError(Status.INTERNAL_ERROR, str(exc)),
+                                event.request_id, event.command, internal_error(exc)
                             )
                 elif isinstance(event, FrameError) and worth_nak(event):
                     self.fw.run.naks_sent += 1
@@ -124,10 +122,25 @@ class DeviceServer:
                     self._in_flight[request_id] = (digest, since, True)
                     self._send(Frame(FrameType.ACK, request_id, 0))
 
-    def _send(self, frame: Frame) -> bytes:
-        wire = encode_frame(frame)
-        self.port.write(wire)
-        return wire
+    def _send(self, frame: Frame) -> bytes | None:
+        """Encode and write one frame; None (and a log line) if that failed. Never raises:
+        one frame that cannot be sent must not take the read loop or the writer with it."""
+        try:
+            wire = encode_frame(frame)
+        except Exception:
+            log.exception(
+                "a %s frame for request 0x%x cannot be encoded", frame.type.name, frame.request_id
+            )
+            return None
+        return wire if self._write(wire) else None
+
+    def _write(self, wire: bytes) -> bool:
+        try:
+            self.port.write(wire)
+        except Exception:
+            log.exception("writing %d bytes to %s failed", len(wire), self.port.name)
+            return False
+        return True
 
     def _on_request(self, frame: Frame) -> None:
         rid, command = frame.request_id, frame.command
@@ -143,7 +156,7 @@ class DeviceServer:
         if recent is not None:
             if recent[0] == digest:
                 self.fw.run.replays += 1
-                self.port.write(recent[1])
+                self._write(recent[1])
             else:
                 self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
             return
@@ -195,13 +208,7 @@ class DeviceServer:
             self._reply(rid, command, digest, exc.status, exc.to_body())
         except Exception as exc:
             log.exception("command %s failed", known.name)
-            self._reply(
-                rid,
-                command,
-                digest,
-                Status.INTERNAL_ERROR,
-                DeviceError(Status.INTERNAL_ERROR, str(exc)).to_body(),
-            )
+            self._reply(rid, command, digest, Status.INTERNAL_ERROR, internal_error(exc).to_body())
         else:
             self._reply(rid, command, digest, Status.OK, out)
 
@@ -220,20 +227,33 @@ class DeviceServer:
         self, rid: int, command: int, digest: bytes, status: int, body: dict[str, Any]
     ) -> None:
         self._in_flight.pop(rid, None)
-        # A DocumentResponse is built in deterministic key order (firmware.document_response),
-        # so the cheaper order-preserving encoder gives the canonical bytes.
-        encoded = (
-            codec.encode_ordered(body)
-            if status == Status.OK and command in ISSUING
-            else codec.encode(body)
-        )
-        wire = self._send(Frame(FrameType.RESPONSE, rid, command, status, encoded))
+        try:
+            # A DocumentResponse is built in deterministic key order (firmware.document_response),
+            # so the cheaper order-preserving encoder gives the canonical bytes.
+            encoded = (
+                codec.encode_ordered(body)
+                if status == Status.OK and command in ISSUING
+                else codec.encode(body)
+            )
+            wire = encode_frame(Frame(FrameType.RESPONSE, rid, command, status, encoded))
+        except Exception as exc:  # a bug (an answer too large for a frame, say): say so, briefly
+            log.exception(
+                "the answer (status 0x%02x) to request 0x%x cannot be encoded", status, rid
+            )
+            # Not recorded: asked again, an issued document is answered from the journal.
+            self._reply_uncached(rid, command, internal_error(exc))
+            return
+        if not self._write(wire):
+            return
         self._recent[rid] = (digest, wire)
         if len(self._recent) > RECENT_RESPONSES:
             self._recent.popitem(last=False)
 
     def _reply_uncached(self, rid: int, command: int, error: DeviceError) -> None:
         # Not recorded: the original request keeps its own response under this id.
-        self._send(
-            Frame(FrameType.RESPONSE, rid, command, error.status, codec.encode(error.to_body()))
-        )
+        try:
+            body = codec.encode(error.to_body())
+        except Exception:
+            log.exception("the refusal of request 0x%x cannot be encoded; dropped", rid)
+            return
+        self._send(Frame(FrameType.RESPONSE, rid, command, error.status, body))

@@ -15,6 +15,7 @@ from device.protocol import framing, invoice, trust
 from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT, FETCH_MAX_COUNT
 from device.protocol.document import format_utc
 from device.protocol.status import DeviceError, Status
+from device.protocol.untrusted import shown, shown_keys
 from device.settings import FIRMWARE
 
 FETCH_MAX_BYTES = 60_000
@@ -28,7 +29,7 @@ def _map(body: Any, allowed: set[str], command: str) -> dict[str, Any]:
         raise DeviceError(Status.BAD_REQUEST, f"{command} takes a map")
     unknown = set(body) - allowed
     if unknown:
-        raise DeviceError(Status.BAD_REQUEST, f"{command}: unknown fields {sorted(unknown)}")
+        raise DeviceError(Status.BAD_REQUEST, f"{command}: unknown fields {shown_keys(unknown)}")
     return body
 
 
@@ -47,7 +48,8 @@ def hello(fw: Firmware, body: Any, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -
     common = [v for v in SUPPORTED_VERSIONS if v in versions]
     if not common:
         raise DeviceError(
-            Status.UNSUPPORTED_VERSION, f"host speaks {versions}, device {list(SUPPORTED_VERSIONS)}"
+            Status.UNSUPPORTED_VERSION,
+            f"host speaks {shown(versions)}, device {list(SUPPORTED_VERSIONS)}",
         )
     return {
         "version": max(common),

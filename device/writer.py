@@ -27,7 +27,7 @@ from device.journal import Batch, JournalError, StorageFull
 from device.journal_thread import JournalThread
 from device.protocol.commands import ISSUING, Command
 from device.protocol.document import Kind, format_utc
-from device.protocol.status import DeviceError, Status
+from device.protocol.status import DeviceError, Status, internal_error
 
 log = logging.getLogger("taxctl.device")
 
@@ -171,7 +171,7 @@ class Writer:
                 results.append((item, exc.status, exc.to_body()))
             except Exception as exc:  # a bug: refuse this request, keep the device up
                 log.exception("issuing failed")
-                error = DeviceError(Status.INTERNAL_ERROR, str(exc))
+                error = internal_error(exc)
                 results.append((item, Status.INTERNAL_ERROR, error.to_body()))
         return results
 
@@ -200,7 +200,7 @@ class Writer:
     @staticmethod
     def _send(results: list[Result]) -> None:
         for item, code, out in results:
-            item.reply(code, out)
+            _answer(item, code, out)
 
     def _issue(self, item: WriteRequest) -> dict[str, Any]:
         request = (item.request_id, item.digest)
@@ -214,18 +214,21 @@ class Writer:
         return self.fw.report(kind, request)
 
     async def _write_one(self, item: WriteRequest) -> None:
+        """One non-issuing write. Its checks all run before its one commit, and only
+        in-memory assignments after it, so a refusal or a bug leaves nothing half-written."""
         try:
             body = await self._execute(item)
         except DeviceError as exc:
-            item.reply(exc.status, exc.to_body())
+            _answer(item, exc.status, exc.to_body())
         except StorageFull as exc:
-            item.reply(Status.STORAGE_FULL, DeviceError(Status.STORAGE_FULL, str(exc)).to_body())
+            _answer(item, Status.STORAGE_FULL, DeviceError(Status.STORAGE_FULL, str(exc)).to_body())
         except JournalError as exc:
-            item.reply(
-                Status.INTERNAL_ERROR, DeviceError(Status.INTERNAL_ERROR, str(exc)).to_body()
-            )
+            _answer(item, Status.INTERNAL_ERROR, internal_error(exc).to_body())
+        except Exception as exc:  # a bug: refuse this request, keep the device up
+            log.exception("%s failed", item.command.name)
+            _answer(item, Status.INTERNAL_ERROR, internal_error(exc).to_body())
         else:
-            item.reply(Status.OK, body)
+            _answer(item, Status.OK, body)
 
     async def _execute(self, item: WriteRequest) -> dict[str, Any]:
         fw = self.fw
@@ -276,6 +279,15 @@ class Writer:
             fw.time_offset = offset
             return {"time": format_utc(fw.now())}
         raise DeviceError(Status.UNKNOWN_COMMAND, item.command.name)
+
+
+def _answer(item: WriteRequest, code: int, out: dict[str, Any]) -> None:
+    """Hand one answer to the link. The server's reply never raises; if one still did,
+    losing that answer (the host asks again) is better than losing the writer."""
+    try:
+        item.reply(code, out)
+    except Exception:
+        log.exception("the answer to request 0x%x was lost", item.request_id)
 
 
 def _bytes_field(body: Any, key: str) -> bytes:

@@ -300,9 +300,7 @@ class Shop:
             )
         unacked = [a for a in self.acks if (a.device_id, a.counter) not in on_chain]
         tally.lost += len(unacked)
-        print(
-            f"   every one of the {len(self.acks)} documents the tills were given is on the chain"
-        )
+        print(f"   {given_on_chain(len(self.acks), unacked)}")
 
     def verify_ledger(self) -> None:
         from hostsim.chain.verify import verify_ledger
@@ -312,3 +310,16 @@ class Shop:
             f"   ledger re-checked offline: {report.blocks} blocks, {report.documents} documents,"
             " every hash, Merkle root and quorum signature good"
         )
+
+
+def given_on_chain(given: int, missing: list[Acknowledged]) -> str:
+    """The audit's last line, true either way: all the tills' documents are on the chain,
+    or which are not (the first few, by device and counter)."""
+    if not missing:
+        return f"every one of the {given} documents the tills were given is on the chain"
+    named = ", ".join(f"{a.device_id} #{a.counter}" for a in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return (
+        f"{len(missing)} of the {given} documents the tills were given are not on the chain:"
+        f" {named}{more}"
+    )

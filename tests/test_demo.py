@@ -64,3 +64,22 @@ def test_demo_refuses_bad_arguments(tmp_path: Path) -> None:
     assert done.returncode == 2 and "is not empty" in done.stderr
     done = demo("--devices", "0")
     assert done.returncode == 2 and "--devices is 1..16" in done.stderr
+
+
+def test_the_audit_says_all_documents_are_on_the_chain_only_when_they_are() -> None:
+    from hostsim.pos.till import Acknowledged
+    from taxctl.demo_steps import given_on_chain
+
+    def ack(counter: int) -> Acknowledged:
+        return Acknowledged("TCAAAAAAAAAAAA", counter, "invoice", "1", "1", 1, "k", 0.0, 1)
+
+    assert given_on_chain(3, []) == (
+        "every one of the 3 documents the tills were given is on the chain"
+    )
+    one = given_on_chain(3, [ack(2)])
+    assert "every one" not in one
+    assert (
+        one == "1 of the 3 documents the tills were given are not on the chain: TCAAAAAAAAAAAA #2"
+    )
+    many = given_on_chain(9, [ack(c) for c in range(1, 8)])
+    assert many.startswith("7 of the 9") and many.endswith("TCAAAAAAAAAAAA #5 and 2 more")

@@ -33,6 +33,7 @@ from typing import Any
 from device.protocol import codec, cose
 from device.protocol.invoice import is_invoice_code, is_invoice_number
 from device.protocol.keys import SIGNATURE_SIZE, KeyPair
+from device.protocol.untrusted import shown, shown_keys
 
 ZERO_HASH = bytes(32)
 CHECK_CODE_DIGITS = 20
@@ -102,7 +103,7 @@ def format_utc(seconds: float) -> str:
     return last[1]
 
 
-_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", re.ASCII)  # int() reads any digits
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
@@ -110,7 +111,7 @@ _EPOCH = datetime.datetime(1970, 1, 1)
 
 def parse_utc(text: object) -> int:
     if not isinstance(text, str) or not _UTC.fullmatch(text):
-        raise ValueError(f"not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ: {text!r}")
+        raise ValueError(f"not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ: {shown(text)}")
     try:  # the constructor checks ranges (month 13, 30 February, hour 24 ...)
         when = datetime.datetime(
             int(text[0:4]),
@@ -121,7 +122,7 @@ def parse_utc(text: object) -> int:
             int(text[17:19]),
         )
     except ValueError as exc:
-        raise ValueError(f"not a valid time: {text!r} ({exc})") from None
+        raise ValueError(f"not a valid time: {text} ({exc})") from None
     return (when - _EPOCH) // datetime.timedelta(seconds=1)
 
 
@@ -250,14 +251,13 @@ def check_shape(payload: object) -> None:
         raise DocumentError("payload must be a map")
     kind_text = payload.get("kind")
     if kind_text not in _KINDS:
-        raise DocumentError(f"unknown kind {kind_text!r}")
+        raise DocumentError(f"unknown kind {shown(kind_text)}")
     kind = Kind(str(kind_text))
     expected = _EXPECTED_KEYS[kind]
     if payload.keys() != expected:
-        found = {str(k) for k in payload}
         raise DocumentError(
-            f"payload keys differ: missing {sorted(expected - found)}, "
-            f"unexpected {sorted(found - expected)}"
+            f"payload keys differ: missing {sorted(expected - payload.keys())}, "
+            f"unexpected {shown_keys(payload.keys() - expected)}"
         )
     device_id = payload["device_id"]
     if type(device_id) is not str or DEVICE_ID_PATTERN.fullmatch(device_id) is None:

@@ -15,12 +15,14 @@ pure functions, no I/O.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from device.protocol import taxid
 from device.protocol.status import DeviceError, Status
+from device.protocol.untrusted import shown, shown_keys
 
 DEFAULT_TAX_RATES: frozenset[int] = frozenset({1300, 900, 600, 300, 0})
 
@@ -31,7 +33,13 @@ MAX_QUANTITY_MILLI = 1_000_000_000  # one million units
 MAX_UNIT_PRICE = 10_000_000_000  # 100 million yuan, in fen
 MAX_TOTAL = 1_000_000_000_000  # 10 billion yuan, in fen
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Characters a name may not hold anywhere: controls (C0, DEL, C1 such as U+0085 NEL),
+# format characters (bidi overrides and isolates, zero-width space/joiners, soft hyphen,
+# BOM, tags), line and paragraph separators: each can move, hide or break a printed
+# line, so a signed name could fake receipt lines. Surrogates are not text; private
+# use has no agreed glyph; unassigned code points may be assigned later as anything,
+# and refusing them keeps what a device accepts inside what a newer Unicode accepts.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 _QUANTITY = re.compile(r"(-?)(0|[1-9][0-9]{0,6})(?:\.([0-9]{1,3}))?")
 
 
@@ -47,20 +55,24 @@ def round_half_up(numerator: int, denominator: int) -> int:
 def parse_quantity(text: object, *, negative: bool = False) -> int:
     """A quantity string as integer thousandths; the sign must match `negative`."""
     if not isinstance(text, str):
-        raise DeviceError(Status.BAD_QUANTITY, f"quantity must be a decimal string, got {text!r}")
+        raise DeviceError(
+            Status.BAD_QUANTITY, f"quantity must be a decimal string, got {shown(text)}"
+        )
     match = _QUANTITY.fullmatch(text)
     if match is None:
-        raise DeviceError(Status.BAD_QUANTITY, f"quantity {text!r}")
+        raise DeviceError(Status.BAD_QUANTITY, f"quantity {shown(text)}")
     sign, whole, fraction = match.groups()
     milli = int(whole) * 1000 + int((fraction or "").ljust(3, "0"))
     if milli == 0:
-        raise DeviceError(Status.BAD_QUANTITY, f"quantity {text!r} is zero")
+        raise DeviceError(Status.BAD_QUANTITY, f"quantity {shown(text)} is zero")
     if bool(sign) != negative:
         if negative:
-            raise DeviceError(Status.BAD_QUANTITY, f"credit quantity {text!r} must be negative")
-        raise DeviceError(Status.NEGATIVE_AMOUNT, f"quantity {text!r}")
+            raise DeviceError(
+                Status.BAD_QUANTITY, f"credit quantity {shown(text)} must be negative"
+            )
+        raise DeviceError(Status.NEGATIVE_AMOUNT, f"quantity {shown(text)}")
     if milli > MAX_QUANTITY_MILLI:
-        raise DeviceError(Status.AMOUNT_TOO_LARGE, f"quantity {text!r}")
+        raise DeviceError(Status.AMOUNT_TOO_LARGE, f"quantity {shown(text)}")
     return -milli if negative else milli
 
 
@@ -74,12 +86,27 @@ def format_quantity(milli: int) -> str:
 
 
 def check_text(value: object, what: str, limit: int = MAX_NAME_CHARS) -> str:
+    """A printed text field (a name, a reason): non-empty, at most `limit` characters,
+    nothing invisible or line-breaking, not starting with a combining mark. Pure."""
     if not isinstance(value, str) or not value.strip():
         raise DeviceError(Status.INVALID_INVOICE, f"{what} must be a non-empty string")
     if len(value) > limit:
         raise DeviceError(Status.FIELD_TOO_LONG, f"{what} is {len(value)} characters, max {limit}")
-    if _CONTROL.search(value):
-        raise DeviceError(Status.INVALID_INVOICE, f"{what} contains control characters")
+    # isprintable() (in C) is false for every refused category and for spaces other than
+    # U+0020, so the usual name costs one pass and one lookup; only a name with such a
+    # space, or with a refused character, is looked at character by character.
+    if not value.isprintable():
+        for position, char in enumerate(value):
+            if unicodedata.category(char) in REFUSED_CATEGORIES:
+                raise DeviceError(
+                    Status.INVALID_INVOICE,
+                    f"{what} holds {shown(char)} at character {position}: control, format "
+                    "and separator characters are not allowed",
+                )
+    if value[0] >= "\u0300" and unicodedata.category(value[0])[0] == "M":  # none lies lower
+        raise DeviceError(
+            Status.INVALID_INVOICE, f"{what} starts with the combining mark {shown(value[0])}"
+        )
     return value
 
 
@@ -126,7 +153,7 @@ def parse_item(item: object, index: int, rates: frozenset[int], *, credit: bool 
     if not isinstance(item, dict):
         raise DeviceError(Status.INVALID_INVOICE, f"items[{index}] must be a map")
     if not item.keys() <= _ITEM_KEYS:
-        unknown = sorted(set(item) - _ITEM_KEYS, key=str)
+        unknown = shown_keys(item.keys() - _ITEM_KEYS)
         raise DeviceError(Status.INVALID_INVOICE, f"items[{index}] has unknown fields {unknown}")
     return _line(
         item.get("name"),
@@ -154,14 +181,15 @@ def _line(
     if type(price) is not int:  # bool is an int subclass; a price is never true/false
         raise DeviceError(Status.INVALID_INVOICE, f"items[{index}].unit_price must be integer fen")
     if price <= 0:
-        raise DeviceError(Status.NEGATIVE_AMOUNT, f"items[{index}].unit_price is {price}")
+        raise DeviceError(Status.NEGATIVE_AMOUNT, f"items[{index}].unit_price is {shown(price)}")
     if price > MAX_UNIT_PRICE:
-        raise DeviceError(Status.AMOUNT_TOO_LARGE, f"items[{index}].unit_price is {price}")
+        raise DeviceError(Status.AMOUNT_TOO_LARGE, f"items[{index}].unit_price is {shown(price)}")
     if type(rate) is not int:
         raise DeviceError(Status.UNKNOWN_TAX_RATE, f"items[{index}].tax_rate_bp must be an integer")
     if rate not in rates:
         raise DeviceError(
-            Status.UNKNOWN_TAX_RATE, f"items[{index}].tax_rate_bp {rate} not in {sorted(rates)}"
+            Status.UNKNOWN_TAX_RATE,
+            f"items[{index}].tax_rate_bp {shown(rate)} not in {sorted(rates)}",
         )
     return make_line(name, -milli if credit else milli, price, rate)
 
@@ -207,7 +235,9 @@ def parse_party(value: object, what: str, *, tax_id_required: bool) -> dict[str,
         raise DeviceError(Status.INVALID_INVOICE, f"{what} must be a map")
     unknown = set(value) - {"name", "tax_id"}
     if unknown:
-        raise DeviceError(Status.INVALID_INVOICE, f"{what} has unknown fields {sorted(unknown)}")
+        raise DeviceError(
+            Status.INVALID_INVOICE, f"{what} has unknown fields {shown_keys(unknown)}"
+        )
     party = {"name": check_text(value.get("name"), f"{what}.name")}
     if value.get("tax_id") is not None or tax_id_required:
         party["tax_id"] = check_tax_id(value.get("tax_id"), f"{what}.tax_id")
@@ -226,7 +256,7 @@ def parse_invoice_request(body: object, rates: frozenset[int]) -> InvoiceRequest
         raise DeviceError(Status.BAD_REQUEST, "invoice request must be a map")
     unknown = set(body) - {"buyer", "items"}
     if unknown:
-        raise DeviceError(Status.INVALID_INVOICE, f"unknown fields {sorted(unknown)}")
+        raise DeviceError(Status.INVALID_INVOICE, f"unknown fields {shown_keys(unknown)}")
     buyer = parse_party(body.get("buyer"), "buyer", tax_id_required=False)
     return InvoiceRequest(buyer, parse_items(body.get("items"), rates))
 
@@ -245,7 +275,7 @@ def parse_credit_request(body: object, rates: frozenset[int]) -> CreditRequest:
         raise DeviceError(Status.BAD_REQUEST, "credit request must be a map")
     unknown = set(body) - {"refers_to", "reason", "items"}
     if unknown:
-        raise DeviceError(Status.INVALID_INVOICE, f"unknown fields {sorted(unknown)}")
+        raise DeviceError(Status.INVALID_INVOICE, f"unknown fields {shown_keys(unknown)}")
     ref = body.get("refers_to")
     if not isinstance(ref, Mapping):
         raise DeviceError(Status.INVALID_INVOICE, "refers_to must be a map with code and number")
@@ -300,7 +330,7 @@ def recheck_lines(items: object, rates: frozenset[int], *, credit: bool) -> Tota
         if item.get("amount") != line.amount or item.get("tax") != line.tax:
             raise DeviceError(
                 Status.INVALID_INVOICE,
-                f"items[{index}] amount/tax {item.get('amount')}/{item.get('tax')}"
+                f"items[{index}] amount/tax {shown(item.get('amount'))}/{shown(item.get('tax'))}"
                 f" should be {line.amount}/{line.tax}",
             )
         if item.keys() != _LINE_KEYS or item["quantity"] != format_quantity(line.quantity_milli):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+from device.protocol.untrusted import shown_keys
+
 PREFIX = "taxctl:v1?"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -85,7 +87,7 @@ def parse(text: str) -> VerificationQuery:
     one = {key: values[0] for key, values in fields.items()}
     unknown = set(one) - {"c", "n", "d", "t", "k", "x"}
     if unknown:
-        raise QrError(f"unknown fields {sorted(unknown)}")
+        raise QrError(f"unknown fields {shown_keys(unknown)}")
     total: int | None = None
     if "t" in one:
         if not re.fullmatch(r"-?\d{1,13}", one["t"]):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
+from device.protocol.untrusted import shown
+
 
 class Status(IntEnum):
     OK = 0x00
@@ -132,18 +134,25 @@ MESSAGES: dict[Status, str] = {
 }
 
 
+MAX_DETAIL = 400  # characters: a refusal's detail, whatever went into it
+MAX_INFO = 16  # entries of `info` kept, each a short key and a scalar
+
+
 class DeviceError(Exception):
     """A refusal with a stable status code.
 
     `detail` adds what is specific to this refusal (which field, which
     limit); the status message stays the same for every occurrence so hosts
-    can show it to a person.
+    can show it to a person. Both `detail` and `info` are bounded here,
+    whatever the caller built them from: sinks quote input through
+    `untrusted.shown`, and this is the net under them, so that no refusal
+    can outgrow its response frame or put an invisible character on a screen.
     """
 
     def __init__(self, status: Status, detail: str = "", **info: Any) -> None:
         self.status = status
-        self.detail = detail
-        self.info = info
+        self.detail = bounded_detail(detail)
+        self.info = bounded_info(info)
         super().__init__(self.text)
 
     @property
@@ -174,8 +183,40 @@ class DeviceError(Exception):
         detail = ""
         info: dict[str, Any] = {}
         if isinstance(body, dict):
-            detail = str(body.get("detail", ""))
+            raw_detail = body.get("detail", "")
+            detail = raw_detail if isinstance(raw_detail, str) else shown(raw_detail)
             raw = body.get("info")
             if isinstance(raw, dict):
                 info = raw
         return cls(code, detail, **info)
+
+
+def internal_error(exc: BaseException) -> DeviceError:
+    """The refusal for a bug met while handling one request: short, whatever `exc` says."""
+    return DeviceError(Status.INTERNAL_ERROR, f"{type(exc).__name__}: {shown(str(exc), 80)}")
+
+
+def bounded_detail(detail: object) -> str:
+    """`detail` as a refusal may carry it: at most MAX_DETAIL visible characters."""
+    if not isinstance(detail, str):
+        return shown(detail)
+    if len(detail) <= MAX_DETAIL and detail.isascii() and detail.isprintable():
+        return detail  # the usual case, built by the device from its own words and numbers
+    escaped = shown(detail, MAX_DETAIL)[1:-1]  # without shown's quotes
+    # Escapes make an invisible character up to ten visible ones: cut again after them.
+    return escaped if len(escaped) <= MAX_DETAIL else escaped[:MAX_DETAIL] + "…"
+
+
+def bounded_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The first MAX_INFO entries of `info` with short text keys, values made scalar and short."""
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if len(out) >= MAX_INFO:
+            break
+        if not isinstance(key, str) or len(key) > 40 or not key.isidentifier():
+            continue
+        if isinstance(value, bool | None) or (isinstance(value, int) and -(2**63) <= value < 2**64):
+            out[key] = value
+        else:
+            out[key] = bounded_detail(value) if isinstance(value, str) else shown(value)
+    return out

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import re
 
+from device.protocol.untrusted import shown
+
 ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 LENGTH = 18
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
@@ -28,6 +30,9 @@ def problem(code: object) -> str | None:
     """Why `code` is not a valid unified social credit code, or None if it is."""
     if not isinstance(code, str):
         return "must be a string"
+
+    if len(code) != LENGTH:  # before the cache: it holds only 18-character strings
+        return f"must be {LENGTH} characters, got {len(code)}"
     return _problem(code)
 
 
@@ -36,18 +41,18 @@ def _problem(code: str) -> str | None:
     if _SHAPE.fullmatch(code):
         expected = check_character(code[:-1])
         return (
-            None
-            if code[-1] == expected
-            else f"check character is {code[-1]!r}, expected {expected!r}"
+            None if code[-1] == expected else f"check character is {code[-1]}, expected {expected}"
         )
     if len(code) != LENGTH:
         return f"must be {LENGTH} characters, got {len(code)}"
     bad = [c for c in code if c not in _VALUE]
     if bad:
-        return f"character {bad[0]!r} is not allowed (digits and capitals without I, O, S, V, Z)"
+        return (
+            f"character {shown(bad[0])} is not allowed (digits and capitals without I, O, S, V, Z)"
+        )
     expected = check_character(code[:-1])
     if code[-1] != expected:
-        return f"check character is {code[-1]!r}, expected {expected!r}"
+        return f"check character is {code[-1]}, expected {expected}"
     return None
 
 

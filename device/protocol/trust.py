@@ -31,6 +31,7 @@ from device.protocol import codec, cose, merkle
 from device.protocol.document import format_utc
 from device.protocol.keys import PUBLIC_KEY_SIZE, KeyPair, verify
 from device.protocol.status import DeviceError, Status
+from device.protocol.untrusted import shown
 
 TRAINING_BUREAU_LABEL = "taxctl training bureau key v1 - not valid for tax purposes"
 TRAINING_BUREAU = KeyPair.derive(TRAINING_BUREAU_LABEL)
@@ -76,7 +77,7 @@ def open_object(
 def _field(payload: Mapping[str, Any], key: str, kind: type, status: Status) -> Any:
     value = payload.get(key)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise DeviceError(status, f"field {key!r} missing or of the wrong type")
+        raise DeviceError(status, f"field {shown(key)} missing or of the wrong type")
     return value
 
 
@@ -158,7 +159,10 @@ def open_certificate(raw: bytes, bureau_key: bytes) -> DeviceCert:
         raw,
         _field(p, "device_id", str, Status.CERT_INVALID),
         _field(p, "public_key", bytes, Status.CERT_INVALID),
-        {"name": str(taxpayer.get("name")), "tax_id": str(taxpayer.get("tax_id"))},
+        {
+            "name": _field(taxpayer, "name", str, Status.CERT_INVALID),
+            "tax_id": _field(taxpayer, "tax_id", str, Status.CERT_INVALID),
+        },
         _field(p, "training", bool, Status.CERT_INVALID),
         _field(p, "serial", int, Status.CERT_INVALID),
         _field(p, "issued_at", str, Status.CERT_INVALID),
@@ -276,7 +280,7 @@ def open_consortium(raw: bytes, bureau_key: bytes) -> Consortium:
         node_id = _field(entry, "node_id", str, Status.CONSORTIUM_INVALID)
         key = _field(entry, "public_key", bytes, Status.CONSORTIUM_INVALID)
         if len(key) != PUBLIC_KEY_SIZE or node_id in nodes:
-            raise DeviceError(Status.CONSORTIUM_INVALID, f"bad or repeated node {node_id!r}")
+            raise DeviceError(Status.CONSORTIUM_INVALID, f"bad or repeated node {shown(node_id)}")
         nodes[node_id] = key
     if not nodes:
         raise DeviceError(Status.CONSORTIUM_INVALID, "no nodes")
@@ -354,11 +358,17 @@ def verify_receipt(
     doc_hash = receipt.get("doc_hash")
     position = receipt.get("position")
     size = header.get("tx_count")
+    height = header.get("height")
     path = receipt.get("proof")
+    # Every field is typed before anything is computed from it: a quorum signs whatever
+    # bytes it is given, so a valid signature says nothing about their types. (bool is
+    # an int subclass; type() keeps true/false out of the integers.)
     if not (
         isinstance(doc_hash, bytes)
-        and isinstance(position, int)
-        and isinstance(size, int)
+        and type(position) is int
+        and type(size) is int
+        and type(height) is int
+        and height >= 0
         and isinstance(path, list)
         and all(isinstance(p, bytes) for p in path)
     ):
@@ -369,8 +379,8 @@ def verify_receipt(
     if verified_headers is None or digest not in verified_headers:
         check_quorum(header, receipt.get("signatures"), consortium)
         if verified_headers is not None:
-            verified_headers[digest] = int(header["height"])
+            verified_headers[digest] = height
     device_id, counter = receipt.get("device_id"), receipt.get("counter")
-    if not isinstance(device_id, str) or not isinstance(counter, int):
+    if not isinstance(device_id, str) or type(counter) is not int or counter < 1:
         raise DeviceError(Status.RECEIPT_INVALID, "receipt must name device and counter")
-    return VerifiedReceipt(device_id, counter, doc_hash, int(header["height"]))
+    return VerifiedReceipt(device_id, counter, doc_hash, height)

@@ -37,6 +37,7 @@ __all__ = [
     "check_value",
     "loads_json",
     "shown",
+    "shown_keys",
 ]
 
 
@@ -322,6 +323,17 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     if isinstance(value, list | tuple):
         return f"a list of {len(value)} items"
     return f"a value of type {type(value).__name__}"
+
+
+def shown_keys(keys: Any, limit: int = 5) -> str:
+    """Map keys (or any names) for a message: the first `limit`, each `shown`, sorted as text.
+
+    Sorting by the shown text never compares values of different types, and
+    at most `limit` are shown, so a map of thousands of keys stays one line.
+    """
+    names = sorted(shown(key) for key in keys)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return "[" + ", ".join(names[:limit]) + "]" + more
 
 
 def _visible(char: str) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +208,45 @@ def test_receipt_reprint_in_every_format(device: tuple[Process, Path]) -> None:
         assert out.read_bytes().startswith(magic)
     missing = taxctl("device", "receipt", "--port", link, "--counter", "99")
     assert missing.returncode == 1 and "RANGE_INVALID" in missing.stderr
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """`directory` as its process sees a read-only one. Root ignores permission bits, so
+    for root the directory is made immutable instead (nothing created, removed or
+    chmod-ed in it, whoever asks)."""
+    if os.geteuid() != 0:
+        directory.chmod(0o500)
+        try:
+            yield
+        finally:
+            directory.chmod(0o700)
+        return
+    made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a directory read-only for root here: {made.stderr!r}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+@pytest.mark.parametrize("personalised", [True, False])
+def test_a_read_only_state_directory_is_refused_in_one_line(
+    tmp_path: Path, personalised: bool
+) -> None:
+    state, link = tmp_path / "s", tmp_path / "t"
+    run = ["device", "run", "--state", str(state), "--link", str(link), "--training"]
+    if personalised:
+        assert spawn(run).stop() == 0
+    else:
+        state.mkdir(mode=0o700)
+    before = sorted(p.name for p in state.iterdir())
+    with read_only(state):
+        result = taxctl(*run)
+    assert result.returncode == 4, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith(f"taxctl device run: the state directory {state} cannot be used")
+    assert sorted(p.name for p in state.iterdir()) == before
+    assert not link.exists()

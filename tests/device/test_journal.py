@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,19 @@ def test_a_batch_that_fails_in_its_last_insert_writes_nothing(journal: Journal) 
     assert journal.meta("synced_through") is None
     journal.commit(Batch(documents=rows[:-1]))  # the journal is still usable
     assert journal.count() == size - 1
+
+
+def test_a_batch_stopped_by_a_value_sqlite_cannot_bind_writes_nothing(journal: Journal) -> None:
+    """OverflowError is not a sqlite3.Error: the transaction it interrupts must not stay
+    open, or the next batch would commit this one's first half with it."""
+    journal.commit(Batch(documents=[_row(1)]))
+    rows = [_row(counter) for counter in range(2, 2 * ROWS_PER_INSERT + 5)]
+    rows[-1] = replace(rows[-1], total=2**64)  # in the last INSERT: the first ones ran
+    with pytest.raises(OverflowError):
+        journal.commit(Batch(documents=rows))
+    assert journal.count() == 1
+    journal.commit(Batch(meta={"synced_through": 1}))
+    assert journal.count() == 1 and journal.meta("synced_through") == 1
 
 
 CODE = "144031900111"
