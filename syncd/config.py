@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import tomllib
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from device.protocol import untrusted
 from taxctl.address import parse_listen
 
 DEFAULT_CONFIG = Path("/etc/taxctl/syncd.toml")
@@ -206,36 +208,44 @@ def coerce(option: Option, value: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ValueError(f"must be true or false, got {value!r}")
+        raise ValueError(f"must be true or false, got {_got(value)}")
     if kind is int:
-        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"-?\d{1,19}", value.strip()):
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(_range_text(option, "an integer") + f", got {value!r}")
+            raise ValueError(_range_text(option, "an integer") + f", got {_got(value)}")
     elif kind is float:
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(_range_text(option, "a number") + f", got {value!r}")
+            raise ValueError(_range_text(option, "a number") + f", got {_got(value)}")
         value = float(value)
+        # NaN compares false with every bound, so it would slip through the range check
+        if not math.isfinite(value):
+            raise ValueError(_range_text(option, "a finite number") + f", got {_got(value)}")
     elif kind is str:
         if not isinstance(value, str):
-            raise ValueError(f"must be a string, got {value!r}")
+            raise ValueError(f"must be a string, got {_got(value)}")
         if option.choices:
             matched = [c for c in option.choices if c.lower() == value.lower()]
             if not matched:
-                raise ValueError(f"must be one of {', '.join(option.choices)}, got {value!r}")
+                raise ValueError(f"must be one of {', '.join(option.choices)}, got {_got(value)}")
             value = matched[0]
     if (option.low is not None and value < option.low) or (
         option.high is not None and value > option.high
     ):
-        raise ValueError(_range_text(option, f"a {kind.__name__}") + f", got {value!r}")
+        raise ValueError(_range_text(option, f"a {kind.__name__}") + f", got {_got(value)}")
     if option.key == "api.listen":
         parse_listen(value)
     if option.key == "serial.stopbits" and value not in (1.0, 1.5, 2.0):
-        raise ValueError(f"must be 1, 1.5 or 2, got {value!r}")
+        raise ValueError(f"must be 1, 1.5 or 2, got {_got(value)}")
     return value
+
+
+def _got(value: Any) -> str:
+    """A value as an error quotes it: bounded (a flag or a file may hold anything)."""
+    return repr(value) if type(value) is float else untrusted.shown(value)
 
 
 def _range_text(option: Option, what: str) -> str:
