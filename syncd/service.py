@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -128,9 +129,7 @@ class Daemon:
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
         self._background: list[asyncio.Task[None]] = []
-        cfg.state.mkdir(parents=True, exist_ok=True)
-        self.store = IdempotencyStore(cfg.state)
-        self.cursors = CursorStore(cfg.state)
+        self.store, self.cursors = open_state(cfg.state)
         self.api_ctx = ApiContext(
             links=[],
             store=self.store,
@@ -397,5 +396,24 @@ class Daemon:
         self.notifier.ready(self.status_text())
 
 
-def default_state_hint(path: Path) -> str:
-    return f"state directory {path}"
+class StateError(Exception):
+    """The state directory cannot be used; the message names it and what to do."""
+
+
+def open_state(path: Path) -> tuple[IdempotencyStore, CursorStore]:
+    """The idempotency store and the cursor, or StateError rather than a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # SQLite would fail too, but later and with a vaguer message than the errno
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        store = IdempotencyStore(path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StateError(
+            f"state directory {path} is not writable ({reason}): give the user syncd runs as "
+            "write access to it (the systemd unit's StateDirectory= does), or name another "
+            "with --state or state = in syncd.toml"
+        ) from None
+    return store, CursorStore(path)
