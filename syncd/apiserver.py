@@ -135,20 +135,25 @@ class ConnectionGate:
 
     # --- listening -------------------------------------------------------------------------
 
-    def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
-        """Bind and start accepting; returns the address bound (port 0: the one chosen)."""
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = info[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-        except OSError:
-            sock.close()
-            raise
-        self._start(sock)
-        bound = sock.getsockname()
-        return str(bound[0]), int(bound[1])
+    def listen_tcp(self, host: str, port: int) -> int:
+        """Bind every address `host` names, as asyncio's create_server does, and start
+        accepting; returns the port (port 0: the one the system chose, the same for all)."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        unique = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+        for family, address in unique:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address[0], port, *address[2:]))
+            except OSError:
+                sock.close()
+                self.close()
+                raise
+            self._start(sock)
+            port = int(sock.getsockname()[1])
+        return port
 
     def listen_unix(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

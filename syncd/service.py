@@ -321,7 +321,7 @@ class Daemon:
         # syncd accepts the connections itself (apiserver.py), not through aiohttp's sites
         self.gate = ConnectionGate(runner.server, self._gate_settings(self.cfg))
         host, port = self.cfg.api_host_port
-        _, bound = self.gate.listen_tcp(host, port)  # the port the system chose for port 0
+        bound = self.gate.listen_tcp(host, port)  # the port the system chose for port 0
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
         if self.cfg.api_socket is not None:
