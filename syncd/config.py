@@ -214,14 +214,14 @@ def locate_keys(text: str) -> dict[str, int]:
 
 def _check_url(url: object) -> str:
     if not isinstance(url, str):
-        raise ValueError(f"chain URLs are strings, got {url!r}")
+        raise ValueError(f"chain URLs are strings, got {untrusted.shown(url)}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {untrusted.shown(url)}")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"bad port in {url!r}") from None
+        raise ValueError(f"bad port in {untrusted.shown(url)}") from None
     return url.rstrip("/")
 
 
