@@ -44,6 +44,14 @@ class LinkError(ConnectionError):
     """
 
 
+class UnreadableResponse(LinkError):
+    """A response frame arrived intact (its CRC holds) but its body cannot be read.
+
+    The device may have done the work: this is "outcome unknown", never a
+    refusal, so that an issuing request is sent again with the same request id.
+    """
+
+
 @dataclass
 class ClientStats:
     requests: int = 0
@@ -166,14 +174,29 @@ class DeviceClient:
 
     @staticmethod
     def _result(frame: Frame) -> dict[str, Any]:
+        """The body of an OK response; DeviceError for a refusal.
+
+        The status byte decides first: a refusal whose detail cannot be read is still a
+        refusal (nothing was done), but an OK whose body cannot be read is not a refusal —
+        the device may have issued a document — so it is UnreadableResponse.
+        """
         try:
             body = codec.decode(frame.body) if frame.body else {}
         except codec.CodecError as exc:
-            raise DeviceError(Status.INTERNAL_ERROR, f"undecodable response: {exc}") from None
+            if frame.status != Status.OK:
+                unread = {"detail": "the rest of the answer could not be read"}
+                raise DeviceError.from_response(frame.status, unread) from None
+            raise UnreadableResponse(
+                f"the device's answer to request {frame.request_id:#x} cannot be read ({exc}); "
+                "its outcome is unknown"
+            ) from None
         if frame.status != Status.OK:
             raise DeviceError.from_response(frame.status, body)
         if not isinstance(body, dict):
-            raise DeviceError(Status.INTERNAL_ERROR, "response body is not a map")
+            raise UnreadableResponse(
+                f"the device's answer to request {frame.request_id:#x} is not a map; "
+                "its outcome is unknown"
+            )
         return body
 
     # --- link machinery ------------------------------------------------------------------

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,10 @@ from typing import Any
 from aiohttp import web
 
 from device.client import LinkError
+from device.protocol import untrusted
 from device.protocol.commands import Command
 from device.protocol.document import DocumentError, parse_document
+from device.protocol.invoice import is_invoice_code, is_invoice_number
 from device.protocol.status import DeviceError, Status
 from syncd import refusals
 from syncd.idempotency import BadKey, IdempotencyStore, KeyReused, check_key, new_key
@@ -56,6 +59,11 @@ ISSUING_ROUTES = {
     "reports/x": Command.X_REPORT,
     "reports/z": Command.Z_REPORT,
 }
+COUNTER = re.compile(r"[0-9]{1,19}")  # ASCII digits: str.isdigit() also takes "²" and "٣"
+MAX_COUNTER = 2**62  # the device's own bound for a counter
+# What CBOR carries without a bignum tag; the device refuses tags, and a stored request
+# body must decode again for a retry.
+INT_RANGE = range(-(2**64), 2**64)
 
 
 class ApiError(Exception):
@@ -72,6 +80,7 @@ class ApiError(Exception):
         self.detail = detail
         self.headers = headers or {}
         self.extra = extra
+        self.hang_up = False  # close the connection once the answer is out
         super().__init__(f"{code}: {refusal.message} {detail}".strip())
 
     @classmethod
@@ -109,7 +118,10 @@ class ApiContext:
     status: Callable[[], dict[str, Any]]
     wake: Callable[[DeviceLink], None]
     max_body: int = 1 << 20
+    body_timeout: float = 30.0
     stopping: bool = False
+    # called when a request's head has been read (True) and when its handler is done
+    on_request: Callable[[web.Request, bool], None] | None = None
 
 
 class PosApi:
@@ -135,11 +147,21 @@ class PosApi:
     ) -> web.StreamResponse:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
+        if self.ctx.on_request is not None:
+            self.ctx.on_request(request, True)
         try:
             response = await handler(request)
         except ApiError as exc:
             response = exc.response()
-            log.info("%s %s -> %d %s", request.method, request.path, response.status, exc)
+            log.info(
+                "%s %s -> %d %s",
+                request.method,
+                untrusted.shown(request.path),
+                response.status,
+                exc,
+            )
+            if exc.hang_up:
+                await _answer_and_hang_up(request, response)
         except web.HTTPRequestEntityTooLarge:
             error = ApiError.of(ApiCode.BODY_TOO_LARGE, f"limit {self.ctx.max_body} bytes")
             response = error.response()
@@ -149,21 +171,37 @@ class PosApi:
                 status=exc.status,
             )
         except Exception:
-            log.exception("%s %s failed", request.method, request.path)
+            log.exception("%s %s failed", request.method, untrusted.shown(request.path))
             response = ApiError.of(ApiCode.INTERNAL_ERROR).response()
+        finally:
+            if self.ctx.on_request is not None:
+                self.ctx.on_request(request, False)
         self.ctx.metrics.pos_requests.inc(1, route, str(response.status))
         return response
 
-    async def _json(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
+    async def _json(self, request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+        """The one place a POS body is read and decoded: bounded in time, size and shape."""
+        try:
+            async with asyncio.timeout(self.ctx.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            # A client trickling its body holds a connection slot: answer and hang up.
+            error = ApiError.of(
+                ApiCode.REQUEST_TIMEOUT, f"the body took longer than {self.ctx.body_timeout:g} s"
+            )
+            error.hang_up = True
+            raise error from None
         if not raw.strip():
+            if optional:
+                return {}
             raise ApiError.of(ApiCode.BAD_REQUEST, "the body is empty; send a JSON object")
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = untrusted.loads_json(raw)
+        except untrusted.InputRefused as exc:
             raise ApiError.of(ApiCode.BAD_JSON, str(exc)) from None
         if not isinstance(body, dict):
             raise ApiError.of(ApiCode.BAD_REQUEST, "the body must be a JSON object")
+        _check_integers(body)
         return body
 
     def _link(self, selector: Any, *, prefer_id: str | None = None) -> DeviceLink:
@@ -185,11 +223,13 @@ class PosApi:
                 # cable out): a till should try again, not be told the printer is unknown.
                 raise ApiError.of(
                     ApiCode.DEVICE_OFFLINE,
-                    f"{selector!r} is not attached now; not yet identified: "
+                    f"{untrusted.shown(selector)} is not attached now; not yet identified: "
                     + ", ".join(unidentified),
                 )
             known = ", ".join(link.device_id or link.name for link in links)
-            raise ApiError.of(ApiCode.UNKNOWN_DEVICE, f"{selector!r}; attached: {known}")
+            raise ApiError.of(
+                ApiCode.UNKNOWN_DEVICE, f"{untrusted.shown(selector)}; attached: {known}"
+            )
         if not links:
             raise ApiError.of(ApiCode.NO_DEVICE)
         for link in links:
@@ -245,10 +285,9 @@ class PosApi:
         except BadKey as exc:
             raise ApiError.of(ApiCode.BAD_IDEMPOTENCY_KEY, str(exc)) from None
         key_headers = {IDEMPOTENCY_HEADER: key}
-        if command in (Command.ISSUE, Command.CREDIT):
-            body = await self._json(request)
-        else:
-            body = await self._optional_json(request)
+        body = await self._json(request, optional=command not in (Command.ISSUE, Command.CREDIT))
+        if command not in (Command.ISSUE, Command.CREDIT) and set(body) - {"device"}:
+            raise ApiError.of(ApiCode.BAD_REQUEST, 'a report takes no fields but "device"')
         selector = body.pop("device", None)
         earlier = await asyncio.to_thread(self.ctx.store.find, key) if header else None
         if earlier is not None and selector is None:
@@ -308,32 +347,15 @@ class PosApi:
         status = 201 if claim.fresh else 200
         return web.json_response(result, status=status, headers=key_headers, dumps=_dumps)
 
-    async def _optional_json(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        if not raw.strip():
-            return {}
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError.of(ApiCode.BAD_JSON, str(exc)) from None
-        if not isinstance(body, dict) or set(body) - {"device"}:
-            raise ApiError.of(ApiCode.BAD_REQUEST, 'a report takes no fields but "device"')
-        return body
-
     # --- reading ---------------------------------------------------------------------------
 
     async def reprint(self, request: web.Request) -> web.Response:
         paper = self._paper(request)
         link = self._link(request.query.get("device"))
         client = self._client(link)
-        info = request.match_info
+        selector = _reprint_selector(request.match_info)
         try:
-            if "counter" in info:
-                if not info["counter"].isdigit() or int(info["counter"]) < 1:
-                    raise ApiError.of(ApiCode.BAD_REQUEST, "counter is a positive integer")
-                response = await client.get_document(counter=int(info["counter"]))
-            else:
-                response = await client.get_document(code=info["code"], number=info["number"])
+            response = await client.get_document(**selector)
         except DeviceError as exc:
             if exc.status in (Status.RANGE_INVALID, Status.BAD_REQUEST):
                 raise ApiError.of(ApiCode.NOT_FOUND, exc.detail) from None
@@ -351,3 +373,47 @@ class PosApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=self.ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _answer_and_hang_up(request: web.Request, response: web.Response) -> None:
+    """Send the answer now and close: aiohttp would otherwise keep reading (lingering) a
+    body that a slow client is still trickling."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport flushes the answer, then closes
+
+
+def _reprint_selector(info: Any) -> dict[str, Any]:
+    """A reprint's path parameters, checked before anything goes to the printer."""
+    if "counter" in info:
+        text = info["counter"]
+        if COUNTER.fullmatch(text) is None or not 1 <= int(text) <= MAX_COUNTER:
+            raise ApiError.of(
+                ApiCode.BAD_REQUEST,
+                f"counter is an integer from 1 to {MAX_COUNTER}, got {untrusted.shown(text)}",
+            )
+        return {"counter": int(text)}
+    code, number = info["code"], info["number"]
+    if not is_invoice_code(code) or not is_invoice_number(number):
+        raise ApiError.of(
+            ApiCode.BAD_REQUEST,
+            f"an invoice is named by a 12-digit code and an 8-digit number, got "
+            f"{untrusted.shown(code)}/{untrusted.shown(number)}",
+        )
+    return {"code": code, "number": number}
+
+
+def _check_integers(body: dict[str, Any]) -> None:
+    """Refuse an integer the device's CBOR cannot carry (it would need a bignum tag)."""
+    stack: list[Any] = [body]
+    while stack:
+        item = stack.pop()
+        if type(item) is int and item not in INT_RANGE:
+            raise ApiError.of(
+                ApiCode.BAD_REQUEST, f"a number out of range: {untrusted.shown(item)}"
+            )
+        if type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)

@@ -12,6 +12,7 @@ from typing import Any
 
 EXIT_USAGE = 2
 EXIT_LINK = 3
+EXIT_STATE = 4  # as `taxctl device`: the state directory cannot be used
 
 
 def register(subparsers: Any) -> None:
@@ -59,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     from syncd import config as config_mod
     from syncd import logs
     from syncd.chain_client import ChainClient
-    from syncd.service import Daemon
+    from syncd.service import Daemon, StateError
 
     try:
         cfg = config_mod.load(args)
@@ -70,12 +71,19 @@ def _run(args: argparse.Namespace) -> int:
     client = ChainClient(cfg.chain_urls, cfg["chain.timeout"])
 
     async def main() -> int:
-        daemon = Daemon(
-            cfg,
-            chain=client,
-            args=args,
-            reconfigure_chain=lambda new: client.reconfigure(new.chain_urls, new["chain.timeout"]),
-        )
+        try:
+            daemon = Daemon(
+                cfg,
+                chain=client,
+                args=args,
+                reconfigure_chain=lambda new: client.reconfigure(
+                    new.chain_urls, new["chain.timeout"]
+                ),
+            )
+        except StateError as exc:
+            print(f"taxctl syncd: {exc}", file=sys.stderr)
+            await client.close()
+            return EXIT_STATE
         return await daemon.run()
 
     return asyncio.run(main())

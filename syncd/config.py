@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import tomllib
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from device.protocol import untrusted
 from taxctl.address import parse_listen
 
 DEFAULT_CONFIG = Path("/etc/taxctl/syncd.toml")
@@ -85,6 +87,31 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("api.listen", str, "127.0.0.1:8631", "HOST:PORT of the POS API (port 0: any free)"),
     Option("api.max_body", int, 1 << 20, "largest POS request body, bytes", 1024, 64 << 20),
+    Option(
+        "api.max_connections",
+        int,
+        256,
+        "most POS API connections open at once (fewer if the open-file limit is lower)",
+        1,
+        65536,
+    ),
+    Option(
+        "api.header_timeout",
+        float,
+        10.0,
+        "seconds a connection may take to send a request head (from connect or last answer)",
+        0.05,
+        3600,
+    ),
+    Option("api.body_timeout", float, 30.0, "seconds to receive a request body", 0.05, 3600),
+    Option(
+        "api.fd_reserve",
+        int,
+        64,
+        "file descriptors kept free for SQLite, files and the chain (plus 8 per device)",
+        8,
+        65536,
+    ),
     Option("chain.timeout", float, 10.0, "seconds to wait for a chain node", 0.1, 600),
     Option("serial.baud", int, 115200, "default baud rate", 50, 4_000_000),
     Option("serial.parity", str, "N", "default parity", choices=PARITIES),
@@ -187,14 +214,14 @@ def locate_keys(text: str) -> dict[str, int]:
 
 def _check_url(url: object) -> str:
     if not isinstance(url, str):
-        raise ValueError(f"chain URLs are strings, got {url!r}")
+        raise ValueError(f"chain URLs are strings, got {untrusted.shown(url)}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {untrusted.shown(url)}")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"bad port in {url!r}") from None
+        raise ValueError(f"bad port in {untrusted.shown(url)}") from None
     return url.rstrip("/")
 
 
@@ -206,36 +233,44 @@ def coerce(option: Option, value: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ValueError(f"must be true or false, got {value!r}")
+        raise ValueError(f"must be true or false, got {_got(value)}")
     if kind is int:
-        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"-?\d{1,19}", value.strip()):
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(_range_text(option, "an integer") + f", got {value!r}")
+            raise ValueError(_range_text(option, "an integer") + f", got {_got(value)}")
     elif kind is float:
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(_range_text(option, "a number") + f", got {value!r}")
+            raise ValueError(_range_text(option, "a number") + f", got {_got(value)}")
         value = float(value)
+        # NaN compares false with every bound, so it would slip through the range check
+        if not math.isfinite(value):
+            raise ValueError(_range_text(option, "a finite number") + f", got {_got(value)}")
     elif kind is str:
         if not isinstance(value, str):
-            raise ValueError(f"must be a string, got {value!r}")
+            raise ValueError(f"must be a string, got {_got(value)}")
         if option.choices:
             matched = [c for c in option.choices if c.lower() == value.lower()]
             if not matched:
-                raise ValueError(f"must be one of {', '.join(option.choices)}, got {value!r}")
+                raise ValueError(f"must be one of {', '.join(option.choices)}, got {_got(value)}")
             value = matched[0]
     if (option.low is not None and value < option.low) or (
         option.high is not None and value > option.high
     ):
-        raise ValueError(_range_text(option, f"a {kind.__name__}") + f", got {value!r}")
+        raise ValueError(_range_text(option, f"a {kind.__name__}") + f", got {_got(value)}")
     if option.key == "api.listen":
         parse_listen(value)
     if option.key == "serial.stopbits" and value not in (1.0, 1.5, 2.0):
-        raise ValueError(f"must be 1, 1.5 or 2, got {value!r}")
+        raise ValueError(f"must be 1, 1.5 or 2, got {_got(value)}")
     return value
+
+
+def _got(value: Any) -> str:
+    """A value as an error quotes it: bounded (a flag or a file may hold anything)."""
+    return repr(value) if type(value) is float else untrusted.shown(value)
 
 
 def _range_text(option: Option, what: str) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.protocol import codec
+from device.protocol import codec, untrusted
 
 DB_FILE = "idempotency.sqlite"
 MAX_KEY_LENGTH = 200
@@ -54,7 +54,7 @@ class KeyReused(ValueError):
     def __init__(self, key: str, reason: str) -> None:
         self.key = key
         self.reason = reason
-        super().__init__(f"idempotency key {key!r} was used for {reason}")
+        super().__init__(f"idempotency key {untrusted.shown(key)} was used for {reason}")
 
 
 class BadKey(ValueError):

@@ -31,6 +31,8 @@ class ApiCode(StrEnum):
     BAD_IDEMPOTENCY_KEY = "BAD_IDEMPOTENCY_KEY"
     NOT_FOUND = "NOT_FOUND"
     SHUTTING_DOWN = "SHUTTING_DOWN"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -142,6 +144,12 @@ API_REFUSALS: dict[ApiCode, Refusal] = {
     ),
     ApiCode.NOT_FOUND: Refusal(404, "No such document."),
     ApiCode.SHUTTING_DOWN: Refusal(503, "The invoice service is restarting; try again.", 2),
+    ApiCode.REQUEST_TIMEOUT: Refusal(
+        408, "The till sent its request too slowly; the connection was closed. Try again."
+    ),
+    ApiCode.TOO_MANY_CONNECTIONS: Refusal(
+        503, "The invoice service has too many open connections; try again in a moment.", 1
+    ),
     ApiCode.INTERNAL_ERROR: Refusal(500, "The invoice service hit an error; try again."),
 }
 

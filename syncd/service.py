@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -29,8 +30,15 @@ from typing import Any
 from aiohttp import web
 
 from syncd import config as config_mod
-from syncd import logs
+from syncd import fdlimit, logs
 from syncd.api import ApiContext, PosApi
+from syncd.apiserver import (
+    OVERSHOOT,
+    ConnectionGate,
+    GateSettings,
+    LogThrottle,
+    loop_exception_handler,
+)
 from syncd.backoff import Backoff
 from syncd.chainport import ChainPort
 from syncd.config import Config, ConfigError, DeviceConfig
@@ -131,10 +139,10 @@ class Daemon:
         self.exit_code = 0
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
+        self.gate: ConnectionGate | None = None
+        self.fd_budget: fdlimit.FdBudget | None = None
         self._background: list[asyncio.Task[None]] = []
-        cfg.state.mkdir(parents=True, exist_ok=True)
-        self.store = IdempotencyStore(cfg.state)
-        self.cursors = CursorStore(cfg.state)
+        self.store, self.cursors = open_state(cfg.state)
         self.api_ctx = ApiContext(
             links=[],
             store=self.store,
@@ -142,6 +150,8 @@ class Daemon:
             status=self.status,
             wake=self._wake,
             max_body=cfg["api.max_body"],
+            body_timeout=cfg["api.body_timeout"],
+            on_request=self._on_request,
         )
 
     # --- devices ---------------------------------------------------------------------------
@@ -222,6 +232,7 @@ class Daemon:
             "config": str(self.cfg.source) if self.cfg.source else None,
             "state": str(self.cfg.state),
             "api": self.url,
+            "connections": self._connections(),
             "devices": devices,
             "pending": pending,
             "rejected": rejected,
@@ -267,6 +278,19 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # A storm of one asyncio error (accept() failing, say) is one line per interval.
+        loop.set_exception_handler(loop_exception_handler(LogThrottle(log)))
+        soft_limit = fdlimit.raise_soft_limit()
+        # measured before the first await: the devices' ports are not open yet, their
+        # descriptors are part of the reserve
+        self.fd_budget = fdlimit.plan(
+            soft_limit,
+            fdlimit.open_fds(),
+            self.cfg["api.fd_reserve"],
+            len(self.cfg.devices),
+            self.cfg["api.max_connections"],
+            OVERSHOOT,
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
@@ -311,21 +335,38 @@ class Daemon:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runner = runner
+        assert runner.server is not None and self.fd_budget is not None
+        # syncd accepts the connections itself (apiserver.py), not through aiohttp's sites
+        self.gate = ConnectionGate(runner.server, self._gate_settings(self.cfg))
         host, port = self.cfg.api_host_port
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = int(runner.addresses[0][1])  # the port the system chose for port 0
+        bound = self.gate.listen_tcp(host, port)  # the port the system chose for port 0
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
         if self.cfg.api_socket is not None:
-            path = self.cfg.api_socket
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_socket():
-                    path.unlink()
-            unix = web.UnixSite(runner, str(path))
-            await unix.start()
-            os.chmod(path, 0o660)
+            self.gate.listen_unix(self.cfg.api_socket)
+        budget = self.fd_budget
+        log.info(
+            "POS API: at most %d connections (open-file limit %d, %d in use, %d kept for "
+            "devices and storage)",
+            budget.max_connections,
+            budget.soft_limit,
+            budget.in_use,
+            budget.reserve,
+        )
+
+    def _gate_settings(self, cfg: Config) -> GateSettings:
+        assert self.fd_budget is not None
+        return GateSettings(self.fd_budget.max_connections, cfg["api.header_timeout"])
+
+    def _connections(self) -> dict[str, Any] | None:
+        if self.gate is None or self.fd_budget is None:
+            return None
+        budget = self.fd_budget
+        return {**self.gate.describe(), "fd_limit": budget.soft_limit, "fd_kept": budget.reserve}
+
+    def _on_request(self, request: web.Request, started: bool) -> None:
+        if self.gate is not None:
+            self.gate.on_request(request.transport, started)
 
     async def _status_loop(self) -> None:
         interval = self.cfg["notify.status_interval"]
@@ -360,6 +401,8 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.gather(*(item.stop() for item in list(self.attached)))
+        if self.gate is not None:
+            self.gate.close()
         if self._runner is not None:
             await self._runner.cleanup()
         with contextlib.suppress(OSError):
@@ -383,8 +426,13 @@ class Daemon:
             return
         old, self.cfg = self.cfg, new
         logs.set_level(new["log.level"])
+        self.api_ctx.body_timeout = new["api.body_timeout"]
+        if self.gate is not None:
+            self.gate.settings.header_timeout = new["api.header_timeout"]
         for key, now in (
             ("api.listen", new["api.listen"] != old["api.listen"]),
+            ("api.max_connections", new["api.max_connections"] != old["api.max_connections"]),
+            ("api.fd_reserve", new["api.fd_reserve"] != old["api.fd_reserve"]),
             ("api.socket", new.api_socket != old.api_socket),
             ("state", new.state != old.state),
         ):
@@ -415,5 +463,24 @@ class Daemon:
         self.notifier.ready(self.status_text())
 
 
-def default_state_hint(path: Path) -> str:
-    return f"state directory {path}"
+class StateError(Exception):
+    """The state directory cannot be used; the message names it and what to do."""
+
+
+def open_state(path: Path) -> tuple[IdempotencyStore, CursorStore]:
+    """The idempotency store and the cursor, or StateError rather than a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # SQLite would fail too, but later and with a vaguer message than the errno
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        store = IdempotencyStore(path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StateError(
+            f"state directory {path} is not writable ({reason}): give the user syncd runs as "
+            "write access to it (the systemd unit's StateDirectory= does), or name another "
+            "with --state or state = in syncd.toml"
+        ) from None
+    return store, CursorStore(path)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from device.client import DeviceClient
+import pytest
+
+from device.client import DeviceClient, LinkError
 from device.protocol import codec
 from device.protocol.commands import Command
 from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
+from device.protocol.status import DeviceError, Status
 
 
 class ScriptedPort:
@@ -82,5 +85,48 @@ async def test_after_an_ack_the_host_polls_each_timeout_without_spending_retries
         port.answer(request)
         assert await asyncio.wait_for(call, 1) == {}
         assert client.stats.acks == 5 and client.stats.link_errors == 0
+    finally:
+        await client.close()
+
+
+UNREADABLE_BODIES = (b"\xff", b"\xa1\x01\x02", b"\x81\x01", b"\xc2\x41\x01")  # break, int key,
+# a list where a map belongs, a bignum tag: each CRC-valid, none a response the host can read
+
+
+async def test_an_ok_response_that_cannot_be_read_is_outcome_unknown_not_a_refusal() -> None:
+    for body in UNREADABLE_BODIES:
+        port = ScriptedPort()
+        client = DeviceClient(port, response_timeout=5.0)
+        try:
+            call = asyncio.create_task(client.request(Command.ISSUE, {"items": []}))
+            _, request = await next_sent(port, 1)
+            port.incoming.put_nowait(
+                encode_frame(
+                    Frame(FrameType.RESPONSE, request.request_id, request.command, 0, body)
+                )
+            )
+            with pytest.raises(LinkError) as caught:
+                await asyncio.wait_for(call, 1)
+            assert not isinstance(caught.value, DeviceError)
+            assert "outcome is unknown" in str(caught.value), body
+        finally:
+            await client.close()
+
+
+async def test_a_refusal_whose_detail_cannot_be_read_is_still_that_refusal() -> None:
+    port = ScriptedPort()
+    client = DeviceClient(port, response_timeout=5.0)
+    try:
+        call = asyncio.create_task(client.request(Command.ISSUE, {"items": []}))
+        _, request = await next_sent(port, 1)
+        status = int(Status.PAPER_OUT)
+        port.incoming.put_nowait(
+            encode_frame(
+                Frame(FrameType.RESPONSE, request.request_id, request.command, status, b"\xff")
+            )
+        )
+        with pytest.raises(DeviceError) as caught:
+            await asyncio.wait_for(call, 1)
+        assert caught.value.status == Status.PAPER_OUT
     finally:
         await client.close()

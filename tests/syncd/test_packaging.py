@@ -28,6 +28,9 @@ def test_service_unit_directives() -> None:
     assert service["ProtectSystem"] == "strict"
     assert service["NoNewPrivileges"] == "yes"
     assert "$MAINPID" in service["ExecReload"] and "HUP" in service["ExecReload"]
+    # enough descriptors for the API's cap and the devices; one value, soft = hard, so
+    # syncd never calls setrlimit (SystemCallFilter=~@resources would forbid it)
+    assert int(service["LimitNOFILE"]) >= 4096
 
 
 def test_service_command_and_example_config_parse(tmp_path: Path) -> None:

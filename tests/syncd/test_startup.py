@@ -1,0 +1,61 @@
+"""Starting syncd with a configuration or state directory it cannot use: one line, an exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from syncd.cli import EXIT_STATE, EXIT_USAGE
+from tests.helpers import run_taxctl
+
+BASE = ["syncd", "run", "--chain", "http://127.0.0.1:1", "--device", "/dev/null-printer"]
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999"])
+@pytest.mark.parametrize("flag", ["--sync-backoff-max", "--chain-timeout", "--link-reopen-max"])
+def test_a_non_finite_number_flag_is_refused_by_name(tmp_path: Path, flag: str, value: str) -> None:
+    out = run_taxctl(*BASE, "--state", str(tmp_path / "state"), f"{flag}={value}", timeout=30)
+    assert out.returncode == EXIT_USAGE, out.stderr
+    assert out.stderr.count("\n") == 1 and flag in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_nan_in_the_config_file_is_refused_with_its_line(tmp_path: Path) -> None:
+    config = tmp_path / "syncd.toml"
+    config.write_text('[chain]\nurls = ["http://127.0.0.1:1"]\n[sync]\nbackoff_max = nan\n')
+    out = run_taxctl("syncd", "run", "--config", str(config), "--device", "x", timeout=30)
+    assert out.returncode == EXIT_USAGE, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert "syncd.toml:4" in out.stderr and "sync.backoff_max" in out.stderr, out.stderr
+
+
+def make_read_only(path: Path) -> None:
+    """Read-only even for root (whom permission bits do not stop): the immutable flag."""
+    if os.geteuid() != 0:
+        os.chmod(path, 0o555)
+    elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i")
+
+
+def make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+    os.chmod(path, 0o755)
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_read_only_state_directory_is_one_line_naming_it(tmp_path: Path, existing: bool) -> None:
+    locked = tmp_path / "state" if existing else tmp_path / "parent"
+    state = locked if existing else locked / "state"
+    locked.mkdir()
+    make_read_only(locked)
+    try:
+        out = run_taxctl(*BASE, "--state", str(state), timeout=30)
+    finally:
+        make_writable(locked)
+    assert out.returncode == EXIT_STATE, out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"state directory {state} is not writable" in out.stderr and "--state" in out.stderr
