@@ -258,7 +258,8 @@ class HttpTarget:
         try:
             status, raw = self.request(item, ANSWER_DEADLINE)
         except (http.client.HTTPException, ValueError, UnicodeEncodeError):
-            return None  # the client itself would not send this
+            self.figures.answered("not sendable", 0.0)  # the client itself refused it
+            return None
         except (TimeoutError, ConnectionError) as exc:
             where = f"{item.method} {item.path[:80]}"
             raise AssertionError(f"{self.figures.target}: {where}: {exc}") from exc
