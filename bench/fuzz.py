@@ -49,8 +49,9 @@ def main() -> int:
                 name, root, examples=args.examples, seconds=seconds, derandomize=args.minutes == 0
             )
             results.append(figures.as_json())
-        except AssertionError as exc:  # hypothesis printed the input that caused it
-            failure = {"target": name, "error": str(exc)[:2000]}
+        except Exception as exc:
+            notes = "\n".join(getattr(exc, "__notes__", []))  # hypothesis: the input
+            failure = {"target": name, "error": f"{exc}"[:2000], "input": notes[:4000]}
             break
         finally:
             shutil.rmtree(root, ignore_errors=True)
