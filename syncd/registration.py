@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from device.client import DeviceClient
-from device.protocol import taxid
+from device.protocol import invoice, taxid
 from device.protocol.status import DeviceError, Status
+from device.protocol.untrusted import shown
 from syncd.chainport import ChainDown, ChainPort, ChainRefused
 from syncd.link import DeviceLink
 from syncd.metrics import SyncdMetrics
@@ -51,12 +52,14 @@ class RegistrationSettings:
 
 
 def check_taxpayer(tax_id: str, name: str) -> dict[str, str]:
+    """The taxpayer a certificate will name, by the device's own rules for printed names."""
     problem = taxid.problem(tax_id)
     if problem is not None:
-        raise RegistrationError(f"taxpayer tax id {tax_id!r}: {problem}")
-    name = name.strip()
-    if not 1 <= len(name) <= 100 or not name.isprintable():
-        raise RegistrationError("taxpayer name must be 1 to 100 printable characters")
+        raise RegistrationError(f"taxpayer tax id {shown(tax_id)}: {problem}")
+    try:
+        name = invoice.check_text(name.strip(), "taxpayer name")
+    except DeviceError as exc:
+        raise RegistrationError(exc.detail) from None
     return {"tax_id": tax_id, "name": name}
 
 
