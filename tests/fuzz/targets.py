@@ -16,8 +16,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,15 +373,6 @@ async def feed_answer(
     figures.answered(outcome, seconds)
     figures.probed(seconds)  # the client is the process here: its answer is the probe
     check_memory(figures, os.getpid())
-
-
-@contextmanager
-def started_shop(root: Path) -> Iterator[Shop]:
-    shop = Shop(root)
-    try:
-        yield shop
-    finally:
-        shop.stop_all()
 
 
 def now_utc() -> str:
