@@ -39,33 +39,37 @@ class Prod:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.clock = ManualClock(time.time())
-        self.chain: Chain | None = None
-        self.api: Api | None = None
+        self._api: Api | None = None
+
+    @property
+    def api(self) -> Api:
+        assert self._api is not None, "the chain is not running"
+        return self._api
+
+    @property
+    def chain(self) -> Chain:
+        return self.api.chain
 
     async def start(self) -> Api:
-        self.chain = Chain.open(
-            self.directory, training=False, clock=self.clock, block_interval=0.005
-        )
-        self.chain.engine.start()
-        server = TestServer(build_app(self.chain), host="127.0.0.1")
+        chain = Chain.open(self.directory, training=False, clock=self.clock, block_interval=0.005)
+        chain.engine.start()
+        server = TestServer(build_app(chain), host="127.0.0.1")
         await server.start_server()
-        self.api = Api(self.chain, server, aiohttp.ClientSession())
-        return self.api
+        self._api = Api(chain, server, aiohttp.ClientSession())
+        return self._api
 
     async def stop(self) -> None:
-        assert self.chain is not None and self.api is not None
         await self.api.session.close()
         await self.api.server.close()
         await self.chain.engine.stop()
         self.chain.close()
+        self._api = None
 
     @property
     def admin(self) -> dict[str, str]:
-        assert self.chain is not None
         return {"Authorization": f"Bearer {self.chain.bureau.admin_token}"}
 
     async def enrol(self, taxpayer: dict[str, str] = SHOP, **extra: Any) -> str:
-        assert self.api is not None
         body = {"tax_id": taxpayer["tax_id"], "name": taxpayer["name"], **extra}
         status, answer = await self.api.call(
             "POST", "/admin/enrolments", json=body, headers=self.admin
@@ -75,7 +79,6 @@ class Prod:
 
     def snapshot(self) -> tuple[int, int, int, int]:
         """(height, devices, segments, code uses): what a refusal must leave as it was."""
-        assert self.chain is not None
         db = self.chain.ledger.db
         uses = db.execute("SELECT count(*) FROM enrolment_uses").fetchone()[0]
         return (
@@ -152,7 +155,6 @@ async def test_registration_without_a_code_is_refused_and_signs_nothing(
     prod: Prod, certify_calls: list[object]
 ) -> None:
     api, printer = prod.api, Printer()
-    assert api is not None
     before = prod.snapshot()
     assert refused(await register(api, printer, None)) == (403, "enrolment_required")
     assert refused(await register(api, printer, "ENR-0000-0000-0000-0000")) == (
@@ -169,7 +171,6 @@ async def test_another_taxpayers_code_is_refused_and_not_used(
     prod: Prod, certify_calls: list[object]
 ) -> None:
     api = prod.api
-    assert api is not None
     theirs = await prod.enrol(OTHER)
     before = prod.snapshot()
     assert refused(await register(api, Printer(SHOP), theirs)) == (403, "enrolment_taxpayer")
@@ -182,7 +183,6 @@ async def test_a_used_up_code_is_refused_and_a_repeated_csr_signs_nothing(
     prod: Prod, certify_calls: list[object]
 ) -> None:
     api = prod.api
-    assert api is not None
     code = await prod.enrol(SHOP, devices=2)
     first, second, third = Printer(), Printer(), Printer()
     one = await register(api, first, code)
@@ -200,7 +200,6 @@ async def test_a_used_up_code_is_refused_and_a_repeated_csr_signs_nothing(
 
 async def test_an_expired_code_is_refused(prod: Prod) -> None:
     api = prod.api
-    assert api is not None
     code = await prod.enrol(SHOP, expires_in=3600)
     prod.clock.advance(3600)
     before = prod.snapshot()
@@ -211,7 +210,7 @@ async def test_an_expired_code_is_refused(prod: Prod) -> None:
 async def test_codes_survive_a_restart_and_only_their_hash_is_stored(prod: Prod) -> None:
     code = await prod.enrol(SHOP, devices=2)
     api = prod.api
-    assert api is not None and code.startswith("ENR-") and len(code) == 23
+    assert code.startswith("ENR-") and len(code) == 23
     assert (await register(api, Printer(), code))[0] == 201
     await prod.stop()
     ledger = b"".join(p.read_bytes() for p in prod.directory.glob("ledger.sqlite*"))
@@ -223,7 +222,6 @@ async def test_codes_survive_a_restart_and_only_their_hash_is_stored(prod: Prod)
 
 async def test_enrolment_needs_the_admin_token_and_a_sound_body(prod: Prod) -> None:
     api = prod.api
-    assert api is not None
     body = {"tax_id": SHOP["tax_id"], "name": SHOP["name"]}
     for headers in ({}, {"Authorization": "Bearer nope"}):
         answer = await api.call("POST", "/admin/enrolments", json=body, headers=headers)
@@ -231,7 +229,7 @@ async def test_enrolment_needs_the_admin_token_and_a_sound_body(prod: Prod) -> N
     for bad in ({"devices": 101}, {"devices": True}, {"expires_in": 91 * 86400}, {"tax_id": "1"}):
         answer = await api.call("POST", "/admin/enrolments", json=body | bad, headers=prod.admin)
         assert refused(answer) == (400, "bad_request")
-    rows = prod.chain.ledger.db.execute("SELECT count(*) FROM enrolments").fetchone()  # type: ignore[union-attr]
+    rows = prod.chain.ledger.db.execute("SELECT count(*) FROM enrolments").fetchone()
     assert rows[0] == 0
 
 
@@ -252,7 +250,6 @@ async def test_a_training_chain_certifies_a_training_csr_without_a_code(tmp_path
 
 async def registered(prod: Prod, *taxpayers: dict[str, str]) -> list[Printer]:
     api = prod.api
-    assert api is not None
     printers = []
     for taxpayer in taxpayers:
         printer = Printer(taxpayer)
@@ -265,7 +262,7 @@ async def registered(prod: Prod, *taxpayers: dict[str, str]) -> list[Printer]:
 async def test_an_unsigned_segment_request_is_refused(prod: Prod) -> None:
     [printer] = await registered(prod, SHOP)
     before = prod.snapshot()
-    answer = await segment(prod.api, printer.device_id, {"count": 1000})  # type: ignore[arg-type]
+    answer = await segment(prod.api, printer.device_id, {"count": 1000})
     assert refused(answer) == (403, "signature_required")
     assert prod.snapshot() == before
 
@@ -274,7 +271,7 @@ async def test_a_signed_request_gets_a_segment(prod: Prod) -> None:
     [printer] = await registered(prod, SHOP)
     status, body = await segment(
         prod.api, printer.device_id, {"request": b64(printer.request(500))}
-    )  # type: ignore[arg-type]
+    )
     assert status == 201, body
     assert (body["device_id"], body["start"], body["end"]) == (printer.device_id, 1, 500)
 
@@ -282,7 +279,6 @@ async def test_a_signed_request_gets_a_segment(prod: Prod) -> None:
 async def test_requests_signed_by_or_for_another_device_are_refused(prod: Prod) -> None:
     victim, attacker = await registered(prod, SHOP, OTHER)
     api = prod.api
-    assert api is not None
     before = prod.snapshot()
     cases = [
         # the attacker's request, sent to the victim's URL
@@ -303,7 +299,6 @@ async def test_requests_signed_by_or_for_another_device_are_refused(prod: Prod) 
 async def test_oversized_and_over_the_cap_requests_are_refused(prod: Prod) -> None:
     [printer] = await registered(prod, SHOP)
     api = prod.api
-    assert api is not None
     before = prod.snapshot()
     answer = await segment(api, printer.device_id, {"request": b64(printer.request(100_001))})
     assert refused(answer) == (400, "segment_too_large")
@@ -320,7 +315,6 @@ async def test_oversized_and_over_the_cap_requests_are_refused(prod: Prod) -> No
 async def test_a_replayed_request_is_refused_also_after_a_restart(prod: Prod) -> None:
     [printer] = await registered(prod, SHOP)
     api = prod.api
-    assert api is not None
     raw = printer.request(10)
     assert (await segment(api, printer.device_id, {"request": b64(raw)}))[0] == 201
     before = prod.snapshot()
@@ -342,7 +336,7 @@ async def test_a_stale_request_is_refused(prod: Prod) -> None:
     before = prod.snapshot()
     for at in (time.time() - 86_401 - 60, time.time() + 86_401 + 60):
         raw = printer.request(10, at=at)
-        answer = await segment(prod.api, printer.device_id, {"request": b64(raw)})  # type: ignore[arg-type]
+        answer = await segment(prod.api, printer.device_id, {"request": b64(raw)})
         assert refused(answer) == (400, "request_stale")
     assert prod.snapshot() == before
 
@@ -350,7 +344,6 @@ async def test_a_stale_request_is_refused(prod: Prod) -> None:
 async def test_requests_for_a_revoked_or_unknown_device_are_refused(prod: Prod) -> None:
     [printer] = await registered(prod, SHOP)
     api = prod.api
-    assert api is not None
     revoke = f"/v1/devices/{printer.device_id}/revoke"
     status, _ = await api.call("POST", revoke, json={"reason": "stolen"}, headers=prod.admin)
     assert status == 200
