@@ -360,6 +360,14 @@ class DeviceClient:
     async def load_segment(self, segment: bytes) -> dict[str, Any]:
         return await self.request(Command.LOAD_SEGMENT, {"segment": segment})
 
+    async def segment_request(self, count: int) -> bytes:
+        """A segment request for `count` numbers, signed by the device (for the chain)."""
+        answer = await self.request(Command.SEGMENT_REQUEST, {"count": count})
+        raw = answer.get("request")
+        if not isinstance(raw, bytes):
+            raise UnreadableResponse("SEGMENT_REQUEST answered without request bytes")
+        return raw
+
     async def set_time(self, when: str) -> dict[str, Any]:
         return await self.request(Command.SET_TIME, {"time": when})
 

@@ -46,6 +46,7 @@ READS = {
     Command.GET_DOCUMENT: views.get_document,
     Command.EXPORT: views.export,
     Command.CSR: views.csr,
+    Command.SEGMENT_REQUEST: views.segment_request,
     Command.CONTROL: views.control,
 }
 

@@ -1,12 +1,13 @@
 """Commands that read the device's state and change nothing durable.
 
-HELLO, INFO, STATUS, FETCH, GET_DOCUMENT, EXPORT and CSR answer from the
+HELLO, INFO, STATUS, FETCH, GET_DOCUMENT, EXPORT, CSR and SEGMENT_REQUEST answer from the
 committed journal and the in-memory head; CONTROL flips the emulated
 paper and cover switches.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from device.firmware import Firmware, response_for_row
@@ -179,6 +180,20 @@ def csr(fw: Firmware, body: Any) -> dict[str, Any]:
     assert taxpayer is not None
     raw = trust.make_csr(fw.key, taxpayer, False, fw.now())
     return {"device_id": fw.settings.device_id, "csr": raw}
+
+
+def segment_request(fw: Firmware, body: Any) -> dict[str, Any]:
+    """Sign a request for numbers: the chain allocates a segment only on the word of the
+    certified device key. A fresh nonce each time, so nothing durable changes."""
+    body = _map(body, {"count"}, "SEGMENT_REQUEST")
+    if fw.registry.cert is None:
+        raise DeviceError(Status.UNREGISTERED, "a segment request needs the device certificate")
+    if "count" not in body:
+        raise DeviceError(Status.BAD_REQUEST, "SEGMENT_REQUEST needs a count")
+    count = _int(body, "count", 1, 1, trust.SEGMENT_REQUEST_MAX)
+    nonce = secrets.token_bytes(trust.SEGMENT_NONCE_SIZE)
+    raw = trust.make_segment_request(fw.key, fw.settings.device_id, count, fw.now(), nonce)
+    return {"request": raw}
 
 
 def control(fw: Firmware, body: Any) -> dict[str, Any]:

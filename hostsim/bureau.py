@@ -65,8 +65,9 @@ class Bureau:
 
     # --- devices ---------------------------------------------------------------------------
 
-    def certify(self, csr_raw: bytes, serial: int, now: float) -> bytes:
-        """A certificate for a CSR: proof of possession, a valid taxpayer id, our mode."""
+    def check_csr(self, csr_raw: bytes) -> dict[str, Any]:
+        """A CSR's payload once it passes: proof of possession, a valid taxpayer id, our
+        mode. Nothing is signed yet, so a registration refused later signs nothing."""
         try:
             csr = trust.open_csr(csr_raw)
         except DeviceError as exc:
@@ -84,6 +85,10 @@ class Bureau:
                 if csr["training"]
                 else "this is a training chain; it certifies training devices only",
             )
+        return csr
+
+    def certify(self, csr: Mapping[str, Any], serial: int, now: float) -> bytes:
+        """A certificate for a CSR payload that `check_csr` passed."""
         return trust.issue_certificate(self.key, csr, serial, now, CERT_YEARS)
 
     def open_certificate(self, raw: bytes) -> trust.DeviceCert:

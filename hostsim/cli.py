@@ -46,6 +46,10 @@ def register(subparsers: Any) -> None:
     verify.add_argument("--data", required=True, help="ledger directory")
     verify.set_defaults(func=_verify_chain)
 
+    from hostsim import enrol
+
+    enrol.add_parser(sub)
+
     noisy = sub.add_parser(
         "noisy-link",
         help="a noisy serial line in front of a device's pty",

@@ -157,19 +157,22 @@ class ChainClient:
         csr: bytes | None = None,
         certificate: bytes | None = None,
         segments: Sequence[bytes] = (),
+        enrolment_code: str | None = None,
     ) -> Registration:
         body: dict[str, Any] = {"segments": list(segments)}
         if csr is not None:
             body["csr"] = csr
+        if enrolment_code is not None:
+            body["enrolment_code"] = enrolment_code
         if certificate is not None:
             body["certificate"] = certificate
         return await self._call("POST", "/v1/devices", body, answers.registration_answer)
 
-    async def allocate_segment(self, device_id: str, count: int) -> bytes:
+    async def allocate_segment(self, device_id: str, request: bytes) -> bytes:
         return await self._call(
             "POST",
             f"/v1/devices/{device_id}/segments",
-            {"count": count},
+            {"request": request},
             lambda answer: answers.segment_answer(answer, device_id),
         )
 

@@ -83,13 +83,16 @@ class ChainPort(Protocol):
         csr: bytes | None = None,
         certificate: bytes | None = None,
         segments: Sequence[bytes] = (),
+        enrolment_code: str | None = None,
     ) -> Registration:
-        """Register a device: from a CSR (the bureau returns a certificate) or, for a
+        """Register a device: from a CSR (the bureau returns a certificate; outside
+        training only with the bureau's enrolment code for the taxpayer) or, for a
         training device, its self-issued certificate and segments."""
         ...
 
-    async def allocate_segment(self, device_id: str, count: int) -> bytes:
-        """A new bureau-signed number segment for the device."""
+    async def allocate_segment(self, device_id: str, request: bytes) -> bytes:
+        """A new bureau-signed number segment for the device, on a segment request the
+        device signed (device command SEGMENT_REQUEST)."""
         ...
 
     async def record_segment(self, device_id: str, raw: bytes) -> None:

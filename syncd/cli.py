@@ -8,6 +8,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
@@ -39,6 +40,13 @@ def register(subparsers: Any) -> None:
     reg.add_argument("--taxpayer", required=True, help="the taxpayer's 18-character tax id")
     reg.add_argument("--name", default=None, help="the taxpayer's name (required unless training)")
     reg.add_argument("--segment-size", type=int, default=10000, help="numbers in the first segment")
+    reg.add_argument(
+        "--enrolment-code",
+        default=None,
+        help="the tax bureau's enrolment code for this taxpayer (default: the config file's"
+        " registration.enrolment_code)",
+    )
+    reg.add_argument("--config", type=Path, help="TOML config file to read the code from")
     reg.add_argument("--baud", type=int, default=115200)
     reg.set_defaults(func=_register)
 
@@ -93,9 +101,21 @@ def _register(args: argparse.Namespace) -> int:
     from device.client import DeviceClient, LinkError
     from device.protocol.status import DeviceError
     from device.transport import PortError
+    from syncd import config as config_mod
     from syncd.chain_client import ChainClient
     from syncd.chainport import ChainDown, ChainRefused
-    from syncd.registration import RegistrationError, check_taxpayer, register_device
+    from syncd.registration import (
+        RegistrationError,
+        check_enrolment_code,
+        check_taxpayer,
+        register_device,
+    )
+
+    try:
+        code = check_enrolment_code(_enrolment_code(args))
+    except (RegistrationError, config_mod.ConfigError) as exc:
+        print(f"taxctl syncd register: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     async def main() -> int:
         chain = ChainClient(args.chain)
@@ -103,7 +123,9 @@ def _register(args: argparse.Namespace) -> int:
         try:
             client = await DeviceClient.open(args.device, baud=args.baud)
             taxpayer = check_taxpayer(args.taxpayer, args.name or "")
-            out = await register_device(client, chain, taxpayer, segment_size=args.segment_size)
+            out = await register_device(
+                client, chain, taxpayer, segment_size=args.segment_size, enrolment_code=code
+            )
         except RegistrationError as exc:
             print(f"taxctl syncd register: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -128,6 +150,21 @@ def _register(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def _enrolment_code(args: argparse.Namespace) -> str | None:
+    """--enrolment-code, else `registration.enrolment_code` of the config file (--config,
+    or the default file when it exists)."""
+    from syncd import config as config_mod
+
+    if args.enrolment_code is not None:
+        return str(args.enrolment_code)
+    path = args.config or config_mod.DEFAULT_CONFIG
+    if args.config is None and not path.exists():
+        return None
+    file_cfg, _ = config_mod.read_file(path)
+    value = file_cfg.values.get("registration.enrolment_code")
+    return value if isinstance(value, str) else None
 
 
 def _status(args: argparse.Namespace) -> int:

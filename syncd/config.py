@@ -139,7 +139,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("registration.auto_segments", bool, True, "request new number segments when low"),
     Option("registration.low_numbers", int, 500, "numbers left that count as low", 0, 10**9),
-    Option("registration.segment_size", int, 10000, "numbers per new segment", 1, 10**8),
+    Option("registration.segment_size", int, 10000, "numbers per new segment", 1, 100_000),
+    Option(
+        "registration.enrolment_code",
+        str,
+        "",
+        "the tax bureau's enrolment code, for `taxctl syncd register`",
+    ),
     Option("notify.status_interval", float, 2.0, "seconds between systemd STATUS=", 0.05, 3600),
     Option("log.level", str, "info", "log level", choices=LOG_LEVELS),
 )

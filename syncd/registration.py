@@ -15,6 +15,7 @@ it still lacks.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ UNKNOWN_SEGMENT_CODES = frozenset(
 )
 
 
+ENROLMENT_CODE = re.compile(r"ENR(-[0-9A-HJKMNP-TV-Z]{4}){4}", re.ASCII)
+
+
 class RegistrationError(Exception):
     """Registration cannot go on; the message says why and what to do."""
 
@@ -49,6 +53,18 @@ class RegistrationSettings:
     auto_segments: bool = True
     low_numbers: int = 500
     segment_size: int = 10000
+
+
+def check_enrolment_code(code: str | None) -> str | None:
+    """The code as the bureau prints it (spaces trimmed, upper case), or None for none."""
+    if code is None or not code.strip():
+        return None
+    code = code.strip().upper()
+    if not ENROLMENT_CODE.fullmatch(code):
+        raise RegistrationError(
+            "an enrolment code looks like ENR-XXXX-XXXX-XXXX-XXXX (from the tax bureau)"
+        )
+    return code
 
 
 def check_taxpayer(tax_id: str, name: str) -> dict[str, str]:
@@ -69,6 +85,7 @@ async def register_device(
     taxpayer: dict[str, str],
     *,
     segment_size: int,
+    enrolment_code: str | None = None,
 ) -> dict[str, Any]:
     """CSR -> certificate -> first segment. Returns what was done, as plain data."""
     await client.hello()
@@ -94,11 +111,12 @@ async def register_device(
     else:
         csr = await client.csr(taxpayer)
         # The chain port checked its answer: the certificate is bytes (else ChainDown).
-        answer = await chain.register(csr=csr["csr"])
+        answer = await chain.register(csr=csr["csr"], enrolment_code=enrolment_code)
         loaded = await client.load_cert(answer.certificate)
         steps.append(f"certificate serial {loaded.get('serial')} loaded")
     if not info.get("segments"):
-        segment = await chain.allocate_segment(device_id, segment_size)
+        request = await client.segment_request(segment_size)
+        segment = await chain.allocate_segment(device_id, request)
         loaded = await client.load_segment(segment)
         steps.append(
             f"segment {loaded['code']} {loaded['start']:08d}-{loaded['end']:08d} loaded "
@@ -191,8 +209,10 @@ class Registrar:
         if now < self._segment_after.get(device_id, 0.0):
             return
         client = link.require()
+        # The device signs the request: the chain allocates only on its certified key.
+        request = await client.segment_request(self.settings.segment_size)
         try:
-            segment = await self.chain.allocate_segment(device_id, self.settings.segment_size)
+            segment = await self.chain.allocate_segment(device_id, request)
         except ChainRefused as exc:
             # Asking again at once would be refused again: wait before the next try.
             self._segment_after[device_id] = now + self.RETRY_AFTER

@@ -6,8 +6,9 @@ them, and drives them with the POS simulator's tills: invoices while the
 chain is reachable; the chain cut off while the shop keeps selling until each
 printer reaches its offline limit; the chain back and the backlog drained;
 buyers verifying (查验) and claiming invoices; a forged and a replayed
-document sent to the chain. It ends with an audit of every printer's journal
-against the chain and a summary table.
+document sent to the chain; an audit of every printer's journal against the
+chain. Last, on a production chain of its own, a printer registered only
+with the bureau's enrolment code. It ends with a summary table.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from taxctl.demo_enrol import show_enrolment
 from taxctl.demo_report import Tally, format_summary, restart_commands
 from taxctl.demo_steps import Shop
 
@@ -73,6 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
         shop.audit(tally)
         shop.stop()
         shop.verify_ledger()
+        show_enrolment(root, tally)
         print()
         print(format_summary(tally, time.monotonic() - started))
         ok = tally.lost == 0 and tally.duplicated == 0 and tally.all_expected

@@ -26,6 +26,7 @@ class Command(IntEnum):
     CSR = 0x30  # certificate signing request for the tax bureau
     LOAD_CERT = 0x31  # install the bureau-signed device certificate
     LOAD_SEGMENT = 0x32  # install a bureau-signed invoice-number segment
+    SEGMENT_REQUEST = 0x33  # a segment request signed by the device key, for the chain
     SET_TIME = 0x40  # set the device clock (never backwards)
     EXPORT = 0x41  # journal range for audit, synced or not
     CONTROL = 0x50  # emulator only: paper out / cover open switches

@@ -233,6 +233,31 @@ def training_segment_code(device_id: str) -> str:
     return "99" + f"{int.from_bytes(digest[:8], 'big') % 10**10:010d}"
 
 
+# --- Segment request -------------------------------------------------------------------
+
+# Numbers one signed request may ask for (the device and the chain both hold to it).
+SEGMENT_REQUEST_MAX = 100_000
+SEGMENT_NONCE_SIZE = 16
+
+
+def make_segment_request(
+    key: KeyPair, device_id: str, count: int, now: float, nonce: bytes
+) -> bytes:
+    """A request for `count` numbers, signed by the device key: the chain allocates a
+    segment only to the holder of a certified key, and each nonce once."""
+    return sign_object(
+        key,
+        device_id.encode(),
+        {
+            "type": "segment_request",
+            "device_id": device_id,
+            "count": count,
+            "at": format_utc(now),
+            "nonce": nonce,
+        },
+    )
+
+
 # --- Consortium ------------------------------------------------------------------------
 
 

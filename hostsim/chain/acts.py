@@ -14,7 +14,9 @@ from typing import Any
 
 from device.protocol import trust
 from device.protocol.document import Kind
+from hostsim.chain import segreq
 from hostsim.chain.engine import Engine
+from hostsim.chain.enrolment import Enrolments
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.rules import DeviceRecord
 from hostsim.chain.tx import TxType, act_tx
@@ -25,21 +27,33 @@ class Acts:
         self.engine = engine
         self.bureau = engine.bureau
         self.state = engine.state
+        self.enrolments = Enrolments(engine.ledger, engine.clock)
 
     # --- devices ---------------------------------------------------------------------------
 
     async def register(
-        self, csr: bytes | None, certificate: bytes | None, segments: list[bytes], wait: float
+        self,
+        csr: bytes | None,
+        certificate: bytes | None,
+        segments: list[bytes],
+        wait: float,
+        enrolment_code: object = None,
     ) -> dict[str, Any]:
         if (csr is None) == (certificate is None):
             raise ChainError(Code.BAD_REQUEST, "give either a csr or a certificate")
+        enrolment: bytes | None = None
         if csr is not None:
-            serial = len(self.state.devices) + 1
-            certificate = self.bureau.certify(csr, serial, self.engine.clock.now())
-            device_id = trust.open_csr(csr)["device_id"]
-            known = self.state.devices.get(device_id)
+            request = self.bureau.check_csr(csr)
+            known = self.state.devices.get(request["device_id"])
             if known is not None:  # a repeated CSR gets the certificate already issued
                 certificate = known.certificate.raw
+            else:
+                if not self.engine.training:  # training devices provision themselves
+                    enrolment = self.enrolments.check(
+                        enrolment_code, request["taxpayer"]["tax_id"], request["device_id"]
+                    )
+                serial = len(self.state.devices) + 1
+                certificate = self.bureau.certify(request, serial, self.engine.clock.now())
         assert certificate is not None
         cert = self.bureau.open_certificate(certificate)
         device = self.state.devices.get(cert.device_id)
@@ -63,6 +77,8 @@ class Acts:
                 },
             )
             tx.fields["_cert"], tx.fields["_segments"] = cert, new_segments
+            if enrolment is not None:  # every check passed: only now is the code used
+                self.enrolments.use(enrolment, cert.device_id)
             future = self.engine.enqueue(tx)
             device = DeviceRecord(cert, 0)
             self.state.devices[cert.device_id] = device
@@ -80,11 +96,36 @@ class Acts:
         }
 
     async def allocate(self, device_id: str, count: int, wait: float) -> trust.Segment:
+        """A segment on a bare count: training chains only (else `allocate_signed`)."""
+        if not self.engine.training:
+            raise ChainError(
+                Code.SIGNATURE_REQUIRED,
+                "outside training a segment request must be signed by the device"
+                ' (device command SEGMENT_REQUEST; send {"request": bytes})',
+            )
         device = self._live_device(device_id)
         code = self.bureau.code_for(device_id)
         start = max((s.end for s in self.state.segments_by_code.get(code, [])), default=0) + 1
         raw = self.bureau.segment(device_id, code, start, count, self.engine.clock.now())
         seg = self.bureau.open_segment(raw)
+        await self._add_segment(device, seg, wait)
+        return seg
+
+    async def allocate_signed(self, device_id: str, raw: bytes, wait: float) -> trust.Segment:
+        """A segment for a request the device signed (SEGMENT_REQUEST): checked, capped,
+        each nonce once. Every check runs before anything is recorded."""
+        request = segreq.open_request(raw, device_id, self.state.devices.get(device_id))
+        device = self._live_device(device_id)
+        now = self.engine.clock.now()
+        segreq.check_fresh(request, self.engine.ledger, now)
+        if not self.engine.training:  # a training device issues itself any segment anyway
+            segreq.check_cap(request, device, self.engine.ledger)
+        code = self.bureau.code_for(device_id)
+        start = max((s.end for s in self.state.segments_by_code.get(code, [])), default=0) + 1
+        seg = self.bureau.open_segment(
+            self.bureau.segment(device_id, code, start, request.count, now)
+        )
+        segreq.remember(request, self.engine.ledger, now)
         await self._add_segment(device, seg, wait)
         return seg
 

@@ -128,7 +128,9 @@ async def register_device(request: web.Request) -> web.Response:
         wire.blob(body["certificate"], "certificate", cbor=cbor) if "certificate" in body else None
     )
     segments = wire.blobs(body.get("segments", []), "segments", cbor=cbor, limit=wire.MAX_SEGMENTS)
-    out = await chain.acts.register(csr, cert, segments, wire.wait_param(request, DEFAULT_WAIT))
+    out = await chain.acts.register(
+        csr, cert, segments, wire.wait_param(request, DEFAULT_WAIT), body.get("enrolment_code")
+    )
     return wire.respond(
         request,
         {
@@ -149,14 +151,17 @@ async def add_segment(request: web.Request) -> web.Response:
     cbor = request.content_type == wire.CBOR
     body = await wire.read_body(request, wire.FLAT)
     wait = wire.wait_param(request, DEFAULT_WAIT)
-    if "segment" in body:
+    if "request" in body:
+        raw = wire.blob(body["request"], "request", cbor=cbor)
+        seg = await chain.acts.allocate_signed(device_id, raw, wait)
+    elif "segment" in body:
         seg = await chain.acts.record_segment(
             device_id, wire.blob(body["segment"], "segment", cbor=cbor), wait
         )
     else:
         count = body.get("count")
         if type(count) is not int:
-            raise ChainError(Code.BAD_REQUEST, "give count (an integer) or segment")
+            raise ChainError(Code.BAD_REQUEST, "give request (signed by the device) or segment")
         seg = await chain.acts.allocate(device_id, count, wait)
     return wire.respond(
         request,
@@ -181,6 +186,14 @@ async def revoke_device(request: web.Request) -> web.Response:
         raise ChainError(Code.BAD_REQUEST, "give a reason (1 to 200 characters)")
     height = await chain.acts.revoke(device_id, reason, wire.wait_param(request, DEFAULT_WAIT))
     return wire.respond(request, {"device_id": device_id, "revoked_height": height})
+
+
+async def issue_enrolment(request: web.Request) -> web.Response:
+    """An enrolment code for a taxpayer (admin only); shown once, the chain keeps its hash."""
+    require_admin(request)
+    body = await wire.read_body(request, wire.FLAT)
+    issued = chain_of(request).acts.enrolments.issue(body)
+    return wire.respond(request, issued.body(), status=201)
 
 
 # --- buyers and claims ---------------------------------------------------------------------
@@ -227,6 +240,7 @@ def build_app(chain: Chain, middlewares: list[Any] | None = None) -> web.Applica
     app.router.add_post("/v1/devices/{device_id}/segments", add_segment)
     app.router.add_post("/v1/devices/{device_id}/revoke", revoke_device)
     app.router.add_post("/v1/buyers", enrol_buyer)
+    app.router.add_post("/admin/enrolments", issue_enrolment)
     app.router.add_post("/v1/invoices/{code}/{number}/claim", claim_invoice)
     queries.add_routes(app.router)
     page.add_routes(app.router)

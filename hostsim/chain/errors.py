@@ -36,6 +36,17 @@ class Code(StrEnum):
     BAD_SEGMENT = "bad_segment"
     SEGMENT_OVERLAP = "segment_overlap"
     ALREADY_REGISTERED = "already_registered"
+    ENROLMENT_REQUIRED = "enrolment_required"
+    ENROLMENT_INVALID = "enrolment_invalid"
+    ENROLMENT_EXPIRED = "enrolment_expired"
+    ENROLMENT_USED = "enrolment_used"
+    ENROLMENT_TAXPAYER = "enrolment_taxpayer"
+    # Signed segment requests (BAD_SIGNATURE, UNKNOWN_DEVICE and DEVICE_REVOKED as above)
+    SIGNATURE_REQUIRED = "signature_required"
+    REQUEST_REPLAYED = "request_replayed"
+    REQUEST_STALE = "request_stale"
+    SEGMENT_TOO_LARGE = "segment_too_large"
+    SEGMENT_CAP = "segment_cap"
     # Verification and claims
     NOT_FOUND = "not_found"
     UNAUTHORIZED = "unauthorized"
@@ -60,6 +71,16 @@ STATUS: dict[Code, int] = {
     Code.ALREADY_REGISTERED: 409,
     Code.SEGMENT_OVERLAP: 409,
     Code.NOT_CLAIMABLE: 409,
+    Code.ENROLMENT_REQUIRED: 403,
+    Code.ENROLMENT_INVALID: 403,
+    Code.ENROLMENT_EXPIRED: 403,
+    Code.ENROLMENT_USED: 403,
+    Code.ENROLMENT_TAXPAYER: 403,
+    Code.SIGNATURE_REQUIRED: 403,
+    Code.BAD_SIGNATURE: 403,
+    Code.DEVICE_REVOKED: 403,
+    Code.REQUEST_REPLAYED: 409,
+    Code.SEGMENT_CAP: 409,
     Code.BODY_TOO_LARGE: 413,
     Code.BATCH_TOO_LARGE: 413,
     Code.UNSUPPORTED_MEDIA_TYPE: 415,

@@ -106,6 +106,25 @@ CREATE TABLE IF NOT EXISTS equivocations (
     offending_body BLOB NOT NULL,
     at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS enrolments (
+    code_hash BLOB PRIMARY KEY,
+    tax_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    devices INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enrolment_uses (
+    code_hash BLOB NOT NULL,
+    device_id TEXT NOT NULL,
+    PRIMARY KEY (code_hash, device_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segment_nonces (
+    nonce BLOB PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS segment_nonces_at ON segment_nonces(at);
 CREATE TABLE IF NOT EXISTS buyers (
     buyer_id TEXT PRIMARY KEY,
     tax_id TEXT NOT NULL,
@@ -353,6 +372,49 @@ class Ledger:
             "SELECT buyer_id, tax_id, name FROM buyers WHERE key_hash=?", (key_hash,)
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
+
+    # --- enrolment codes and segment requests (the bureau's registry) --------------------
+
+    def add_enrolment(self, row: tuple[bytes, str, str, int, int, str]) -> None:
+        """(code hash, tax id, name, devices, expires at (epoch seconds), created at)."""
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO enrolments VALUES (?, ?, ?, ?, ?, ?)", row)
+
+    def enrolment(self, code_hash: bytes) -> tuple[str, int, int, list[str]] | None:
+        """(tax id, devices, expires at, the devices that used it) of a code, by its hash."""
+        row = self.db.execute(
+            "SELECT tax_id, devices, expires_at FROM enrolments WHERE code_hash=?", (code_hash,)
+        ).fetchone()
+        if row is None:
+            return None
+        used = self.db.execute(
+            "SELECT device_id FROM enrolment_uses WHERE code_hash=?", (code_hash,)
+        ).fetchall()
+        return row[0], int(row[1]), int(row[2]), [u[0] for u in used]
+
+    def use_enrolment(self, code_hash: bytes, device_id: str) -> None:
+        with self.transaction() as tx:
+            tx.execute("INSERT OR IGNORE INTO enrolment_uses VALUES (?, ?)", (code_hash, device_id))
+
+    def nonce_seen(self, nonce: bytes) -> bool:
+        row = self.db.execute("SELECT 1 FROM segment_nonces WHERE nonce=?", (nonce,)).fetchone()
+        return row is not None
+
+    def add_nonce(self, nonce: bytes, device_id: str, at: int, forget_before: int) -> None:
+        """Remember a segment request's nonce; those older than `forget_before` go, since
+        a request that old is refused as stale anyway."""
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM segment_nonces WHERE at < ?", (forget_before,))
+            tx.execute("INSERT INTO segment_nonces VALUES (?, ?, ?)", (nonce, device_id, at))
+
+    def highest_number(self, code: str, start: int, end: int) -> int | None:
+        """The highest invoice number of `code` in start..end on the chain (a primary-key
+        range: numbers are 8 zero-padded digits, so text order is number order)."""
+        row = self.db.execute(
+            "SELECT max(number) FROM invoices WHERE code=? AND number BETWEEN ? AND ?",
+            (code, f"{start:08d}", f"{end:08d}"),
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
 
 
 class _Transaction:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,11 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
+from device import views
 from device.app import open_device
 from device.firmware import Firmware
 from device.limits import Limits
+from device.protocol import trust
 from hostsim.chain.api import build_app
 from hostsim.chain.node import Chain
 
@@ -75,6 +79,22 @@ class DeviceSim:
             body["items"] = items
         self.fw.credit(body)
         return self._commit()[0]
+
+    def segment_request(self, count: int) -> bytes:
+        """A segment request as the device signs it (SEGMENT_REQUEST)."""
+        return bytes(views.segment_request(self.fw, {"count": count})["request"])
+
+    def signed_request(
+        self, count: int, *, at: float | None = None, device_id: str | None = None
+    ) -> bytes:
+        """A request signed by this device's key with any field, as an attacker could."""
+        return trust.make_segment_request(
+            self.fw.key,
+            device_id or self.device_id,
+            count,
+            time.time() if at is None else at,
+            secrets.token_bytes(trust.SEGMENT_NONCE_SIZE),
+        )
 
     def close(self) -> None:
         self.fw.journal.close()

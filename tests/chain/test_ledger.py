@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -293,13 +295,20 @@ async def test_production_registration_by_csr(tmp_path: Path) -> None:
         key = KeyPair.generate()
         taxpayer = {"name": "Shop", "tax_id": BUYER_TAX_ID}
         csr = trust.make_csr(key, taxpayer, False, 0)
-        out = await chain.acts.register(csr, None, [], 5)
+        code = chain.acts.enrolments.issue(dict(taxpayer)).code
+        out = await chain.acts.register(csr, None, [], 5, code)
         again = await chain.acts.register(csr, None, [], 5)
         assert again["certificate"] == out["certificate"]
         cert = trust.open_certificate(out["certificate"], chain.bureau.public_key)
         assert cert.taxpayer == taxpayer and not cert.training
-        one = await chain.acts.allocate(cert.device_id, 1000, 5)
-        two = await chain.acts.allocate(cert.device_id, 1000, 5)
+
+        def request(count: int) -> bytes:
+            return trust.make_segment_request(
+                key, cert.device_id, count, time.time(), secrets.token_bytes(16)
+            )
+
+        one = await chain.acts.allocate_signed(cert.device_id, request(1000), 5)
+        two = await chain.acts.allocate_signed(cert.device_id, request(1000), 5)
         assert (one.start, one.end, two.start, two.end) == (1, 1000, 1001, 2000)
         training_csr = trust.make_csr(KeyPair.generate(), taxpayer, True, 0)
         from hostsim.chain.errors import ChainError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -267,10 +268,15 @@ async def test_training_document_on_a_production_chain(tmp_path: Any) -> None:
     chain.engine.start()
     try:
         key = KeyPair.generate()
-        csr = trust.make_csr(key, {"name": "Shop", "tax_id": "91440300MA5G12345L"}, False, 0)
-        out = await chain.acts.register(csr, None, [], 5)
+        taxpayer = {"name": "Shop", "tax_id": "91440300MA5G12345L"}
+        csr = trust.make_csr(key, taxpayer, False, 0)
+        code = chain.acts.enrolments.issue(dict(taxpayer)).code
+        out = await chain.acts.register(csr, None, [], 5, code)
         cert = trust.open_certificate(out["certificate"], chain.bureau.public_key)
-        seg = await chain.acts.allocate(cert.device_id, 100, 5)
+        request = trust.make_segment_request(
+            key, cert.device_id, 100, time.time(), secrets.token_bytes(16)
+        )
+        seg = await chain.acts.allocate_signed(cert.device_id, request, 5)
         fields = {
             "device_id": cert.device_id,
             "counter": 1,

@@ -98,6 +98,7 @@ VALID_BODIES: dict[Command, dict[str, Any]] = {
     Command.CSR: {"taxpayer": {"name": "Shop", "tax_id": "91350100M000100Y43"}},
     Command.LOAD_CERT: {"certificate": b"\xd2\x84"},
     Command.LOAD_SEGMENT: {"segment": b"\xd2\x84"},
+    Command.SEGMENT_REQUEST: {"count": 10},
     Command.SET_TIME: {"time": "2026-01-01T00:00:00Z"},
     Command.EXPORT: {"from": 1, "to": 2},
     Command.CONTROL: {"paper_out": False, "cover_open": False},
@@ -349,7 +350,7 @@ async def call_client(client: ChainClient, call: str) -> Any:
     if call == "register":
         return await client.register(csr=b"\xd2\x84")
     if call == "allocate_segment":
-        return await client.allocate_segment("TCFUZZ", 10)
+        return await client.allocate_segment("TCFUZZ", b"\xd2\x84")
     return await client.health()
 
 

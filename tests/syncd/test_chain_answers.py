@@ -362,7 +362,7 @@ async def call(client: ChainClient, what: str) -> Any:
         return await client.consortium()
     if what == "register":
         return await client.register(certificate=b"cert")
-    return await client.allocate_segment(DEVICE, 10)
+    return await client.allocate_segment(DEVICE, b"request")
 
 
 @pytest.mark.parametrize("case", CASES)

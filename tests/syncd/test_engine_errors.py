@@ -105,7 +105,7 @@ class MemoryChain:
     async def register(self, **_: Any) -> Registration:
         return Registration(DEVICE, b"cert", 1, ())
 
-    async def allocate_segment(self, device_id: str, count: int) -> bytes:
+    async def allocate_segment(self, device_id: str, request: bytes) -> bytes:
         return b"segment"
 
     async def record_segment(self, device_id: str, raw: bytes) -> None:

@@ -178,36 +178,31 @@ def test_rejected_documents_are_reported_with_the_chain_code(shop: Shop) -> None
 
 
 def test_production_registration_and_automatic_segments(shop: Shop) -> None:
-    import subprocess
-    import sys
-
+    """A printer on a production chain: the bureau issues an enrolment code
+    (`taxctl hostsim bureau enrol`), `taxctl syncd register` is refused without it and
+    registers with it; syncd then tops up its numbers with device-signed requests."""
+    from tests.helpers import run_taxctl
     from tests.shop import http
 
     shop.start_chain(training=False)
     _, consortium, _ = http("GET", f"{shop.chain_url}/v1/consortium")
     shop.start_device("printer", "--bureau-key", consortium["bureau_key"], training=False)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "taxctl",
-            "syncd",
-            "register",
-            "--device",
-            str(shop.link()),
-            "--chain",
-            shop.chain_url,
-            "--taxpayer",
-            "91350100M000100Y43",
-            "--name",
-            "ACME Trading",
-            "--segment-size",
-            "10",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    device_id = shop.devices["printer"].ready["device_id"]
+    register = [
+        *("syncd", "register", "--device", str(shop.link()), "--chain", shop.chain_url),
+        *("--taxpayer", "91350100M000100Y43", "--name", "ACME Trading", "--segment-size", "10"),
+    ]
+    out = run_taxctl(*register)
+    assert out.returncode == 1 and "enrolment_required" in out.stderr, out.stderr
+    status, _, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
+    assert status == 404  # refused: nothing created
+    enrol = run_taxctl(
+        *("hostsim", "bureau", "enrol", "--chain", shop.chain_url, "--name", "ACME Trading"),
+        *("--token-file", str(shop.root / "chain" / "admin.token")),
+        *("--taxpayer", "91350100M000100Y43"),
     )
+    assert enrol.returncode == 0, enrol.stderr
+    out = run_taxctl(*register, "--enrolment-code", enrol.stdout.strip())
     assert out.returncode == 0, out.stderr
     assert "certificate serial" in out.stdout and "segment" in out.stdout
     shop.start_syncd("--registration-low-numbers", "4", "--registration-segment-size", "10")
