@@ -113,6 +113,10 @@ CREATE TABLE IF NOT EXISTS buyers (
     key_hash BLOB NOT NULL UNIQUE,
     created_at TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS taxpayer_tokens (
+    token_hash BLOB PRIMARY KEY,
+    tax_id TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -353,6 +357,20 @@ class Ledger:
             "SELECT buyer_id, tax_id, name FROM buyers WHERE key_hash=?", (key_hash,)
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
+
+    # --- taxpayers (sellers) ---------------------------------------------------------------
+
+    def add_taxpayer_token(self, tax_id: str, token_hash: bytes) -> None:
+        """Let the holder of the token whose SHA-256 is `token_hash` read `tax_id`'s ledger."""
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO taxpayer_tokens VALUES (?, ?)", (token_hash, tax_id))
+
+    def taxpayer_by_token(self, token_hash: bytes) -> str | None:
+        """The tax id a taxpayer token reads for, or None."""
+        row = self.db.execute(
+            "SELECT tax_id FROM taxpayer_tokens WHERE token_hash=?", (token_hash,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
 
 class _Transaction:
