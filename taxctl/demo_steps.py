@@ -196,7 +196,9 @@ class Shop:
         invoices = [a for a in self.acks if a.kind == "invoice"][:5]
         claimed = 0
         for ack in invoices:
-            _, row = http("GET", f"{self.chain_url}/v1/invoices/{ack.code}/{ack.number}")
+            # the auditor reads the invoice for the demo; a buyer has the receipt in hand
+            url = f"{self.chain_url}/v1/invoices/{ack.code}/{ack.number}"
+            _, row = http("GET", url, token=self.admin_token)
             doc = row["document"]
             query = {
                 "code": ack.code,
@@ -236,7 +238,8 @@ class Shop:
     def forge_and_replay(self, tally: Tally) -> None:
         print("\n8. a fraudster tries the chain")
         ack = next(a for a in self.acks if a.kind == "invoice")
-        _, row = http("GET", f"{self.chain_url}/v1/invoices/{ack.code}/{ack.number}")
+        url = f"{self.chain_url}/v1/invoices/{ack.code}/{ack.number}"
+        _, row = http("GET", url, token=self.admin_token)
         genuine = base64.b64decode(row["cose_sign1"])
         sign1 = cose.decode_sign1(genuine)
         payload = codec.decode(sign1.payload)
@@ -284,8 +287,10 @@ class Shop:
         on_chain: set[tuple[str, int]] = set()
         for name, device_id in zip(self.names, self.device_ids, strict=True):
             journal = [(row.counter, row.doc) for row in export(self.root / name)]
-            chain = chain_documents(self.chain_url, device_id)
-            _, info = http("GET", f"{self.chain_url}/v1/devices/{device_id}")
+            chain = chain_documents(self.chain_url, device_id, self.admin_token)
+            _, info = http(
+                "GET", f"{self.chain_url}/v1/devices/{device_id}", token=self.admin_token
+            )
             report = compare(device_id, journal, chain, bytes.fromhex(info["public_key"]))
             tally.lost += len(report.lost) + len(report.altered)
             tally.duplicated += len(report.duplicated)

@@ -48,7 +48,7 @@ DOC: dict[str, Any] = yaml.safe_load(SPEC.read_text())
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 CBOR = wire.CBOR
 JSON_TYPE = {"Content-Type": "application/json"}
-OTHER_TAX_ID = "91110108MA01ABCD2X"
+OTHER_TAX_ID = "91110108MA01ABCD2H"
 
 
 # --- the document as data ------------------------------------------------------------------

@@ -145,7 +145,8 @@ async def test_clock_regression(api: Api, device: DeviceSim) -> None:
         "status"
     ] == "committed"
     # the device's own second document now chains to a document it did not sign: re-chain it
-    head = (await api.call("GET", f"/v1/devices/{device.device_id}", headers=api.audit))[1]["last_hash"]
+    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}", headers=api.audit)
+    head = dev["last_hash"]
     earlier = resign(device, second, prev_hash=bytes.fromhex(head))
     await expect_rejected(api, device, earlier, "clock_regression")
 

@@ -206,7 +206,7 @@ def test_register_command(shop: Shop) -> None:
     )
     assert out.returncode == 0, out.stderr
     device_id = shop.devices["printer"].ready["device_id"]
-    status, body, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
+    status, body, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}", headers=shop.auditor)
     assert status == 200 and body["registration"]["training"] is True
     ports = run_taxctl("ports", "--json", str(shop.link()))
     assert ports.returncode == 0, ports.stderr

@@ -227,7 +227,7 @@ def test_production_registration_and_automatic_segments(shop: Shop) -> None:
     shop.wait_synced(25)
     assert shop.assert_exactly_once() == 25
     device_id = shop.devices["printer"].ready["device_id"]
-    _, info, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
+    _, info, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}", headers=shop.auditor)
     assert info["registration"]["training"] is False and len(info["segments"]) >= 3
 
 
