@@ -33,6 +33,7 @@ QR_DOMAIN = b"taxctl/qr/v1\x00"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DEVICE_ID = re.compile(r"TC[0-9A-Z]{12}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")
 FIELDS = {"c", "n", "d", "t", "k", "x", "i", "h", "s"}
 
 
@@ -66,6 +67,10 @@ class VerificationQuery:
             fields["h"] = b64url(self.doc_hash)
         if self.signature is not None:
             fields["s"] = b64url(self.signature)
+        # Every value of a real receipt is URL-safe as it is: joined directly, which costs
+        # a quarter of urlencode on the printer's per-document path.
+        if all(_URL_SAFE.fullmatch(v) for v in fields.values()):
+            return PREFIX + "&".join(f"{k}={v}" for k, v in fields.items())
         return PREFIX + urlencode(fields)
 
     @property
@@ -142,15 +147,17 @@ def qr_signed_bytes(query: VerificationQuery, doc_hash: bytes, device_id: str) -
     document (its hash) and one device."""
     if query.total is None:
         raise QrError("a signed payload needs the total")
+    # Built in canonical key order, so the cheaper order-preserving encoder gives the
+    # canonical bytes (tests check it against codec.encode).
     fields = {
         "c": query.code,
-        "n": query.number,
         "d": query.date,
-        "t": query.total,
         "h": doc_hash,
         "i": device_id,
+        "n": query.number,
+        "t": query.total,
     }
-    return QR_DOMAIN + codec.encode(fields)
+    return QR_DOMAIN + codec.encode_ordered(fields)
 
 
 def sign_qr(
