@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.ceilings import ed25519_verify_rate
 from device.app import open_device
 from device.limits import Limits
+from hostsim.audit import admin_token
 from tests.helpers import spawn
 
 INVOICE = {
@@ -37,8 +38,11 @@ INVOICE = {
 }
 
 
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+def get(url: str, token: str | None = None) -> Any:
+    request = urllib.request.Request(url)
+    if token is not None:  # a device's ledger needs a reader's credential (the auditor's)
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
 
 
@@ -132,7 +136,8 @@ def main() -> None:
                 now = time.perf_counter()
                 if first is None:
                     try:
-                        info = get(f"{chain_url}/v1/devices/{device_id}")
+                        token = admin_token(root / "chain")
+                        info = get(f"{chain_url}/v1/devices/{device_id}", token)
                         if info["last_counter"] > 0:
                             first = now - up
                     except OSError:

@@ -261,6 +261,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_receipt(args: argparse.Namespace) -> int:
     from device import render
+    from device.protocol import qr
     from device.protocol.document import DocumentError, parse_document
 
     if args.counter is None and (args.code is None or args.number is None):
@@ -280,14 +281,17 @@ def cmd_receipt(args: argparse.Namespace) -> int:
         if not document.verify(info["public_key"]):
             raise DeviceError(Status.INTERNAL_ERROR, "the document's signature does not verify")
         fmt = args.format
+        signed = qr.device_payload(
+            found.get("qr"), document.payload, document.hash, info["public_key"]
+        )
         if fmt == "text":
-            rendered.append(render.text(document.payload, args.paper).encode())
+            rendered.append(render.text(document.payload, args.paper, signed).encode())
         elif fmt == "escpos":
-            rendered.append(render.escpos(document.payload, args.paper))
+            rendered.append(render.escpos(document.payload, args.paper, signed))
         elif fmt == "svg":
-            rendered.append(render.svg(document.payload, args.paper).encode())
+            rendered.append(render.svg(document.payload, args.paper, signed).encode())
         else:
-            rendered.append(render.png(document.payload, args.paper))
+            rendered.append(render.png(document.payload, args.paper, signed))
         return {"counter": document.counter, "format": fmt, "bytes": len(rendered[0])}
 
     if args.format in ("png", "escpos") and args.out is None and sys.stdout.isatty():

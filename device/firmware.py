@@ -16,7 +16,7 @@ from typing import Any
 from device.counters import RunCounts
 from device.journal import Batch, DocumentRow, Journal
 from device.limits import Backlog, amount_exceeded, check_issue, is_offline, time_exceeded
-from device.protocol import codec, cose, invoice
+from device.protocol import codec, cose, invoice, qr
 from device.protocol.clock import Clock
 from device.protocol.document import (
     ZERO_HASH,
@@ -49,11 +49,21 @@ class Snapshot:
     period: Period
 
 
-def document_response(row: DocumentRow, payload: dict[str, Any]) -> dict[str, Any]:
+def signed_qr(row: DocumentRow, payload: dict[str, Any], key: KeyPair) -> str | None:
+    """The receipt's QR payload with the device's signature (offline 查验); None for a
+    report. Ed25519 is deterministic, so a reprint gets the same text."""
+    if row.code is None:
+        return None
+    query = qr.for_document(payload)
+    return qr.sign_qr(query, row.hash, payload["device_id"], key).to_payload()
+
+
+def document_response(row: DocumentRow, payload: dict[str, Any], key: KeyPair) -> dict[str, Any]:
     """The DocumentResponse body; built only from the stored document, so a
     retransmission after a restart gets the same bytes."""
     # Keys in deterministic order, so encode_ordered gives the canonical bytes.
     return {
+        "qr": signed_qr(row, payload, key),
         "code": row.code,
         "kind": row.kind,
         "total": row.total,
@@ -72,8 +82,8 @@ def response_payload(row: DocumentRow) -> dict[str, Any]:
     return payload
 
 
-def response_for_row(row: DocumentRow) -> dict[str, Any]:
-    return document_response(row, response_payload(row))
+def response_for_row(row: DocumentRow, key: KeyPair) -> dict[str, Any]:
+    return document_response(row, response_payload(row), key)
 
 
 class Firmware:
@@ -236,7 +246,7 @@ class Firmware:
         else:
             self.backlog = replace(self.backlog, count=self.backlog.count + 1)
         self.period.add(kind, items)
-        return document_response(row, payload)
+        return document_response(row, payload, self.key)
 
     def issue(self, body: Any, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
         if self.registry.cert is None:

@@ -6,6 +6,12 @@ text, the printer's own QR command), SVG, and PNG. Each shows the seller,
 buyer, lines, totals, the check code and a QR code with the verification
 payload (device/protocol/qr.py). Training documents say, at the top and the
 bottom, that they are not valid invoices.
+
+The QR payload is the device's own (the `qr` of its DocumentResponse, which
+carries its signature for offline 查验) when the caller has it; else it is
+built from the document, unsigned. The issue time is printed in the shop's
+zone with its offset (RECEIPT_ZONE, Asia/Shanghai, unless told otherwise), so
+a buyer reads local time and 查验 still gets the UTC date the QR holds.
 """
 
 from __future__ import annotations
@@ -13,13 +19,19 @@ from __future__ import annotations
 import io
 import unicodedata
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from xml.sax.saxutils import escape
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import segno
 
 from device.protocol import qr
+from device.protocol.document import parse_utc
 
+RECEIPT_ZONE = "Asia/Shanghai"
+# China has one offset all year: the receipt still says +08:00 where no tz database exists.
+FALLBACK_ZONES = {"Asia/Shanghai": timezone(timedelta(hours=8))}
 PAPER_COLUMNS = {58: 32, 80: 48}
 PAPER_DOTS = {58: 384, 80: 576}
 TRAINING_BANNER = "TRAINING - NOT A VALID INVOICE"
@@ -68,9 +80,27 @@ def center(text: str, width: int) -> str:
     return " " * pad + text
 
 
+def zone_of(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        if name in FALLBACK_ZONES:
+            return FALLBACK_ZONES[name]
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
+def local_time(issued_at: str, zone: str = RECEIPT_ZONE) -> str:
+    """`2026-01-01T00:00:00Z` as `2026-01-01 08:00:00 +08:00` (in `zone`)."""
+    when = datetime.fromtimestamp(parse_utc(issued_at), UTC).astimezone(zone_of(zone))
+    text = when.strftime("%Y-%m-%d %H:%M:%S %z")
+    return f"{text[:-2]}:{text[-2:]}"
+
+
 @dataclass(frozen=True)
 class Receipt:
     payload: dict[str, Any]
+    qr_text: str | None = None  # the device's signed QR payload, when known
+    zone: str = RECEIPT_ZONE
 
     @property
     def training(self) -> bool:
@@ -80,6 +110,8 @@ class Receipt:
     def verification(self) -> str | None:
         if self.payload.get("code") is None:
             return None
+        if self.qr_text is not None:
+            return self.qr_text
         return qr.for_document(self.payload).to_payload()
 
     def lines(self, width: int) -> list[str]:
@@ -97,7 +129,9 @@ class Receipt:
         if p.get("code") is not None:
             out.append(two_columns("Code", str(p["code"]), width))
             out.append(two_columns("Number", str(p["number"]), width))
-        out.append(two_columns("Issued", str(p["issued_at"]).replace("T", " ")[:19], width))
+        issued = local_time(str(p["issued_at"]), self.zone)
+        label = "Issued" if width >= display_width(issued) + 7 else "Time"
+        out.append(two_columns(label, issued, width))
         out.append(two_columns("Device", f"{p['device_id']} #{p['counter']}", width))
         buyer = p.get("buyer")
         if buyer:
@@ -147,9 +181,9 @@ class Receipt:
         return out
 
 
-def text(payload: dict[str, Any], paper: int = 58) -> str:
+def text(payload: dict[str, Any], paper: int = 58, qr_text: str | None = None) -> str:
     """The receipt as text, with the verification payload where a QR code would go."""
-    receipt = Receipt(payload)
+    receipt = Receipt(payload, qr_text)
     width = PAPER_COLUMNS[paper]
     out = receipt.lines(width)
     if receipt.verification:
@@ -157,9 +191,9 @@ def text(payload: dict[str, Any], paper: int = 58) -> str:
     return "\n".join(out) + "\n"
 
 
-def escpos(payload: dict[str, Any], paper: int = 58) -> bytes:
+def escpos(payload: dict[str, Any], paper: int = 58, qr_text: str | None = None) -> bytes:
     """ESC/POS for a thermal printer: GB18030 text, native QR code, cut."""
-    receipt = Receipt(payload)
+    receipt = Receipt(payload, qr_text)
     width = PAPER_COLUMNS[paper]
     out = bytearray(b"\x1b@")  # initialise
     out += b"\x1c&"  # Chinese character mode (GB18030 printers)
@@ -190,8 +224,8 @@ MARGIN_PX = 16
 CHAR_PX = 11
 
 
-def svg(payload: dict[str, Any], paper: int = 80) -> str:
-    receipt = Receipt(payload)
+def svg(payload: dict[str, Any], paper: int = 80, qr_text: str | None = None) -> str:
+    receipt = Receipt(payload, qr_text)
     width_chars = PAPER_COLUMNS[paper]
     lines = receipt.lines(width_chars)
     width = MARGIN_PX * 2 + width_chars * CHAR_PX
@@ -247,7 +281,7 @@ def _font(candidates: tuple[str, ...], size: int) -> Any:
     return ImageFont.load_default(size=size)
 
 
-def png(payload: dict[str, Any], paper: int = 80) -> bytes:
+def png(payload: dict[str, Any], paper: int = 80, qr_text: str | None = None) -> bytes:
     """A receipt image as wide as the paper's print head (384 or 576 dots).
 
     Characters sit on a fixed grid (CJK characters take two cells), so the
@@ -256,7 +290,7 @@ def png(payload: dict[str, Any], paper: int = 80) -> bytes:
     """
     from PIL import Image, ImageDraw
 
-    receipt = Receipt(payload)
+    receipt = Receipt(payload, qr_text)
     columns = PAPER_COLUMNS[paper]
     width = PAPER_DOTS[paper]
     cell = (width - 2 * MARGIN_PX) / columns

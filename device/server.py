@@ -221,7 +221,7 @@ class DeviceServer:
             self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
         else:
             self.fw.run.replays += 1
-            self._reply(rid, command, digest, Status.OK, response_for_row(row))
+            self._reply(rid, command, digest, Status.OK, response_for_row(row, self.fw.key))
         return True
 
     def _reply(

@@ -165,7 +165,7 @@ def get_document(fw: Firmware, body: Any) -> dict[str, Any]:
         raise DeviceError(Status.BAD_REQUEST, "GET_DOCUMENT takes a counter or a code and number")
     if row is None:
         raise DeviceError(Status.RANGE_INVALID, "no such document")
-    response = response_for_row(row)
+    response = response_for_row(row, fw.key)
     response["synced"] = row.counter <= fw.synced_through
     return response
 

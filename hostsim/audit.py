@@ -2,7 +2,8 @@
 
 The journal is the truth of what the printer signed; the chain must hold
 each of those documents once, byte for byte, and nothing else under that
-device. `compare` is pure; `chain_documents` pages through the chain API.
+device. `compare` is pure; `chain_documents` pages through the chain API
+with the auditor's credential (device ledgers are not public).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from device.protocol.document import DocumentError, parse_document
+from hostsim.bureau import ADMIN_TOKEN_FILE
 
 PAGE = 1000
 
@@ -77,14 +80,23 @@ def check_hash_chain(journal: Sequence[tuple[int, bytes]], public_key: bytes | N
     return problems
 
 
-def chain_documents(chain_url: str, device_id: str, timeout: float = 30) -> list[tuple[int, bytes]]:
-    """Every document the chain holds for a device, as (counter, bytes)."""
+def admin_token(chain_data: Path) -> str:
+    """The auditor's credential of the chain whose data directory is `chain_data`."""
+    return (chain_data / ADMIN_TOKEN_FILE).read_text().strip()
+
+
+def chain_documents(
+    chain_url: str, device_id: str, token: str, timeout: float = 30
+) -> list[tuple[int, bytes]]:
+    """Every document the chain holds for a device, as (counter, bytes); `token` is a
+    reader's credential (the auditor's admin token, or the seller's taxpayer token)."""
     out: list[tuple[int, bytes]] = []
     after = 0
     quoted = urllib.parse.quote(device_id, safe="")
     while True:
         url = f"{chain_url}/v1/devices/{quoted}/documents?after={after}&limit={PAGE}"
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             page = json.loads(resp.read())["documents"]
         out += [(d["counter"], base64.b64decode(d["cose_sign1"])) for d in page]
         if len(page) < PAGE:

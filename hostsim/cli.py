@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hostsim.chain.ratelimit import VERIFY_LIMIT
+
 
 def register(subparsers: Any) -> None:
     hostsim = subparsers.add_parser("hostsim", help="simulators of the outside world")
@@ -40,6 +42,13 @@ def register(subparsers: Any) -> None:
         help="processes that decode and verify large batches (0: in the event loop)",
     )
     _held_options(chain)
+    chain.add_argument(
+        "--verify-per-minute",
+        type=float,
+        default=VERIFY_LIMIT.per_minute,
+        help=f"查验 questions a client may ask a minute, after a burst of twice that"
+        f" (default {VERIFY_LIMIT.per_minute:g}; 0: no limit, for load tests)",
+    )
     chain.set_defaults(func=_run_chain)
     chain_sub = chain.add_subparsers(dest="chain_command", metavar="ACTION")
     verify = chain_sub.add_parser("verify", help="re-check every block, signature and document")

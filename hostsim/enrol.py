@@ -103,5 +103,12 @@ def run_enrol(args: argparse.Namespace) -> int:
         )
         print(f"taxctl hostsim bureau enrol: the chain refused ({status}) {said}", file=sys.stderr)
         return 1
-    print(json.dumps(answer) if args.json else answer["code"])
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        print(answer["code"])  # alone on stdout, for scripts
+        token = answer["taxpayer_token"]
+        print(
+            f"taxpayer token (the seller's read credential, shown once): {token}", file=sys.stderr
+        )
     return 0

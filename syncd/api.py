@@ -257,7 +257,7 @@ class PosApi:
                 ApiCode.INTERNAL_ERROR,
                 "the document's signature does not verify with the device's key",
             )
-        return document_json(document, response, paper)
+        return document_json(document, response, paper, public_key)
 
     @staticmethod
     def _paper(request: web.Request) -> int:

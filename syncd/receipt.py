@@ -8,7 +8,11 @@ verification query of `device/protocol/qr.py`:
     taxctl:v1?c=<12-digit code>&n=<8-digit number>&d=<YYYY-MM-DD>&t=<total fen>&k=<check code>[&x=1]
 
 which carries everything a verifier (查验) needs: code, number, date, total
-and the 20-digit check code; `x=1` marks a training document. Reports (X/Z)
+and the 20-digit check code; `x=1` marks a training document. The printer
+adds `&i=<device id>&h=<document hash>&s=<its signature>` (its response's
+`qr`), so a buyer can check the issuer before the shop uploads; that text is
+used as it came once it is checked against the document, else the unsigned
+payload is built here. Reports (X/Z)
 have no code or number and so no QR payload. Other renderings (ESC/POS,
 SVG, PNG) start from `Rendered.payload` with `device.render`.
 """
@@ -37,19 +41,26 @@ class Rendered:
         return {"text": self.text, "qr": self.qr}
 
 
-def render_receipt(payload: dict[str, Any], paper: int = DEFAULT_PAPER) -> Rendered:
+def render_receipt(
+    payload: dict[str, Any], paper: int = DEFAULT_PAPER, qr_text: str | None = None
+) -> Rendered:
     if paper not in render.PAPER_COLUMNS:
         raise ValueError(f"paper width is one of {sorted(render.PAPER_COLUMNS)} mm")
-    text = render.text(payload, paper)
-    code = qr.for_document(payload).to_payload() if payload.get("code") is not None else None
+    text = render.text(payload, paper, qr_text)
+    code = render.Receipt(payload, qr_text).verification
     return Rendered(payload, text, code)
 
 
 def document_json(
-    document: Document, response: dict[str, Any], paper: int = DEFAULT_PAPER
+    document: Document,
+    response: dict[str, Any],
+    paper: int = DEFAULT_PAPER,
+    public_key: bytes = b"",
 ) -> dict[str, Any]:
-    """What the POS API returns for a signed document."""
-    rendered = render_receipt(document.payload, paper)
+    """What the POS API returns for a signed document; with the device's `public_key`, the
+    receipt carries the device's signed QR payload from `response`."""
+    signed = qr.device_payload(response.get("qr"), document.payload, document.hash, public_key)
+    rendered = render_receipt(document.payload, paper, signed)
     out: dict[str, Any] = {
         "device_id": document.device_id,
         "counter": document.counter,

@@ -156,15 +156,37 @@ class Shop:
         tally.issued += tally.issued_offline
 
     def heal(self, tally: Tally) -> None:
+        # The chain answers again but cannot finalize a block yet (its nodes partitioned):
+        # an invoice signed offline is not on the chain, and 查验 checks the printer's
+        # signature on the receipt's QR instead.
+        nodes = http("POST", f"{self.admin_url}/admin/heal", {})[1]["nodes"]
+        assert http("POST", f"{self.admin_url}/admin/partition", {"nodes": nodes})[0] == 200
         assert http("DELETE", f"{self.admin_url}/admin/faults")[0] == 200
-        print("\n6. the chain is back: syncd uploads the backlog")
+        last = max(self.acks, key=lambda a: (a.device_id, a.counter))
+        qr = self._receipt_qr(last)
+        print("\n6. the chain answers again; 查验 of a receipt signed offline, before upload:")
+        self._offline_check(tally, qr, "not_yet_uploaded")
+        assert http("POST", f"{self.admin_url}/admin/heal", {})[0] == 200
+        print("   the chain finalizes again: syncd uploads the backlog")
         self._drain(tally, "documents on the chain")
+        self._offline_check(tally, qr, "authentic")
         reports = self._sell(dict.fromkeys(self.device_ids, 1))
         again = sum(len(r.acknowledged) for r in reports.values())
         tally.expect("printers issue again once synced", again == len(self.device_ids), reports)
         tally.issued += again
         print(f"   offline limits lifted by the chain's receipts: {again} more sale(s) issued")
         self._drain(tally, "   on the chain")
+
+    def _receipt_qr(self, ack: Acknowledged) -> str:
+        url = f"{self.api}/v1/documents/{ack.counter}?device={ack.device_id}"
+        return str(http("GET", url)[1]["receipt"]["qr"])
+
+    def _offline_check(self, tally: Tally, qr: str, expected: str) -> None:
+        _, answer = http("POST", f"{self.chain_url}/v1/verify", {"payload": qr})
+        result = answer.get("result")
+        tally.expect(f"查验 of the signed QR says {expected}", result == expected, answer)
+        extra = f", upload by {answer.get('upload_by')}" if result == "not_yet_uploaded" else ""
+        print(f"   {answer.get('code')}/{answer.get('number')}: {result}{extra}")
 
     def _drain(self, tally: Tally, label: str) -> None:
         progress = Progress(label)
@@ -196,7 +218,9 @@ class Shop:
         invoices = [a for a in self.acks if a.kind == "invoice"][:5]
         claimed = 0
         for ack in invoices:
-            _, row = http("GET", f"{self.chain_url}/v1/invoices/{ack.code}/{ack.number}")
+            # the auditor reads the invoice for the demo; a buyer has the receipt in hand
+            url = f"{self.chain_url}/v1/invoices/{ack.code}/{ack.number}"
+            _, row = http("GET", url, token=self.admin_token)
             doc = row["document"]
             query = {
                 "code": ack.code,
@@ -236,7 +260,8 @@ class Shop:
     def forge_and_replay(self, tally: Tally) -> None:
         print("\n8. a fraudster tries the chain")
         ack = next(a for a in self.acks if a.kind == "invoice")
-        _, row = http("GET", f"{self.chain_url}/v1/invoices/{ack.code}/{ack.number}")
+        url = f"{self.chain_url}/v1/invoices/{ack.code}/{ack.number}"
+        _, row = http("GET", url, token=self.admin_token)
         genuine = base64.b64decode(row["cose_sign1"])
         sign1 = cose.decode_sign1(genuine)
         payload = codec.decode(sign1.payload)
@@ -284,8 +309,10 @@ class Shop:
         on_chain: set[tuple[str, int]] = set()
         for name, device_id in zip(self.names, self.device_ids, strict=True):
             journal = [(row.counter, row.doc) for row in export(self.root / name)]
-            chain = chain_documents(self.chain_url, device_id)
-            _, info = http("GET", f"{self.chain_url}/v1/devices/{device_id}")
+            chain = chain_documents(self.chain_url, device_id, self.admin_token)
+            _, info = http(
+                "GET", f"{self.chain_url}/v1/devices/{device_id}", token=self.admin_token
+            )
             report = compare(device_id, journal, chain, bytes.fromhex(info["public_key"]))
             tally.lost += len(report.lost) + len(report.altered)
             tally.duplicated += len(report.duplicated)

@@ -22,16 +22,24 @@ from device.protocol import qr
 
 DEFAULT_CHAIN = "http://127.0.0.1:8700"
 
-AUTHENTIC, NOT_AUTHENTIC, USAGE, CLAIMED, NO_ANSWER = 0, 1, 2, 3, 4
+AUTHENTIC, NOT_AUTHENTIC, USAGE, CLAIMED, NO_ANSWER, NOT_YET_UPLOADED = 0, 1, 2, 3, 4, 5
+RESULTS = ("authentic", "not_found", "mismatch", "not_yet_uploaded", "forged")
 
 EPILOG = """\
 exit codes:
   0  authentic, and not yet claimed for reimbursement
-  1  not authentic: no such invoice (not_found), or fields that do not match (mismatch)
+  1  not authentic: no such invoice (not_found), fields that do not match (mismatch),
+     or a QR signature that is not a registered printer's (forged)
   2  the question cannot be asked: bad arguments or a payload that does not parse
   3  authentic, but already claimed for reimbursement (it cannot be claimed again)
-  4  no answer: the chain is unreachable, timed out, refused the question (4xx/5xx),
-     or answered something that is not a 查验 answer
+  4  no answer: the chain is unreachable, timed out, refused the question (4xx/5xx,
+     e.g. 429 rate_limited: ask again later), or answered something that is not a
+     查验 answer
+  5  not yet uploaded: not on the chain, but the QR's signature is a registered
+     printer's (offline 查验); the shop must upload it by the time shown
+
+Paste the whole QR payload (--payload) for offline 查验: only it carries the
+printer's signature (i=, h=, s=).
 
 A training document can be authentic on a training chain; it is never a valid
 invoice, and the answer says so ("training").
@@ -135,11 +143,7 @@ def ask(chain: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         answer = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         answer = None
-    if not isinstance(answer, dict) or answer.get("result") not in (
-        "authentic",
-        "not_found",
-        "mismatch",
-    ):
+    if not isinstance(answer, dict) or answer.get("result") not in RESULTS:
         raise Failure(f"{url} did not answer as a chain does: {raw[:80]!r}", NO_ANSWER)
     return answer
 
@@ -167,6 +171,14 @@ def describe(answer: dict[str, Any]) -> list[str]:
     )
     if answer["result"] == "not_found":
         return [f"not found (查无此票): no invoice {ident} on the chain"]
+    if answer["result"] == "forged":
+        return [
+            f"FORGED (伪造): invoice {ident} is not on the chain and its QR signature is not "
+            f"a registered printer's: {answer.get('reason', '?')}",
+            *training,
+        ]
+    if answer["result"] == "not_yet_uploaded":
+        return not_yet_uploaded(answer, ident, training)
     if answer["result"] == "mismatch":
         fields = ", ".join(str(f) for f in answer.get("mismatched", []))
         return [
@@ -194,7 +206,25 @@ def describe(answer: dict[str, Any]) -> list[str]:
     ]
 
 
+def not_yet_uploaded(answer: dict[str, Any], ident: str, training: list[str]) -> list[str]:
+    seller = answer.get("seller") or {}
+    total = answer.get("total")
+    late = "  OVERDUE: the upload deadline has passed" if answer.get("overdue") else None
+    return [
+        f"not yet uploaded (尚未上传): invoice {ident} was signed by registered printer "
+        f"{answer.get('device_id')}, but the shop has not uploaded it yet",
+        f"  seller:    {seller.get('name', '?')} ({seller.get('tax_id', '?')})",
+        f"  date:      {answer.get('date')}",
+        f"  total:     {'?' if total is None else yuan(int(total))}",
+        f"  upload by: {answer.get('upload_by')}",
+        *([late] if late else []),
+        *(training or ["  training: no"]),
+    ]
+
+
 def exit_code(answer: dict[str, Any]) -> int:
+    if answer["result"] == "not_yet_uploaded":
+        return NOT_YET_UPLOADED
     if answer["result"] != "authentic":
         return NOT_AUTHENTIC
     return CLAIMED if answer.get("claimed") else AUTHENTIC

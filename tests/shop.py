@@ -202,9 +202,17 @@ class Shop:
 
         return wait_for(done, timeout, f"{count} documents synced")
 
+    @property
+    def auditor(self) -> dict[str, str]:
+        """Headers with the chain's admin token: the auditor reads every chain route."""
+        assert self.chain is not None
+        token = Path(self.chain.ready["admin_token_file"]).read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def chain_documents(self, device_id: str) -> list[tuple[int, bytes]]:
         """(counter, COSE bytes) of every document the chain holds for the device."""
-        return chain_documents(self.chain_url, device_id)
+        token = self.auditor["Authorization"].removeprefix("Bearer ")
+        return chain_documents(self.chain_url, device_id, token)
 
     def assert_exactly_once_after_sync(self, name: str = "printer", index: int = 0) -> int:
         """Wait until the journal is synced, then check it is on the chain exactly once."""

@@ -34,6 +34,10 @@ def test_demo_runs_every_step_and_keeps_its_state(tmp_path: Path) -> None:
     assert summary_row(out, "lost") == 0 and summary_row(out, "duplicated") == 0
     assert out.count("then OFFLINE_AMOUNT_LIMIT") == 2  # each printer reached its limit
     assert "rejected (bad_signature)" in out and "duplicate" in out
+    # offline 查验: a receipt signed offline checks out before upload, then is on the chain
+    offline_check = re.search(r"^   (\d{12}/\d{8}): not_yet_uploaded, upload by ", out, re.M)
+    assert offline_check, out
+    assert f"   {offline_check[1]}: authentic" in out
 
     for part in ("chain", "device-1", "device-2", "syncd", "logs"):
         assert (keep / part).is_dir(), part

@@ -22,7 +22,8 @@ from hostsim.chain.blocks import Block
 from hostsim.chain.engine import Result
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.node import Chain
-from hostsim.chain.queries import CHAIN, device_id_param
+from hostsim.chain.queries import CHAIN, VERIFY_BUCKETS, device_id_param
+from hostsim.chain.ratelimit import VERIFY_LIMIT, Buckets, RateLimit
 
 log = logging.getLogger("taxctl.chain.api")
 
@@ -232,9 +233,17 @@ async def claim_invoice(request: web.Request) -> web.Response:
     return wire.respond(request, out, status=201)
 
 
-def build_app(chain: Chain, middlewares: list[Any] | None = None) -> web.Application:
+def build_app(
+    chain: Chain,
+    middlewares: list[Any] | None = None,
+    verify_limit: RateLimit | None = VERIFY_LIMIT,
+) -> web.Application:
+    """The public API; `verify_limit` bounds each client's 查验 questions (None: unbounded,
+    for a load test that asks from one address)."""
     app = web.Application(client_max_size=wire.MAX_BODY, middlewares=[*(middlewares or []), errors])
     app[CHAIN] = chain
+    if verify_limit is not None:
+        app[VERIFY_BUCKETS] = Buckets(verify_limit, chain.engine.clock)
     app.router.add_post("/v1/documents", submit_documents)
     app.router.add_post("/v1/devices", register_device)
     app.router.add_post("/v1/devices/{device_id}/segments", add_segment)

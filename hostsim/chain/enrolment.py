@@ -21,6 +21,7 @@ from device.protocol import taxid
 from device.protocol.clock import Clock
 from device.protocol.document import format_utc
 from device.protocol.untrusted import shown
+from hostsim.bureau import buyer_key_hash
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.ledger import Ledger
 
@@ -57,6 +58,7 @@ class Issued:
     name: str
     devices: int
     expires_at: str
+    taxpayer_token: str  # the seller's read credential (hostsim/chain/roles.py), shown once
 
     def body(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class Issued:
             "name": self.name,
             "devices": self.devices,
             "expires_at": self.expires_at,
+            "taxpayer_token": self.taxpayer_token,
         }
 
 
@@ -88,10 +91,13 @@ class Enrolments:
         expires_in = _bounded_int(body, "expires_in", EXPIRES_DEFAULT, EXPIRES_MIN, EXPIRES_MAX)
         now = int(self.clock.now())
         code = new_code()
+        token = "tct_" + secrets.token_urlsafe(24)
         self.ledger.add_enrolment(
             (code_hash(code), str(tax_id), name, devices, now + expires_in, format_utc(now))
         )
-        return Issued(code, str(tax_id), name, devices, format_utc(now + expires_in))
+        # Like buyer keys, only the token's hash is kept: the ledger does not hold a credential.
+        self.ledger.add_taxpayer_token(str(tax_id), buyer_key_hash(token))
+        return Issued(code, str(tax_id), name, devices, format_utc(now + expires_in), token)
 
     def check(self, code: object, tax_id: str, device_id: str) -> bytes:
         """The code's hash if it lets `device_id` register for `tax_id`; else the refusal.

@@ -50,6 +50,8 @@ class Code(StrEnum):
     # Verification and claims
     NOT_FOUND = "not_found"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
     NOT_THE_BUYER = "not_the_buyer"
     ALREADY_CLAIMED = "already_claimed"
     NOT_CLAIMABLE = "not_claimable"
@@ -66,6 +68,8 @@ STATUS: dict[Code, int] = {
     Code.UNKNOWN_DEVICE: 404,
     Code.NOT_FOUND: 404,
     Code.UNAUTHORIZED: 401,
+    Code.FORBIDDEN: 403,
+    Code.RATE_LIMITED: 429,
     Code.NOT_THE_BUYER: 403,
     Code.ALREADY_CLAIMED: 409,
     Code.ALREADY_REGISTERED: 409,

@@ -132,6 +132,10 @@ CREATE TABLE IF NOT EXISTS buyers (
     key_hash BLOB NOT NULL UNIQUE,
     created_at TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS taxpayer_tokens (
+    token_hash BLOB PRIMARY KEY,
+    tax_id TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -415,6 +419,20 @@ class Ledger:
             (code, f"{start:08d}", f"{end:08d}"),
         ).fetchone()
         return None if row[0] is None else int(row[0])
+
+    # --- taxpayers (sellers) ---------------------------------------------------------------
+
+    def add_taxpayer_token(self, tax_id: str, token_hash: bytes) -> None:
+        """Let the holder of the token whose SHA-256 is `token_hash` read `tax_id`'s ledger."""
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO taxpayer_tokens VALUES (?, ?)", (token_hash, tax_id))
+
+    def taxpayer_by_token(self, token_hash: bytes) -> str | None:
+        """The tax id a taxpayer token reads for, or None."""
+        row = self.db.execute(
+            "SELECT tax_id FROM taxpayer_tokens WHERE token_hash=?", (token_hash,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
 
 class _Transaction:

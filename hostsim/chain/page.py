@@ -4,7 +4,9 @@ A plain form, server-rendered, so it works without JavaScript: the buyer
 pastes the QR payload (`q`) or types code, number, date and check code
 (`c`, `n`, `d`, `k`; `t`, the total in fen, is accepted as in
 `GET /v1/verify`). The answer is the JSON API's (`queries.verification`)
-put into words. Everything that came from the request or the ledger is
+put into words, including offline 查验 (`not_yet_uploaded`, `forged`) for a
+pasted payload that carries the printer's signature, and it shares the API's
+per-client rate limit. Everything that came from the request or the ledger is
 escaped; each answer carries `id="result"` and `data-result` so that
 scripts and tests can read it without parsing prose.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hostsim.chain import queries
+from hostsim.chain import checking, queries
 from hostsim.chain.errors import ChainError, Code
 
 # The long names work too, as on /v1/verify, so a link built for either route works here.
@@ -70,8 +72,9 @@ button{margin-top:.8rem;padding:.5rem 1.4rem;font:inherit;border:0;border-radius
 background:#1f5fbf;color:#fff;cursor:pointer}
 .result h2{margin:.2rem 0 .6rem}
 .authentic{border-left:8px solid #1a7f37}.claimed{border-left:8px solid #b35900}
-.not_found,.mismatch,.error{border-left:8px solid #c62828}
-.claimed h2{color:#b35900}.not_found h2,.mismatch h2,.error h2{color:#c62828}
+.not_found,.mismatch,.error,.forged{border-left:8px solid #c62828}
+.not_yet_uploaded{border-left:8px solid #1f5fbf}
+.claimed h2{color:#b35900}.not_found h2,.mismatch h2,.error h2,.forged h2{color:#c62828}
 .authentic h2{color:#1a7f37}
 .training{background:#fff3cd;color:#6b4e00;padding:.4rem .6rem;border-radius:4px;
 font-weight:700}
@@ -100,7 +103,7 @@ def submitted(query: Any) -> dict[str, str]:
 
 
 def fields_of(form: dict[str, str]) -> dict[str, Any]:
-    """What `queries._query_from` reads: the payload if one was pasted, else the typed fields
+    """What `checking.query_from` reads: the payload if one was pasted, else the typed fields
     (a blank check code or total counts as not given)."""
     if form.get("q"):
         return {"payload": form["q"]}
@@ -109,6 +112,43 @@ def fields_of(form: dict[str, str]) -> dict[str, Any]:
         for short, name in FIELD_OF.items()
         if form.get(short) or name in ("code", "number", "date")
     }
+
+
+def render_offline(answer: dict[str, Any], ident: str, training: str) -> str:
+    """not_yet_uploaded and forged: what the printer's signature on the QR says."""
+    if answer["result"] == "forged":
+        return (
+            '<section id="result" class="result forged" data-result="forged">'
+            f"<h2>✗ 伪造 / Forged</h2>{training}"
+            f"<p>Invoice {escape(ident)} is not on the chain, and its QR code's signature is "
+            "not a registered printer's (二维码签名无效，疑似伪造发票):</p>"
+            f'<p id="reason">{escape(str(answer.get("reason", "")))}</p></section>'
+        )
+    seller = answer.get("seller") or {}
+    total = answer.get("total")
+    details = _rows(
+        [
+            ("seller", "销售方 / Seller", str(seller.get("name", ""))),
+            ("seller-tax-id", "纳税人识别号 / Tax id", str(seller.get("tax_id", ""))),
+            ("invoice", "代码/号码 / Code/number", ident),
+            ("date", "开票日期 / Issue date (UTC)", str(answer.get("date", ""))),
+            ("total", "价税合计 / Total", "" if total is None else f"¥{yuan(int(total))}"),
+            ("device", "税控设备 / Printer", str(answer.get("device_id", ""))),
+            ("upload-by", "上传期限 / Upload by (UTC)", str(answer.get("upload_by", ""))),
+        ]
+    )
+    overdue = (
+        '<p id="overdue">The upload deadline has passed: ask the seller. 已超过上传期限。</p>'
+        if answer.get("overdue")
+        else ""
+    )
+    return (
+        '<section id="result" class="result not_yet_uploaded" data-result="not_yet_uploaded">'
+        f"<h2>⏳ 尚未上传 / Not yet uploaded</h2>{training}"
+        "<p>A registered printer signed this receipt; the shop has not uploaded it to the "
+        "chain yet. 发票由已登记的税控设备开具，尚未上链。 Check again after the upload "
+        f"deadline.</p>{overdue}<dl>{details}</dl></section>"
+    )
 
 
 def _rows(pairs: list[tuple[str, str, str]]) -> str:
@@ -128,8 +168,6 @@ def _history(entries: list[dict[str, Any]]) -> str:
             details.append(f"−¥{yuan(int(entry['amount']))}")
         if "by_code" in entry:
             details.append(f"{entry['by_code']}/{entry.get('by_number', '')}")
-        if "buyer_id" in entry:
-            details.append(f"buyer {entry['buyer_id']}")
         event = str(entry.get("event", ""))
         rows.append(
             f'<tr data-event="{escape(event)}"><td>{escape(EVENTS.get(event, event))}</td>'
@@ -156,6 +194,8 @@ def render_answer(answer: dict[str, Any], history: list[dict[str, Any]]) -> str:
             "<h2>✗ 查无此票 / Not found</h2>"
             f"<p>No invoice {escape(ident)} is on the chain. 链上没有这张发票。</p></section>"
         )
+    if result in ("not_yet_uploaded", "forged"):
+        return render_offline(answer, ident, training)
     if result == "mismatch":
         fields = [str(f) for f in answer.get("mismatched", [])]
         items = "".join(
@@ -200,10 +240,11 @@ def render_answer(answer: dict[str, Any], history: list[dict[str, Any]]) -> str:
     return f"{head}{training}<dl>{details}</dl>{_history(history)}</section>"
 
 
-def render_error(message: str) -> str:
+def render_error(exc: ChainError) -> str:
     return (
-        '<section id="result" class="result error" data-result="error" data-code="bad_request">'
-        f'<h2>无法查验 / Cannot verify</h2><p id="error">{escape(message)}</p></section>'
+        '<section id="result" class="result error" data-result="error" '
+        f'data-code="{escape(exc.code.value)}">'
+        f'<h2>无法查验 / Cannot verify</h2><p id="error">{escape(exc.message)}</p></section>'
     )
 
 
@@ -260,12 +301,16 @@ async def verify_page(request: web.Request) -> web.Response:
     try:
         if not any(form.values()):
             raise ChainError(Code.BAD_REQUEST, EMPTY)
-        query = queries._query_from(fields_of(form))
+        queries.limit_verify(request)
+        query = checking.query_from(fields_of(form))
     except ChainError as exc:
-        if exc.code != Code.BAD_REQUEST:
+        if exc.code not in (Code.BAD_REQUEST, Code.RATE_LIMITED):
             raise
-        page = render_page(form, render_error(exc.message), training_chain=chain.training)
-        return respond(page, 400)
+        page = render_page(form, render_error(exc), training_chain=chain.training)
+        response = respond(page, exc.http_status)
+        if "retry_after" in exc.extra:
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return response
     answer = queries.verification(chain, query)
     history = (
         chain.ledger.history(query.code, query.number) if answer["result"] == "authentic" else []

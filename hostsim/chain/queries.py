@@ -1,8 +1,12 @@
-"""Read-only routes of the chain API: health, consortium, devices, blocks, invoices, 查验."""
+"""Read-only routes of the chain API: health, consortium, devices, blocks, invoices, 查验.
+
+Health, consortium, blocks and transaction status are public (they carry no
+document). A device, its documents and an invoice need a reader's credential
+(hostsim/chain/roles.py); 查验 is public and rate-limited per client.
+"""
 
 from __future__ import annotations
 
-import hmac
 import re
 from typing import Any
 
@@ -12,16 +16,18 @@ from device.protocol import codec, qr
 from device.protocol.document import parse_document
 from device.protocol.invoice import is_invoice_code, is_invoice_number
 from hostsim.bureau import public_view
-from hostsim.chain import wire
+from hostsim.chain import checking, roles, wire
+from hostsim.chain.checking import invoice_state
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.node import Chain
+from hostsim.chain.ratelimit import Buckets
 from hostsim.chain.tx import TxType
 
 HASH = re.compile(r"[0-9a-f]{64}")
-MAX_PAYLOAD_CHARS = 512
 
 
 CHAIN: web.AppKey[Chain] = web.AppKey("chain", Chain)
+VERIFY_BUCKETS: web.AppKey[Buckets] = web.AppKey("verify_buckets", Buckets)
 DEVICE_ID = re.compile(r"TC[0-9A-Z]{12}")
 
 
@@ -96,9 +102,11 @@ async def consortium(request: web.Request) -> web.Response:
 async def device(request: web.Request) -> web.Response:
     chain = _chain(request)
     device_id = device_id_param(request)
+    reader = roles.reader_of(chain, request)
     record = chain.engine.state.devices.get(device_id)
     if record is None:
         raise ChainError(Code.UNKNOWN_DEVICE, f"no device {device_id} on this chain")
+    roles.require(reader, seller=record.certificate.taxpayer.get("tax_id"))
     last_counter, last_hash = chain.ledger.device_tip(device_id) or (0, bytes(32))
     evidence = [
         {
@@ -136,8 +144,11 @@ async def device(request: web.Request) -> web.Response:
 async def device_documents(request: web.Request) -> web.Response:
     chain = _chain(request)
     device_id = device_id_param(request)
-    if device_id not in chain.engine.state.devices:
+    reader = roles.reader_of(chain, request)
+    record = chain.engine.state.devices.get(device_id)
+    if record is None:
         raise ChainError(Code.UNKNOWN_DEVICE, f"no device {device_id} on this chain")
+    roles.require(reader, seller=record.certificate.taxpayer.get("tax_id"))
     after = int_param(request, "after", 0, 0, 2**62)
     limit = int_param(request, "limit", 100, 1, 1000)
     rows = chain.ledger.device_documents(device_id, after, limit)
@@ -226,22 +237,14 @@ async def block(request: web.Request) -> web.Response:
     )
 
 
-def invoice_state(row: dict[str, Any]) -> str:
-    if row["kind"] != "invoice":
-        return row["kind"]
-    if row["credited"] >= row["total"] > 0:
-        return "credited"
-    if row["credited"]:
-        return "partially_credited"
-    return "issued"
-
-
 async def invoice(request: web.Request) -> web.Response:
     chain = _chain(request)
     code, number = invoice_params(request)
+    reader = roles.reader_of(chain, request)
     row = chain.ledger.invoice(code, number)
     if row is None:
         raise ChainError(Code.NOT_FOUND, f"no invoice {code}/{number} on the chain")
+    roles.require(reader, seller=row["seller_tax_id"], buyer=row["buyer_tax_id"])
     tx = chain.ledger.tx(bytes(row["hash"]))
     assert tx is not None
     doc = parse_document(tx.body)
@@ -263,79 +266,21 @@ async def invoice(request: web.Request) -> web.Response:
     )
 
 
+def limit_verify(request: web.Request) -> None:
+    """Spend one of the client's 查验 questions (429 rate_limited when none is left)."""
+    buckets = request.app.get(VERIFY_BUCKETS)
+    if buckets is not None:
+        buckets.take(request.remote or "")
+
+
 def verification(chain: Chain, query: qr.VerificationQuery) -> dict[str, Any]:
-    """查验: is there an invoice with this code and number, and do the other fields match?"""
-    row = chain.ledger.invoice(query.code, query.number)
-    if row is None:
-        return {"result": "not_found", "code": query.code, "number": query.number}
-    mismatched = []
-    if row["issued_at"][:10] != query.date:
-        mismatched.append("date")
-    if query.check_code is not None and not hmac.compare_digest(
-        row["check_code"][-len(query.check_code) :], query.check_code
-    ):
-        mismatched.append("check_code")
-    if query.total is not None and row["total"] != query.total:
-        mismatched.append("total")
-    out: dict[str, Any] = {
-        "result": "mismatch" if mismatched else "authentic",
-        "code": query.code,
-        "number": query.number,
-        "training": bool(row["training"]),
-    }
-    if mismatched:
-        out["mismatched"] = mismatched
-    else:
-        tx = chain.ledger.tx(bytes(row["hash"]))
-        out.update(
-            state=invoice_state(row),
-            issued_at=row["issued_at"],
-            total=row["total"],
-            seller=parse_document(tx.body).payload["seller"] if tx else None,
-            height=tx.height if tx else None,
-            claimed=row["claimed_by"] is not None,
-        )
-    return out
-
-
-def _query_from(fields: dict[str, Any]) -> qr.VerificationQuery:
-    if "payload" in fields:
-        payload = fields["payload"]
-        # A real payload is about 90 characters; qr.parse's refusals name unknown fields,
-        # so an unbounded payload would be echoed back whole.
-        if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD_CHARS:
-            raise ChainError(
-                Code.BAD_REQUEST,
-                f"payload is the text of a receipt's QR code (at most {MAX_PAYLOAD_CHARS}"
-                " characters)",
-            )
-        try:
-            return qr.parse(payload)
-        except qr.QrError as exc:
-            raise ChainError(Code.BAD_REQUEST, str(exc)) from None
-    total = fields.get("total")
-    if total is not None and type(total) is not int:
-        if isinstance(total, str) and re.fullmatch(r"-?\d{1,13}", total):
-            total = int(total)
-        else:
-            raise ChainError(Code.BAD_REQUEST, "total is a whole number of fen")
-    check = fields.get("check_code")
-    query = qr.VerificationQuery(
-        code=str(fields.get("code", "")),
-        number=str(fields.get("number", "")),
-        date=str(fields.get("date", "")),
-        check_code=None if check is None else str(check),
-        total=total,
-    )
-    problem = query.problem()
-    if problem is not None:
-        raise ChainError(Code.BAD_REQUEST, problem)
-    return query
+    return checking.verification(chain, query, chain.engine.clock.now())
 
 
 async def verify_post(request: web.Request) -> web.Response:
+    limit_verify(request)
     body = await wire.read_body(request, wire.FLAT)
-    return wire.respond(request, verification(_chain(request), _query_from(body)))
+    return wire.respond(request, verification(_chain(request), checking.query_from(body)))
 
 
 async def verify_get(request: web.Request) -> web.Response:
@@ -347,8 +292,9 @@ async def verify_get(request: web.Request) -> web.Response:
         "t": "total",
         "q": "payload",
     }
+    limit_verify(request)
     fields = {names.get(k, k): v for k, v in request.query.items()}
-    return wire.respond(request, verification(_chain(request), _query_from(fields)))
+    return wire.respond(request, verification(_chain(request), checking.query_from(fields)))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

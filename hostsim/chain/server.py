@@ -17,6 +17,7 @@ from aiohttp import web
 from hostsim.chain.api import build_app
 from hostsim.chain.faults import FAULTS, Faults, Listener, admin_app, inject
 from hostsim.chain.node import Chain
+from hostsim.chain.ratelimit import VERIFY_LIMIT, RateLimit
 from hostsim.chain.state import HELD_LIMITS, HeldLimits
 from taxctl.address import parse_listen
 
@@ -37,6 +38,7 @@ async def serve(
     block_interval: float = 0.02,
     workers: int = 0,
     held_limits: HeldLimits = HELD_LIMITS,
+    verify_limit: RateLimit | None = VERIFY_LIMIT,
 ) -> int:
     chain = Chain.open(
         directory,
@@ -49,7 +51,7 @@ async def serve(
     )
     chain.engine.start()
     fault_state = Faults()
-    app = build_app(chain, [inject] if faults else [])
+    app = build_app(chain, [inject] if faults else [], verify_limit)
     app[FAULTS] = fault_state
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
@@ -98,6 +100,14 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def verify_limit(per_minute: float) -> RateLimit | None:
+    if per_minute < 0:
+        raise ValueError("--verify-per-minute is 0 (no limit) or more")
+    if per_minute == 0:
+        return None
+    return RateLimit(per_minute=per_minute, burst=max(1, int(per_minute * 2)))
+
+
 def run(args: argparse.Namespace) -> int:
     from hostsim.chain.node import ChainSetupError
 
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
                 block_interval=args.block_interval_ms / 1000,
                 workers=args.workers,
                 held_limits=HeldLimits(args.held_per_device, args.held_total, args.held_max_age),
+                verify_limit=verify_limit(args.verify_per_minute),
             )
         )
     except (ValueError, ChainSetupError, OSError) as exc:

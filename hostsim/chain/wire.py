@@ -158,4 +158,6 @@ def respond(request: web.Request, body: dict[str, Any], status: int = 200) -> we
 
 
 def error_response(exc: ChainError) -> web.Response:
-    return web.json_response(exc.body(), status=exc.http_status)
+    retry = exc.extra.get("retry_after")
+    headers = {"Retry-After": str(retry)} if isinstance(retry, int) else None
+    return web.json_response(exc.body(), status=exc.http_status, headers=headers)

@@ -18,7 +18,7 @@ from typing import Any
 
 from device.journal import export
 from device.protocol.document import parse_document
-from hostsim.audit import DeviceAudit, chain_documents, compare
+from hostsim.audit import DeviceAudit, admin_token, chain_documents, compare
 from taxctl.tools import http
 
 # An independent verifier of one COSE_Sign1 with a public key (the tests pass pycose's).
@@ -70,11 +70,12 @@ def check_devices(
 ) -> Verdict:
     """With the printers stopped and the chain still serving."""
     verdict = Verdict()
+    token = admin_token(root / "chain")
     held: dict[tuple[str, int], tuple[str | None, str | None]] = {}
     for n, device_id in enumerate(device_ids):
         journal = [(row.counter, row.doc) for row in export(root / f"device-{n + 1}")]
-        chain = chain_documents(chain_url, device_id)
-        _, info = http("GET", f"{chain_url}/v1/devices/{device_id}")
+        chain = chain_documents(chain_url, device_id, token)
+        _, info = http("GET", f"{chain_url}/v1/devices/{device_id}", token=token)
         public_key = bytes.fromhex(info["public_key"])
         verdict.audits.append(compare(device_id, journal, chain, public_key))
         verdict.documents += len(journal)

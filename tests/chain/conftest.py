@@ -133,6 +133,8 @@ class Api:
 
     def __init__(self, chain: Chain, server: TestServer, session: aiohttp.ClientSession) -> None:
         self.chain, self.server, self.session = chain, server, session
+        # The auditor's credential (the bureau's admin token): reads every route.
+        self.audit = {"Authorization": f"Bearer {chain.bureau.admin_token}"}
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
@@ -188,7 +190,7 @@ def resign(sim: DeviceSim, raw: bytes, key: Any = None, **changes: Any) -> bytes
 async def snapshot(api: Api, device_id: str) -> tuple[Any, ...]:
     """Everything a rejected document must leave unchanged."""
     engine = api.chain.engine
-    _, dev = await api.call("GET", f"/v1/devices/{device_id}")
+    _, dev = await api.call("GET", f"/v1/devices/{device_id}", headers=api.audit)
     invoices = api.chain.ledger.db.execute(
         "SELECT count(*), sum(credited) FROM invoices"
     ).fetchone()

@@ -163,7 +163,7 @@ async def test_registration_without_a_code_is_refused_and_signs_nothing(
     )
     assert refused(await register(api, printer, "not a code")) == (403, "enrolment_invalid")
     assert prod.snapshot() == before and certify_calls == []
-    status, _ = await api.call("GET", f"/v1/devices/{printer.device_id}")
+    status, _ = await api.call("GET", f"/v1/devices/{printer.device_id}", headers=api.audit)
     assert status == 404
 
 

@@ -67,7 +67,7 @@ def statuses(results: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
 
 async def committed_counter(api: Api, sim: DeviceSim) -> int:
     for _ in range(200):
-        _, dev = await api.call("GET", f"/v1/devices/{sim.device_id}")
+        _, dev = await api.call("GET", f"/v1/devices/{sim.device_id}", headers=api.audit)
         if dev["last_counter"] == dev["accepted_counter"]:
             return int(dev["last_counter"])
         await asyncio.sleep(0.01)

@@ -38,7 +38,7 @@ async def test_held_documents_commit_when_the_gap_fills(api: Api, device: Device
     ahead = await api.submit(docs[3:])
     assert [r["status"] for r in ahead] == ["held"] * 3
     assert [r["status"] for r in await api.submit(docs[3:4])] == ["held"]  # asked again
-    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}")
+    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}", headers=api.audit)
     assert dev["held"] == [4, 5, 6] and dev["last_counter"] == 0
     filled = await api.submit(docs[:3])
     assert [r["status"] for r in filled] == ["committed"] * 3
@@ -260,7 +260,7 @@ async def test_claim_once_and_verification(api: Api, device: DeviceSim) -> None:
     assert (status, body["error"]["code"]) == (409, "already_claimed")
     assert buyer["buyer_id"] in body["error"]["message"]
     assert body["error"]["claimed_by"] == buyer["buyer_id"]
-    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}")
+    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}", headers=api.audit)
     assert [h["event"] for h in inv["history"]] == ["issued", "claimed"]
     assert inv["claimed_by"] == buyer["buyer_id"]
     date = doc.payload["issued_at"][:10]

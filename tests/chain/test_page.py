@@ -4,6 +4,7 @@ page with the reason, and everything from the request or the ledger escaped."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from html import escape
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from device.protocol import qr
 from device.protocol.document import Document, parse_document
 from hostsim.chain.page import render_answer, yuan
-from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim
+from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, invoice_body
 
 
 async def page(api: Api, params: dict[str, str] | None = None) -> tuple[int, str]:
@@ -133,7 +134,7 @@ async def test_already_claimed_is_shown_as_such(api: Api, device: DeviceSim) -> 
     assert "Already claimed for reimbursement" in text and "已报销" in text
     assert shown(text, "claimed") == "已报销 / yes"
     assert re.findall(r'data-event="(\w+)"', text) == ["issued", "claimed"]
-    assert buyer["buyer_id"] in text
+    assert buyer["buyer_id"] not in text  # who claimed it is not the public's business
     # its neighbour, not claimed, is plainly authentic
     status, text = await page(api, typed(other))
     assert (result_of(text), 'data-claimed="false"' in text) == ("authentic", True)
@@ -209,3 +210,26 @@ def test_yuan_has_two_decimals_from_integers() -> None:
         "1234.56",
         "-1.50",
     ]
+
+
+async def test_offline_verification_on_the_page(api: Api, device: DeviceSim) -> None:
+    """A pasted QR the printer signed: not yet uploaded (with the deadline), forged when
+    tampered with, authentic once uploaded."""
+    await api.register(device)
+    response = device.fw.issue(invoice_body(buyer_tax_id=BUYER_TAX_ID))
+    raw = device._commit()[0]
+    payload = str(response["qr"])
+    status, text = await page(api, {"q": payload})
+    assert (status, result_of(text)) == (200, "not_yet_uploaded")
+    assert shown(text, "device") == device.device_id
+    assert shown(text, "upload-by").endswith("T00:00:00Z")
+    assert BUYER_TAX_ID not in text
+    tampered = qr.parse(payload)
+    assert tampered.total is not None
+    forged = replace(tampered, total=tampered.total + 1).to_payload()
+    status, text = await page(api, {"q": forged})
+    assert (status, result_of(text)) == (200, "forged")
+    assert "signature" in shown(text, "reason")
+    assert {r["status"] for r in await api.submit([raw])} == {"committed"}
+    status, text = await page(api, {"q": payload})
+    assert (status, result_of(text)) == (200, "authentic")

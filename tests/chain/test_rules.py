@@ -100,7 +100,7 @@ async def test_number_outside_segment_and_used(api: Api, device: DeviceSim) -> N
     await expect_rejected(api, device, outside, "number_outside_segment")
     reused = resign(device, second, number=parse_document(first).number)
     await expect_rejected(api, device, reused, "number_used")
-    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}")
+    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}", headers=api.audit)
     [evidence] = dev["equivocations"]
     assert (
         evidence["rule"] == "number"
@@ -146,7 +146,8 @@ async def test_clock_regression(api: Api, device: DeviceSim) -> None:
         "status"
     ] == "committed"
     # the device's own second document now chains to a document it did not sign: re-chain it
-    head = (await api.call("GET", f"/v1/devices/{device.device_id}"))[1]["last_hash"]
+    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}", headers=api.audit)
+    head = dev["last_hash"]
     earlier = resign(device, second, prev_hash=bytes.fromhex(head))
     await expect_rejected(api, device, earlier, "clock_regression")
 
@@ -157,14 +158,14 @@ async def test_equivocation_on_counter_is_recorded(api: Api, device: DeviceSim) 
     await api.submit([raw])
     other = resign(device, raw, buyer={"name": "Another Buyer"})
     await expect_rejected(api, device, other, "equivocation")
-    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}")
+    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}", headers=api.audit)
     [evidence] = dev["equivocations"]
     assert evidence["rule"] == "counter" and evidence["counter"] == 1
     assert _b64d(evidence["existing_cose_sign1"]) == raw
     assert _b64d(evidence["offending_cose_sign1"]) == other
     # the same forgery again is rejected again but recorded once
     await expect_rejected(api, device, other, "equivocation")
-    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}")
+    _, dev = await api.call("GET", f"/v1/devices/{device.device_id}", headers=api.audit)
     assert len(dev["equivocations"]) == 1
 
 
@@ -179,7 +180,7 @@ async def test_credit_rules_and_state_on_the_original(api: Api, device: DeviceSi
         items=[{"name": "Tea", "quantity": "1", "unit_price": 1000, "tax_rate_bp": 1300}],
     )
     assert (await api.submit([part]))[0]["status"] == "committed"
-    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}")
+    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}", headers=api.audit)
     assert inv["state"] == "partially_credited" and inv["credited"] == 1130
     assert [h["event"] for h in inv["history"]] == ["issued", "credited"]
     [invoice2] = device.issue(1)
@@ -227,7 +228,7 @@ async def test_credit_rules_and_state_on_the_original(api: Api, device: DeviceSi
         items=[{"name": "Tea", "quantity": "2", "unit_price": 1000, "tax_rate_bp": 1300}],
     )  # what remains
     assert (await api.submit([rest]))[0]["status"] == "committed"
-    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}")
+    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}", headers=api.audit)
     assert inv["state"] == "credited" and inv["remaining"] == 0
 
 

@@ -7,7 +7,7 @@ import json
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from device.protocol import qr
 from device.protocol.document import Document, parse_document
 from taxctl.tools import http
-from tests.chain.conftest import BUYER_TAX_ID, DeviceSim, b64
+from tests.chain.conftest import BUYER_TAX_ID, DeviceSim, b64, invoice_body
 from tests.helpers import Process, run_taxctl, spawn
 
 
@@ -29,8 +29,10 @@ class LiveChain:
     """A training chain process with a registered device and committed invoices."""
 
     root: Path
+    verify_per_minute: int = 600  # the module's questions all come from one address
     proc: Process = field(init=False)
     device: DeviceSim = field(init=False)
+    offline: list[bytes] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -45,6 +47,8 @@ class LiveChain:
                 "--training",
                 "--block-interval-ms",
                 "5",
+                "--verify-per-minute",
+                str(self.verify_per_minute),
             ],
             stderr=self.root / "chain.log",
         )
@@ -64,6 +68,17 @@ class LiveChain:
         status, body = post(f"{self.url}/v1/documents", {"documents": [b64(r) for r in raws]})
         assert status == 200 and body["counts"] == {"committed": count}, body
         return [parse_document(raw) for raw in raws]
+
+    def issue_offline(self) -> str:
+        """An invoice the printer signed but nobody uploaded: its receipt's QR payload."""
+        response = self.device.fw.issue(invoice_body(buyer_tax_id=BUYER_TAX_ID))
+        self.offline.append(self.device._commit()[0])
+        return str(response["qr"])
+
+    def upload(self) -> None:
+        raws, self.offline = self.offline, []
+        status, body = post(f"{self.url}/v1/documents", {"documents": [b64(r) for r in raws]})
+        assert status == 200 and body["counts"] == {"committed": len(raws)}, body
 
     def claim(self, doc: Document) -> None:
         admin = Path(self.proc.ready["admin_token_file"]).read_text().strip()
@@ -194,3 +209,37 @@ def test_help_documents_the_exit_codes() -> None:
     for line in ("0  authentic", "1  not authentic", "2  the question", "3  authentic, but"):
         assert line in out.stdout, out.stdout
     assert "4  no answer" in out.stdout
+    assert "5  not yet uploaded" in out.stdout and "(forged)" in out.stdout
+
+
+def test_offline_verification_exit_codes(live: LiveChain) -> None:
+    """Before upload a signed QR is `not yet uploaded` (exit 5) with the deadline; tampered,
+    `forged` (exit 1); after upload, `authentic` (exit 0)."""
+    payload = live.issue_offline()
+    out = verify("--chain", live.url, "--payload", payload)
+    assert out.returncode == 5, out
+    assert out.stdout.startswith("not yet uploaded") and "upload by:" in out.stdout, out.stdout
+    assert live.device.device_id in out.stdout
+    out = verify("--chain", live.url, "--payload", payload, "--json")
+    answer = json.loads(out.stdout)
+    assert (out.returncode, answer["result"]) == (5, "not_yet_uploaded")
+    query = qr.parse(payload)
+    assert query.total is not None
+    tampered = replace(query, total=query.total + 100).to_payload()
+    out = verify("--chain", live.url, "--payload", tampered)
+    assert out.returncode == 1 and out.stdout.startswith("FORGED"), out
+    live.upload()
+    out = verify("--chain", live.url, "--payload", payload)
+    assert out.returncode == 0 and out.stdout.startswith("authentic"), out
+
+
+def test_rate_limited_is_no_answer(tmp_path: Path) -> None:
+    chain = LiveChain(tmp_path, verify_per_minute=1)  # a burst of 2, then one a minute
+    try:
+        [doc] = chain.issue()
+        assert [verify("--chain", chain.url, *typed(doc)).returncode for _ in range(2)] == [0, 0]
+        out = verify("--chain", chain.url, *typed(doc))
+        assert out.returncode == 4, out
+        one_line_error(out, "429 rate_limited", "ask again in")
+    finally:
+        chain.stop()

@@ -53,7 +53,8 @@ def test_tills_issue_credit_and_retry_then_everything_is_on_the_chain_once(
     assert sorted(a["counter"] for a in acks) == list(range(1, 81))  # none twice, none missing
     assert shop.assert_exactly_once_after_sync() == 80
     for ack in acks:
-        status, doc, _ = http("GET", f"{shop.chain_url}/v1/invoices/{ack['code']}/{ack['number']}")
+        url = f"{shop.chain_url}/v1/invoices/{ack['code']}/{ack['number']}"
+        status, doc, _ = http("GET", url, headers=shop.auditor)
         assert status == 200 and doc["document"]["counter"] == ack["counter"]
         assert doc["document"]["device_id"] == device.ready["device_id"]
     credited = [a for a in acks if a["kind"] == "credit"]

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device.protocol import qr
+from device.protocol import codec, keys, qr
+from device.protocol.keys import KeyPair
 
 
 def test_payload_of_a_document_round_trips() -> None:
@@ -62,3 +66,82 @@ def test_reports_have_nothing_to_verify() -> None:
 def test_digits_of_other_scripts_are_not_digits_here() -> None:
     query = qr.VerificationQuery("000000000000", "00000000", "2026-01-01", "\u0660" * 6)
     assert query.problem() is not None
+
+
+KEY = KeyPair.derive("test printer")
+DEVICE_ID = "TC0123456789AB"
+DOC_HASH = bytes(range(32))
+SIGNED_PAYLOAD = {
+    "code": "991295698646",
+    "number": "00000001",
+    "issued_at": "2026-11-25T08:00:00Z",
+    "check_code": "12345678901234567890",
+    "total": 1695,
+    "training": False,
+    "device_id": DEVICE_ID,
+}
+
+
+def signed_query() -> qr.VerificationQuery:
+    return qr.sign_qr(qr.for_document(SIGNED_PAYLOAD), DOC_HASH, DEVICE_ID, KEY)
+
+
+def test_a_signed_payload_round_trips_and_verifies() -> None:
+    query = signed_query()
+    text = query.to_payload()
+    assert "&i=TC0123456789AB&h=" in text and len(text) < qr.MAX_PAYLOAD_CHARS
+    parsed = qr.parse(text)
+    assert parsed == query and parsed.signed
+    assert qr.check_qr_signature(parsed, KEY.public_key)
+    assert not qr.check_qr_signature(parsed, KeyPair.derive("another").public_key)
+    assert qr.sign_qr(qr.for_document(SIGNED_PAYLOAD), DOC_HASH, DEVICE_ID, KEY) == query
+    signed = qr.QR_DOMAIN + codec.encode(
+        {"c": "991295698646", "n": "00000001", "d": "2026-11-25", "t": 1695, "h": DOC_HASH}
+        | {"i": DEVICE_ID}
+    )
+    assert qr.qr_signed_bytes(query, DOC_HASH, DEVICE_ID) == signed
+    assert keys.verify(KEY.public_key, signed, bytes(query.signature or b""))
+
+
+@pytest.mark.parametrize("field", ["c", "n", "d", "t", "h", "i"])
+def test_changing_a_signed_field_breaks_the_signature(field: str) -> None:
+    query = signed_query()
+    changed = {
+        "c": replace(query, code="991295698647"),
+        "n": replace(query, number="00000002"),
+        "d": replace(query, date="2026-11-26"),
+        "t": replace(query, total=169500),
+        "h": replace(query, doc_hash=bytes(32)),
+        "i": replace(query, device_id="TC0123456789AC"),
+    }[field]
+    assert not qr.check_qr_signature(qr.parse(changed.to_payload()), KEY.public_key)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda t: t.replace("&s=", "&s=A"), "86 base64url"),
+        (lambda t: t.replace("&h=", "&h=A"), "43 base64url"),
+        (lambda t: t.rsplit("&s=", 1)[0], "signature"),
+        (lambda t: t.replace("&i=TC0123456789AB", "&i=tc1"), "device id"),
+        (lambda t: t.replace("&t=1695", ""), "total"),
+    ],
+)
+def test_malformed_signed_fields_are_refused(change: Any, why: str) -> None:
+    with pytest.raises(qr.QrError, match=why):
+        qr.parse(change(signed_query().to_payload()))
+
+
+def test_device_payload_takes_only_the_qr_of_this_document() -> None:
+    text = signed_query().to_payload()
+    assert qr.device_payload(text, SIGNED_PAYLOAD, DOC_HASH, KEY.public_key) == text
+    other = KeyPair.derive("another").public_key
+    for bad in [
+        qr.device_payload(text, SIGNED_PAYLOAD, bytes(32), KEY.public_key),
+        qr.device_payload(text, SIGNED_PAYLOAD | {"total": 1}, DOC_HASH, KEY.public_key),
+        qr.device_payload(text, SIGNED_PAYLOAD, DOC_HASH, other),
+        qr.device_payload(text + "x" * 600, SIGNED_PAYLOAD, DOC_HASH, KEY.public_key),
+        qr.device_payload(None, SIGNED_PAYLOAD, DOC_HASH, KEY.public_key),
+        qr.device_payload(b"taxctl", SIGNED_PAYLOAD, DOC_HASH, KEY.public_key),
+    ]:
+        assert bad is None

@@ -163,6 +163,9 @@ def test_pos_api_paths(shop: Shop) -> None:
         assert status == 201 and report["kind"] == f"{kind}_report", report
     status, reprint, _ = http("GET", f"{api}/v1/invoices/{first['code']}/{first['number']}")
     assert status == 200 and reprint["cose_sign1"] == first["cose_sign1"]
+    # the printer's signed QR (offline 查验), the same on the reprint; local time with zone
+    assert "&s=" in first["receipt"]["qr"] and reprint["receipt"]["qr"] == first["receipt"]["qr"]
+    assert " +08:00" in first["receipt"]["text"]
     status, reprint, _ = http("GET", f"{api}/v1/documents/{first['counter']}")
     assert status == 200 and reprint["cose_sign1"] == first["cose_sign1"]
     status, body, _ = http("GET", f"{api}/v1/documents/99999")
@@ -206,7 +209,7 @@ def test_register_command(shop: Shop) -> None:
     )
     assert out.returncode == 0, out.stderr
     device_id = shop.devices["printer"].ready["device_id"]
-    status, body, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
+    status, body, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}", headers=shop.auditor)
     assert status == 200 and body["registration"]["training"] is True
     ports = run_taxctl("ports", "--json", str(shop.link()))
     assert ports.returncode == 0, ports.stderr

@@ -194,7 +194,7 @@ def test_production_registration_and_automatic_segments(shop: Shop) -> None:
     ]
     out = run_taxctl(*register)
     assert out.returncode == 1 and "enrolment_required" in out.stderr, out.stderr
-    status, _, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
+    status, _, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}", headers=shop.auditor)
     assert status == 404  # refused: nothing created
     enrol = run_taxctl(
         *("hostsim", "bureau", "enrol", "--chain", shop.chain_url, "--name", "ACME Trading"),
@@ -222,7 +222,7 @@ def test_production_registration_and_automatic_segments(shop: Shop) -> None:
     shop.wait_synced(25)
     assert shop.assert_exactly_once() == 25
     device_id = shop.devices["printer"].ready["device_id"]
-    _, info, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}")
+    _, info, _ = http("GET", f"{shop.chain_url}/v1/devices/{device_id}", headers=shop.auditor)
     assert info["registration"]["training"] is False and len(info["segments"]) >= 3
 
 
