@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hostsim.audit import admin_token
 from taxctl.demo_report import Tally
 from taxctl.tools import Child, http
 
@@ -59,7 +60,7 @@ def _register(url: str, data: Path, link: Path, device_id: str, tally: Tally) ->
     register = ["syncd", "register", "--device", str(link), "--chain", url]
     register += ["--taxpayer", tax_id, "--name", name, "--segment-size", "100"]
     without = _taxctl(*register)
-    status, _ = http("GET", f"{url}/v1/devices/{device_id}")
+    status, _ = http("GET", f"{url}/v1/devices/{device_id}", token=admin_token(data))
     refused = without.returncode == 1 and "enrolment_required" in without.stderr
     tally.expect_refusal(
         "registration without a code",
