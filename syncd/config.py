@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from device.protocol import untrusted
+from syncd.access import parse_origins
 from taxctl.address import parse_listen
 
 DEFAULT_CONFIG = Path("/etc/taxctl/syncd.toml")
@@ -104,6 +105,18 @@ OPTIONS: tuple[Option, ...] = (
         3600,
     ),
     Option("api.body_timeout", float, 30.0, "seconds to receive a request body", 0.05, 3600),
+    Option(
+        "api.allowed_origins",
+        str,
+        "",
+        "web origins (scheme://host[:port], comma-separated) allowed to call the API; empty: none",
+    ),
+    Option(
+        "api.token_file",
+        str,
+        "",
+        "file holding the bearer token every route but /v1/health and /metrics needs; empty: none",
+    ),
     Option(
         "api.fd_reserve",
         int,
@@ -263,6 +276,8 @@ def coerce(option: Option, value: Any) -> Any:
         raise ValueError(_range_text(option, f"a {kind.__name__}") + f", got {_got(value)}")
     if option.key == "api.listen":
         parse_listen(value)
+    if option.key == "api.allowed_origins":
+        parse_origins(value)
     if option.key == "serial.stopbits" and value not in (1.0, 1.5, 2.0):
         raise ValueError(f"must be 1, 1.5 or 2, got {_got(value)}")
     return value
@@ -356,6 +371,11 @@ def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
                         raise ConfigError(dotted, "must be a socket path", where(dotted))
                     out.api_socket = Path(item)
                 elif dotted in BY_KEY:
+                    if dotted == "api.allowed_origins" and isinstance(item, list):
+                        # a TOML list of origins reads as the flag's comma-separated form
+                        if not all(isinstance(o, str) for o in item):
+                            raise ConfigError(dotted, "must be a list of origins", where(dotted))
+                        item = ",".join(item)
                     try:
                         out.values[dotted] = coerce(BY_KEY[dotted], item)
                     except ValueError as exc:
