@@ -86,7 +86,12 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("api.listen", str, "127.0.0.1:8631", "HOST:PORT of the POS API (port 0: any free)"),
+    Option(
+        "api.listen",
+        str,
+        "127.0.0.1:8631",
+        "HOST:PORT of the POS API (port 0: any free), or unix:PATH for a Unix socket only",
+    ),
     Option("api.max_body", int, 1 << 20, "largest POS request body, bytes", 1024, 64 << 20),
     Option(
         "api.max_connections",
@@ -188,6 +193,12 @@ class Config:
     def api_host_port(self) -> tuple[str, int]:
         return parse_listen(str(self["api.listen"]))
 
+    @property
+    def api_unix(self) -> Path | None:
+        """`api.listen = "unix:PATH"`: the API on that socket and on no TCP port."""
+        listen = str(self["api.listen"])
+        return Path(listen.removeprefix("unix:")) if listen.startswith("unix:") else None
+
 
 # --- locating keys in the file -----------------------------------------------------------
 
@@ -275,7 +286,11 @@ def coerce(option: Option, value: Any) -> Any:
     ):
         raise ValueError(_range_text(option, f"a {kind.__name__}") + f", got {_got(value)}")
     if option.key == "api.listen":
-        parse_listen(value)
+        if value.startswith("unix:"):
+            if not value.removeprefix("unix:").startswith("/"):
+                raise ValueError(f"unix:PATH needs an absolute path, got {_got(value)}")
+        else:
+            parse_listen(value)
     if option.key == "api.allowed_origins":
         parse_origins(value)
     if option.key == "serial.stopbits" and value not in (1.0, 1.5, 2.0):
@@ -420,7 +435,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chain", action="append", metavar="URL", help="chain node URL (repeat for several)"
     )
-    parser.add_argument("--api", dest="opt_api__listen", metavar="HOST:PORT", help="POS API")
+    parser.add_argument(
+        "--api",
+        dest="opt_api__listen",
+        metavar="HOST:PORT",
+        help="POS API address, or unix:PATH to serve it on a Unix socket only",
+    )
     parser.add_argument("--api-socket", type=Path, help="also serve the POS API on this socket")
     for option in OPTIONS:
         if option.key == "api.listen":

@@ -347,10 +347,15 @@ class Daemon:
         assert runner.server is not None and self.fd_budget is not None
         # syncd accepts the connections itself (apiserver.py), not through aiohttp's sites
         self.gate = ConnectionGate(runner.server, self._gate_settings(self.cfg))
-        host, port = self.cfg.api_host_port
-        bound = self.gate.listen_tcp(host, port)  # the port the system chose for port 0
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound}"
+        unix = self.cfg.api_unix
+        if unix is not None:  # no TCP port at all: only who may open the socket can call
+            self.gate.listen_unix(unix)
+            self.url = f"unix:{unix}"
+        else:
+            host, port = self.cfg.api_host_port
+            bound = self.gate.listen_tcp(host, port)  # the port the system chose for port 0
+            shown = f"[{host}]" if ":" in host else host
+            self.url = f"http://{shown}:{bound}"
         if self.cfg.api_socket is not None:
             self.gate.listen_unix(self.cfg.api_socket)
         budget = self.fd_budget

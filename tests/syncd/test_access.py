@@ -28,7 +28,7 @@ from syncd.access import Access, TokenFileError, load_access, parse_origins, rea
 from syncd.api import ApiContext, PosApi
 from syncd.idempotency import IdempotencyStore
 from syncd.metrics import SyncdMetrics
-from tests.shop import INVOICE, Shop, http
+from tests.shop import INVOICE, Shop, http, wait_for
 
 TOKEN = "t0ken-" + "a" * 26
 ALLOWED = "https://pos.example.cn"
@@ -208,15 +208,19 @@ def test_shop_over_a_unix_socket_with_token_and_private_state(shop: Shop) -> Non
         assert _mode(state) & 0o077 == 0, oct(_mode(state))
 
 
-def unix_post(path: Path, route: str, body: Any, headers: dict[str, str]) -> tuple[int, Any, bytes]:
-    """One POST over the API's Unix socket (a till's own Host header, any name)."""
-    data = json.dumps(body).encode()
+def unix_post(
+    path: Path, route: str, body: Any, headers: dict[str, str], method: str = "POST"
+) -> tuple[int, Any, bytes]:
+    """One request over the API's Unix socket (a till's own Host header, any name)."""
+    data = b"" if body is None else json.dumps(body).encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    if body is not None:
+        head += "Content-Type: application/json\r\n"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(30)
         s.connect(str(path))
         s.sendall(
-            f"POST {route} HTTP/1.1\r\nHost: till\r\nContent-Type: application/json\r\n"
+            f"{method} {route} HTTP/1.1\r\nHost: till\r\n"
             f"{head}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
             + data
         )
@@ -245,3 +249,33 @@ def test_a_web_page_issues_nothing_through_a_real_shop(shop: Shop) -> None:
     assert shop.device_status().get("counter", 0) == 0  # the printer signed nothing
     status, issued = shop.issue()  # a till (JSON, no Origin) still issues
     assert status == 201 and issued["counter"] == 1, issued
+
+
+def test_unix_socket_only(shop: Shop) -> None:
+    """`--api unix:PATH`: the API on a 0660 socket and on no TCP port."""
+    sock = shop.root / "api.sock"
+    shop.start_chain()
+    shop.start_device()
+    proc = shop.start_syncd("--api", f"unix:{sock}", wait_online=False)
+    assert proc.ready["url"] == f"unix:{sock}"
+    assert stat.S_ISSOCK(os.stat(sock).st_mode) and _mode(sock) == 0o660
+    wait_for(
+        lambda: (
+            unix_post(sock, "/v1/status", None, {}, "GET")[1]["devices"][0]["state"] == "online"
+        ),
+        15,
+        "printer online",
+    )
+    status, issued, _ = unix_post(sock, "/v1/invoices", INVOICE, {})
+    assert status == 201 and issued["counter"] == 1, issued
+    listening = Path("/proc/net/tcp").read_text() + Path("/proc/net/tcp6").read_text()
+    syncd_inodes = {
+        os.readlink(f"/proc/{proc.proc.pid}/fd/{fd}")
+        for fd in os.listdir(f"/proc/{proc.proc.pid}/fd")
+    }
+    tcp_listeners = [
+        line.split()[9]
+        for line in listening.splitlines()[1:]
+        if line.split()[3] == "0A"  # LISTEN
+    ]
+    assert not [i for i in tcp_listeners if f"socket:[{i}]" in syncd_inodes]
