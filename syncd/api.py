@@ -68,6 +68,7 @@ MAX_COUNTER = 2**62  # the device's own bound for a counter
 # What CBOR carries without a bignum tag; the device refuses tags, and a stored request
 # body must decode again for a retry.
 INT_RANGE = range(-(2**64), 2**64)
+CREDIT_CHECK_SECONDS = 5.0  # the longest a credit note waits for the chain's claimed answer
 
 
 class ApiError(Exception):
@@ -403,12 +404,15 @@ class PosApi:
             raise ApiError.of(ApiCode.DEVICE_OFFLINE, str(exc)) from None
         issued = str(original.payload["issued_at"])
         try:
-            claimed = await check(str(code), str(number), issued[:10], original.check_code)
-        except (ChainDown, ChainRefused) as exc:
+            # bounded: a till waits for this answer; a chain that hangs counts as away
+            async with asyncio.timeout(CREDIT_CHECK_SECONDS):
+                claimed = await check(str(code), str(number), issued[:10], original.check_code)
+        except (ChainDown, ChainRefused, TimeoutError) as exc:
             synced = int((link.status or {}).get("synced_through", 0))
             if original.counter > synced:
                 return  # not uploaded yet, so no buyer can have claimed it
-            raise ApiError.of(ApiCode.CREDIT_CHECK_UNAVAILABLE, str(exc)) from None
+            why = str(exc) or f"no answer within {CREDIT_CHECK_SECONDS:g} s"
+            raise ApiError.of(ApiCode.CREDIT_CHECK_UNAVAILABLE, why) from None
         if claimed:
             raise ApiError.of(
                 ApiCode.CREDIT_NEEDS_CONFIRMATION,

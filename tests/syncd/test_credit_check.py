@@ -89,3 +89,29 @@ def test_unclaimed_invoice_credits_and_a_bad_confirmation_is_the_printers_refusa
 def _admin(shop: Shop) -> str:
     assert shop.chain is not None
     return Path(shop.chain.ready["admin_token_file"]).read_text().strip()
+
+
+def test_offline_a_credit_of_an_uploaded_invoice_waits_for_the_chain(shop: Shop) -> None:
+    """With the chain away syncd cannot know whether an uploaded invoice was claimed:
+    it refuses that credit note (503, nothing signed); an invoice not yet uploaded
+    cannot have been claimed, so its credit note is issued offline."""
+    shop.start_chain()
+    shop.start_device()
+    shop.start_syncd()
+    _, uploaded = shop.issue(SALE)
+    shop.wait_synced(1)
+    shop.fault("refuse")  # connections refused: the shop is offline
+    _, offline = shop.issue(SALE)
+    assert offline["counter"] == 2
+
+    def credit(invoice: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        ref = {"code": invoice["code"], "number": invoice["number"]}
+        return http("POST", f"{shop.api}/v1/credit-notes", {"refers_to": ref, "reason": "x"})
+
+    status, body, headers = credit(uploaded)
+    assert (status, body["error"]) == (503, "CREDIT_CHECK_UNAVAILABLE"), body
+    assert headers["Retry-After"] == "30"
+    status, note, _ = credit(offline)
+    assert status == 201 and note["counter"] == 3, note  # the refused one signed nothing
+    shop.clear_faults()
+    shop.wait_synced(3)
