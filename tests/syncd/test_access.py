@@ -279,3 +279,28 @@ def test_unix_socket_only(shop: Shop) -> None:
         if line.split()[3] == "0A"  # LISTEN
     ]
     assert not [i for i in tcp_listeners if f"socket:[{i}]" in syncd_inodes]
+
+
+def test_access_options_in_the_file_and_as_flags(tmp_path: Path) -> None:
+    from syncd import config as config_mod
+
+    conf = tmp_path / "syncd.toml"
+    conf.write_text(
+        '[api]\nallowed_origins = ["https://pos.example.cn", "http://10.0.0.5:8080"]\n'
+        'token_file = "/etc/taxctl/pos.token"\nlisten = "unix:/run/x/api.sock"\n'
+        '[[device]]\nport = "/dev/ttyUSB0"\n'
+    )
+    args = ["--config", str(conf), "--state", str(tmp_path), "--chain", "http://127.0.0.1:1"]
+    cfg = config_mod.load(config_mod.namespace(args))
+    assert parse_origins(cfg["api.allowed_origins"]) == {
+        "https://pos.example.cn",
+        "http://10.0.0.5:8080",
+    }
+    assert cfg["api.token_file"] == "/etc/taxctl/pos.token"
+    assert cfg.api_unix == Path("/run/x/api.sock")
+    for flag, value, problem in (
+        ("--api-allowed-origins", "https://pos.example.cn/till", "origin"),
+        ("--api", "unix:relative.sock", "absolute"),
+    ):
+        with pytest.raises(config_mod.ConfigError, match=problem):
+            config_mod.load(config_mod.namespace([*args, flag, value]))
