@@ -23,6 +23,12 @@ before anything is sent, so a retry with the same key returns the same
 document. A refusal by the device (nothing issued) releases the key, so
 that the retry after, say, loading paper is a new attempt.
 
+A credit note's body may carry the buyer's red-letter `"confirmation"`
+(passed to the printer, which signs it in). Without one, syncd first asks
+the chain whether the original is claimed and refuses the credit note
+(409 CREDIT_NEEDS_CONFIRMATION) before the printer signs it: a signed credit
+note the chain rejects would hold back the printer's later documents.
+
 Errors: `{"error": CODE, "message": sentence for the cashier, "detail"?}`
 with 4xx/409/503 as set out in `refusals.py`.
 """
