@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from device import render
 from device.protocol.document import Document, parse_document
 from hostsim.chain.node import Chain
 from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, resign, snapshot
@@ -89,7 +90,9 @@ async def test_credit_with_the_buyers_confirmation_commits_once(
     assert body == {"confirmation": rc, "code": doc.code, "number": doc.number, "amount": 2260}
     assert len(rc) == 18 and rc.startswith("RC") and rc[2:] == rc[2:].upper()
     credit = device.credit(str(doc.code), str(doc.number), confirmation=rc)
-    assert parse_document(credit).payload["confirmation"] == rc  # signed by the device
+    payload = parse_document(credit).payload
+    assert payload["confirmation"] == rc  # signed by the device, and printed on the receipt
+    assert f"Confirmed{' ' * 5}{rc}" in render.text(payload, 58).splitlines()
     [result] = await api.submit([credit])
     assert result["status"] == "committed", result
     assert await _credited(api, doc) == doc.total
