@@ -326,6 +326,12 @@ class Firmware:
         self.registry.peek_available()
         check_issue(self.settings.limits, self.backlog, now, totals.total)
         slot = self.registry.take_number()
+        extra: dict[str, Any] = {
+            "refers_to": {"code": req.code, "number": req.number},
+            "reason": req.reason,
+        }
+        if req.confirmation is not None:  # absent, not null, when not given
+            extra["confirmation"] = req.confirmation
         return self._sign(
             Kind.CREDIT,
             now,
@@ -334,7 +340,7 @@ class Firmware:
             items=[line.to_payload() for line in lines],
             amount=totals.amount,
             tax=totals.tax,
-            extra={"refers_to": {"code": req.code, "number": req.number}, "reason": req.reason},
+            extra=extra,
             request=request,
             refers=(req.code, req.number),
         )

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from device.privatefile import narrow, private_file
 from device.protocol import codec
 
 JOURNAL_FILE = "journal.sqlite"
@@ -243,6 +244,10 @@ def _is_full(exc: sqlite3.Error) -> bool:
 class Journal:
     def __init__(self, state: Path, *, max_page_count: int | None = None) -> None:
         self.path = state / JOURNAL_FILE
+        # made 0600 before SQLite opens it: its -wal and -shm files copy that mode
+        private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            narrow(self.path.with_name(JOURNAL_FILE + suffix))
         self._write = _connect(self.path)
         self._write.execute("PRAGMA journal_mode = WAL")
         self._write.execute("PRAGMA synchronous = FULL")

@@ -142,6 +142,8 @@ class Receipt:
         if refers:
             out.append(two_columns("Credits", f"{refers['code']}/{refers['number']}", width))
             out.append(fit(f"Reason: {p.get('reason', '')}", width))
+            if p.get("confirmation"):  # the buyer's red-letter confirmation (红字信息确认单)
+                out.append(two_columns("Confirmed", str(p["confirmation"]), width))
         out.append(rule)
         for item in p.get("items") or []:
             out.append(fit(str(item["name"]), width))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from device.limits import DEFAULT_OFFLINE_AMOUNT, DEFAULT_OFFLINE_SECONDS, Limits
+from device.privatefile import write_private
 from device.protocol.invoice import DEFAULT_TAX_RATES
 
 SETTINGS_FILE = "device.json"
@@ -69,9 +70,7 @@ class Settings:
 def save(state: Path, settings: Settings) -> None:
     path = state / SETTINGS_FILE
     tmp = path.with_suffix(".json.new")
-    tmp.write_text(json.dumps(settings.to_json(), indent=2) + "\n")
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
+    write_private(tmp, (json.dumps(settings.to_json(), indent=2) + "\n").encode())
     os.replace(tmp, path)
 
 

@@ -94,6 +94,9 @@ def register(subparsers: Any) -> None:
     pos.add_argument("--retry-share", type=float, default=0.05, help="sales asked for twice")
     pos.add_argument("--patience", type=float, default=30.0, help="seconds to retry one sale")
     pos.add_argument("--record", type=Path, help="append each acknowledged document (JSONL)")
+    pos.add_argument(
+        "--token-file", type=Path, help="the bearer token syncd's api.token_file holds"
+    )
     pos.add_argument("--json", action="store_true", help="print the summary as JSON")
     pos.set_defaults(func=_run_pos)
 
@@ -220,6 +223,7 @@ def _run_pos(args: argparse.Namespace) -> int:
         patience=args.patience,
         mix=MixSettings(credit_share=args.credit_share, retry_share=args.retry_share),
         record=args.record,
+        token=args.token_file.read_text(encoding="utf-8").strip() if args.token_file else None,
     )
     report = run_tills(settings)
     summary = report.summary()

@@ -308,3 +308,13 @@ def health_answer(value: Any) -> Health:
         _bool(answer.get("finalizing"), "the health answer's finalizing"),
         _optional(answer, "error", lambda v, w: sentence(_text(v, w)), "the health answer's error"),
     )
+
+
+def claimed_answer(value: Any) -> bool | None:
+    """查验's answer about an invoice: claimed (True/False), or None when the chain has no
+    such invoice yet (or one whose date or check code differ: not the printer's)."""
+    answer = _map(value, "the verification answer")
+    result = _text(answer.get("result"), "the verification answer's result")
+    if result != "authentic":
+        return None
+    return _bool(answer.get("claimed"), "the verification answer's claimed")

@@ -10,7 +10,9 @@
     GET  /metrics              Prometheus text
     GET  /v1/health            200 while the daemon runs
 
-Bodies are JSON. The issuing routes take the device CLI's request (for an
+Bodies are JSON, and every write says so (`Content-Type: application/json`);
+who may call at all (Origin, Host, the optional bearer token) is
+`syncd/access.py`. The issuing routes take the device CLI's request (for an
 invoice `{"buyer"?, "items": [...]}`) plus an optional `"device"`: a
 device name, port or id, needed only when several printers are attached
 (otherwise the first one online is used).
@@ -20,6 +22,12 @@ and returned when missing). The key is bound to one device request id
 before anything is sent, so a retry with the same key returns the same
 document. A refusal by the device (nothing issued) releases the key, so
 that the retry after, say, loading paper is a new attempt.
+
+A credit note's body may carry the buyer's red-letter `"confirmation"`
+(passed to the printer, which signs it in). Without one, syncd first asks
+the chain whether the original is claimed and refuses the credit note
+(409 CREDIT_NEEDS_CONFIRMATION) before the printer signs it: a signed credit
+note the chain rejects would hold back the printer's later documents.
 
 Errors: `{"error": CODE, "message": sentence for the cashier, "detail"?}`
 with 4xx/409/503 as set out in `refusals.py`.
@@ -32,7 +40,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +52,8 @@ from device.protocol.document import DocumentError, parse_document
 from device.protocol.invoice import is_invoice_code, is_invoice_number
 from device.protocol.status import DeviceError, Status
 from syncd import refusals
+from syncd.access import Access
+from syncd.chainport import ChainDown, ChainRefused
 from syncd.idempotency import BadKey, IdempotencyStore, KeyReused, check_key, new_key
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import CONTENT_TYPE, SyncdMetrics
@@ -64,6 +74,7 @@ MAX_COUNTER = 2**62  # the device's own bound for a counter
 # What CBOR carries without a bignum tag; the device refuses tags, and a stored request
 # body must decode again for a retry.
 INT_RANGE = range(-(2**64), 2**64)
+CREDIT_CHECK_SECONDS = 5.0  # the longest a credit note waits for the chain's claimed answer
 
 
 class ApiError(Exception):
@@ -122,6 +133,10 @@ class ApiContext:
     stopping: bool = False
     # called when a request's head has been read (True) and when its handler is done
     on_request: Callable[[web.Request, bool], None] | None = None
+    access: Access = field(default_factory=Access)
+    # the chain's answer to "has a buyer claimed this invoice?" (ChainPort.invoice_claimed);
+    # None: no chain to ask (tests of the API alone)
+    invoice_claimed: Callable[[str, str, str, str], Awaitable[bool | None]] | None = None
 
 
 class PosApi:
@@ -129,7 +144,9 @@ class PosApi:
         self.ctx = ctx
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.ctx.max_body, middlewares=[self._errors])
+        app = web.Application(
+            client_max_size=self.ctx.max_body, middlewares=[self._errors, self._access]
+        )
         for route in ISSUING_ROUTES:
             app.router.add_post(f"/v1/{route}", self._issuing(route))
         app.router.add_get("/v1/documents/{counter}", self.reprint)
@@ -177,6 +194,29 @@ class PosApi:
             if self.ctx.on_request is not None:
                 self.ctx.on_request(request, False)
         self.ctx.metrics.pos_requests.inc(1, route, str(response.status))
+        return response
+
+    @web.middleware
+    async def _access(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Before any body is read or anything sent to a printer (inside `_errors`, so a
+        refusal is answered and counted like any other)."""
+        access = self.ctx.access
+        refused = access.refusal(request)
+        if refused is not None:
+            code, detail = refused
+            headers = {"WWW-Authenticate": "Bearer"} if code == ApiCode.UNAUTHORIZED else None
+            raise ApiError.of(code, detail, headers)
+        preflight = access.preflight(request)
+        if preflight is not None:
+            return preflight
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            exc.headers.update(access.cors_headers(request))
+            raise
+        response.headers.update(access.cors_headers(request))
         return response
 
     async def _json(self, request: web.Request, *, optional: bool = False) -> dict[str, Any]:
@@ -296,6 +336,8 @@ class PosApi:
             link = self._link(selector)
         client = self._client(link)
         device_id = link.device_id or "?"
+        if command == Command.CREDIT and earlier is None:
+            await self._check_credit(link, client, body)
         try:
             claim = await asyncio.to_thread(
                 self.ctx.store.claim,
@@ -346,6 +388,43 @@ class PosApi:
         # 201 for a document issued now, 200 for the same document given again
         status = 201 if claim.fresh else 200
         return web.json_response(result, status=status, headers=key_headers, dumps=_dumps)
+
+    async def _check_credit(self, link: DeviceLink, client: Any, body: dict[str, Any]) -> None:
+        """Refuse up front a credit note the chain would reject for want of the buyer's
+        confirmation: once the printer signs it, a rejected credit note holds back every
+        later document of the printer (the chain takes them in counter order)."""
+        ref, check = body.get("refers_to"), self.ctx.invoice_claimed
+        if check is None or body.get("confirmation") is not None or not isinstance(ref, dict):
+            return  # with a confirmation the chain checks it; a bad body the printer refuses
+        code, number = ref.get("code"), ref.get("number")
+        if not (is_invoice_code(code) and is_invoice_number(number)):
+            return
+        try:
+            original = parse_document(
+                (await client.get_document(code=code, number=number))["document"]
+            )
+        except (DeviceError, DocumentError, KeyError, TypeError):
+            return  # not this printer's invoice: the printer refuses the credit note itself
+        except LinkError as exc:
+            link.mark_suspect(f"credit check: {exc}")
+            raise ApiError.of(ApiCode.DEVICE_OFFLINE, str(exc)) from None
+        issued = str(original.payload["issued_at"])
+        try:
+            # bounded: a till waits for this answer; a chain that hangs counts as away
+            async with asyncio.timeout(CREDIT_CHECK_SECONDS):
+                claimed = await check(str(code), str(number), issued[:10], original.check_code)
+        except (ChainDown, ChainRefused, TimeoutError) as exc:
+            synced = int((link.status or {}).get("synced_through", 0))
+            if original.counter > synced:
+                return  # not uploaded yet, so no buyer can have claimed it
+            why = str(exc) or f"no answer within {CREDIT_CHECK_SECONDS:g} s"
+            raise ApiError.of(ApiCode.CREDIT_CHECK_UNAVAILABLE, why) from None
+        if claimed:
+            raise ApiError.of(
+                ApiCode.CREDIT_NEEDS_CONFIRMATION,
+                f"{code}/{number} is claimed: the buyer confirms the credit on the chain and"
+                ' the credit note carries its "confirmation"',
+            )
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -161,12 +161,17 @@ class ConnectionGate:
             if path.is_socket():
                 path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # bind() makes the socket with the process umask: under 0o117 nobody but the owner
+        # and the group can connect even before the chmod, which then makes it exactly 0660
+        old_umask = os.umask(0o117)
         try:
             sock.bind(str(path))
             os.chmod(path, 0o660)
         except OSError:
             sock.close()
             raise
+        finally:
+            os.umask(old_umask)
         self._start(sock)
 
     def _start(self, sock: socket.socket) -> None:

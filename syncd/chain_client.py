@@ -184,6 +184,12 @@ class ChainClient:
             lambda answer: answers.segment_answer(answer, device_id),
         )
 
+    async def invoice_claimed(
+        self, code: str, number: str, date: str, check_code: str
+    ) -> bool | None:
+        query = {"code": code, "number": number, "date": date, "check_code": check_code[-6:]}
+        return await self._call("POST", "/v1/verify", query, answers.claimed_answer)
+
     async def health(self) -> answers.Health:
         return await self._call("GET", "/v1/health", None, answers.health_answer)
 

@@ -99,4 +99,11 @@ class ChainPort(Protocol):
         """Tell the chain about a segment the device holds (training devices)."""
         ...
 
+    async def invoice_claimed(
+        self, code: str, number: str, date: str, check_code: str
+    ) -> bool | None:
+        """Whether a buyer has claimed the invoice (None: not on the chain), asked the way
+        a holder of the receipt asks (查验: date and the check code's last digits)."""
+        ...
+
     async def close(self) -> None: ...

@@ -67,6 +67,7 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from syncd import config as config_mod
     from syncd import logs
+    from syncd.access import TokenFileError
     from syncd.chain_client import ChainClient
     from syncd.service import Daemon, StateError
 
@@ -92,6 +93,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"taxctl syncd: {exc}", file=sys.stderr)
             await client.close()
             return EXIT_STATE
+        except TokenFileError as exc:
+            print(f"taxctl syncd: {exc}", file=sys.stderr)
+            await client.close()
+            return EXIT_USAGE
         return await daemon.run()
 
     return asyncio.run(main())

@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from device.protocol import untrusted
+from syncd.access import parse_origins
 from taxctl.address import parse_listen
 
 DEFAULT_CONFIG = Path("/etc/taxctl/syncd.toml")
@@ -85,7 +86,12 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("api.listen", str, "127.0.0.1:8631", "HOST:PORT of the POS API (port 0: any free)"),
+    Option(
+        "api.listen",
+        str,
+        "127.0.0.1:8631",
+        "HOST:PORT of the POS API (port 0: any free), or unix:PATH for a Unix socket only",
+    ),
     Option("api.max_body", int, 1 << 20, "largest POS request body, bytes", 1024, 64 << 20),
     Option(
         "api.max_connections",
@@ -104,6 +110,18 @@ OPTIONS: tuple[Option, ...] = (
         3600,
     ),
     Option("api.body_timeout", float, 30.0, "seconds to receive a request body", 0.05, 3600),
+    Option(
+        "api.allowed_origins",
+        str,
+        "",
+        "web origins (scheme://host[:port], comma-separated) allowed to call the API; empty: none",
+    ),
+    Option(
+        "api.token_file",
+        str,
+        "",
+        "file holding the bearer token every route but /v1/health and /metrics needs; empty: none",
+    ),
     Option(
         "api.fd_reserve",
         int,
@@ -180,6 +198,12 @@ class Config:
     @property
     def api_host_port(self) -> tuple[str, int]:
         return parse_listen(str(self["api.listen"]))
+
+    @property
+    def api_unix(self) -> Path | None:
+        """`api.listen = "unix:PATH"`: the API on that socket and on no TCP port."""
+        listen = str(self["api.listen"])
+        return Path(listen.removeprefix("unix:")) if listen.startswith("unix:") else None
 
 
 # --- locating keys in the file -----------------------------------------------------------
@@ -268,7 +292,13 @@ def coerce(option: Option, value: Any) -> Any:
     ):
         raise ValueError(_range_text(option, f"a {kind.__name__}") + f", got {_got(value)}")
     if option.key == "api.listen":
-        parse_listen(value)
+        if value.startswith("unix:"):
+            if not value.removeprefix("unix:").startswith("/"):
+                raise ValueError(f"unix:PATH needs an absolute path, got {_got(value)}")
+        else:
+            parse_listen(value)
+    if option.key == "api.allowed_origins":
+        parse_origins(value)
     if option.key == "serial.stopbits" and value not in (1.0, 1.5, 2.0):
         raise ValueError(f"must be 1, 1.5 or 2, got {_got(value)}")
     return value
@@ -362,6 +392,11 @@ def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
                         raise ConfigError(dotted, "must be a socket path", where(dotted))
                     out.api_socket = Path(item)
                 elif dotted in BY_KEY:
+                    if dotted == "api.allowed_origins" and isinstance(item, list):
+                        # a TOML list of origins reads as the flag's comma-separated form
+                        if not all(isinstance(o, str) for o in item):
+                            raise ConfigError(dotted, "must be a list of origins", where(dotted))
+                        item = ",".join(item)
                     try:
                         out.values[dotted] = coerce(BY_KEY[dotted], item)
                     except ValueError as exc:
@@ -406,7 +441,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chain", action="append", metavar="URL", help="chain node URL (repeat for several)"
     )
-    parser.add_argument("--api", dest="opt_api__listen", metavar="HOST:PORT", help="POS API")
+    parser.add_argument(
+        "--api",
+        dest="opt_api__listen",
+        metavar="HOST:PORT",
+        help="POS API address, or unix:PATH to serve it on a Unix socket only",
+    )
     parser.add_argument("--api-socket", type=Path, help="also serve the POS API on this socket")
     for option in OPTIONS:
         if option.key == "api.listen":

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device.privatefile import write_private
+
 CURSOR_FILE = "cursor.json"
 VERSION = 1
 
@@ -142,10 +144,7 @@ class CursorStore:
             "devices": {k: v.to_json() for k, v in sorted(self.devices.items())},
         }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+        write_private(tmp, json.dumps(data, indent=1, sort_keys=True).encode())
         os.replace(tmp, self.path)
         with contextlib.suppress(OSError):
             fd = os.open(self.path.parent, os.O_RDONLY)

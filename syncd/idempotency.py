@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from device.privatefile import narrow, private_file
 from device.protocol import codec, untrusted
 
 DB_FILE = "idempotency.sqlite"
@@ -100,6 +101,10 @@ class IdempotencyStore:
     def __init__(self, state: Path, *, retention: float = DEFAULT_RETENTION) -> None:
         state.mkdir(parents=True, exist_ok=True)
         self.path = state / DB_FILE
+        # made 0600 before SQLite opens it: its -wal and -shm files copy that mode
+        private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            narrow(self.path.with_name(DB_FILE + suffix))
         self.retention = retention
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -34,6 +34,12 @@ class ApiCode(StrEnum):
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    ORIGIN_REFUSED = "ORIGIN_REFUSED"
+    HOST_REFUSED = "HOST_REFUSED"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    CREDIT_NEEDS_CONFIRMATION = "CREDIT_NEEDS_CONFIRMATION"
+    CREDIT_CHECK_UNAVAILABLE = "CREDIT_CHECK_UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,29 @@ API_REFUSALS: dict[ApiCode, Refusal] = {
         503, "The invoice service has too many open connections; try again in a moment.", 1
     ),
     ApiCode.INTERNAL_ERROR: Refusal(500, "The invoice service hit an error; try again."),
+    ApiCode.ORIGIN_REFUSED: Refusal(
+        403, "A web page may not use the invoice service; nothing was issued."
+    ),
+    ApiCode.HOST_REFUSED: Refusal(
+        403, "The request was addressed to another host name; nothing was issued."
+    ),
+    ApiCode.UNAUTHORIZED: Refusal(
+        401, "The till did not send the invoice service's token; check the till's setup."
+    ),
+    ApiCode.UNSUPPORTED_MEDIA_TYPE: Refusal(
+        415, "The till must send its request as JSON (Content-Type: application/json)."
+    ),
+    ApiCode.CREDIT_NEEDS_CONFIRMATION: Refusal(
+        409,
+        "The buyer has claimed this invoice: ask the buyer for its red-letter confirmation "
+        "and send it with the credit note. Nothing was issued.",
+    ),
+    ApiCode.CREDIT_CHECK_UNAVAILABLE: Refusal(
+        503,
+        "The chain cannot be asked now whether the buyer claimed this invoice; nothing was "
+        "issued. Try again when the shop is online.",
+        30,
+    ),
 }
 
 

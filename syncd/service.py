@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sqlite3
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from aiohttp import web
 
 from syncd import config as config_mod
 from syncd import fdlimit, logs
+from syncd.access import load_access
 from syncd.api import ApiContext, PosApi
 from syncd.apiserver import (
     OVERSHOOT,
@@ -152,7 +154,14 @@ class Daemon:
             max_body=cfg["api.max_body"],
             body_timeout=cfg["api.body_timeout"],
             on_request=self._on_request,
+            access=load_access(cfg["api.allowed_origins"], cfg["api.token_file"]),
+            invoice_claimed=self._invoice_claimed,
         )
+
+    async def _invoice_claimed(
+        self, code: str, number: str, date: str, check_code: str
+    ) -> bool | None:
+        return await self.chain.invoice_claimed(code, number, date, check_code)
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -338,10 +347,15 @@ class Daemon:
         assert runner.server is not None and self.fd_budget is not None
         # syncd accepts the connections itself (apiserver.py), not through aiohttp's sites
         self.gate = ConnectionGate(runner.server, self._gate_settings(self.cfg))
-        host, port = self.cfg.api_host_port
-        bound = self.gate.listen_tcp(host, port)  # the port the system chose for port 0
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound}"
+        unix = self.cfg.api_unix
+        if unix is not None:  # no TCP port at all: only who may open the socket can call
+            self.gate.listen_unix(unix)
+            self.url = f"unix:{unix}"
+        else:
+            host, port = self.cfg.api_host_port
+            bound = self.gate.listen_tcp(host, port)  # the port the system chose for port 0
+            shown = f"[{host}]" if ":" in host else host
+            self.url = f"http://{shown}:{bound}"
         if self.cfg.api_socket is not None:
             self.gate.listen_unix(self.cfg.api_socket)
         budget = self.fd_budget
@@ -427,6 +441,10 @@ class Daemon:
         old, self.cfg = self.cfg, new
         logs.set_level(new["log.level"])
         self.api_ctx.body_timeout = new["api.body_timeout"]
+        try:  # a new token or origin list takes effect now; an unusable one changes nothing
+            self.api_ctx.access = load_access(new["api.allowed_origins"], new["api.token_file"])
+        except ValueError as exc:
+            log.error("SIGHUP: keeping the POS API's previous access settings: %s", exc)
         if self.gate is not None:
             self.gate.settings.header_timeout = new["api.header_timeout"]
         for key, now in (
@@ -471,6 +489,11 @@ def open_state(path: Path) -> tuple[IdempotencyStore, CursorStore]:
     """The idempotency store and the cursor, or StateError rather than a traceback."""
     try:
         path.mkdir(parents=True, exist_ok=True)
+        # Idempotency keys and the printers' positions are the shop's business alone;
+        # narrow a wider directory, never widen a narrower one (as the printer does).
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
         # SQLite would fail too, but later and with a vaguer message than the errno
         probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")

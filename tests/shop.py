@@ -35,8 +35,8 @@ def http(
         None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     )
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    if data is not None and "Content-Type" not in (headers or {}):
-        req.add_header("Content-Type", "application/json")
+    if (data is not None or method == "POST") and "Content-Type" not in (headers or {}):
+        req.add_header("Content-Type", "application/json")  # syncd refuses a write without
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
@@ -74,6 +74,7 @@ class Shop:
         self.devices: dict[str, Process] = {}
         self.syncd: Process | None = None
         self.syncd_args: list[str] = []
+        self.api_headers: dict[str, str] = {}  # e.g. the bearer token of api.token_file
 
     # --- processes -------------------------------------------------------------------------
 
@@ -175,11 +176,12 @@ class Shop:
     # --- talking to them -------------------------------------------------------------------
 
     def issue(self, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        headers = {**self.api_headers, **(headers or {})}
         status, out, _ = http("POST", f"{self.api}/v1/invoices", body or INVOICE, headers)
         return status, out
 
     def status(self) -> dict[str, Any]:
-        return http("GET", f"{self.api}/v1/status")[1]
+        return http("GET", f"{self.api}/v1/status", headers=self.api_headers)[1]
 
     def device_status(self, index: int = 0) -> dict[str, Any]:
         return self.status()["devices"][index]

@@ -6,8 +6,9 @@ is a COSE_Sign1 over a deterministic CBOR map with these text keys:
     device_id  counter  code  number  kind  issued_at  seller  buyer
     items  amount  tax  total  prev_hash  check_code  offline  training
 
-plus `refers_to` and `reason` for a credit note and `report` for X/Z
-reports. `counter` is gapless over all documents of a device, starting at
+plus `refers_to` and `reason` for a credit note (and `confirmation`, the
+buyer's red-letter confirmation id, when it credits a claimed invoice) and
+`report` for X/Z reports. `counter` is gapless over all documents of a device, starting at
 1; `prev_hash` is the SHA-256 of the previous document's complete
 COSE_Sign1 bytes (32 zero bytes for counter 1).
 
@@ -31,7 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from device.protocol import codec, cose
-from device.protocol.invoice import is_invoice_code, is_invoice_number
+from device.protocol.invoice import is_confirmation, is_invoice_code, is_invoice_number
 from device.protocol.keys import SIGNATURE_SIZE, KeyPair
 from device.protocol.untrusted import shown, shown_keys
 
@@ -80,6 +81,8 @@ EXTRA_KEYS: dict[Kind, frozenset[str]] = {
 _KINDS = frozenset(k.value for k in Kind)
 _KIND_OF = {k.value: k for k in Kind}
 _EXPECTED_KEYS = {kind: BASE_KEYS | extra for kind, extra in EXTRA_KEYS.items()}
+OPTIONAL_KEYS: dict[Kind, frozenset[str]] = {Kind.CREDIT: frozenset({"confirmation"})}
+_WITH_OPTIONAL = {kind: _EXPECTED_KEYS[kind] | extra for kind, extra in OPTIONAL_KEYS.items()}
 
 
 class DocumentError(ValueError):
@@ -143,10 +146,15 @@ def sign_document(key: KeyPair, fields: Mapping[str, Any]) -> tuple[bytes, dict[
     if not 1 <= len(fields) < 23:
         raise ValueError("a document payload has 1 to 22 fields besides check_code")
     payload = codec.ordered_map(fields)  # a new dict: the caller's mapping is not changed
-    if len(next(reversed(payload)).encode()) >= len("check_code"):  # the longest key sorts last
-        raise ValueError("payload keys must be shorter than 'check_code' (it is appended last)")
     unsigned = codec.encode_ordered(payload)
     check_code = check_code_from_mac(key.check_code_mac(CHECK_CODE_DOMAIN + unsigned))
+    if len(next(reversed(payload)).encode()) >= len("check_code"):  # the longest key sorts last
+        # A key as long or longer (a credit note's "confirmation") may sort after check_code:
+        # encode the whole map in order rather than append check_code to the unsigned bytes.
+        payload["check_code"] = check_code
+        payload = codec.ordered_map(payload)
+        raw = cose.sign1(codec.encode_ordered(payload), key, str(fields["device_id"]).encode())
+        return raw, payload
     # "check_code" is the only 10-character key and none is longer, so in
     # deterministic order it always comes last: the signed payload is the
     # unsigned map with one more entry appended (tests compare with cbor2).
@@ -254,7 +262,7 @@ def check_shape(payload: object) -> None:
         raise DocumentError(f"unknown kind {shown(kind_text)}")
     kind = Kind(str(kind_text))
     expected = _EXPECTED_KEYS[kind]
-    if payload.keys() != expected:
+    if payload.keys() != expected and payload.keys() != _WITH_OPTIONAL.get(kind):
         raise DocumentError(
             f"payload keys differ: missing {sorted(expected - payload.keys())}, "
             f"unexpected {shown_keys(payload.keys() - expected)}"
@@ -310,6 +318,8 @@ def check_shape(payload: object) -> None:
             raise DocumentError("refers_to needs a 12-digit code and an 8-digit number")
         if type(payload["reason"]) is not str:
             raise DocumentError("reason must be text")
+        if "confirmation" in payload and not is_confirmation(payload["confirmation"]):
+            raise DocumentError("confirmation must be RC and 16 capital hex digits")
     elif kind in (Kind.X_REPORT, Kind.Z_REPORT):
         if type(payload["report"]) is not dict:
             raise DocumentError("report must be a map")

@@ -40,6 +40,9 @@ MAX_TOTAL = 1_000_000_000_000  # 10 billion yuan, in fen
 # use has no agreed glyph; unassigned code points may be assigned later as anything,
 # and refusing them keeps what a device accepts inside what a newer Unicode accepts.
 REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+# A buyer's red-letter confirmation id, as the chain issues it: a credit note against an
+# invoice its buyer has claimed must name one (the chain checks it; the device signs it in).
+CONFIRMATION = re.compile(r"RC[0-9A-F]{16}", re.ASCII)
 _QUANTITY = re.compile(r"(-?)(0|[1-9][0-9]{0,6})(?:\.([0-9]{1,3}))?")
 
 
@@ -267,13 +270,19 @@ class CreditRequest:
     number: str
     reason: str
     lines: list[Line] | None  # None: credit the original in full
+    confirmation: str | None = None  # the buyer's red-letter confirmation id, if given
+
+
+def is_confirmation(value: object) -> bool:
+    return isinstance(value, str) and CONFIRMATION.fullmatch(value) is not None
 
 
 def parse_credit_request(body: object, rates: frozenset[int]) -> CreditRequest:
-    """Validate a CREDIT request: {"refers_to": {"code", "number"}, "reason", "items"?}."""
+    """Validate a CREDIT request:
+    {"refers_to": {"code", "number"}, "reason", "items"?, "confirmation"?}."""
     if not isinstance(body, Mapping):
         raise DeviceError(Status.BAD_REQUEST, "credit request must be a map")
-    unknown = set(body) - {"refers_to", "reason", "items"}
+    unknown = set(body) - {"refers_to", "reason", "items", "confirmation"}
     if unknown:
         raise DeviceError(Status.INVALID_INVOICE, f"unknown fields {shown_keys(unknown)}")
     ref = body.get("refers_to")
@@ -288,7 +297,13 @@ def parse_credit_request(body: object, rates: frozenset[int]) -> CreditRequest:
     reason = check_text(body.get("reason"), "reason", MAX_REASON_CHARS)
     items = body.get("items")
     lines = None if items is None else parse_items(items, rates, credit=True)
-    return CreditRequest(code, number, reason, lines)
+    confirmation = body.get("confirmation")
+    if confirmation is not None and not is_confirmation(confirmation):
+        raise DeviceError(
+            Status.INVALID_INVOICE,
+            f"confirmation is RC and 16 hex digits (the buyer's), got {shown(confirmation)}",
+        )
+    return CreditRequest(code, number, reason, lines, confirmation)
 
 
 def is_invoice_code(value: object) -> bool:

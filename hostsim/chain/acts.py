@@ -1,15 +1,16 @@
 """Bureau acts and buyer claims, as chain transactions.
 
 Registering a device, allocating or recording a number segment, revoking a
-device and claiming an invoice each become a transaction in the next
-block; the call returns once that block is final. Each is idempotent where
-a retry is natural (the same certificate or segment again returns the
-original), and refused with its own code where it would contradict the
-chain (a second claim names the first).
+device, claiming an invoice and confirming a credit of a claimed one each
+become a transaction in the next block; the call returns once that block is
+final. Each is idempotent where a retry is natural (the same certificate or
+segment again returns the original), and refused with its own code where it
+would contradict the chain (a second claim names the first).
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from device.protocol import trust
@@ -18,7 +19,7 @@ from hostsim.chain import segreq
 from hostsim.chain.engine import Engine
 from hostsim.chain.enrolment import Enrolments
 from hostsim.chain.errors import ChainError, Code
-from hostsim.chain.rules import DeviceRecord
+from hostsim.chain.rules import Confirmation, DeviceRecord
 from hostsim.chain.tx import TxType, act_tx
 
 
@@ -216,3 +217,47 @@ class Acts:
         self.state.pending_claims[(code, number)] = buyer_id
         height, _ = await self.engine.wait_final(future, wait)
         return {"code": code, "number": number, "claimed_by": buyer_id, "height": height}
+
+    # --- red-letter confirmations ----------------------------------------------------------
+
+    async def confirm_credit(
+        self, code: str, number: str, buyer_id: str, amount: object, wait: float
+    ) -> dict[str, Any]:
+        """The claiming buyer consents to a credit of up to `amount` fen of its invoice
+        (红字信息确认单); the seller's credit note names the confirmation, once."""
+        row = self.engine.ledger.invoice(code, number)
+        if row is None:
+            raise ChainError(Code.NOT_FOUND, f"no invoice {code}/{number} on the chain")
+        claimed_by = row["claimed_by"] or self.state.claim_of(code, number)
+        if row["kind"] != Kind.INVOICE or claimed_by is None:
+            raise ChainError(
+                Code.NOT_CLAIMED,
+                f"{code}/{number} is not a claimed invoice; its seller credits it without"
+                " a confirmation",
+            )
+        if claimed_by != buyer_id:
+            raise ChainError(Code.NOT_THE_BUYER, f"{code}/{number} was claimed by another buyer")
+        if type(amount) is not int or amount <= 0:
+            raise ChainError(Code.BAD_REQUEST, "amount is the credit's size in fen, an integer > 0")
+        remaining = (
+            row["total"] - row["credited"] - self.state.pending_credits.get((code, number), 0)
+        )
+        if amount > remaining:
+            raise ChainError(
+                Code.CREDIT_EXCEEDS_ORIGINAL,
+                f"{amount} fen is more than the {remaining} fen remaining on {code}/{number}",
+            )
+        confirmation_id = "RC" + secrets.token_hex(8).upper()
+        fields = {
+            "id": confirmation_id,
+            "code": code,
+            "number": number,
+            "amount": amount,
+            "buyer_id": buyer_id,
+        }
+        future = self.engine.enqueue(act_tx(TxType.CONFIRM, fields))
+        self.state.pending_confirmations[confirmation_id] = Confirmation(
+            confirmation_id, code, number, amount, False
+        )
+        await self.engine.wait_final(future, wait)
+        return {"confirmation": confirmation_id, "code": code, "number": number, "amount": amount}

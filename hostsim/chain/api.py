@@ -233,6 +233,22 @@ async def claim_invoice(request: web.Request) -> web.Response:
     return wire.respond(request, out, status=201)
 
 
+async def confirm_credit(request: web.Request) -> web.Response:
+    chain = chain_of(request)
+    token = admin_token(request)
+    buyer = chain.ledger.buyer_by_key(buyer_key_hash(token)) if token else None
+    if buyer is None:
+        raise ChainError(
+            Code.UNAUTHORIZED, "a credit confirmation needs a buyer's API key (Bearer)"
+        )
+    code, number = queries.invoice_params(request)
+    body = await wire.read_body(request, wire.FLAT)
+    out = await chain.acts.confirm_credit(
+        code, number, buyer[0], body.get("amount"), wire.wait_param(request, DEFAULT_WAIT)
+    )
+    return wire.respond(request, out, status=201)
+
+
 def build_app(
     chain: Chain,
     middlewares: list[Any] | None = None,
@@ -251,6 +267,7 @@ def build_app(
     app.router.add_post("/v1/buyers", enrol_buyer)
     app.router.add_post("/admin/enrolments", issue_enrolment)
     app.router.add_post("/v1/invoices/{code}/{number}/claim", claim_invoice)
+    app.router.add_post("/v1/invoices/{code}/{number}/credit-confirmations", confirm_credit)
     queries.add_routes(app.router)
     page.add_routes(app.router)
     return app

@@ -1,5 +1,6 @@
 """Writing one finalized block into the ledger: the block, its transactions, and the
-indexes they move (device tips, invoices, credits, claims, history), in one SQL
+indexes they move (device tips, invoices, credits, claims, red-letter confirmations
+and their uses, history), in one SQL
 transaction opened by the caller. An invoice's "issued" event is its own row in
 `invoices`; `history` holds what happened to it later (credits, claims)."""
 
@@ -40,6 +41,8 @@ def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None
     invoices: list[tuple[Any, ...]] = []
     credits: list[tuple[int, str, str]] = []
     claims: list[tuple[str, int, str, str]] = []
+    confirmations: list[tuple[Any, ...]] = []
+    uses: list[tuple[bytes, int, str]] = []
     history: list[tuple[Any, ...]] = []
     for tx in txs:
         if tx.type == TxType.DOCUMENT:
@@ -84,6 +87,8 @@ def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None
                         by_number=doc.number,
                     )
                 )
+                if "confirmation" in p:
+                    uses.append((doc.hash, height, p["confirmation"]))
         elif tx.type == TxType.REGISTER:
             cert: trust.DeviceCert = tx.fields["_cert"]
             db.execute(
@@ -105,6 +110,23 @@ def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None
             history.append(
                 _event(f["code"], f["number"], height, at, "claimed", buyer_id=f["buyer_id"])
             )
+        elif tx.type == TxType.CONFIRM:
+            f = tx.fields
+            confirmations.append(
+                (f["id"], f["code"], f["number"], f["amount"], f["buyer_id"], height, None, None)
+            )
+            history.append(
+                _event(
+                    f["code"],
+                    f["number"],
+                    height,
+                    at,
+                    "credit_confirmed",
+                    confirmation=f["id"],
+                    amount=f["amount"],
+                    buyer_id=f["buyer_id"],
+                )
+            )
     db.executemany(
         "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", invoices
     )
@@ -112,6 +134,9 @@ def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None
     db.executemany(
         "UPDATE invoices SET claimed_by=?, claimed_height=? WHERE code=? AND number=?", claims
     )
+    # confirmations before their uses: a credit note may be in the block that confirms it
+    db.executemany("INSERT INTO confirmations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", confirmations)
+    db.executemany("UPDATE confirmations SET used_by=?, used_height=? WHERE id=?", uses)
     db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)", history)
     db.executemany(
         "UPDATE devices SET last_counter=?, last_hash=?, last_issued_at=? WHERE device_id=?",

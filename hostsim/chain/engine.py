@@ -278,6 +278,7 @@ class Engine:
                 self.state.number_holder,
                 self.state.original,
                 totals=totals_error,
+                confirmation=self.state.confirmation,
             )
         except ChainError as exc:
             if exc.code == Code.NUMBER_USED:

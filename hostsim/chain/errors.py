@@ -26,6 +26,8 @@ class Code(StrEnum):
     CREDIT_OTHER_SELLER = "credit_other_seller"
     CREDIT_NOT_AN_INVOICE = "credit_not_an_invoice"
     CREDIT_EXCEEDS_ORIGINAL = "credit_exceeds_original"
+    CREDIT_NEEDS_CONFIRMATION = "credit_needs_confirmation"  # the invoice is claimed
+    CONFIRMATION_INVALID = "confirmation_invalid"  # unknown, used, another invoice's, too small
     TRAINING_NOT_ALLOWED = "training_not_allowed"
     TRAINING_ONLY = "training_only"
     CLOCK_REGRESSION = "clock_regression"
@@ -55,6 +57,7 @@ class Code(StrEnum):
     NOT_THE_BUYER = "not_the_buyer"
     ALREADY_CLAIMED = "already_claimed"
     NOT_CLAIMABLE = "not_claimable"
+    NOT_CLAIMED = "not_claimed"  # a credit confirmation for an invoice nobody claimed
     # Requests
     BAD_REQUEST = "bad_request"
     BODY_TOO_LARGE = "body_too_large"
@@ -85,6 +88,7 @@ STATUS: dict[Code, int] = {
     Code.DEVICE_REVOKED: 403,
     Code.REQUEST_REPLAYED: 409,
     Code.SEGMENT_CAP: 409,
+    Code.NOT_CLAIMED: 409,
     Code.BODY_TOO_LARGE: 413,
     Code.BATCH_TOO_LARGE: 413,
     Code.UNSUPPORTED_MEDIA_TYPE: 415,

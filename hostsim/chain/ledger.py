@@ -5,8 +5,9 @@ row, its transactions, and every index they move), so a kill at any moment
 leaves either the whole block or none of it. Blocks and transaction bodies
 are the record `chain verify` re-checks; the other tables are derived
 indexes for validation and queries, plus the bureau's own registry of
-buyers and the fraud evidence (equivocations, held documents) that is not
-on the chain because it was never accepted.
+buyers, their red-letter confirmations, and the fraud evidence
+(equivocations, held documents) that is not on the chain because it was
+never accepted.
 """
 
 from __future__ import annotations
@@ -125,6 +126,16 @@ CREATE TABLE IF NOT EXISTS segment_nonces (
     at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS segment_nonces_at ON segment_nonces(at);
+CREATE TABLE IF NOT EXISTS confirmations (
+    id TEXT PRIMARY KEY,
+    code TEXT NOT NULL,
+    number TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    buyer_id TEXT NOT NULL,
+    height INTEGER NOT NULL,
+    used_by BLOB,
+    used_height INTEGER
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS buyers (
     buyer_id TEXT PRIMARY KEY,
     tax_id TEXT NOT NULL,
@@ -328,6 +339,14 @@ class Ledger:
             {"height": h, "at": at, "event": event, **json.loads(detail)}
             for h, at, event, detail in rows
         ]
+
+    def confirmation(self, confirmation_id: str) -> tuple[str, str, int, bool] | None:
+        """(code, number, amount, used) of a committed red-letter confirmation."""
+        row = self.db.execute(
+            "SELECT code, number, amount, used_by IS NOT NULL FROM confirmations WHERE id=?",
+            (confirmation_id,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1], int(row[2]), bool(row[3]))
 
     # --- held and evidence -----------------------------------------------------------------
 

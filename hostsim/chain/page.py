@@ -48,7 +48,12 @@ STATES = {
     "credited": "已全额红冲 / credited in full",
     "credit": "红字发票 / credit note",
 }
-EVENTS = {"issued": "开具 / issued", "credited": "红冲 / credited", "claimed": "报销 / claimed"}
+EVENTS = {
+    "issued": "开具 / issued",
+    "credited": "红冲 / credited",
+    "claimed": "报销 / claimed",
+    "credit_confirmed": "红字确认 / credit confirmed",
+}
 MISMATCH_LABELS = {
     "date": "开票日期 / issue date",
     "check_code": "校验码 / check code",

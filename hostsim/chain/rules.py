@@ -55,6 +55,23 @@ class Original:
     seller_tax_id: str
     total: int
     credited: int  # positive fen, committed and accepted-pending credits together
+    claimed: bool = False  # a buyer claimed it (committed or pending): crediting needs consent
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """A buyer's red-letter confirmation (红字信息确认单): consent to credit up to `amount`
+    of one claimed invoice, once."""
+
+    id: str
+    code: str
+    number: str
+    amount: int
+    used: bool  # named by a committed or accepted-pending credit note
+
+
+def _no_confirmation(confirmation_id: str) -> Confirmation | None:
+    return None
 
 
 def registered(doc: Document, device: DeviceRecord | None) -> DeviceRecord:
@@ -155,7 +172,11 @@ def check_totals(doc: Document, rates: frozenset[int]) -> None:
         raise ChainError(Code.TOTALS_MISMATCH, f"a {kind.value} cannot total {doc.total}")
 
 
-def credit(doc: Document, original: Original | None) -> None:
+def credit(
+    doc: Document,
+    original: Original | None,
+    confirmation: Callable[[str], Confirmation | None] = _no_confirmation,
+) -> None:
     if doc.kind != Kind.CREDIT:
         return
     ref = doc.payload["refers_to"]
@@ -172,6 +193,39 @@ def credit(doc: Document, original: Original | None) -> None:
             Code.CREDIT_EXCEEDS_ORIGINAL,
             f"credit of {-doc.total} fen exceeds the {remaining} fen remaining on {name}",
         )
+    confirmed(doc, original, name, confirmation)
+
+
+def confirmed(
+    doc: Document,
+    original: Original,
+    name: str,
+    confirmation: Callable[[str], Confirmation | None],
+) -> None:
+    """A claimed invoice is credited only with its buyer's confirmation, used once: else
+    the seller could reverse a sale whose deduction the buyer has already taken."""
+    rc = doc.payload.get("confirmation")
+    if rc is None:
+        if original.claimed:
+            raise ChainError(
+                Code.CREDIT_NEEDS_CONFIRMATION,
+                f"{name} was claimed by its buyer: a credit note needs the buyer's"
+                " confirmation (POST /v1/invoices/{code}/{number}/credit-confirmations)",
+            )
+        return
+    found = confirmation(str(rc))
+    ref = doc.payload["refers_to"]
+    if found is None:
+        problem = "was not issued by this chain"
+    elif (found.code, found.number) != (ref["code"], ref["number"]):
+        problem = f"is for {found.code}/{found.number}, not {name}"
+    elif found.used:
+        problem = "was already used by another credit note"
+    elif found.amount < -doc.total:
+        problem = f"covers {found.amount} fen, the credit is {-doc.total} fen"
+    else:
+        return
+    raise ChainError(Code.CONFIRMATION_INVALID, f"confirmation {rc} {problem}")
 
 
 def check_next(
@@ -181,6 +235,7 @@ def check_next(
     number_holder: Callable[[str, str], bytes | None],
     original: Callable[[str, str], Original | None],
     totals: ChainError | bool | None = True,
+    confirmation: Callable[[str], Confirmation | None] = _no_confirmation,
 ) -> None:
     """All content rules for the document that comes next for its device.
 
@@ -196,4 +251,4 @@ def check_next(
         raise totals
     if doc.kind == Kind.CREDIT:
         ref = doc.payload["refers_to"]
-        credit(doc, original(str(ref["code"]), str(ref["number"])))
+        credit(doc, original(str(ref["code"]), str(ref["number"])), confirmation)

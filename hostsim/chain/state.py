@@ -23,7 +23,7 @@ from device.protocol.document import (
 )
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.ledger import Ledger
-from hostsim.chain.rules import DeviceRecord, Original
+from hostsim.chain.rules import Confirmation, DeviceRecord, Original
 from hostsim.chain.tx import Tx, TxType
 
 Key = tuple[str, str]
@@ -73,6 +73,8 @@ class TipState:
         self.pending_invoices: dict[Key, Original] = {}
         self.pending_credits: dict[Key, int] = {}
         self.pending_claims: dict[Key, str] = {}
+        self.pending_confirmations: dict[str, Confirmation] = {}
+        self.pending_uses: dict[str, bytes] = {}  # confirmation id -> the credit note naming it
         self.held_limits = held_limits
         # Documents ahead of a gap: by device and counter, and by hash in arrival order
         # (so the oldest is first to expire); those not yet written to the ledger.
@@ -133,12 +135,30 @@ class TipState:
         key = (code, number)
         extra = self.pending_credits.get(key, 0)
         pending = self.pending_invoices.get(key)
+        claimed = key in self.pending_claims
         if pending is not None:
-            return Original(pending.kind, pending.seller_tax_id, pending.total, extra)
+            return Original(pending.kind, pending.seller_tax_id, pending.total, extra, claimed)
         row = self.ledger.invoice(code, number)
         if row is None:
             return None
-        return Original(row["kind"], row["seller_tax_id"], row["total"], row["credited"] + extra)
+        return Original(
+            row["kind"],
+            row["seller_tax_id"],
+            row["total"],
+            row["credited"] + extra,
+            claimed or row["claimed_by"] is not None,
+        )
+
+    def confirmation(self, confirmation_id: str) -> Confirmation | None:
+        used = confirmation_id in self.pending_uses
+        pending = self.pending_confirmations.get(confirmation_id)
+        if pending is not None:
+            return Confirmation(pending.id, pending.code, pending.number, pending.amount, used)
+        row = self.ledger.confirmation(confirmation_id)
+        if row is None:
+            return None
+        code, number, amount, committed_use = row
+        return Confirmation(confirmation_id, code, number, amount, used or committed_use)
 
     def claim_of(self, code: str, number: str) -> str | None:
         return self.pending_claims.get((code, number))
@@ -167,6 +187,8 @@ class TipState:
             ref = doc.payload["refers_to"]
             ref_key = (str(ref["code"]), str(ref["number"]))
             self.pending_credits[ref_key] = self.pending_credits.get(ref_key, 0) - doc.total
+            if "confirmation" in doc.payload:
+                self.pending_uses[str(doc.payload["confirmation"])] = doc.hash
 
     def committed(self, tx: Tx, height: int) -> None:
         """Drop a now-final transaction from the overlay (the ledger has it)."""
@@ -186,12 +208,15 @@ class TipState:
                     self.pending_credits[key] = left
                 else:
                     self.pending_credits.pop(key, None)
+                self.pending_uses.pop(str(doc.payload.get("confirmation")), None)
         elif tx.type == TxType.REGISTER:
             self.devices[str(tx.device_id)].registered_height = height
         elif tx.type == TxType.REVOKE:
             self.devices[str(tx.device_id)].revoked_height = height
         elif tx.type == TxType.CLAIM:
             self.pending_claims.pop((tx.fields["code"], tx.fields["number"]), None)
+        elif tx.type == TxType.CONFIRM:
+            self.pending_confirmations.pop(tx.fields["id"], None)
 
     # --- held documents --------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Chain transactions: a device's signed document, or a bureau act (register, segment,
-revoke) or a buyer's claim. Each is a byte string whose SHA-256 is its hash and its
-Merkle leaf; for a document that is the hash the device chained and the receipt names."""
+revoke) or a buyer's claim or credit confirmation. Each is a byte string whose SHA-256
+is its hash and its Merkle leaf; for a document that is the hash the device chained and
+the receipt names."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class TxType(StrEnum):
     SEGMENT = "segment"
     REVOKE = "revoke"
     CLAIM = "claim"
+    CONFIRM = "confirm"  # a buyer's red-letter confirmation of a credit of a claimed invoice
 
 
 @dataclass(slots=True, eq=False)

@@ -47,6 +47,7 @@ class TillSettings:
     request_timeout: float = 15.0
     mix: MixSettings = field(default_factory=MixSettings)
     record: Path | None = None  # JSONL of acknowledged documents
+    token: str | None = None  # syncd's api.token_file token, when it has one
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,16 @@ class Tills:
     def _session(self) -> tuple[aiohttp.ClientSession, str]:
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
         api = self.settings.api
+        # json= on every POST sends Content-Type: application/json, which syncd requires
+        token = self.settings.token
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         if api.startswith("unix:"):
             connector = aiohttp.UnixConnector(path=api.removeprefix("unix:"))
-            return aiohttp.ClientSession(connector=connector, timeout=timeout), "http://localhost"
+            session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+            return session, "http://localhost"
         limit = aiohttp.TCPConnector(limit=max(self.settings.concurrency, 1))
-        return aiohttp.ClientSession(connector=limit, timeout=timeout), api.rstrip("/")
+        session = aiohttp.ClientSession(connector=limit, timeout=timeout, headers=headers)
+        return session, api.rstrip("/")
 
     async def run(self) -> TillReport:
         settings = self.settings

@@ -73,10 +73,18 @@ class DeviceSim:
             self.fw.issue(invoice_body(**kwargs))
         return self._commit()
 
-    def credit(self, code: str, number: str, items: list[dict[str, Any]] | None = None) -> bytes:
+    def credit(
+        self,
+        code: str,
+        number: str,
+        items: list[dict[str, Any]] | None = None,
+        confirmation: str | None = None,
+    ) -> bytes:
         body: dict[str, Any] = {"refers_to": {"code": code, "number": number}, "reason": "returned"}
         if items is not None:
             body["items"] = items
+        if confirmation is not None:
+            body["confirmation"] = confirmation
         self.fw.credit(body)
         return self._commit()[0]
 

@@ -530,6 +530,27 @@ async def test_every_answer_is_documented(api: Api, device_factory: Any) -> None
     await call("POST", claim, 201, args=mine, headers=as_buyer, cbor=True)
     again = await call.error("POST", claim, 409, "already_claimed", args=mine, headers=as_buyer)
     assert isinstance(again["error"]["claimed_by"], str)
+    confirm = "/v1/invoices/{code}/{number}/credit-confirmations"
+    await call("POST", confirm, 201, args=mine, json={"amount": 1}, headers=as_buyer)
+    await call(
+        "POST", confirm, 201, args=mine, send_cbor={"amount": 1}, cbor=True, headers=as_buyer
+    )
+    await refusals(
+        "POST",
+        confirm,
+        [
+            (401, "unauthorized", {"args": mine, "json": {"amount": 1}}),
+            (400, "bad_request", {"args": mine, "json": {"amount": 0}, "headers": as_buyer}),
+            (
+                400,
+                "credit_exceeds_original",
+                {"args": mine, "json": {"amount": 10**12}, "headers": as_buyer},
+            ),
+            (404, "not_found", {"args": no_invoice, "json": {"amount": 1}, "headers": as_buyer}),
+            (409, "not_claimed", {"args": note_id, "json": {"amount": 1}, "headers": as_buyer}),
+            (415, "unsupported_media_type", {"args": mine, "data": b"x", "headers": as_buyer}),
+        ],
+    )
 
     # segments and revocation
     segments = "/v1/devices/{device_id}/segments"

@@ -275,9 +275,14 @@ def test_check_code_splice_equals_canonical_encoding(extra: dict[str, int]) -> N
     assert cose.decode_sign1(raw).payload == codec.encode(payload)
 
 
-def test_keys_that_would_sort_after_check_code_are_refused() -> None:
-    with pytest.raises(ValueError, match="shorter"):
-        sign_document(KeyPair.generate(), {"device_id": "TCAAAAAAAAAAAA", "\x80" * 5: 1})
+def test_keys_that_sort_after_check_code_are_still_deterministic() -> None:
+    """A credit note's "confirmation" (12 bytes) sorts after "check_code"; so may a
+    10-byte key. The signed payload is still the one deterministic encoding."""
+    for extra in ("confirmation", "\x80" * 5, "zzzzzzzzzz"):
+        raw, payload = sign_document(KeyPair.generate(), {"device_id": "TCAAAAAAAAAAAA", extra: 1})
+        signed = cose.decode_sign1(raw).payload
+        assert signed == codec.encode(payload) == cbor2.dumps(payload, canonical=True)
+        assert codec.decode_canonical(signed) == payload
 
 
 def test_document_crosses_processes_intact() -> None:
@@ -291,3 +296,25 @@ def test_document_crosses_processes_intact() -> None:
         assert back == doc
         assert back.envelope == doc.envelope and back.signature == doc.signature
         assert back.verify(key.public_key)
+
+
+def test_confirmation_is_a_credit_notes_optional_key_of_one_shape() -> None:
+    """The buyer's red-letter confirmation id: only on a credit note, only RC + 16 hex."""
+    from device.protocol.document import check_shape
+
+    key = KeyPair.generate()
+    fields = sample_fields(key)
+    invoice_payload = parse_document(sign_document(key, fields)[0]).payload
+    credit = dict(
+        invoice_payload,
+        kind="credit",
+        refers_to={"code": invoice_payload["code"], "number": invoice_payload["number"]},
+        reason="returned",
+    )
+    check_shape(credit)  # without one: as before
+    check_shape(dict(credit, confirmation="RC0123456789ABCDEF"))
+    for bad in ("RC0123456789abcdef", "RC0123", "RC0123456789ABCDEF0", 7, None):
+        with pytest.raises(DocumentError, match="confirmation"):
+            check_shape(dict(credit, confirmation=bad))
+    with pytest.raises(DocumentError, match="unexpected"):
+        check_shape(dict(invoice_payload, confirmation="RC0123456789ABCDEF"))

@@ -134,3 +134,16 @@ def test_recheck_catches_wrong_rounding_and_noncanonical_lines() -> None:
     assert invoice.recheck_lines(credit, DEFAULT_TAX_RATES, credit=True).total == -565
     with pytest.raises(DeviceError):
         invoice.recheck_lines(good, DEFAULT_TAX_RATES, credit=True)
+
+
+def test_credit_request_confirmation_is_optional_and_of_one_form() -> None:
+    base = {"refers_to": {"code": "0" * 12, "number": "0" * 8}, "reason": "returned"}
+    assert invoice.parse_credit_request(base, DEFAULT_TAX_RATES).confirmation is None
+    given = dict(base, confirmation="RC0123456789ABCDEF")
+    assert (
+        invoice.parse_credit_request(given, DEFAULT_TAX_RATES).confirmation == given["confirmation"]
+    )
+    for bad in ("rc0123456789abcdef", "RC0123456789ABCDE\u0664", "RC" + "F" * 17, 12, ""):
+        with pytest.raises(DeviceError) as caught:
+            invoice.parse_credit_request(dict(base, confirmation=bad), DEFAULT_TAX_RATES)
+        assert caught.value.status == Status.INVALID_INVOICE

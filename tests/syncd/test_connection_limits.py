@@ -204,7 +204,7 @@ def test_a_slow_request_body_is_answered_408_and_cut_off(shop: Shop) -> None:
     shop.start_syncd(*TIMEOUTS)
     with socket.create_connection(("127.0.0.1", api_port(shop)), timeout=10) as sock:
         sock.sendall(
-            b"POST /v1/invoices HTTP/1.1\r\nHost: till\r\nContent-Type: application/json\r\n"
+            b"POST /v1/invoices HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             b"Idempotency-Key: slow-1\r\nContent-Length: 5000\r\n\r\n{"
         )
         started = time.monotonic()
