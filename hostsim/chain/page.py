@@ -316,7 +316,7 @@ async def verify_page(request: web.Request) -> web.Response:
         if "retry_after" in exc.extra:
             response.headers["Retry-After"] = str(exc.extra["retry_after"])
         return response
-    answer = queries.verification(chain, query)
+    answer = queries.verification(request, query)
     history = (
         chain.ledger.history(query.code, query.number) if answer["result"] == "authentic" else []
     )

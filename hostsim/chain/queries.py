@@ -266,21 +266,32 @@ async def invoice(request: web.Request) -> web.Response:
     )
 
 
+# Answers that show the asker does not hold the receipt: each costs one of its questions.
+MISSES = frozenset({"mismatch", "not_found", "forged"})
+
+
 def limit_verify(request: web.Request) -> None:
-    """Spend one of the client's 查验 questions (429 rate_limited when none is left)."""
+    """Refuse a client that has no 查验 question left (429 rate_limited)."""
     buckets = request.app.get(VERIFY_BUCKETS)
     if buckets is not None:
-        buckets.take(request.remote or "")
+        buckets.admit(request.remote or "")
 
 
-def verification(chain: Chain, query: qr.VerificationQuery) -> dict[str, Any]:
-    return checking.verification(chain, query, chain.engine.clock.now())
+def verification(request: web.Request, query: qr.VerificationQuery) -> dict[str, Any]:
+    """The 查验 answer. Only a miss is counted against the client: brute force is all
+    misses, while a till or syncd checking the receipts it printed asks freely."""
+    chain = _chain(request)
+    answer = checking.verification(chain, query, chain.engine.clock.now())
+    buckets = request.app.get(VERIFY_BUCKETS)
+    if buckets is not None and answer.get("result") in MISSES:
+        buckets.spend(request.remote or "")
+    return answer
 
 
 async def verify_post(request: web.Request) -> web.Response:
     limit_verify(request)
     body = await wire.read_body(request, wire.FLAT)
-    return wire.respond(request, verification(_chain(request), checking.query_from(body)))
+    return wire.respond(request, verification(request, checking.query_from(body)))
 
 
 async def verify_get(request: web.Request) -> web.Response:
@@ -294,7 +305,7 @@ async def verify_get(request: web.Request) -> web.Response:
     }
     limit_verify(request)
     fields = {names.get(k, k): v for k, v in request.query.items()}
-    return wire.respond(request, verification(_chain(request), checking.query_from(fields)))
+    return wire.respond(request, verification(request, checking.query_from(fields)))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

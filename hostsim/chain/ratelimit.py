@@ -5,7 +5,9 @@ digits match: without a bound, a million guesses find the digits of any receipt
 whose code and number are known. Each client (its IP address) gets `burst`
 questions at once and `per_minute` more each minute; one over is refused with
 429 `rate_limited` and the seconds until the next question is allowed. Time is
-injected (the chain's clock), so tests move it instead of sleeping. At most
+injected (the chain's clock), so tests move it instead of sleeping. Only
+questions that prove nothing are spent (see queries.verification): a till or
+syncd checking receipts it printed never runs out, a guesser does. At most
 `max_clients` buckets are kept: a full bucket is the same as no bucket, so the
 fullest are forgotten first when there are too many.
 """
@@ -41,10 +43,9 @@ class Buckets:
         refill = max(0.0, now - at) * self.limit.per_minute / 60
         return min(float(self.limit.burst), tokens + refill)
 
-    def take(self, client: str) -> None:
-        """Spend one question of `client`'s, or raise 429 rate_limited with Retry-After."""
-        now = self.clock.now()
-        tokens = self._level(client, now)
+    def admit(self, client: str) -> None:
+        """Raise 429 rate_limited, with Retry-After, if `client` has no question left."""
+        tokens = self._level(client, self.clock.now())
         if tokens < 1:
             wait = math.ceil((1 - tokens) * 60 / self.limit.per_minute)
             raise ChainError(
@@ -52,9 +53,19 @@ class Buckets:
                 f"too many verification questions from this address; ask again in {wait} s",
                 retry_after=wait,
             )
-        self._tokens[client] = (tokens - 1, now)
+
+    def spend(self, client: str) -> None:
+        """Count one question against `client` (questions admitted together may overdraw
+        the bucket a little; it refills before the next is admitted)."""
+        now = self.clock.now()
+        self._tokens[client] = (self._level(client, now) - 1, now)
         if len(self._tokens) > self.limit.max_clients:
             self._forget(now)
+
+    def take(self, client: str) -> None:
+        """Admit and spend one question of `client`'s."""
+        self.admit(client)
+        self.spend(client)
 
     def _forget(self, now: float) -> None:
         levels = sorted(self._tokens, key=lambda c: self._level(c, now), reverse=True)

@@ -186,8 +186,30 @@ async def test_brute_forcing_the_check_code_is_stopped_by_the_rate_limit(
     question = {"code": doc.code, "number": doc.number, "date": date, "check_code": right}
     status, body = await slow.call("POST", "/v1/verify", json=question)
     assert (status, body["result"]) == (200, "authentic")
+    status, body = await slow.call("GET", "/v1/verify", params=params)  # a hit costs nothing
+    assert (status, body["result"]) == (200, "authentic")
+    guess = {**question, "check_code": wrong[0]}
+    status, body = await slow.call("POST", "/v1/verify", json=guess)  # a miss spends it
+    assert (status, body["result"]) == (200, "mismatch")
     status, body = await slow.call("GET", "/v1/verify", params=params)
     assert status == 429
+
+
+async def test_a_holder_of_the_receipt_is_never_limited(
+    api: Api, device: DeviceSim, limited: tuple[Api, ManualClock]
+) -> None:
+    """A till or syncd checking receipts it printed asks as often as it sells."""
+    slow, _ = limited
+    for doc in await committed(api, device, 3):
+        question = {
+            "code": doc.code,
+            "number": doc.number,
+            "date": doc.payload["issued_at"][:10],
+            "check_code": str(doc.check_code)[-6:],
+        }
+        for _ in range(10):  # twice the burst each
+            status, body = await slow.call("POST", "/v1/verify", json=question)
+            assert (status, body["result"]) == (200, "authentic"), body
 
 
 def test_buckets_are_per_client_and_bounded() -> None:
