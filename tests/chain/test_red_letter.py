@@ -66,7 +66,7 @@ async def _rejected(api: Api, device: DeviceSim, raw: bytes, code: str) -> None:
 
 
 async def _credited(api: Api, doc: Document) -> int:
-    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}")
+    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}", headers=api.audit)
     return int(inv["credited"])
 
 
@@ -96,7 +96,7 @@ async def test_credit_with_the_buyers_confirmation_commits_once(
     [result] = await api.submit([credit])
     assert result["status"] == "committed", result
     assert await _credited(api, doc) == doc.total
-    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}")
+    _, inv = await api.call("GET", f"/v1/invoices/{doc.code}/{doc.number}", headers=api.audit)
     assert [h["event"] for h in inv["history"]] == [
         "issued",
         "claimed",
@@ -124,7 +124,7 @@ async def test_used_wrong_and_other_confirmations_are_refused(api: Api, device: 
     again = resign(device, later, prev_hash=good.hash, confirmation=small["confirmation"])
     await _rejected(api, device, again, "confirmation_invalid")
     assert await _credited(api, a) == 1130 and await _credited(api, b) == 0
-    _, inv = await api.call("GET", f"/v1/invoices/{b.code}/{b.number}")
+    _, inv = await api.call("GET", f"/v1/invoices/{b.code}/{b.number}", headers=api.audit)
     assert [h["event"] for h in inv["history"]] == ["issued", "claimed", "credit_confirmed"]
 
 
