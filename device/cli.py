@@ -71,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--capacity", type=int, help="journal capacity, documents")
     run.add_argument("--tax-rates", help="comma-separated basis points, e.g. 1300,900,600,300,0")
     run.add_argument("--max-in-flight", type=int, default=64)
+    run.add_argument(
+        "--max-clock-step",
+        type=int,
+        help="seconds SET_TIME may move the clock forward at once (default 86400; recorded)",
+    )
     run.set_defaults(func=cmd_run)
 
     for name, helptext in (
@@ -169,6 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 limits=limits,
                 capacity=args.capacity,
                 tax_rates=rates,
+                max_clock_step=args.max_clock_step,
             )
             port = app.open_port(
                 args.port,

@@ -34,6 +34,8 @@ class ApiCode(StrEnum):
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    DEVICE_ROLLED_BACK = "DEVICE_ROLLED_BACK"
+    DEVICE_EQUIVOCATED = "DEVICE_EQUIVOCATED"
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,14 @@ DEVICE_REFUSALS: dict[Status, Refusal] = {
     Status.COVER_OPEN: Refusal(_LATER, "The printer cover is open: close it and try again.", 5),
     Status.CLOCK_BACKWARDS: Refusal(
         _STATE, "The printer's clock is wrong (behind its last invoice); call the administrator."
+    ),
+    Status.JOURNAL_ROLLED_BACK: Refusal(
+        _STATE,
+        "The printer's memory was rolled back (lost or restored from an older copy); it "
+        "refuses to issue. Nothing was issued. Call the administrator.",
+    ),
+    Status.CLOCK_STEP_REFUSED: Refusal(
+        _STATE, "The printer refused that clock setting; nothing was changed."
     ),
     Status.ALREADY_REGISTERED: Refusal(_STATE, "The printer is already registered."),
     Status.TRAINING_MODE: Refusal(_STATE, "Not possible on a training printer."),
@@ -151,6 +161,16 @@ API_REFUSALS: dict[ApiCode, Refusal] = {
         503, "The invoice service has too many open connections; try again in a moment.", 1
     ),
     ApiCode.INTERNAL_ERROR: Refusal(500, "The invoice service hit an error; try again."),
+    ApiCode.DEVICE_ROLLED_BACK: Refusal(
+        409,
+        "The printer reports fewer documents than it had issued before (its memory was "
+        "rolled back); nothing was issued. Call the administrator.",
+    ),
+    ApiCode.DEVICE_EQUIVOCATED: Refusal(
+        409,
+        "The chain reports that this printer signed two different documents with one "
+        "number; nothing was issued. Call the administrator.",
+    ),
 }
 
 
