@@ -65,8 +65,11 @@ class Bureau:
 
     # --- devices ---------------------------------------------------------------------------
 
-    def certify(self, csr_raw: bytes, serial: int, now: float) -> bytes:
-        """A certificate for a CSR: proof of possession, a valid taxpayer id, our mode."""
+    def certify(
+        self, csr_raw: bytes, serial: int, now: float, chain_id: str | None = None
+    ) -> bytes:
+        """A certificate for a CSR: proof of possession, a valid taxpayer id, our mode; it
+        names the chain it is issued for, the one chain the device will accept."""
         try:
             csr = trust.open_csr(csr_raw)
         except DeviceError as exc:
@@ -84,7 +87,7 @@ class Bureau:
                 if csr["training"]
                 else "this is a training chain; it certifies training devices only",
             )
-        return trust.issue_certificate(self.key, csr, serial, now, CERT_YEARS)
+        return trust.issue_certificate(self.key, csr, serial, now, CERT_YEARS, chain_id)
 
     def open_certificate(self, raw: bytes) -> trust.DeviceCert:
         try:
@@ -146,4 +149,5 @@ def public_view(cert: trust.DeviceCert) -> dict[str, Any]:
         "serial": cert.serial,
         "issued_at": cert.issued_at,
         "not_after": cert.not_after,
+        "chain_id": cert.chain_id,
     }

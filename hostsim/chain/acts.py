@@ -35,13 +35,20 @@ class Acts:
             raise ChainError(Code.BAD_REQUEST, "give either a csr or a certificate")
         if csr is not None:
             serial = len(self.state.devices) + 1
-            certificate = self.bureau.certify(csr, serial, self.engine.clock.now())
+            certificate = self.bureau.certify(
+                csr, serial, self.engine.clock.now(), self.engine.chain_id
+            )
             device_id = trust.open_csr(csr)["device_id"]
             known = self.state.devices.get(device_id)
             if known is not None:  # a repeated CSR gets the certificate already issued
                 certificate = known.certificate.raw
         assert certificate is not None
         cert = self.bureau.open_certificate(certificate)
+        if cert.chain_id is not None and cert.chain_id != self.engine.chain_id:
+            raise ChainError(
+                Code.BAD_CERTIFICATE,
+                f"the certificate is for chain {cert.chain_id}, not {self.engine.chain_id}",
+            )
         device = self.state.devices.get(cert.device_id)
         if device is not None and device.certificate.raw != cert.raw:
             raise ChainError(

@@ -17,7 +17,7 @@ from aiohttp import web
 from device.protocol import taxid
 from device.protocol.document import format_utc
 from hostsim.bureau import buyer_key_hash
-from hostsim.chain import page, queries, wire
+from hostsim.chain import page, queries, rotation, wire
 from hostsim.chain.blocks import Block
 from hostsim.chain.engine import Result
 from hostsim.chain.errors import ChainError, Code
@@ -219,6 +219,22 @@ async def claim_invoice(request: web.Request) -> web.Response:
     return wire.respond(request, out, status=201)
 
 
+async def rotate_consortium(request: web.Request) -> web.Response:
+    """The bureau issues the next consortium epoch, endorsed by the current nodes."""
+    require_admin(request)
+    chain = chain_of(request)
+    rotated = rotation.rotate(chain)
+    return wire.respond(
+        request,
+        {
+            "chain_id": rotated.chain_id,
+            "epoch": rotated.epoch,
+            "endorsed_by": len(chain.endorsements),
+        },
+        status=201,
+    )
+
+
 def build_app(chain: Chain, middlewares: list[Any] | None = None) -> web.Application:
     app = web.Application(client_max_size=wire.MAX_BODY, middlewares=[*(middlewares or []), errors])
     app[CHAIN] = chain
@@ -228,6 +244,7 @@ def build_app(chain: Chain, middlewares: list[Any] | None = None) -> web.Applica
     app.router.add_post("/v1/devices/{device_id}/revoke", revoke_device)
     app.router.add_post("/v1/buyers", enrol_buyer)
     app.router.add_post("/v1/invoices/{code}/{number}/claim", claim_invoice)
+    app.router.add_post("/v1/consortium/rotate", rotate_consortium)
     queries.add_routes(app.router)
     page.add_routes(app.router)
     return app
