@@ -151,6 +151,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from device.transport import PortError
 
     _setup_logging()
+    if args.max_clock_step is not None and args.max_clock_step < 1:
+        print("taxctl device run: --max-clock-step is at least 1 second", file=sys.stderr)
+        return EXIT_USAGE
     limits = None
     if args.offline_seconds is not None or args.offline_amount is not None:
         base = Limits()

@@ -7,6 +7,7 @@ the printer: every document it signed after was rejected by the chain.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from device.protocol.document import format_utc, parse_utc
 from device.protocol.status import DeviceError, Status
 from device.settings import DEFAULT_MAX_CLOCK_STEP
 from tests.device.conftest import INVOICE, Harness, wide_limits
-from tests.helpers import SigningConsortium
+from tests.helpers import SigningConsortium, run_taxctl
 
 DAY = 86_400
 
@@ -87,3 +88,9 @@ async def test_ack_sync_never_moves_the_clock_back_or_past_not_after(start: Any)
     beyond.nodes = behind.nodes
     done = await h.client.ack_sync(beyond.receipts(docs, device_id))
     assert done["time"] == format_utc(not_after(h))
+
+
+def test_the_cli_refuses_a_bound_below_one_second(tmp_path: Path) -> None:
+    result = run_taxctl("device", "run", "--state", str(tmp_path / "s"), "--max-clock-step", "0")
+    assert result.returncode == 2 and "--max-clock-step" in result.stderr
+    assert not (tmp_path / "s").exists()  # nothing personalised
