@@ -155,7 +155,9 @@ class CursorStore:
             "devices": {k: v.to_json() for k, v in sorted(self.devices.items())},
         }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
+        tmp.unlink(missing_ok=True)  # a leftover of a crash may have other permissions
+        # Owner only: it holds the marks that stop a rolled-back printer (rollback.py).
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())

@@ -9,7 +9,10 @@ only logged it, and the POS kept getting 201s.
 from __future__ import annotations
 
 import shutil
+import stat
+from pathlib import Path
 
+from syncd.cursor import CursorStore
 from tests.helpers import export_documents
 from tests.shop import Shop, http, kill9, wait_for
 
@@ -127,3 +130,13 @@ def test_the_chain_catches_what_a_syncd_without_memory_let_through(shop: Shop) -
     )
     assert refused(shop)["error"] == "DEVICE_EQUIVOCATED"
     assert len(export_documents(shop.root / "printer")) == 3
+
+
+def test_the_marks_survive_a_restart_owner_only(tmp_path: Path) -> None:
+    cursors = CursorStore(tmp_path)
+    cursors.device("TC1").high_counter = 20
+    cursors.device("TC1").high_synced = 7
+    cursors.save()
+    assert stat.S_IMODE((tmp_path / "cursor.json").stat().st_mode) == 0o600
+    again = CursorStore(tmp_path).device("TC1")
+    assert (again.high_counter, again.high_synced) == (20, 7)
