@@ -39,6 +39,7 @@ def open_device(
     tax_rates: frozenset[int] | None = None,
     clock: Clock | None = None,
     max_page_count: int | None = None,
+    max_clock_step: int | None = None,
 ) -> Firmware:
     """Open a device's state, personalising it on first start. The state stays
     locked to this process until `Firmware.close()` (or the process ends).
@@ -55,6 +56,7 @@ def open_device(
             tax_rates=tax_rates,
             clock=clock or SystemClock(),
             max_page_count=max_page_count,
+            max_clock_step=max_clock_step,
         )
     except OSError as exc:
         why = exc.strerror or str(exc)
@@ -77,6 +79,7 @@ def _open_device(
     tax_rates: frozenset[int] | None,
     clock: Clock,
     max_page_count: int | None,
+    max_clock_step: int | None = None,
 ) -> Firmware:
     state.mkdir(parents=True, exist_ok=True)
     # Keep others out of the keys, but never grant the owner a right the directory's
@@ -105,6 +108,7 @@ def _open_device(
                 limits=limits or Limits(),
                 capacity=capacity or settings_mod.DEFAULT_CAPACITY,
                 tax_rates=tax_rates or settings_mod.DEFAULT_TAX_RATES,
+                max_clock_step=max_clock_step or settings_mod.DEFAULT_MAX_CLOCK_STEP,
             )
             settings_mod.save(state, current)
             log.info(
@@ -125,6 +129,7 @@ def _open_device(
                 limits=limits,
                 capacity=capacity,
                 tax_rates=tax_rates,
+                max_clock_step=max_clock_step,
             )
             if current != existing:
                 settings_mod.save(state, current)

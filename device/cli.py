@@ -71,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--capacity", type=int, help="journal capacity, documents")
     run.add_argument("--tax-rates", help="comma-separated basis points, e.g. 1300,900,600,300,0")
     run.add_argument("--max-in-flight", type=int, default=64)
+    run.add_argument(
+        "--max-clock-step",
+        type=int,
+        help="seconds SET_TIME may move the clock forward at once (default 86400; recorded)",
+    )
     run.set_defaults(func=cmd_run)
 
     for name, helptext in (
@@ -146,6 +151,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from device.transport import PortError
 
     _setup_logging()
+    if args.max_clock_step is not None and args.max_clock_step < 1:
+        print("taxctl device run: --max-clock-step is at least 1 second", file=sys.stderr)
+        return EXIT_USAGE
     limits = None
     if args.offline_seconds is not None or args.offline_amount is not None:
         base = Limits()
@@ -169,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 limits=limits,
                 capacity=args.capacity,
                 tax_rates=rates,
+                max_clock_step=args.max_clock_step,
             )
             port = app.open_port(
                 args.port,

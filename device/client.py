@@ -344,11 +344,16 @@ class DeviceClient:
         return await self.request(Command.FETCH, body)
 
     async def ack_sync(
-        self, receipts: list[dict[str, Any]], consortium: bytes | None = None
+        self,
+        receipts: list[dict[str, Any]],
+        consortium: bytes | None = None,
+        endorsements: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"receipts": receipts}
         if consortium is not None:
             body["consortium"] = consortium
+        if endorsements is not None:
+            body["endorsements"] = endorsements
         return await self.request(Command.ACK_SYNC, body)
 
     async def csr(self, taxpayer: dict[str, str]) -> dict[str, Any]:

@@ -9,14 +9,16 @@ or a failed write changes nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from device.anchor import Anchor, AnchorDamaged, Mark
 from device.counters import RunCounts
 from device.journal import Batch, DocumentRow, Journal
 from device.limits import Backlog, amount_exceeded, check_issue, is_offline, time_exceeded
-from device.protocol import codec, cose, invoice, qr
+from device.protocol import codec, cose, invoice, qr, trust
 from device.protocol.clock import Clock
 from device.protocol.document import (
     ZERO_HASH,
@@ -32,6 +34,9 @@ from device.registry import Registry
 from device.reports import Period
 from device.settings import Settings
 from device.statelock import StateLock
+from device.sync import Ack
+
+log = logging.getLogger("taxctl.device")
 
 
 @dataclass(slots=True)
@@ -102,6 +107,8 @@ class Firmware:
         self.synced_through: int = journal.meta("synced_through", 0)
         self.last_sync_at: int | None = journal.meta("last_sync_at")
         self.time_offset: int = journal.meta("time_offset", 0)
+        # The newest quorum-signed block time seen in a verified receipt (trusted time).
+        self.chain_time: int = journal.meta("chain_time", 0)
         count, amount = journal.range_totals(self.synced_through)
         self.backlog = Backlog(count, amount, journal.issued_at(self.synced_through + 1))
         self.period = Period.from_record(journal.meta("period"))
@@ -112,13 +119,49 @@ class Firmware:
         self.state_lock: StateLock | None = None  # set by app.open_device
         self._pending: list[DocumentRow] = []
         self._pending_payloads: dict[tuple[str, str], dict[str, Any]] = {}
+        self.anchor = Anchor(state, key)
+        self.rolled_back: str | None = self._check_anchor()  # why signing is refused, or None
 
     def close(self) -> None:
         """Close the journal and let another process open this state."""
+        self.anchor.close()
         self.journal.close()
         if self.state_lock is not None:
             self.state_lock.release()
             self.state_lock = None
+
+    # --- the anchor ----------------------------------------------------------------------
+
+    def _check_anchor(self) -> str | None:
+        """Why the journal is behind the anchor, or None. A missing anchor is made from the
+        journal (a new device, or one from before anchors)."""
+        try:
+            mark = self.anchor.read()
+        except AnchorDamaged as exc:
+            return str(exc)
+        if mark is None:
+            self.anchor.create(Mark(self.head.counter, self.head.last_hash))
+            return None
+        if self.head.counter < mark.counter:
+            return (
+                f"the journal ends at counter {self.head.counter}, "
+                f"the anchor says {mark.counter} were issued"
+            )
+        if mark.counter and self.journal.hash_of(mark.counter) != mark.last_hash:
+            return f"document {mark.counter} in the journal differs from the anchor's"
+        return None
+
+    def commit_documents(self, batch: Batch) -> None:
+        """In the journal thread: commit a group, then move the anchor to its last document
+        before anything is answered. A failed anchor write is logged, not fatal: the group
+        is durable in the journal and the next group writes the anchor again."""
+        self.journal.commit(batch)
+        if batch.documents:
+            last = batch.documents[-1]
+            try:
+                self.anchor.advance(Mark(last.counter, last.hash))
+            except OSError as exc:
+                log.error("cannot write the anchor after counter %d: %s", last.counter, exc)
 
     # --- clock -------------------------------------------------------------------------
 
@@ -172,6 +215,8 @@ class Firmware:
     def _common_checks(self, now: int) -> None:
         if self.registry.cert is None:
             raise DeviceError(Status.UNREGISTERED)
+        if self.rolled_back is not None:
+            raise DeviceError(Status.JOURNAL_ROLLED_BACK, self.rolled_back)
         if self.paper_out:
             raise DeviceError(Status.PAPER_OUT)
         if self.cover_open:
@@ -372,6 +417,8 @@ class Firmware:
         reasons = []
         if self.registry.cert is None:
             reasons.append(Status.UNREGISTERED.name)
+        if self.rolled_back is not None:
+            reasons.append(Status.JOURNAL_ROLLED_BACK.name)
         if self.paper_out:
             reasons.append(Status.PAPER_OUT.name)
         if self.cover_open:
@@ -390,9 +437,50 @@ class Firmware:
 
     # --- synchronisation and registration -----------------------------------------------
 
-    def apply_ack(self, synced_through: int, consortium: bytes | None, now: int) -> None:
+    def ack_meta(self, ack: Ack, now: int) -> dict[str, Any]:
+        """The journal meta an ACK_SYNC changes (empty: nothing to write)."""
+        meta: dict[str, Any] = {}
+        if ack.synced_through > self.synced_through:
+            meta.update(synced_through=ack.synced_through, last_sync_at=now)
+        if ack.consortium is not None:
+            meta["consortium"] = ack.consortium
+            if self.registry.chain_id is None:  # the first consortium pins the chain
+                meta["chain_id"] = trust.open_consortium(
+                    ack.consortium, self.settings.bureau_key
+                ).chain_id
+        if ack.chain_time is not None and ack.chain_time > self.chain_time:
+            meta["chain_time"] = ack.chain_time
+            offset = self.offset_for_chain_time(ack.chain_time)
+            if offset is not None:
+                meta["time_offset"] = offset
+        return meta
+
+    def offset_for_chain_time(self, chain_time: int) -> int | None:
+        """The clock offset that brings device time up to a trusted block time: never
+        backwards, never past the certificate's not_after; None if it does not move."""
+        target = chain_time
+        not_after = self.not_after()
+        if not_after is not None:
+            target = min(target, not_after)
+        if target <= self.now():
+            return None
+        return target - int(self.clock.now())
+
+    def not_after(self) -> int | None:
+        cert = self.registry.cert
+        return parse_utc(cert.not_after) if cert is not None else None
+
+    def apply_ack(self, ack: Ack, meta: dict[str, Any], now: int) -> None:
+        """After the commit of `meta`: the same changes in memory."""
+        synced_through, consortium = ack.synced_through, ack.consortium
         if consortium is not None:
-            self.registry.consortium = self.registry.check_consortium(consortium)
+            self.registry.consortium = trust.open_consortium(consortium, self.settings.bureau_key)
+            if "chain_id" in meta:
+                self.registry.first_chain_id = meta["chain_id"]
+        if "chain_time" in meta:
+            self.chain_time = meta["chain_time"]
+        if "time_offset" in meta:
+            self.time_offset = meta["time_offset"]
         if synced_through > self.synced_through:
             count, amount = self.journal.range_totals(self.synced_through, synced_through)
             oldest = self.journal.issued_at(synced_through + 1)
@@ -413,5 +501,19 @@ class Firmware:
         if wanted < now or wanted < self.head.last_time:
             raise DeviceError(
                 Status.CLOCK_BACKWARDS, f"{body['time']} is before device time {format_utc(now)}"
+            )
+        not_after = self.not_after()
+        if not_after is not None and wanted > not_after:
+            raise DeviceError(
+                Status.CLOCK_STEP_REFUSED,
+                f"{body['time']} is past the certificate's not_after {format_utc(not_after)}",
+            )
+        base = max(now, self.chain_time)
+        step = self.settings.max_clock_step
+        if wanted - base > step:
+            raise DeviceError(
+                Status.CLOCK_STEP_REFUSED,
+                f"{body['time']} is more than {step} s ahead of {format_utc(base)}; "
+                "a larger step comes only with a chain receipt (ACK_SYNC)",
             )
         return wanted - int(self.clock.now())

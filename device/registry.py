@@ -13,6 +13,7 @@ from device.journal import Journal, SegmentRow
 from device.protocol import invoice, taxid, trust
 from device.protocol.keys import KeyPair
 from device.protocol.status import DeviceError, Status
+from device.protocol.untrusted import shown
 from device.settings import Settings
 
 TRAINING_TAXPAYER = {"tax_id": taxid.make("914403000000TRN01"), "name": "Training Taxpayer"}
@@ -48,6 +49,18 @@ class Registry:
         )
         self.segments: list[SegmentRow] = journal.segments()
         self.next_number: dict[int, int] = {s.id: s.next for s in self.segments}
+        # The chain this device is bound to when its certificate names none (training, or a
+        # certificate from before chain ids): the first consortium it accepted.
+        self.first_chain_id: str | None = journal.meta("chain_id")
+
+    @property
+    def chain_id(self) -> str | None:
+        """The one chain whose consortia and receipts this device accepts (None: not yet)."""
+        if self.cert is not None and self.cert.chain_id is not None:
+            return self.cert.chain_id
+        if self.first_chain_id is not None:
+            return self.first_chain_id
+        return self.consortium.chain_id if self.consortium is not None else None
 
     # --- numbers -------------------------------------------------------------------------
 
@@ -111,15 +124,38 @@ class Registry:
         self.segments.append(row)
         self.next_number[row.id] = row.next
 
-    def check_consortium(self, raw: bytes) -> trust.Consortium:
+    def check_consortium(self, raw: bytes, endorsements: object = None) -> trust.Consortium:
+        """A consortium this device may hold: bureau-signed, of its chain, and either the one
+        held, or the next epoch endorsed by the held one's quorum (the lineage)."""
         consortium = trust.open_consortium(raw, self.settings.bureau_key)
         if consortium.training != self.settings.training:
             raise DeviceError(Status.CONSORTIUM_INVALID, "consortium training flag does not match")
-        if self.consortium is not None and consortium.epoch < self.consortium.epoch:
+        pinned = self.chain_id
+        if pinned is not None and consortium.chain_id != pinned:
             raise DeviceError(
                 Status.CONSORTIUM_INVALID,
-                f"epoch {consortium.epoch} is older than the held {self.consortium.epoch}",
+                f"the device is pinned to chain {shown(pinned)}; "
+                f"this consortium is for chain {shown(consortium.chain_id)}",
             )
+        held = self.consortium
+        if held is None or raw == held.raw:
+            return consortium
+        if consortium.epoch < held.epoch:
+            raise DeviceError(
+                Status.CONSORTIUM_INVALID,
+                f"epoch {consortium.epoch} is older than the held {held.epoch}",
+            )
+        if consortium.epoch == held.epoch:
+            raise DeviceError(
+                Status.CONSORTIUM_INVALID,
+                f"a different consortium for the held epoch {held.epoch}",
+            )
+        if consortium.epoch != held.epoch + 1:
+            raise DeviceError(
+                Status.CONSORTIUM_INVALID,
+                f"epoch {consortium.epoch} skips from the held {held.epoch}: rotate one at a time",
+            )
+        trust.check_rotation(raw, endorsements, held)
         return consortium
 
     # --- training self-provisioning ------------------------------------------------------

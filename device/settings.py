@@ -20,6 +20,7 @@ from device.protocol.invoice import DEFAULT_TAX_RATES
 
 SETTINGS_FILE = "device.json"
 DEFAULT_CAPACITY = 10_000_000
+DEFAULT_MAX_CLOCK_STEP = 86_400  # seconds SET_TIME may move the clock forward at once
 FIRMWARE = "taxctl-emu 0.1.0"
 
 
@@ -35,6 +36,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     capacity: int = DEFAULT_CAPACITY
     tax_rates: frozenset[int] = DEFAULT_TAX_RATES
+    max_clock_step: int = DEFAULT_MAX_CLOCK_STEP
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class Settings:
             "online_grace": self.limits.online_grace,
             "capacity": self.capacity,
             "tax_rates": sorted(self.tax_rates),
+            "max_clock_step": self.max_clock_step,
         }
 
     @classmethod
@@ -62,6 +65,7 @@ class Settings:
                 ),
                 capacity=int(data.get("capacity", DEFAULT_CAPACITY)),
                 tax_rates=frozenset(int(r) for r in data.get("tax_rates", DEFAULT_TAX_RATES)),
+                max_clock_step=int(data.get("max_clock_step", DEFAULT_MAX_CLOCK_STEP)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SettingsError(f"{SETTINGS_FILE} is damaged: {exc}") from None
@@ -95,6 +99,7 @@ def reconcile(
     limits: Limits | None,
     capacity: int | None,
     tax_rates: frozenset[int] | None,
+    max_clock_step: int | None = None,
 ) -> Settings:
     """Apply restart-time flags to stored settings; refuse identity changes."""
     if training is not None and training != existing.training:
@@ -114,4 +119,6 @@ def reconcile(
         updated = replace(updated, capacity=capacity)
     if tax_rates is not None:
         updated = replace(updated, tax_rates=tax_rates)
+    if max_clock_step is not None:
+        updated = replace(updated, max_clock_step=max_clock_step)
     return updated

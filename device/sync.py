@@ -9,21 +9,34 @@ top of its predecessor). Any bad receipt refuses the whole request.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from device.protocol import trust
+from device.protocol.document import parse_utc
 from device.protocol.status import DeviceError, Status
+from device.protocol.untrusted import shown
 
 if TYPE_CHECKING:
     from device.firmware import Firmware
 
 MAX_RECEIPTS = 1000
+FIELDS = {"consortium", "endorsements", "receipts"}
 
 
-def verify_ack(fw: Firmware, body: Any) -> tuple[int, bytes | None]:
-    """(new synced_through, consortium bytes to store or None); raises on any bad receipt."""
-    if not isinstance(body, dict) or set(body) - {"consortium", "receipts"}:
-        raise DeviceError(Status.BAD_REQUEST, 'ACK_SYNC takes {"consortium"?, "receipts"}')
+@dataclass(frozen=True, slots=True)
+class Ack:
+    synced_through: int
+    consortium: bytes | None  # a consortium to store, or None
+    chain_time: int | None  # the newest quorum-signed block time among the receipts
+
+
+def verify_ack(fw: Firmware, body: Any) -> Ack:
+    """What a valid ACK_SYNC changes; raises on any bad receipt or consortium."""
+    if not isinstance(body, dict) or set(body) - FIELDS:
+        raise DeviceError(
+            Status.BAD_REQUEST, 'ACK_SYNC takes {"consortium"?, "endorsements"?, "receipts"}'
+        )
     receipts = body.get("receipts")
     if not isinstance(receipts, list) or not 1 <= len(receipts) <= MAX_RECEIPTS:
         raise DeviceError(Status.BAD_REQUEST, f"receipts must be a list of 1 to {MAX_RECEIPTS}")
@@ -33,7 +46,7 @@ def verify_ack(fw: Firmware, body: Any) -> tuple[int, bytes | None]:
     if raw is not None:
         if not isinstance(raw, bytes):
             raise DeviceError(Status.BAD_REQUEST, "consortium must be bytes")
-        offered = fw.registry.check_consortium(raw)
+        offered = fw.registry.check_consortium(raw, body.get("endorsements"))
         if consortium is None or offered.raw != consortium.raw:
             new_raw = raw
         consortium = offered
@@ -43,7 +56,9 @@ def verify_ack(fw: Firmware, body: Any) -> tuple[int, bytes | None]:
         )
     headers: dict[bytes, int] = {}
     best = fw.synced_through
+    newest: int | None = None
     for index, receipt in enumerate(receipts):
+        _check_chain(receipt, consortium.chain_id, index)
         try:
             verified = trust.verify_receipt(receipt, consortium, headers)
         except DeviceError as exc:
@@ -60,4 +75,26 @@ def verify_ack(fw: Firmware, body: Any) -> tuple[int, bytes | None]:
                 f"receipts[{index}]: hash differs from document {verified.counter}",
             )
         best = max(best, verified.counter)
-    return best, new_raw
+        block_time = _block_time(verified.time)
+        if block_time is not None and (newest is None or block_time > newest):
+            newest = block_time
+    return Ack(best, new_raw, newest)
+
+
+def _check_chain(receipt: object, pinned: str, index: int) -> None:
+    """A receipt from another chain is refused as that chain's consortium would be."""
+    header = receipt.get("header") if isinstance(receipt, dict) else None
+    chain_id = header.get("chain_id") if isinstance(header, dict) else None
+    if isinstance(chain_id, str) and chain_id != pinned:
+        raise DeviceError(
+            Status.CONSORTIUM_INVALID,
+            f"receipts[{index}] is from chain {shown(chain_id)}; "
+            f"the device is pinned to chain {shown(pinned)}",
+        )
+
+
+def _block_time(text: str) -> int | None:
+    try:
+        return parse_utc(text)
+    except (ValueError, TypeError):
+        return None  # a header time that is not UTC text moves no clock

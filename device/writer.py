@@ -156,7 +156,9 @@ class Writer:
             return
         flight = _Flight(snapshot, results, batch, asyncio.get_running_loop().create_future())
         self._in_flight = flight
-        self._journal.submit(partial(self._committed, flight), self.fw.journal.commit, batch)
+        # The anchor is written in the same job, after the commit: nothing is answered
+        # before both are durable.
+        self._journal.submit(partial(self._committed, flight), self.fw.commit_documents, batch)
 
     async def _sign_group(self, group: list[WriteRequest]) -> list[Result]:
         results: list[Result] = []
@@ -234,21 +236,18 @@ class Writer:
         fw = self.fw
         body = item.body
         if item.command == Command.ACK_SYNC:
-            synced, consortium = sync.verify_ack(fw, body)
+            ack = sync.verify_ack(fw, body)
             now = fw.now()
-            if synced > fw.synced_through or consortium is not None:
-                meta: dict[str, Any] = {}
-                if synced > fw.synced_through:
-                    meta.update(synced_through=synced, last_sync_at=now)
-                if consortium is not None:
-                    meta["consortium"] = consortium
+            meta = fw.ack_meta(ack, now)
+            if meta:
                 await self._commit(Batch(meta=meta))
-                fw.apply_ack(synced, consortium, now)
+                fw.apply_ack(ack, meta, now)
                 log.info("%s synced through %d", fw.settings.device_id, fw.synced_through)
             return {
                 "synced_through": fw.synced_through,
                 "accepted": len(body["receipts"]),
                 "last_sync_at": format_utc(fw.last_sync_at) if fw.last_sync_at else None,
+                "time": format_utc(fw.now()),
             }
         if item.command == Command.LOAD_CERT:
             raw = _bytes_field(body, "certificate")

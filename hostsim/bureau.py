@@ -87,9 +87,12 @@ class Bureau:
             )
         return csr
 
-    def certify(self, csr: Mapping[str, Any], serial: int, now: float) -> bytes:
-        """A certificate for a CSR payload that `check_csr` passed."""
-        return trust.issue_certificate(self.key, csr, serial, now, CERT_YEARS)
+    def certify(
+        self, csr: Mapping[str, Any], serial: int, now: float, chain_id: str | None = None
+    ) -> bytes:
+        """A certificate for a CSR payload that `check_csr` passed; it names the chain it
+        is issued for, the one chain the device will accept."""
+        return trust.issue_certificate(self.key, csr, serial, now, CERT_YEARS, chain_id)
 
     def open_certificate(self, raw: bytes) -> trust.DeviceCert:
         try:
@@ -151,4 +154,5 @@ def public_view(cert: trust.DeviceCert) -> dict[str, Any]:
         "serial": cert.serial,
         "issued_at": cert.issued_at,
         "not_after": cert.not_after,
+        "chain_id": cert.chain_id,
     }

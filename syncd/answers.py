@@ -246,6 +246,26 @@ def submit_answer(value: Any, sent: int) -> list[SubmitResult]:
     return [result_of(r, i, blocks) for i, r in enumerate(results)]
 
 
+MAX_ENDORSEMENTS = 64  # one per node: far more nodes than any consortium has
+
+
+def endorsements_answer(value: Any) -> list[dict[str, Any]]:
+    """A Consortium answer's `endorsements` (absent from older chains: none)."""
+    answer = _map(value, "the consortium answer")
+    if "endorsements" not in answer:
+        return []
+    entries = _list(answer["endorsements"], "the consortium's endorsements")
+    if len(entries) > MAX_ENDORSEMENTS:
+        raise bad(f"{len(entries)} endorsements, at most {MAX_ENDORSEMENTS}")
+    out = []
+    for i, entry in enumerate(entries):
+        item = _map(entry, f"endorsement {i}")
+        node_id = _text(item.get("node_id"), f"endorsement {i}'s node_id")
+        signature = _bytes(item.get("signature"), f"endorsement {i}'s signature", 64)
+        out.append({"node_id": node_id, "signature": signature})
+    return out
+
+
 def consortium_answer(value: Any) -> bytes:
     """A Consortium answer's signed node list (the COSE bytes a device pins)."""
     answer = _map(value, "the consortium answer")

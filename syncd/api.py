@@ -36,6 +36,7 @@ with 4xx/409/503 as set out in `refusals.py`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -59,6 +60,7 @@ from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import CONTENT_TYPE, SyncdMetrics
 from syncd.receipt import DEFAULT_PAPER, document_json
 from syncd.refusals import ApiCode
+from syncd.rollback import RollbackGuard
 
 log = logging.getLogger("taxctl.syncd.api")
 
@@ -137,6 +139,7 @@ class ApiContext:
     # the chain's answer to "has a buyer claimed this invoice?" (ChainPort.invoice_claimed);
     # None: no chain to ask (tests of the API alone)
     invoice_claimed: Callable[[str, str, str, str], Awaitable[bool | None]] | None = None
+    guard: RollbackGuard | None = None  # refuses printers that went backwards or equivocated
 
 
 class PosApi:
@@ -299,6 +302,30 @@ class PosApi:
             )
         return document_json(document, response, paper, public_key)
 
+    def _check_not_rolled_back(self, link: DeviceLink, headers: dict[str, str]) -> None:
+        guard = self.ctx.guard
+        if guard is None:
+            return
+        guard.check_link(link)
+        refused = guard.refusal(link.device_id)
+        if refused is not None:
+            code, why = refused
+            raise ApiError.of(code, why, headers, device_id=link.device_id)
+
+    def _issued(self, link: DeviceLink, response: dict[str, Any], paper: int) -> dict[str, Any]:
+        """The answer for a document the printer has signed: never an error. If syncd cannot
+        check or render it, the POS still gets 201 with what the printer sent and a warning,
+        so that it never issues the sale a second time with a new key."""
+        try:
+            return self._document(link, response, paper)
+        except ApiError as exc:
+            reason = exc.detail or exc.refusal.message
+        except Exception as exc:  # a rendering bug must not turn an issued invoice into a 500
+            log.exception("rendering an issued document failed")
+            reason = f"rendering failed ({type(exc).__name__})"
+        log.error("%s: issued document kept unchecked: %s", link.label, reason)
+        return unchecked_document(link, response, reason)
+
     @staticmethod
     def _paper(request: web.Request) -> int:
         paper = request.query.get("paper", str(DEFAULT_PAPER))
@@ -336,6 +363,7 @@ class PosApi:
             link = self._link(selector)
         client = self._client(link)
         device_id = link.device_id or "?"
+        self._check_not_rolled_back(link, key_headers)
         if command == Command.CREDIT and earlier is None:
             await self._check_credit(link, client, body)
         try:
@@ -370,8 +398,11 @@ class PosApi:
                 device_id=device_id,
                 idempotency_key=key,
             ) from None
-        result = self._document(link, response, paper)
-        await asyncio.to_thread(self.ctx.store.complete, key, result["counter"])
+        result = self._issued(link, response, paper)
+        if type(result.get("counter")) is int:
+            await asyncio.to_thread(self.ctx.store.complete, key, result["counter"])
+            if self.ctx.guard is not None:
+                self.ctx.guard.observe(link.device_id, result["counter"], None)
         self.ctx.wake(link)
         result["idempotency_key"] = key
         result["retry"] = not claim.fresh
@@ -452,6 +483,37 @@ class PosApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=self.ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+UNCHECKED = "DOCUMENT_UNCHECKED"
+UNCHECKED_MESSAGE = (
+    "The printer issued this document, but the invoice service could not check or render "
+    "it. It IS issued: do not issue the sale again. Reprint it by its counter, and call "
+    "support."
+)
+
+
+def unchecked_document(link: DeviceLink, response: Any, reason: str) -> dict[str, Any]:
+    """What is safe to pass on from a printer's answer that did not check out."""
+    body = response if isinstance(response, dict) else {}
+    out: dict[str, Any] = {"device_id": link.device_id}
+    for key, kind in (
+        ("counter", int),
+        ("kind", str),
+        ("code", str),
+        ("number", str),
+        ("issued_at", str),
+        ("total", int),
+        ("check_code", str),
+        ("training", bool),
+    ):
+        value = body.get(key)
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        out[key] = untrusted.shown(value)[1:-1] if ok and kind is str else value if ok else None
+    document = body.get("document")
+    out["cose_sign1"] = base64.b64encode(document).decode() if isinstance(document, bytes) else None
+    out["warning"] = {"code": UNCHECKED, "message": UNCHECKED_MESSAGE, "detail": reason}
+    return out
 
 
 async def _answer_and_hang_up(request: web.Request, response: web.Response) -> None:

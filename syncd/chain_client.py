@@ -22,7 +22,13 @@ import cbor2
 
 from syncd import answers
 from syncd.answers import MAX_ANSWER_BYTES, blocks_by_height, full_receipt
-from syncd.chainport import ChainDown, ChainRefused, Registration, SubmitResult
+from syncd.chainport import (
+    ChainDown,
+    ChainRefused,
+    ConsortiumOffer,
+    Registration,
+    SubmitResult,
+)
 
 __all__ = ["ChainClient", "blocks_by_height", "full_receipt"]
 
@@ -150,6 +156,13 @@ class ChainClient:
 
     async def consortium(self) -> bytes:
         return await self._call("GET", "/v1/consortium", None, answers.consortium_answer)
+
+    async def consortium_offer(self) -> ConsortiumOffer:
+        def parse(answer: Any) -> ConsortiumOffer:
+            raw = answers.consortium_answer(answer)
+            return ConsortiumOffer(raw, tuple(answers.endorsements_answer(answer)))
+
+        return await self._call("GET", "/v1/consortium", None, parse)
 
     async def register(
         self,

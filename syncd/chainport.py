@@ -63,6 +63,12 @@ class Registration:
     segments: tuple[bytes, ...]
 
 
+@dataclass(frozen=True)
+class ConsortiumOffer:
+    consortium: bytes
+    endorsements: tuple[dict[str, Any], ...] = ()
+
+
 class ChainPort(Protocol):
     @property
     def url(self) -> str:
@@ -75,6 +81,10 @@ class ChainPort(Protocol):
 
     async def consortium(self) -> bytes:
         """The bureau-signed node list (COSE bytes) devices check receipts against."""
+        ...
+
+    async def consortium_offer(self) -> ConsortiumOffer:
+        """The node list with the previous epoch's endorsements of it (one answer)."""
         ...
 
     async def register(

@@ -4,7 +4,8 @@ The device is the system of record: it knows which documents are synced
 (`synced_through`) and holds every document until then. syncd only keeps
 what the device cannot know — which documents the chain rejected, with
 the chain's code and how often they were tried — plus the last counters
-seen (for status while a device is unplugged). A few hundred bytes per
+seen (for status while a device is unplugged) and the highest ever seen
+(to catch a printer that went backwards). A few hundred bytes per
 device, written atomically (temp file, fsync, rename).
 """
 
@@ -49,11 +50,19 @@ class DeviceCursor:
     synced_through: int = 0
     port: str = ""
     rejected: dict[int, Rejection] = field(default_factory=dict)
+    # The highest counter and synced_through ever seen (never lowered): a printer that
+    # reports less went backwards (syncd/rollback.py).
+    high_counter: int = 0
+    high_synced: int = 0
+    equivocated: int | None = None  # a counter the chain found signed twice
 
     def to_json(self) -> dict[str, Any]:
         return {
             "counter": self.counter,
             "synced_through": self.synced_through,
+            "high_counter": self.high_counter,
+            "high_synced_through": self.high_synced,
+            "equivocated": self.equivocated,
             "port": self.port,
             "rejected": [
                 asdict(r) for r in sorted(self.rejected.values(), key=lambda r: r.counter)
@@ -73,11 +82,15 @@ class DeviceCursor:
                 float(item.get("last_at", 0)),
             )
             rejected[r.counter] = r
+        equivocated = data.get("equivocated")
         return cls(
             int(data.get("counter", 0)),
             int(data.get("synced_through", 0)),
             str(data.get("port", "")),
             rejected,
+            int(data.get("high_counter", 0)),
+            int(data.get("high_synced_through", 0)),
+            None if equivocated is None else int(equivocated),
         )
 
     def record_rejection(self, counter: int, code: str, message: str, now: float) -> Rejection:

@@ -39,12 +39,14 @@ from syncd.chainport import ChainDown, ChainPort, ChainRefused, SubmitResult
 from syncd.cursor import CursorStore
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import SyncdMetrics
+from syncd.rollback import RollbackGuard
 from syncd.verdict import Next, Verdict, earliest_due, judge, skip_mask
 
 log = logging.getLogger("taxctl.syncd")
 
 
 MIN_PAGE_BYTES = 1024
+EQUIVOCATION = "equivocation"  # the chain's code for a second document under one counter
 
 
 @dataclass(frozen=True)
@@ -107,17 +109,20 @@ class ChainHealth:
 
 
 class Consortium:
-    """The chain's node list, fetched once and refreshed when a device refuses it."""
+    """The chain's node list, fetched once and refreshed when a device refuses it, with the
+    previous epoch's endorsements a device needs to move to it."""
 
     def __init__(self, chain: ChainPort) -> None:
         self.chain = chain
         self.raw: bytes | None = None
+        self.endorsements: list[dict[str, Any]] = []
         self._lock = asyncio.Lock()
 
     async def get(self, refresh: bool = False) -> bytes:
         async with self._lock:
             if self.raw is None or refresh:
-                self.raw = await self.chain.consortium()
+                offer = await self.chain.consortium_offer()
+                self.raw, self.endorsements = offer.consortium, list(offer.endorsements)
             return self.raw
 
 
@@ -135,6 +140,7 @@ class DeviceSync:
         before_round: Callable[[DeviceLink], Any] | None = None,
         on_rejected: Callable[[str, Sequence[str]], bool] | None = None,
         clock: Callable[[], float] = time.time,
+        guard: RollbackGuard | None = None,
     ) -> None:
         self.link = link
         self.chain = chain
@@ -146,6 +152,7 @@ class DeviceSync:
         self.before_round = before_round
         self.on_rejected = on_rejected
         self.clock = clock
+        self.guard = guard
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._wake = asyncio.Event()
         self.rounds = 0
@@ -411,6 +418,8 @@ class DeviceSync:
         cursor = self.cursors.device(device_id)
         now = self.clock()
         for r in verdict.rejected:
+            if r.code == EQUIVOCATION and self.guard is not None:
+                self.guard.equivocated(device_id, r.counter)
             entry = cursor.record_rejection(r.counter, r.code, r.message, now)
             if self.metrics:
                 self.metrics.chain_errors.inc(1, r.code)
@@ -473,7 +482,12 @@ class DeviceSync:
         offer = chain_list if chain_list is not None and chain_list != held else None
         for attempt in range(2):
             try:
-                result = await client.ack_sync([receipt], consortium=offer)
+                extra = (
+                    {"endorsements": self.consortium.endorsements}
+                    if offer is not None and self.consortium.endorsements
+                    else {}
+                )
+                result = await client.ack_sync([receipt], consortium=offer, **extra)
             except DeviceError as exc:
                 if attempt == 0 and exc.status in (
                     Status.RECEIPT_INVALID,
@@ -508,6 +522,8 @@ class DeviceSync:
         return False
 
     def _save_cursor(self) -> None:
+        if self.guard is not None:
+            self.guard.check_link(self.link)
         if self.link.device_id is not None:
             cursor = self.cursors.device(self.link.device_id)
             cursor.port = self.link.config.port

@@ -208,6 +208,16 @@ class SyncdMetrics:
             "POS API requests by route and HTTP status",
             ("route", "status"),
         )
+        self.device_rolled_back = r.gauge(
+            "taxctl_syncd_device_rolled_back",
+            "1 if the device reports less than syncd saw before (issuing refused)",
+            dev,
+        )
+        self.device_equivocated = r.gauge(
+            "taxctl_syncd_device_equivocated",
+            "1 if the chain found two documents for one of the device's counters (issuing refused)",
+            dev,
+        )
         self.segments_loaded = r.counter(
             "taxctl_syncd_segments_loaded_total", "number segments requested and loaded", dev
         )

@@ -40,6 +40,8 @@ class ApiCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     CREDIT_NEEDS_CONFIRMATION = "CREDIT_NEEDS_CONFIRMATION"
     CREDIT_CHECK_UNAVAILABLE = "CREDIT_CHECK_UNAVAILABLE"
+    DEVICE_ROLLED_BACK = "DEVICE_ROLLED_BACK"
+    DEVICE_EQUIVOCATED = "DEVICE_EQUIVOCATED"
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,14 @@ DEVICE_REFUSALS: dict[Status, Refusal] = {
     Status.COVER_OPEN: Refusal(_LATER, "The printer cover is open: close it and try again.", 5),
     Status.CLOCK_BACKWARDS: Refusal(
         _STATE, "The printer's clock is wrong (behind its last invoice); call the administrator."
+    ),
+    Status.JOURNAL_ROLLED_BACK: Refusal(
+        _STATE,
+        "The printer's memory was rolled back (lost or restored from an older copy); it "
+        "refuses to issue. Nothing was issued. Call the administrator.",
+    ),
+    Status.CLOCK_STEP_REFUSED: Refusal(
+        _STATE, "The printer refused that clock setting; nothing was changed."
     ),
     Status.ALREADY_REGISTERED: Refusal(_STATE, "The printer is already registered."),
     Status.TRAINING_MODE: Refusal(_STATE, "Not possible on a training printer."),
@@ -179,6 +189,16 @@ API_REFUSALS: dict[ApiCode, Refusal] = {
         "The chain cannot be asked now whether the buyer claimed this invoice; nothing was "
         "issued. Try again when the shop is online.",
         30,
+    ),
+    ApiCode.DEVICE_ROLLED_BACK: Refusal(
+        409,
+        "The printer reports fewer documents than it had issued before (its memory was "
+        "rolled back); nothing was issued. Call the administrator.",
+    ),
+    ApiCode.DEVICE_EQUIVOCATED: Refusal(
+        409,
+        "The chain reports that this printer signed two different documents with one "
+        "number; nothing was issued. Call the administrator.",
     ),
 }
 

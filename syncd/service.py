@@ -51,6 +51,7 @@ from syncd.link import DeviceLink, LinkSettings
 from syncd.metrics import SyncdMetrics
 from syncd.notify import Notifier, status_line
 from syncd.registration import Registrar, RegistrationSettings
+from syncd.rollback import RollbackGuard
 
 log = logging.getLogger("taxctl.syncd")
 
@@ -145,6 +146,8 @@ class Daemon:
         self.fd_budget: fdlimit.FdBudget | None = None
         self._background: list[asyncio.Task[None]] = []
         self.store, self.cursors = open_state(cfg.state)
+        self.guard = RollbackGuard(self.cursors, self.metrics)
+        self.guard.export()
         self.api_ctx = ApiContext(
             links=[],
             store=self.store,
@@ -156,6 +159,7 @@ class Daemon:
             on_request=self._on_request,
             access=load_access(cfg["api.allowed_origins"], cfg["api.token_file"]),
             invoice_claimed=self._invoice_claimed,
+            guard=self.guard,
         )
 
     async def _invoice_claimed(
@@ -177,6 +181,7 @@ class Daemon:
             metrics=self.metrics,
             before_round=self.registrar.before_round,
             on_rejected=self.registrar.on_rejections,
+            guard=self.guard,
         )
         link.on_change(lambda _link: engine.wake())
         item = Attached(link, engine, asyncio.Event(), asyncio.Event())
@@ -272,6 +277,7 @@ class Daemon:
             link = item.link
             if link.device_id is None or link.status is None:
                 continue
+            self.guard.check_link(link)
             since = link.status.get("offline_since")
             age = 0.0
             if isinstance(since, str):

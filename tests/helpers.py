@@ -66,6 +66,7 @@ class SigningConsortium:
     chain_id: str = "test-chain"
     epoch: int = 1
     height: int = 0
+    time: float | None = None  # block time of the next receipts (None: now)
 
     @property
     def raw(self) -> bytes:
@@ -95,7 +96,7 @@ class SigningConsortium:
             "height": self.height,
             "prev_hash": bytes(32),
             "merkle_root": tree[-1][0],
-            "time": format_utc(time.time()),
+            "time": format_utc(time.time() if self.time is None else self.time),
             "tx_count": len(leaves),
         }
         count = len(self.nodes) if signers is None else signers

@@ -35,6 +35,8 @@ class Status(IntEnum):
     CLOCK_BACKWARDS = 0x27
     ALREADY_REGISTERED = 0x28
     TRAINING_MODE = 0x29
+    JOURNAL_ROLLED_BACK = 0x2A
+    CLOCK_STEP_REFUSED = 0x2B
 
     # Invoice content: the request itself is invalid.
     INVALID_INVOICE = 0x30
@@ -95,6 +97,14 @@ MESSAGES: dict[Status, str] = {
     ),
     Status.ALREADY_REGISTERED: "The device already holds a certificate.",
     Status.TRAINING_MODE: "This operation is not allowed in training mode.",
+    Status.JOURNAL_ROLLED_BACK: (
+        "The journal is behind the device's anchor (lost or restored from an older copy): "
+        "the device refuses to issue until the journal is restored or the device retired."
+    ),
+    Status.CLOCK_STEP_REFUSED: (
+        "The time is past the certificate's validity or a larger forward step than the "
+        "device accepts; nothing was changed."
+    ),
     Status.INVALID_INVOICE: "The invoice is invalid.",
     Status.INVALID_TAX_ID: (
         "A tax id is not a valid 18-character unified social credit code (check character)."

@@ -37,6 +37,7 @@ TRAINING_BUREAU_LABEL = "taxctl training bureau key v1 - not valid for tax purpo
 TRAINING_BUREAU = KeyPair.derive(TRAINING_BUREAU_LABEL)
 BUREAU_KID = b"bureau"
 BLOCK_DOMAIN = b"taxctl/block/v1\x00"
+ROTATION_DOMAIN = b"taxctl/rotation/v1\x00"
 TRAINING_CERT_YEARS = 10
 
 
@@ -131,25 +132,32 @@ class DeviceCert:
     serial: int
     issued_at: str
     not_after: str
+    # The one chain the bureau certified this device for (None: a training or an older
+    # certificate; such a device pins the first consortium it accepts).
+    chain_id: str | None = None
 
 
 def issue_certificate(
-    bureau: KeyPair, csr: Mapping[str, Any], serial: int, now: float, years: int
+    bureau: KeyPair,
+    csr: Mapping[str, Any],
+    serial: int,
+    now: float,
+    years: int,
+    chain_id: str | None = None,
 ) -> bytes:
-    return sign_object(
-        bureau,
-        BUREAU_KID,
-        {
-            "type": "device_cert",
-            "serial": serial,
-            "device_id": csr["device_id"],
-            "public_key": csr["public_key"],
-            "taxpayer": dict(csr["taxpayer"]),
-            "training": bool(csr["training"]),
-            "issued_at": format_utc(now),
-            "not_after": format_utc(now + years * 365 * 86400),
-        },
-    )
+    fields: dict[str, Any] = {
+        "type": "device_cert",
+        "serial": serial,
+        "device_id": csr["device_id"],
+        "public_key": csr["public_key"],
+        "taxpayer": dict(csr["taxpayer"]),
+        "training": bool(csr["training"]),
+        "issued_at": format_utc(now),
+        "not_after": format_utc(now + years * 365 * 86400),
+    }
+    if chain_id is not None:
+        fields["chain_id"] = chain_id
+    return sign_object(bureau, BUREAU_KID, fields)
 
 
 def open_certificate(raw: bytes, bureau_key: bytes) -> DeviceCert:
@@ -167,6 +175,7 @@ def open_certificate(raw: bytes, bureau_key: bytes) -> DeviceCert:
         _field(p, "serial", int, Status.CERT_INVALID),
         _field(p, "issued_at", str, Status.CERT_INVALID),
         _field(p, "not_after", str, Status.CERT_INVALID),
+        _field(p, "chain_id", str, Status.CERT_INVALID) if "chain_id" in p else None,
     )
 
 
@@ -318,6 +327,41 @@ def open_consortium(raw: bytes, bureau_key: bytes) -> Consortium:
     )
 
 
+def rotation_message(new_raw: bytes) -> bytes:
+    return ROTATION_DOMAIN + hashlib.sha256(new_raw).digest()
+
+
+def sign_rotation(node_key: KeyPair, new_raw: bytes) -> bytes:
+    """A current node's endorsement of the consortium that is to follow its own."""
+    return node_key.sign(rotation_message(new_raw))
+
+
+def check_rotation(new_raw: bytes, endorsements: object, current: Consortium) -> None:
+    """At least the current quorum of distinct current nodes endorsed `new_raw`."""
+    if not isinstance(endorsements, list):
+        raise DeviceError(
+            Status.CONSORTIUM_INVALID,
+            f"a new epoch needs the endorsements of {current.quorum} current nodes",
+        )
+    message = rotation_message(new_raw)
+    good: set[str] = set()
+    for entry in endorsements[: 4 * len(current.nodes) + 4]:  # more is never needed
+        if not isinstance(entry, dict):
+            continue
+        node_id, sig = entry.get("node_id"), entry.get("signature")
+        key = current.nodes.get(node_id) if isinstance(node_id, str) else None
+        if key is None or not isinstance(sig, bytes) or node_id in good:
+            continue
+        if verify(key, message, sig):
+            good.add(str(node_id))
+    if len(good) < current.quorum:
+        raise DeviceError(
+            Status.CONSORTIUM_INVALID,
+            f"epoch {current.epoch + 1} endorsed by {len(good)} current nodes, "
+            f"{current.quorum} needed",
+        )
+
+
 # --- Blocks and receipts ---------------------------------------------------------------
 
 HEADER_KEYS = frozenset({"chain_id", "height", "prev_hash", "merkle_root", "time", "tx_count"})
@@ -341,6 +385,7 @@ class VerifiedReceipt:
     counter: int
     doc_hash: bytes
     height: int
+    time: str = ""  # the block header's time, signed by the quorum
 
 
 def check_quorum(header: Mapping[str, Any], signatures: object, consortium: Consortium) -> None:
@@ -408,4 +453,7 @@ def verify_receipt(
     device_id, counter = receipt.get("device_id"), receipt.get("counter")
     if not isinstance(device_id, str) or type(counter) is not int or counter < 1:
         raise DeviceError(Status.RECEIPT_INVALID, "receipt must name device and counter")
-    return VerifiedReceipt(device_id, counter, doc_hash, height)
+    block_time = header.get("time")
+    return VerifiedReceipt(
+        device_id, counter, doc_hash, height, block_time if isinstance(block_time, str) else ""
+    )

@@ -54,9 +54,16 @@ class Acts:
                         enrolment_code, request["taxpayer"]["tax_id"], request["device_id"]
                     )
                 serial = len(self.state.devices) + 1
-                certificate = self.bureau.certify(request, serial, self.engine.clock.now())
+                certificate = self.bureau.certify(
+                    request, serial, self.engine.clock.now(), self.engine.chain_id
+                )
         assert certificate is not None
         cert = self.bureau.open_certificate(certificate)
+        if cert.chain_id is not None and cert.chain_id != self.engine.chain_id:
+            raise ChainError(
+                Code.BAD_CERTIFICATE,
+                f"the certificate is for chain {cert.chain_id}, not {self.engine.chain_id}",
+            )
         device = self.state.devices.get(cert.device_id)
         if device is not None and device.certificate.raw != cert.raw:
             raise ChainError(

@@ -17,7 +17,7 @@ from aiohttp import web
 from device.protocol import taxid
 from device.protocol.document import format_utc
 from hostsim.bureau import buyer_key_hash
-from hostsim.chain import page, queries, wire
+from hostsim.chain import page, queries, rotation, wire
 from hostsim.chain.blocks import Block
 from hostsim.chain.engine import Result
 from hostsim.chain.errors import ChainError, Code
@@ -233,6 +233,22 @@ async def claim_invoice(request: web.Request) -> web.Response:
     return wire.respond(request, out, status=201)
 
 
+async def rotate_consortium(request: web.Request) -> web.Response:
+    """The bureau issues the next consortium epoch, endorsed by the current nodes."""
+    require_admin(request)
+    chain = chain_of(request)
+    rotated = rotation.rotate(chain)
+    return wire.respond(
+        request,
+        {
+            "chain_id": rotated.chain_id,
+            "epoch": rotated.epoch,
+            "endorsed_by": len(chain.endorsements),
+        },
+        status=201,
+    )
+
+
 async def confirm_credit(request: web.Request) -> web.Response:
     chain = chain_of(request)
     token = admin_token(request)
@@ -268,6 +284,7 @@ def build_app(
     app.router.add_post("/admin/enrolments", issue_enrolment)
     app.router.add_post("/v1/invoices/{code}/{number}/claim", claim_invoice)
     app.router.add_post("/v1/invoices/{code}/{number}/credit-confirmations", confirm_credit)
+    app.router.add_post("/v1/consortium/rotate", rotate_consortium)
     queries.add_routes(app.router)
     page.add_routes(app.router)
     return app

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from device.protocol import trust
 from device.protocol.clock import Clock, SystemClock
 from hostsim.bureau import Bureau
+from hostsim.chain import rotation
 from hostsim.chain.acts import Acts
 from hostsim.chain.engine import Engine
 from hostsim.chain.ledger import Ledger
@@ -31,6 +33,8 @@ class Chain:
     chain_id: str
     training: bool
     consortium: bytes
+    # The previous epoch's node signatures over `consortium` (empty at epoch 1).
+    endorsements: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def open(
@@ -100,6 +104,7 @@ class Chain:
             chain_id,
             training,
             consortium,
+            rotation.load_endorsements(ledger.get_meta(rotation.ENDORSEMENTS_META)),
         )
 
     def close(self) -> None:

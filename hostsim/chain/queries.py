@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from device.protocol import codec, qr
+from device.protocol import codec, qr, trust
 from device.protocol.document import parse_document
 from device.protocol.invoice import is_invoice_code, is_invoice_number
 from hostsim.bureau import public_view
@@ -85,7 +85,7 @@ async def consortium(request: web.Request) -> web.Response:
         request,
         {
             "chain_id": chain.chain_id,
-            "epoch": 1,
+            "epoch": trust.open_consortium(chain.consortium, chain.bureau.public_key).epoch,
             "training": chain.training,
             "quorum": chain.nodes.quorum,
             "bureau_key": chain.bureau.public_key,
@@ -95,6 +95,8 @@ async def consortium(request: web.Request) -> web.Response:
             "consortium": chain.consortium
             if wire.wants_cbor(request)
             else wire.b64(chain.consortium),
+            # the previous epoch's nodes over this one (empty at epoch 1); hex in JSON
+            "endorsements": chain.endorsements,
         },
     )
 

@@ -63,9 +63,10 @@ async def test_receipts_unlock_the_device(api: Api, device: DeviceSim) -> None:
         api.url("/v1/consortium"), headers={"Accept": "application/cbor"}
     ) as resp:
         consortium = cbor2.loads(await resp.read())["consortium"]
-    through, new = sync.verify_ack(device.fw, {"consortium": consortium, "receipts": receipts[-1:]})
-    assert through == 50 and new == consortium
-    device.fw.apply_ack(through, new, device.fw.now())
+    ack = sync.verify_ack(device.fw, {"consortium": consortium, "receipts": receipts[-1:]})
+    assert ack.synced_through == 50 and ack.consortium == consortium
+    now = device.fw.now()
+    device.fw.apply_ack(ack, device.fw.ack_meta(ack, now), now)
     assert device.fw.backlog.count == 0 and device.fw.synced_through == 50
     # the same batch again: the original receipts, byte for byte
     again = await submit_cbor(api, docs)
@@ -100,7 +101,7 @@ async def test_compact_receipts_put_back_are_the_full_receipts(api: Api, device:
     ) as resp:
         consortium = cbor2.loads(await resp.read())["consortium"]
     ack = {"consortium": consortium, "receipts": [results[-1].receipt]}
-    assert sync.verify_ack(device.fw, ack)[0] == 30
+    assert sync.verify_ack(device.fw, ack).synced_through == 30
 
 
 async def test_batches_spread_over_several_blocks_come_back_final(

@@ -603,6 +603,12 @@ async def test_every_answer_is_documented(api: Api, device_factory: Any) -> None
     answer = await call("GET", "/v1/devices/{device_id}", 200, cbor=True, args=gone, headers=admin)
     assert answer["revoked"] and answer["revoked_reason"] == "stolen"
 
+    rotate = "/v1/consortium/rotate"
+    await call.error("POST", rotate, 401, "unauthorized", headers=as_buyer)
+    assert (await call("POST", rotate, 201, headers=admin))["epoch"] == 2
+    rotated = await call("GET", "/v1/consortium", 200, cbor=True)
+    assert rotated["epoch"] == 2 and len(rotated["endorsements"]) == len(rotated["nodes"])
+
     # every documented success answer was seen
     successes = {
         (m, p, int(s))

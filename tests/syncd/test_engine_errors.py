@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from syncd.chainport import ChainDown, Registration, SubmitResult, SubmitStatus
+from syncd.chainport import ChainDown, ConsortiumOffer, Registration, SubmitResult, SubmitStatus
 from syncd.config import Config, DeviceConfig
 from syncd.cursor import CursorStore
 from syncd.engine import ChainHealth, Consortium, DeviceSync, SyncSettings
@@ -101,6 +101,9 @@ class MemoryChain:
 
     async def consortium(self) -> bytes:
         return b"nodes"
+
+    async def consortium_offer(self) -> ConsortiumOffer:
+        return ConsortiumOffer(b"nodes")
 
     async def register(self, **_: Any) -> Registration:
         return Registration(DEVICE, b"cert", 1, ())
