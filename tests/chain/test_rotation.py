@@ -90,10 +90,12 @@ async def test_a_certificate_names_its_chain(tmp_path: Path) -> None:
     try:
         key = KeyPair.generate()
         csr = trust.make_csr(key, TAXPAYER, False, 0)
-        cert = chain.bureau.open_certificate(chain.bureau.certify(csr, 1, 0, chain.chain_id))
+        cert = chain.bureau.open_certificate(
+            chain.bureau.certify(chain.bureau.check_csr(csr), 1, 0, chain.chain_id)
+        )
         assert cert.chain_id == chain.chain_id
         # A certificate the bureau issued for another of its chains is not registered here.
-        other = chain.bureau.certify(csr, 1, 0, "taxctl-elsewhere")
+        other = chain.bureau.certify(chain.bureau.check_csr(csr), 1, 0, "taxctl-elsewhere")
         with pytest.raises(ChainError) as err:
             await chain.acts.register(None, other, [], 0.1)
         assert err.value.code == Code.BAD_CERTIFICATE
