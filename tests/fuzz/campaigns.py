@@ -88,13 +88,20 @@ def _damaged_frames(draw: st.DrawFn, command: int, body: bytes) -> bytes:
         index = draw(st.integers(0, len(content) - 1))
         content[index] ^= draw(st.integers(1, 255))
     elif how in ("type", "version"):
-        content[1 if how == "type" else 0] = draw(st.integers(0, 255))
+        # Another value than the frame's own: the same one would make a valid request,
+        # which feed_bytes (whatever the answer) must not be given.
+        index = 1 if how == "type" else 0
+        content[index] = draw(st.integers(0, 255).filter(lambda v: v != content[index]))
     elif how == "length":
-        content[12:14] = draw(st.integers(0, 65535)).to_bytes(2, "big")
+        wrong = st.integers(0, 65535).filter(lambda n: n != len(body))
+        content[12:14] = draw(wrong).to_bytes(2, "big")
     elif how == "escape":
         return b"\x7e" + bytes(content[:5]) + b"\x7d" + draw(st.binary(min_size=1, max_size=2))
     elif how == "cut":
-        return encode_frame(frame)[: draw(st.integers(1, 30))]
+        # Short of its last content byte: feed_bytes closes what it sends with a flag, so
+        # a cut after the content would be the whole (valid) frame again.
+        wire = encode_frame(frame)
+        return wire[: draw(st.integers(1, min(30, len(wire) - 2)))]
     return b"\x7e" + bytes(content).replace(b"\x7d", b"\x7d\x5d").replace(b"\x7e", b"\x7d\x5e")
 
 
