@@ -38,7 +38,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from device.protocol import untrusted
@@ -377,7 +377,7 @@ def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
     return out, lines
 
 
-def _is_path(value: object) -> bool:
+def _is_path(value: object) -> TypeGuard[str]:
     """A non-empty string the OS can take as a path: no NUL, which TOML can write
     (\\u0000) and every os call refuses with a ValueError."""
     return isinstance(value, str) and bool(value) and "\0" not in value
