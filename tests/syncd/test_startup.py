@@ -73,6 +73,18 @@ def test_a_config_file_that_python_cannot_take_is_one_line(
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("value", ["x" * 100_000, "127.0.0.1:" + "9" * 100_000])
+def test_a_huge_listen_address_is_refused_in_a_short_line(tmp_path: Path, value: str) -> None:
+    """parse_listen quoted the whole value with !r: a 100,000-character api.listen made a
+    100,000-character error line (and a port of 100,000 digits reached int())."""
+    config = tmp_path / "syncd.toml"
+    config.write_text(URLS + PRINTER + f'[api]\nlisten = "{value}"\n')
+    out = run_taxctl("syncd", "run", "--config", str(config), timeout=30)
+    assert out.returncode == EXIT_USAGE, out.stderr[-300:]
+    assert out.stderr.count("\n") == 1 and "api.listen" in out.stderr
+    assert len(out.stderr) < 400, f"an error line of {len(out.stderr)} characters"
+
+
 def make_read_only(path: Path) -> None:
     """Read-only even for root (whom permission bits do not stop): the immutable flag."""
     if os.geteuid() != 0:
