@@ -400,3 +400,28 @@ async def test_the_bureau_certifies_only_a_name_a_device_would_print(
     finally:
         await chain.engine.stop()
         chain.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}',
+        "[1, 2]",
+        '[{"node_id": "bureau"}]',
+        '[{"node_id": "b", "seed": 5}]',
+        "[" * 100_000,
+    ],
+    ids=["a map", "numbers", "no seed", "seed a number", "nested 100,000 deep"],
+)
+async def test_a_damaged_node_key_file_is_one_setup_error(tmp_path: Path, text: str) -> None:
+    """nodes.json was read with json.loads and indexing: a list of numbers (TypeError), an
+    entry without its seed (KeyError) or deep nesting (RecursionError) was a traceback at
+    every start, not the one-line setup error a damaged data directory gets."""
+    from hostsim.chain.node import ChainSetupError
+    from hostsim.chain.quorum import NODES_FILE
+
+    Chain.open(tmp_path / "data", training=True).close()
+    (tmp_path / "data" / NODES_FILE).write_text(text)
+    with pytest.raises(ChainSetupError) as caught:
+        Chain.open(tmp_path / "data", training=True).close()
+    assert len(str(caught.value)) < 300
