@@ -26,9 +26,11 @@ from device.protocol.commands import Command
 from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
 from device.server import DeviceServer
 from device.transport import Port, create_pty, open_serial
+from syncd import device_answers
 from syncd.config import DeviceConfig
 from syncd.link import DeviceLink, LinkSettings, LinkState
 from syncd.metrics import SyncdMetrics
+from syncd.registration import Registrar, RegistrationSettings
 from tests.device.conftest import wide_limits
 
 
@@ -135,3 +137,27 @@ async def test_a_device_answer_of_the_wrong_shape_is_a_link_fault(
     Rewrite.changes = {}
     assert await link.wait_online(5)
     assert type(link.describe()["counter"]) is int
+
+
+class _Chain:
+    """A chain that takes every registration."""
+
+    registered = 0
+
+    async def register(self, **_: Any) -> None:
+        _Chain.registered += 1
+
+
+async def test_the_training_registration_checks_the_info_it_keeps(link: DeviceLink) -> None:
+    """Registering a training device asked for INFO again and kept the answer as the link's
+    info unchecked, past the checks of the handshake."""
+    assert await link.wait_online(5)
+    before = dict(link.info or {})
+    Rewrite.changes = {Command.INFO: {"segments": {"a": 1}, "public_key": "text"}}
+    registrar = Registrar(_Chain(), RegistrationSettings(auto_segments=False))  # type: ignore[arg-type]
+    with pytest.raises(device_answers.BadDeviceAnswer):
+        await registrar.before_round(link)
+    assert link.info == before and _Chain.registered == 0
+    Rewrite.changes = {}
+    await registrar.before_round(link)
+    assert _Chain.registered == 1 and isinstance((link.info or {}).get("segments"), list)
