@@ -311,3 +311,18 @@ def test_a_damaged_device_json_is_one_settings_error(
         open_device(state, training=True).close()
     assert len(str(err.value)) < 300, what
     assert "\n" not in str(err.value), what
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59Z", "9999-06-01T00:00:00Z"])
+async def test_set_time_to_the_end_of_four_digit_years_is_refused(start: Any, when: str) -> None:
+    """SET_TIME took any valid time: at 9999-12-31T23:59:59Z, a second later the device
+    signed documents dated 10000-01-01 (a form no verifier reads), and since its clock can
+    never be set back, it stayed so for good."""
+    h: Harness = await start(limits=wide_limits())
+    await h.client.issue(INVOICE)
+    offset = h.fw.time_offset
+    error = await refused(h, Status.BAD_REQUEST, h.client.set_time(when))
+    assert "9999" in error.detail
+    assert h.fw.time_offset == offset
+    h.clock.advance(86400)
+    assert (await h.client.issue(INVOICE))["issued_at"].startswith("20")
