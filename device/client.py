@@ -28,7 +28,7 @@ from device.protocol.commands import (
     RESPONSE_TIMEOUT,
     Command,
 )
-from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
+from device.protocol.framing import MAX_BODY, Frame, FrameDecoder, FrameType, encode_frame
 from device.protocol.status import DeviceError, Status
 from device.transport import Port, open_serial
 
@@ -158,9 +158,15 @@ class DeviceClient:
     async def _send_and_wait(
         self, rid: int, command: Command, body: dict[str, Any] | None
     ) -> Frame:
-        wire = encode_frame(
-            Frame(FrameType.REQUEST, rid, int(command), 0, codec.encode(body if body else {}))
-        )
+        encoded = codec.encode(body if body else {})
+        if len(encoded) > MAX_BODY:
+            # Refused here, before anything is sent: no frame can carry it, so the device
+            # never sees it and nothing is done (a refusal, not an unknown outcome).
+            raise DeviceError(
+                Status.BODY_TOO_LARGE,
+                f"the request body is {len(encoded)} bytes; a frame carries at most {MAX_BODY}",
+            )
+        wire = encode_frame(Frame(FrameType.REQUEST, rid, int(command), 0, encoded))
         loop = asyncio.get_running_loop()
         pending = _Pending(wire, loop.create_future(), time.monotonic() + self.response_timeout)
         self._pending[rid] = pending

@@ -38,6 +38,9 @@ from device.sync import Ack
 
 log = logging.getLogger("taxctl.device")
 
+LATEST_TEXT = "9999-01-01T00:00:00Z"
+LATEST_TIME = parse_utc(LATEST_TEXT)  # SET_TIME's bound: a year of four-digit dates left
+
 
 @dataclass(slots=True)
 class Head:
@@ -497,6 +500,10 @@ class Firmware:
             wanted = parse_utc(body["time"])
         except ValueError as exc:
             raise DeviceError(Status.BAD_REQUEST, str(exc)) from None
+        if wanted >= LATEST_TIME:
+            # The clock can never be set back: a time near the end of four-digit years would
+            # soon date every document in a five-digit year, a form nothing reads.
+            raise DeviceError(Status.BAD_REQUEST, f"the time must be before {LATEST_TEXT}")
         now = self.now()
         if wanted < now or wanted < self.head.last_time:
             raise DeviceError(

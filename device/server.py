@@ -37,6 +37,10 @@ from device.writer import Writer, WriteRequest
 log = logging.getLogger("taxctl.device")
 
 RECENT_RESPONSES = 4096
+# Recorded answers are bounded in bytes too: a FETCH or EXPORT answer is up to 60 kB, so
+# 4096 of them would be 250 MB. Past this, the oldest go first (an issuing request's
+# answer is still given again from the journal; a read is simply answered anew).
+RECENT_BYTES = 16 * 1024 * 1024
 WRITES = ISSUING | {Command.ACK_SYNC, Command.LOAD_CERT, Command.LOAD_SEGMENT, Command.SET_TIME}
 READS = {
     Command.HELLO: None,  # needs max_in_flight; handled inline
@@ -69,6 +73,7 @@ class DeviceServer:
         self.decoder = FrameDecoder()
         self._in_flight: dict[int, tuple[bytes, float, bool]] = {}  # id -> (digest, since, acked)
         self._recent: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # id -> (digest, frame)
+        self._recent_bytes = 0  # the frames' total size in _recent
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set or the port closes; then finish every accepted write."""
@@ -246,9 +251,17 @@ class DeviceServer:
             return
         if not self._write(wire):
             return
-        self._recent[rid] = (digest, wire)
-        if len(self._recent) > RECENT_RESPONSES:
-            self._recent.popitem(last=False)
+        self._record(rid, digest, wire)
+
+    def _record(self, rid: int, digest: bytes, wire: bytes) -> None:
+        recent = self._recent
+        old = recent.pop(rid, None)
+        if old is not None:
+            self._recent_bytes -= len(old[1])
+        recent[rid] = (digest, wire)
+        self._recent_bytes += len(wire)
+        while len(recent) > RECENT_RESPONSES or self._recent_bytes > RECENT_BYTES:
+            self._recent_bytes -= len(recent.popitem(last=False)[1][1])
 
     def _reply_uncached(self, rid: int, command: int, error: DeviceError) -> None:
         # Not recorded: the original request keeps its own response under this id.

@@ -12,11 +12,12 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from device.limits import DEFAULT_OFFLINE_AMOUNT, DEFAULT_OFFLINE_SECONDS, Limits
 from device.privatefile import write_private
 from device.protocol.invoice import DEFAULT_TAX_RATES
+from device.protocol.untrusted import InputRefused, loads_json, shown
 
 SETTINGS_FILE = "device.json"
 DEFAULT_CAPACITY = 10_000_000
@@ -53,22 +54,36 @@ class Settings:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:
+        """The settings `to_json` wrote; SettingsError naming the field for anything else
+        (no int()/bool()/str() of whatever the file holds: "false" is not False)."""
         try:
+            rates = _typed(data.get("tax_rates", sorted(DEFAULT_TAX_RATES)), list, "tax_rates")
             return cls(
-                device_id=str(data["device_id"]),
-                training=bool(data["training"]),
-                bureau_key=bytes.fromhex(data["bureau_key"]),
+                device_id=_typed(data.get("device_id"), str, "device_id"),
+                training=_typed(data.get("training"), bool, "training"),
+                bureau_key=bytes.fromhex(_typed(data.get("bureau_key"), str, "bureau_key")),
                 limits=Limits(
-                    int(data.get("offline_seconds", DEFAULT_OFFLINE_SECONDS)),
-                    int(data.get("offline_amount", DEFAULT_OFFLINE_AMOUNT)),
-                    int(data.get("online_grace", Limits().online_grace)),
+                    _typed(data.get("offline_seconds", DEFAULT_OFFLINE_SECONDS), int, "a limit"),
+                    _typed(data.get("offline_amount", DEFAULT_OFFLINE_AMOUNT), int, "a limit"),
+                    _typed(data.get("online_grace", Limits().online_grace), int, "a limit"),
                 ),
-                capacity=int(data.get("capacity", DEFAULT_CAPACITY)),
-                tax_rates=frozenset(int(r) for r in data.get("tax_rates", DEFAULT_TAX_RATES)),
-                max_clock_step=int(data.get("max_clock_step", DEFAULT_MAX_CLOCK_STEP)),
+                capacity=_typed(data.get("capacity", DEFAULT_CAPACITY), int, "capacity"),
+                tax_rates=frozenset(_typed(r, int, "a tax rate") for r in rates),
+                max_clock_step=_typed(
+                    data.get("max_clock_step", DEFAULT_MAX_CLOCK_STEP), int, "max_clock_step"
+                ),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except ValueError as exc:
             raise SettingsError(f"{SETTINGS_FILE} is damaged: {exc}") from None
+
+
+T = TypeVar("T")
+
+
+def _typed(value: Any, kind: type[T], what: str) -> T:
+    if type(value) is not kind:  # exactly: True is no count, 2.5 no capacity
+        raise ValueError(f"{what} is {shown(value)}, not {kind.__name__}")
+    return value
 
 
 def save(state: Path, settings: Settings) -> None:
@@ -83,9 +98,11 @@ def load(state: Path) -> Settings | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = loads_json(path.read_bytes())
+    except OSError as exc:
         raise SettingsError(f"cannot read {path}: {exc}") from None
+    except InputRefused as exc:  # not JSON, NaN, nested too deep ...
+        raise SettingsError(f"{path} is damaged: {exc}") from None
     if not isinstance(data, dict):
         raise SettingsError(f"{path} is not a JSON object")
     return Settings.from_json(data)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from device.protocol import taxid, trust
+from device.protocol import invoice, trust
 from device.protocol.keys import KeyPair
 from device.protocol.status import DeviceError
 from hostsim.chain.errors import ChainError, Code
@@ -72,12 +72,12 @@ class Bureau:
             csr = trust.open_csr(csr_raw)
         except DeviceError as exc:
             raise ChainError(Code.BAD_CSR, exc.detail) from None
-        taxpayer = csr["taxpayer"]
-        if not isinstance(taxpayer.get("name"), str) or not taxpayer["name"].strip():
-            raise ChainError(Code.BAD_CSR, "the taxpayer needs a name")
-        problem = taxid.problem(taxpayer.get("tax_id"))
-        if problem is not None:
-            raise ChainError(Code.BAD_CSR, f"taxpayer tax id: {problem}")
+        # The device's own rule for a party (a printable name of at most 100 characters, a
+        # valid tax id, nothing else): the name is printed on every receipt it signs.
+        try:
+            invoice.parse_party(csr["taxpayer"], "taxpayer", tax_id_required=True)
+        except DeviceError as exc:
+            raise ChainError(Code.BAD_CSR, exc.detail) from None
         if csr["training"] != self.training:
             raise ChainError(
                 Code.BAD_CSR,

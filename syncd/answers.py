@@ -46,6 +46,32 @@ _INVOICE_CODE = re.compile(r"[0-9]{12}")
 
 T = TypeVar("T")
 
+# The ErrorCode enum of docs/chain-openapi.yaml (a test keeps the two equal).
+CHAIN_CODES = frozenset(
+    {
+        "malformed_document", "unknown_device", "device_revoked", "certificate_expired",
+        "bad_signature", "prev_hash_mismatch", "equivocation", "number_outside_segment",
+        "number_used", "totals_mismatch", "seller_mismatch", "credit_unknown_original",
+        "credit_other_seller", "credit_not_an_invoice", "credit_exceeds_original",
+        "training_not_allowed", "training_only", "clock_regression", "held_full",
+        "bad_csr", "bad_certificate", "bad_segment", "segment_overlap", "already_registered",
+        "not_found", "unauthorized", "not_the_buyer", "already_claimed", "not_claimable",
+        "bad_request", "body_too_large", "batch_too_large", "unsupported_media_type",
+        "method_not_allowed", "unavailable", "enrolment_required", "enrolment_invalid",
+        "enrolment_expired", "enrolment_used", "enrolment_taxpayer", "signature_required",
+        "request_replayed", "request_stale", "segment_too_large", "segment_cap", "forbidden",
+        "rate_limited", "credit_needs_confirmation", "confirmation_invalid", "not_claimed",
+    }
+)  # fmt: skip
+# syncd's own codes for a chain that is away or answers wrongly (chainport.ChainDown)
+OWN_CODES = frozenset({BAD_ANSWER, "UNAVAILABLE"})
+
+
+def code_label(code: str) -> str:
+    """A chain's code as a metric label: the API's codes and syncd's own keep theirs, any
+    other is `other`, so a chain that makes codes up cannot add a series per answer."""
+    return code if code in CHAIN_CODES or code in OWN_CODES else "other"
+
 
 def bad(what: str) -> ChainDown:
     return ChainDown(f"the chain's answer is not what its API defines: {what}", BAD_ANSWER)

@@ -36,6 +36,15 @@ log = logging.getLogger("taxctl.syncd.chain")
 
 CBOR = answers.CBOR
 T = TypeVar("T")
+# A larger answer is decoded and checked in a thread: up to 500,000 items take most of a
+# second of Python, during which the POS API and the printer links would stand still.
+IN_LOOP_BYTES = 256 * 1024
+
+
+async def _parsed(raw: bytes, kind: str, parse: Callable[[Any], T]) -> T:
+    if len(raw) <= IN_LOOP_BYTES:
+        return parse(answers.decode(raw, kind))
+    return await asyncio.to_thread(lambda: parse(answers.decode(raw, kind)))
 
 
 class ChainClient:
@@ -110,7 +119,7 @@ class ChainClient:
                         raise ChainRefused(code, message)
                     last = ChainDown(f"{node}: HTTP {status} {code}: {message}", code)
                     continue
-                value = parse(answers.decode(raw, kind))
+                value = await _parsed(raw, kind, parse)
             except ChainDown as exc:
                 last = ChainDown(f"{node}: HTTP {status}: {exc}", exc.code)
                 continue

@@ -38,7 +38,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from device.protocol import untrusted
@@ -342,6 +342,8 @@ def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"not valid TOML: {exc}", str(path)) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise ConfigError("config", "nests values too deeply to be read", str(path)) from None
     lines = locate_keys(text)
     name = path.name
 
@@ -354,7 +356,7 @@ def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
     out = _FileConfig({}, None, None, None, None)
     for top, value in data.items():
         if top == "state":
-            if not isinstance(value, str) or not value:
+            if not _is_path(value):
                 raise ConfigError("state", "must be a directory path", where("state"))
             out.state = Path(value)
         elif top == "device":
@@ -388,7 +390,7 @@ def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
                     except ValueError as exc:
                         raise ConfigError(dotted, str(exc), where(dotted)) from None
                 elif dotted == "api.socket":
-                    if not isinstance(item, str) or not item:
+                    if not _is_path(item):
                         raise ConfigError(dotted, "must be a socket path", where(dotted))
                     out.api_socket = Path(item)
                 elif dotted in BY_KEY:
@@ -414,6 +416,12 @@ def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
                 where(top),
             )
     return out, lines
+
+
+def _is_path(value: object) -> TypeGuard[str]:
+    """A non-empty string the OS can take as a path: no NUL, which TOML can write
+    (\\u0000) and every os call refuses with a ValueError."""
+    return isinstance(value, str) and bool(value) and "\0" not in value
 
 
 def _section_keys(section: str) -> list[str]:
@@ -554,7 +562,7 @@ def _device_from_file(entry: dict[str, Any], defaults: dict[str, Any]) -> Device
         return ConfigError(f"{label}.{key}", message, entry.get(f"_where_{key}", entry["_where"]))
 
     port = entry.get("port")
-    if not isinstance(port, str) or not port:
+    if not _is_path(port):
         raise fail("port", 'every [[device]] needs port = "/dev/ttyUSB0" (or a URL)')
     name = entry.get("name", port)
     if not isinstance(name, str) or not name:

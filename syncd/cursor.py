@@ -14,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from device.privatefile import write_private
+from device.protocol.untrusted import JSON_BODY, loads_json, shown
 
 CURSOR_FILE = "cursor.json"
 VERSION = 1
@@ -70,23 +73,27 @@ class DeviceCursor:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DeviceCursor:
+    def from_json(cls, data: Any) -> DeviceCursor:
+        """An entry as `to_json` writes it; ValueError naming the field for anything else
+        (the file may have been damaged or edited: no int()/str() of whatever is there)."""
+        entry = _typed(data, dict, "the entry")
         rejected = {}
-        for item in data.get("rejected", []):
+        for item in _typed(entry.get("rejected", []), list, "rejected"):
+            item = _typed(item, dict, "a rejection")
             r = Rejection(
-                int(item["counter"]),
-                str(item["code"]),
-                str(item.get("message", "")),
-                int(item.get("attempts", 1)),
-                float(item.get("first_at", 0)),
-                float(item.get("last_at", 0)),
+                _typed(item.get("counter"), int, "a rejection's counter"),
+                _typed(item.get("code"), str, "a rejection's code"),
+                _typed(item.get("message", ""), str, "a rejection's message"),
+                _typed(item.get("attempts", 1), int, "a rejection's attempts"),
+                _time(item.get("first_at", 0), "a rejection's first_at"),
+                _time(item.get("last_at", 0), "a rejection's last_at"),
             )
             rejected[r.counter] = r
         equivocated = data.get("equivocated")
         return cls(
-            int(data.get("counter", 0)),
-            int(data.get("synced_through", 0)),
-            str(data.get("port", "")),
+            _typed(entry.get("counter", 0), int, "counter"),
+            _typed(entry.get("synced_through", 0), int, "synced_through"),
+            _typed(entry.get("port", ""), str, "port"),
             rejected,
             int(data.get("high_counter", 0)),
             int(data.get("high_synced_through", 0)),
@@ -110,6 +117,27 @@ class DeviceCursor:
         return bool(stale)
 
 
+T = TypeVar("T")
+
+
+def _typed(value: Any, kind: type[T], what: str) -> T:
+    if type(value) is not kind:  # exactly: bool is no count, a float no counter
+        raise ValueError(f"{what} is {shown(value)}, not {kind.__name__}")
+    return value
+
+
+def _time(value: Any, what: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"{what} is {shown(value)}, not a time")
+    return float(value)
+
+
+_DEVICE_ID = re.compile(r"TC[0-9A-Z]{12}")
+# The file holds a few hundred bytes per device; anything far larger is not one of ours.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+_FILE_LIMITS = JSON_BODY.allowing(floats=True, max_items=1_000_000)
+
+
 class CursorStore:
     def __init__(self, state: Path) -> None:
         self.path = state / CURSOR_FILE
@@ -119,10 +147,14 @@ class CursorStore:
 
     def _load(self) -> None:
         try:
-            data = json.loads(self.path.read_text())
+            with open(self.path, "rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                raise ValueError(f"more than {MAX_FILE_BYTES} bytes")
+            data = loads_json(raw, _FILE_LIMITS)
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # InputRefused is a ValueError
             # Only status history and rejection counts live here; the device has the
             # truth. Start afresh rather than refuse to run, but keep the old file.
             log.error("cannot read %s (%s); starting with an empty cursor", self.path, exc)
@@ -132,10 +164,19 @@ class CursorStore:
         if not isinstance(data, dict) or data.get("version") != VERSION:
             log.error("%s has an unknown format; starting with an empty cursor", self.path)
             return
-        for device_id, entry in data.get("devices", {}).items():
+        devices = data.get("devices", {})
+        if not isinstance(devices, dict):
+            log.error("%s has no map of devices; starting with an empty cursor", self.path)
+            return
+        for device_id, entry in devices.items():
+            if not _DEVICE_ID.fullmatch(device_id):
+                log.error(
+                    "%s names a device %s that is not one; ignoring it", self.path, shown(device_id)
+                )
+                continue
             try:
                 self.devices[device_id] = DeviceCursor.from_json(entry)
-            except (KeyError, TypeError, ValueError) as exc:
+            except ValueError as exc:
                 log.error("cursor entry for %s is damaged (%s); ignoring it", device_id, exc)
 
     def device(self, device_id: str) -> DeviceCursor:

@@ -34,6 +34,7 @@ from typing import Any
 
 from device.client import DeviceClient, LinkError
 from device.protocol.status import DeviceError, Status
+from syncd.answers import code_label
 from syncd.backoff import Backoff
 from syncd.chainport import ChainDown, ChainPort, ChainRefused, SubmitResult
 from syncd.cursor import CursorStore
@@ -95,7 +96,7 @@ class ChainHealth:
 
     def failure(self, code: str, text: str) -> None:
         if self.metrics:
-            self.metrics.chain_errors.inc(1, code)
+            self.metrics.chain_errors.inc(1, code_label(code))
             self.metrics.chain_up.set(0)
         if self.ok is not False or code != self.last_code:
             log.warning("chain unavailable (%s): %s", code, text)
@@ -422,7 +423,7 @@ class DeviceSync:
                 self.guard.equivocated(device_id, r.counter)
             entry = cursor.record_rejection(r.counter, r.code, r.message, now)
             if self.metrics:
-                self.metrics.chain_errors.inc(1, r.code)
+                self.metrics.chain_errors.inc(1, code_label(r.code))
             left = self.settings.reject_retries - entry.attempts
             log.error(
                 "%s: chain rejected document %d: %s %s (%s)",
@@ -444,7 +445,8 @@ class DeviceSync:
             self.metrics.rejected.remove(*key)
         by_code: dict[str, int] = {}
         for r in cursor.rejected.values():
-            by_code[r.code] = by_code.get(r.code, 0) + 1
+            label = code_label(r.code)
+            by_code[label] = by_code.get(label, 0) + 1
         for code, n in by_code.items():
             self.metrics.rejected.set(n, device_id, code)
 

@@ -27,6 +27,7 @@ from typing import Any
 from device.client import DeviceClient, LinkError
 from device.protocol.status import DeviceError
 from device.transport import PortError
+from syncd import device_answers
 from syncd.backoff import Backoff
 from syncd.config import DeviceConfig
 from syncd.metrics import SyncdMetrics
@@ -121,7 +122,7 @@ class DeviceLink:
         return f"{self.device_id or '?'} on {self.config.port}"
 
     async def refresh_status(self) -> dict[str, Any]:
-        status = await self.require().status()
+        status = device_answers.status_answer(await self.require().status())
         self._set_status(status)
         return status
 
@@ -168,9 +169,9 @@ class DeviceLink:
         self.state = LinkState.CONNECTING
         self.client = client
         try:
-            hello = await client.hello()
-            info = await client.info()
-            status = await client.status()
+            hello = device_answers.hello_answer(await client.hello())
+            info = device_answers.info_answer(await client.info())
+            status = device_answers.status_answer(await client.status())
         except (LinkError, DeviceError) as exc:
             self._set_error(f"handshake failed: {exc}")
             await self._drop(client)
@@ -215,7 +216,10 @@ class DeviceLink:
             if self._lost.is_set() or time.monotonic() >= next_beat:
                 self._lost.clear()
                 try:
-                    self._set_status(await client.status())
+                    self._set_status(device_answers.status_answer(await client.status()))
+                except device_answers.BadDeviceAnswer as exc:
+                    self._set_error(str(exc))
+                    return
                 except LinkError as exc:
                     self._set_error(f"no answer: {exc}")
                     return

@@ -25,6 +25,7 @@ from device.client import DeviceClient
 from device.protocol import invoice, taxid
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown
+from syncd import device_answers
 from syncd.chainport import ChainDown, ChainPort, ChainRefused
 from syncd.link import DeviceLink
 from syncd.metrics import SyncdMetrics
@@ -184,7 +185,7 @@ class Registrar:
 
     async def _register_training(self, link: DeviceLink) -> None:
         info = link.require().info
-        fresh = await info()
+        fresh = device_answers.info_answer(await info())  # kept as the link's: checked
         link.info = fresh
         if not fresh.get("certificate"):
             return
@@ -230,15 +231,16 @@ class Registrar:
             raise
         if link.info is not None:
             link.info["segments"] = [*link.info.get("segments", []), segment]
-        if link.status is not None:
-            link.status["numbers_left"] = loaded.get("numbers_left", left)
+        numbers_left = loaded.get("numbers_left")
+        if link.status is not None and type(numbers_left) is int and numbers_left >= 0:
+            link.status["numbers_left"] = numbers_left  # until the next STATUS says
         if self.metrics:
             self.metrics.segments_loaded.inc(1, device_id)
         log.info(
-            "%s: numbers were low (%d); loaded segment %s %08d-%08d",
+            "%s: numbers were low (%d); loaded segment %s %s-%s",
             link.label,
             left,
-            loaded.get("code"),
-            int(loaded.get("start", 0)),
-            int(loaded.get("end", 0)),
+            shown(loaded.get("code")),
+            shown(loaded.get("start")),
+            shown(loaded.get("end")),
         )

@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from device.protocol import qr
+from device.protocol import qr, untrusted
 
 DEFAULT_CHAIN = "http://127.0.0.1:8700"
 
@@ -46,6 +46,8 @@ invoice, and the answer says so ("training").
 """
 
 YUAN = re.compile(r"-?\d{1,11}(\.\d{1,2})?")
+RESULTS = ("authentic", "not_found", "mismatch", "not_yet_uploaded", "forged")
+MAX_ANSWER = 1024 * 1024  # a 查验 answer is a few hundred bytes
 
 
 class Failure(Exception):
@@ -126,7 +128,7 @@ def ask(chain: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
-            raw = resp.read()
+            raw = resp.read(MAX_ANSWER + 1)
     except urllib.error.HTTPError as exc:
         raise Failure(f"the chain refused the question: {refusal(exc)}", NO_ANSWER) from None
     except urllib.error.URLError as exc:
@@ -139,22 +141,50 @@ def ask(chain: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         raise Failure(
             f"the chain at {chain} broke off: {exc or type(exc).__name__}", NO_ANSWER
         ) from None
-    try:
-        answer = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        answer = None
+    problem = "more than 1 MiB" if len(raw) > MAX_ANSWER else None
+    answer: Any = None
+    if problem is None:
+        try:
+            answer = untrusted.loads_json(raw)
+        except untrusted.InputRefused as exc:
+            problem = str(exc)
+    problem = problem or answer_problem(answer)
+    if problem is not None:
+        raise Failure(
+            f"{url} did not answer as a chain does: {untrusted.shown(problem, 120)}", NO_ANSWER
+        )
+    return dict(answer)
+
+
+def answer_problem(answer: Any) -> str | None:
+    """What is wrong with a 查验 answer, for the fields this tool reads; None if nothing."""
     if not isinstance(answer, dict) or answer.get("result") not in RESULTS:
-        raise Failure(f"{url} did not answer as a chain does: {raw[:80]!r}", NO_ANSWER)
-    return answer
+        return "no 查验 result"
+    mismatched = answer.get("mismatched", [])
+    if not isinstance(mismatched, list) or not all(isinstance(m, str) for m in mismatched):
+        return "mismatched is not a list of field names"
+    if not isinstance(answer.get("seller") or {}, dict):
+        return "seller is not a map"
+    total = answer.get("total")
+    if total is not None and type(total) is not int:
+        return "total is not a whole number of fen"
+    return None
 
 
 def refusal(exc: urllib.error.HTTPError) -> str:
-    """`STATUS code: message` from the chain's error body, or the bare status."""
+    """`STATUS code: message` from the chain's error body, or the bare status; whatever
+    the body holds, bounded and with nothing a terminal would act on."""
     try:
-        error = json.loads(exc.read())["error"]
-        return f"{exc.code} {error['code']}: {error['message']}"
-    except (ValueError, KeyError, TypeError, OSError):
-        return f"{exc.code} {exc.reason}"
+        error = untrusted.loads_json(exc.read(MAX_ANSWER))["error"]
+        return f"{exc.code} {text(error['code'])}: {text(error['message'])}"
+    except (ValueError, KeyError, TypeError, OSError):  # InputRefused is a ValueError
+        return f"{exc.code} {text(exc.reason)}"
+
+
+def text(value: Any, limit: int = 100) -> str:
+    """A value from the answer as a line may show it: shortened, controls escaped."""
+    shown = untrusted.shown(value, limit)
+    return shown[1:-1] if isinstance(value, str) else shown
 
 
 def yuan(fen: int) -> str:
@@ -163,7 +193,8 @@ def yuan(fen: int) -> str:
 
 
 def describe(answer: dict[str, Any]) -> list[str]:
-    ident = f"{answer.get('code')}/{answer.get('number')}"
+    """The answer in words; every value from it passes `text` (the chain may be anyone)."""
+    ident = f"{text(answer.get('code'))}/{text(answer.get('number'))}"
     training = (
         ["  training: yes — training document, not a valid invoice (训练票据)"]
         if answer.get("training")
@@ -180,7 +211,7 @@ def describe(answer: dict[str, Any]) -> list[str]:
     if answer["result"] == "not_yet_uploaded":
         return not_yet_uploaded(answer, ident, training)
     if answer["result"] == "mismatch":
-        fields = ", ".join(str(f) for f in answer.get("mismatched", []))
+        fields = ", ".join(text(f) for f in answer.get("mismatched", [])[:10])
         return [
             f"mismatch (信息不符): invoice {ident} is on the chain, but these differ: {fields}",
             *training,
@@ -196,11 +227,11 @@ def describe(answer: dict[str, Any]) -> list[str]:
     total = answer.get("total")
     return [
         head,
-        f"  seller:   {seller.get('name', '?')} ({seller.get('tax_id', '?')})",
-        f"  issued:   {answer.get('issued_at')}",
-        f"  total:    {'?' if total is None else yuan(int(total))}",
-        f"  state:    {answer.get('state')}",
-        f"  height:   {answer.get('height')}",
+        f"  seller:   {text(seller.get('name', '?'))} ({text(seller.get('tax_id', '?'))})",
+        f"  issued:   {text(answer.get('issued_at'))}",
+        f"  total:    {'?' if total is None else yuan(total)}",
+        f"  state:    {text(answer.get('state'))}",
+        f"  height:   {text(answer.get('height'))}",
         f"  claimed:  {'yes' if claimed else 'no'}",
         *(training or ["  training: no"]),
     ]

@@ -167,6 +167,20 @@ def _encoded_key(key: Any) -> bytes:
 
 
 _KEYS_OK: dict[tuple[Any, ...], bool] = {}
+# The cache is for the handful of key sets this project's objects use (a document's
+# payload has about twenty short keys). Its keys come from the input, so only small key
+# sets are kept: otherwise each of its 4096 entries could hold a key as long as a body.
+_CACHED_KEYS = 32
+_CACHED_KEY_CHARS = 512
+
+
+def _cacheable(keys: tuple[Any, ...]) -> bool:
+    if len(keys) > _CACHED_KEYS:
+        return False
+    size = 0
+    for key in keys:
+        size += len(key) if type(key) is str else 1
+    return size <= _CACHED_KEY_CHARS
 
 
 _CONTAINERS = (dict, list, cbor2.CBORTag)
@@ -186,7 +200,7 @@ def _keys_in_order(value: Any) -> bool:
                     ok = list(keys) == sorted(keys, key=_encoded_key)
                 except (TypeError, cbor2.CBOREncodeError):
                     ok = False
-                if len(_KEYS_OK) < 4096:
+                if len(_KEYS_OK) < 4096 and _cacheable(keys):
                     _KEYS_OK[keys] = ok
             if not ok:
                 return False

@@ -198,7 +198,11 @@ class DeviceError(Exception):
             raw = body.get("info")
             if isinstance(raw, dict):
                 info = raw
-        return cls(code, detail, **info)
+        # Not cls(code, detail, **info): the map comes from the answer, and a key such as
+        # "status" or "detail" would collide with the constructor's own arguments.
+        error = cls(code, detail)
+        error.info = bounded_info(info)
+        return error
 
 
 def internal_error(exc: BaseException) -> DeviceError:

@@ -17,6 +17,7 @@ from typing import Any
 
 from device.protocol import trust
 from device.protocol.keys import KeyPair
+from device.protocol.untrusted import InputRefused, loads_json, shown
 
 NODES_FILE = "nodes.json"
 
@@ -24,6 +25,26 @@ NODES_FILE = "nodes.json"
 def node_ids(count: int) -> list[str]:
     """The tax bureau's node first, then the enterprise nodes."""
     return ["bureau"] + [f"enterprise{i}" for i in range(1, count)]
+
+
+def _read_keys(path: Path) -> dict[str, KeyPair]:
+    """The node keys as `open` wrote them: [{"node_id", "seed"}, ...]; ValueError for a
+    file that is not that (damaged or edited), never whatever indexing it raises."""
+    try:
+        data = loads_json(path.read_bytes())
+    except InputRefused as exc:
+        raise ValueError(f"{path} is damaged: {exc}") from None
+    keys: dict[str, KeyPair] = {}
+    for entry in data if isinstance(data, list) else [data]:
+        node_id = entry.get("node_id") if isinstance(entry, dict) else None
+        seed = entry.get("seed") if isinstance(entry, dict) else None
+        if not isinstance(node_id, str) or not isinstance(seed, str):
+            raise ValueError(f"{path} is damaged: each entry is a node_id and a seed")
+        try:
+            keys[node_id] = KeyPair.from_seed(bytes.fromhex(seed))
+        except ValueError:
+            raise ValueError(f"{path} is damaged: the seed of {shown(node_id)}") from None
+    return keys
 
 
 class NodeSet:
@@ -36,8 +57,7 @@ class NodeSet:
         """Load the node keys, creating them on first start; the count cannot change later."""
         path = directory / NODES_FILE
         if path.exists():
-            data = json.loads(path.read_text())
-            keys = {n["node_id"]: KeyPair.from_seed(bytes.fromhex(n["seed"])) for n in data}
+            keys = _read_keys(path)
             if len(keys) != count:
                 raise ValueError(
                     f"this ledger was created with {len(keys)} nodes;"

@@ -9,6 +9,7 @@ after it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -273,3 +274,33 @@ async def test_punctuation_inside_strings_is_not_counted_against_a_body(
     async with session.post(url, json={"reason": ",:[{" * 50}, headers=auth) as resp:
         body = await resp.json()
         assert (resp.status, body["error"]["code"]) == (404, "unknown_device"), body
+
+
+async def test_a_batch_of_costly_documents_does_not_freeze_the_chain(
+    chain_proc: ChainUnderTest, session: aiohttp.ClientSession
+) -> None:
+    """1000 documents of 20 kB, each a signed payload of 20,000 items (within every bound,
+    refused only once decoded): validating them took 12 s in the event loop, and for those
+    12 s the chain answered nothing, /v1/health included. The batch still costs its time;
+    everybody else is answered meanwhile."""
+    from device.protocol import cose
+    from device.protocol.keys import KeyPair
+
+    document = cose.sign1(cbor2.dumps([0] * 19_990), KeyPair.derive("x"), DEVICE.encode())
+    body = cbor2.dumps({"documents": [document] * 1000})
+    url = f"{chain_proc.url}/v1/documents?wait=0"
+    slow = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=slow) as batch_session:
+        post = asyncio.create_task(batch_session.post(url, data=body, headers=CBOR_TYPE))
+        await asyncio.sleep(0.3)  # the body is in: validation has begun
+        probes = []
+        while not post.done():
+            started = time.monotonic()
+            async with session.get(f"{chain_proc.url}/v1/health") as resp:
+                assert resp.status == 200
+            probes.append(time.monotonic() - started)
+            await asyncio.sleep(0.05)
+        async with await post as resp:
+            answer = await resp.json()
+    assert resp.status == 200 and answer["counts"] == {"rejected": 1000}, answer["counts"]
+    assert probes and max(probes) < 1.0, f"/v1/health took {max(probes):.1f} s"

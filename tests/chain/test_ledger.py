@@ -374,3 +374,64 @@ async def test_number_lookup_uses_the_primary_key(tmp_path: Path) -> None:
             assert "SCAN invoices" not in plan and "SEARCH i USING PRIMARY KEY" in plan, plan
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize(
+    "taxpayer",
+    [
+        {"name": "Shop\u202eGNIRT", "tax_id": BUYER_TAX_ID},  # a bidi override
+        {"name": "Shop\nTOTAL 0.00", "tax_id": BUYER_TAX_ID},  # a faked receipt line
+        {"name": "S" * 60_000, "tax_id": BUYER_TAX_ID},
+        {"name": "\u0301Shop", "tax_id": BUYER_TAX_ID},  # a leading combining mark
+        {"name": "Shop", "tax_id": BUYER_TAX_ID, **{f"x{i}": "y" * 100 for i in range(500)}},
+    ],
+    ids=["bidi", "newline", "60k", "combining", "extra-keys"],
+)
+async def test_the_bureau_certifies_only_a_name_a_device_would_print(
+    tmp_path: Path, taxpayer: dict[str, str]
+) -> None:
+    """The bureau put whatever taxpayer a CSR named into the certificate it signed: names
+    with controls, bidi overrides or 60,000 characters, and any extra fields, copied into
+    every certificate, its ledger row and GET /v1/devices/{id}. A device refuses such a
+    certificate; the bureau now refuses the CSR, with the device's own name rule."""
+    from device.protocol import trust
+    from device.protocol.keys import KeyPair
+    from hostsim.chain.errors import ChainError
+
+    chain = Chain.open(tmp_path / "prod", training=False, block_interval=0.001)
+    chain.engine.start()
+    try:
+        csr = trust.make_csr(KeyPair.generate(), taxpayer, False, 0)
+        with pytest.raises(ChainError) as caught:
+            await chain.acts.register(csr, None, [], 5)
+        assert caught.value.code == "bad_csr"
+        assert len(caught.value.message) < 300
+        assert not chain.engine.state.devices
+    finally:
+        await chain.engine.stop()
+        chain.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}',
+        "[1, 2]",
+        '[{"node_id": "bureau"}]',
+        '[{"node_id": "b", "seed": 5}]',
+        "[" * 100_000,
+    ],
+    ids=["a map", "numbers", "no seed", "seed a number", "nested 100,000 deep"],
+)
+async def test_a_damaged_node_key_file_is_one_setup_error(tmp_path: Path, text: str) -> None:
+    """nodes.json was read with json.loads and indexing: a list of numbers (TypeError), an
+    entry without its seed (KeyError) or deep nesting (RecursionError) was a traceback at
+    every start, not the one-line setup error a damaged data directory gets."""
+    from hostsim.chain.node import ChainSetupError
+    from hostsim.chain.quorum import NODES_FILE
+
+    Chain.open(tmp_path / "data", training=True).close()
+    (tmp_path / "data" / NODES_FILE).write_text(text)
+    with pytest.raises(ChainSetupError) as caught:
+        Chain.open(tmp_path / "data", training=True).close()
+    assert len(str(caught.value)) < 300

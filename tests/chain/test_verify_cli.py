@@ -245,3 +245,82 @@ def test_rate_limited_is_no_answer(tmp_path: Path) -> None:
         one_line_error(out, "429 rate_limited", "ask again in")
     finally:
         chain.stop()
+
+
+class _Rogue:
+    """An HTTP server on loopback that answers every request with one fixed answer."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        import http.server
+        import threading
+
+        answer = (status, body)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(answer[0])
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer[1])))
+                self.end_headers()
+                self.wfile.write(answer[1])
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+PAYLOAD = "taxctl:v1?c=044031900111&n=00000001&d=2026-01-01&t=100&k=123456"
+ESC = "\x1b[2K\rauthentic"  # erase the line and write another over it
+ROGUE_ANSWERS = [
+    ("nested 100,000 deep", 200, b'{"result": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    ("a total of Infinity", 200, b'{"result": "authentic", "total": Infinity}'),
+    ("a total that is text", 200, b'{"result": "authentic", "total": "lots"}'),
+    ("a seller that is a list", 200, b'{"result": "authentic", "seller": [1, 2]}'),
+    ("mismatched not a list", 200, b'{"result": "mismatch", "mismatched": 5}'),
+    ("a refusal nested deep", 400, b'{"error": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    (
+        "a refusal with a long escaping message",
+        400,
+        json.dumps({"error": {"code": "x", "message": ESC * 10_000}}).encode(),
+    ),
+    ("64 MB of answer", 200, b'{"result": "' + b"a" * (64 << 20) + b'"}'),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "status", "body"), ROGUE_ANSWERS, ids=[a[0] for a in ROGUE_ANSWERS]
+)
+def test_a_rogue_chain_gets_one_short_line_never_a_traceback(
+    what: str, status: int, body: bytes
+) -> None:
+    """`taxctl verify` read a chain's answer whole with json.loads and printed its fields
+    as they came: deep nesting (RecursionError), Infinity or text as the total, a seller
+    that is not a map were tracebacks; a refusal's message was printed whole, terminal
+    escapes included. Whatever a URL answers, verify says so in one bounded line."""
+    rogue = _Rogue(status, body)
+    try:
+        out = verify("--chain", rogue.url, "--payload", PAYLOAD)
+    finally:
+        rogue.close()
+    assert out.returncode == 4, (what, out.returncode, out.stderr[-300:])
+    one_line_error(out)
+    assert len(out.stderr) < 400 and "\x1b" not in out.stderr, (what, out.stderr[:300])
+
+
+def test_a_rogue_chains_names_are_printed_escaped() -> None:
+    body = {"result": "authentic", "seller": {"name": ESC, "tax_id": "1" * 5000}, "total": 100}
+    rogue = _Rogue(200, json.dumps(body).encode())
+    try:
+        out = verify("--chain", rogue.url, "--payload", PAYLOAD)
+    finally:
+        rogue.close()
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and len(out.stdout) < 2000, out.stdout[:300]

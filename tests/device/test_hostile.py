@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,42 @@ async def test_map_keys_that_are_not_text(start: Any, body: dict[Any, Any]) -> N
     answers = await raw_requests(h, [(Command.ISSUE, cbor2.dumps(body)), (Command.STATUS, b"")])
     assert [a.status for a in answers] == [Status.BAD_REQUEST, Status.OK]
     assert h.snapshot() == before
+
+
+class _Sink:
+    """A port that takes every frame and keeps none (the host reads them)."""
+
+    name = "sink"
+
+    async def read(self) -> bytes:
+        return b""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_recorded_answers_are_bounded_in_bytes_not_only_in_count(tmp_path: Path) -> None:
+    """The server records each answer for a retransmission of its request id, 4096 of them:
+    FETCH and EXPORT answers are up to 60 kB, so 4096 FETCHes of 25 bytes (or a day of
+    syncd's own pages) kept 250 MB on the printer. The record is bounded in bytes too."""
+    from device.app import open_device
+
+    fw = open_device(tmp_path / "state", training=True)
+    try:
+        srv = server.DeviceServer(fw, _Sink())
+        page = {"documents": [bytes(range(256)) * 234], "first": 1, "last_counter": 1}
+        tracemalloc.start()
+        try:
+            for rid in range(1, 1001):
+                srv._reply(rid, Command.FETCH, bytes(16), Status.OK, page)
+            kept, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert kept < server.RECENT_BYTES + 2_000_000, f"{kept} bytes kept for 1000 answers"
+        # the newest answers are still there for a retransmission
+        assert 1000 in srv._recent and 1 not in srv._recent
+    finally:
+        fw.close()

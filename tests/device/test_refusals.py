@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from typing import Any
@@ -268,3 +269,60 @@ def test_one_process_per_state_directory(tmp_path: Any) -> None:
     with pytest.raises(SettingsError, match="different tax bureau key"):
         open_device(state, bureau_key=bytes(32))
     open_device(state, training=True).close()
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("what", "change"),
+    [
+        ("capacity of Infinity", '"capacity": Infinity'),
+        ("offline_amount of NaN", '"offline_amount": NaN'),
+        ("training as text", '"training": "false"'),
+        ("device_id as a list", '"device_id": [1]'),
+        ("capacity as a fraction", '"capacity": 2.5'),
+        ("tax rates as a map", '"tax_rates": {"a": 1}'),
+        ("the file nested 100,000 deep", None),
+    ],
+)
+def test_a_damaged_device_json_is_one_settings_error(
+    tmp_path: Any, what: str, change: str | None
+) -> None:
+    """device.json was read with json.loads and int()/bool()/str(): Infinity raised
+    OverflowError and deep nesting RecursionError (tracebacks at start), and a training
+    flag of "false" or a device id of [1] were taken as True and "[1]"."""
+    from device.app import open_device
+    from device.settings import SETTINGS_FILE, SettingsError
+
+    state = tmp_path / "state"
+    open_device(state, training=True).close()
+    path = state / SETTINGS_FILE
+    text = path.read_text()
+    if change is None:
+        text = DEEP_JSON
+    else:
+        key = change.split(":")[0].strip('"')
+        data = json.loads(text)
+        data.pop(key)
+        text = json.dumps(data)[:-1] + ", " + change + "}"
+    path.write_text(text)
+    with pytest.raises(SettingsError) as err:
+        open_device(state, training=True).close()
+    assert len(str(err.value)) < 300, what
+    assert "\n" not in str(err.value), what
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59Z", "9999-06-01T00:00:00Z"])
+async def test_set_time_to_the_end_of_four_digit_years_is_refused(start: Any, when: str) -> None:
+    """SET_TIME took any valid time: at 9999-12-31T23:59:59Z, a second later the device
+    signed documents dated 10000-01-01 (a form no verifier reads), and since its clock can
+    never be set back, it stayed so for good."""
+    h: Harness = await start(limits=wide_limits())
+    await h.client.issue(INVOICE)
+    offset = h.fw.time_offset
+    error = await refused(h, Status.BAD_REQUEST, h.client.set_time(when))
+    assert "9999" in error.detail
+    assert h.fw.time_offset == offset
+    h.clock.advance(86400)
+    assert (await h.client.issue(INVOICE))["issued_at"].startswith("20")

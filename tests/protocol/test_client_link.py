@@ -131,3 +131,37 @@ async def test_a_refusal_whose_detail_cannot_be_read_is_still_that_refusal() -> 
         assert caught.value.status == Status.PAPER_OUT
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("name", ["status", "detail", "self"])
+async def test_a_refusal_whose_info_names_a_constructor_argument_is_still_that_refusal(
+    name: str,
+) -> None:
+    """from_response passed the answer's `info` map as keyword arguments: an entry named
+    `status`, `detail` or `self` raised TypeError out of the client (a 500 for the till,
+    a crashed link task at the handshake) instead of giving the refusal."""
+    port = ScriptedPort()
+    client = DeviceClient(port, response_timeout=5.0)
+    try:
+        call = asyncio.create_task(client.request(Command.ISSUE, {"items": []}))
+        _, request = await next_sent(port, 1)
+        body = {"error": "PAPER_OUT", "detail": "load paper", "info": {name: 7, "seen": 1}}
+        status = int(Status.PAPER_OUT)
+        port.incoming.put_nowait(
+            encode_frame(
+                Frame(
+                    FrameType.RESPONSE,
+                    request.request_id,
+                    request.command,
+                    status,
+                    codec.encode(body),
+                )
+            )
+        )
+        with pytest.raises(DeviceError) as caught:
+            await asyncio.wait_for(call, 1)
+        assert caught.value.status == Status.PAPER_OUT
+        assert caught.value.detail == "load paper"
+        assert caught.value.info == {name: 7, "seen": 1}
+    finally:
+        await client.close()

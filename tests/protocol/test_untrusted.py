@@ -180,3 +180,23 @@ def test_a_json_flood_is_refused_before_it_is_parsed() -> None:
     assert peak < 1_000_000
     # Punctuation inside strings is allowed for, up to four times the item bound.
     loads_json(json.dumps({"reason": "," * 50_000}).encode())
+
+
+def test_decode_canonical_keeps_no_memory_for_hostile_map_keys() -> None:
+    """Its key-order cache was keyed by each map's keys, whatever their size: 4096 LOAD_CERT
+    frames (or chain documents) with one unique 60 kB key each, checked before any signature,
+    kept 240 MB for the life of the process."""
+    codec._KEYS_OK.clear()
+    tracemalloc.start()
+    try:
+        for index in range(300):
+            key = f"{index:08d}" + "k" * 60_000
+            assert codec.decode_canonical(codec.encode({key: 1, "z" * 70_000: 2})) is not None
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 300 inputs of 130 kB: nothing of them may stay behind once decoded
+    assert kept < 2_000_000, f"{kept} bytes kept after decoding"
+    # ordinary documents' key sets are still remembered (that is what the cache is for)
+    codec.decode_canonical(codec.encode({"kind": "invoice", "counter": 1}))
+    assert ("kind", "counter") in codec._KEYS_OK

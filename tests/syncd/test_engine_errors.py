@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 
+from hostsim.chain.errors import Code
+from syncd import answers
 from syncd.chainport import ChainDown, ConsortiumOffer, Registration, SubmitResult, SubmitStatus
 from syncd.config import Config, DeviceConfig
 from syncd.cursor import CursorStore
 from syncd.engine import ChainHealth, Consortium, DeviceSync, SyncSettings
 from syncd.metrics import SyncdMetrics
 from syncd.registration import Registrar, RegistrationSettings
+from syncd.verdict import Rejected, Verdict
 
 DEVICE = "TC0000000000AB"
 FAST = SyncSettings(poll_interval=0.05, backoff_initial=0.01, backoff_max=0.02, batch_max=4)
@@ -238,3 +241,44 @@ async def test_a_crashed_engine_is_restarted_and_the_daemon_keeps_running(
         assert item.sync_task.done() and item.sync_task.exception() is None
     finally:
         daemon.store.close()
+
+
+def test_codes_a_chain_makes_up_cannot_grow_the_metrics_without_bound(tmp_path: Path) -> None:
+    """Each code in a chain's answer became a label of taxctl_syncd_chain_errors_total: a
+    chain answering every retry (or every rejected document) with a new code grew syncd's
+    memory and its /metrics page for as long as it ran (10,000 answers: 1.4 MB of page).
+    Codes the API defines, and syncd's own, keep their line; any other is `other`."""
+    metrics = SyncdMetrics()
+    health = ChainHealth(metrics)
+    for index in range(10_000):
+        health.failure(f"made_up_{index:05d}", "HTTP 503")
+    health.failure("BAD_ANSWER", "results")
+    health.failure("unavailable", "HTTP 503")
+    sync = DeviceSync(
+        Link(Printer(1)),  # type: ignore[arg-type]
+        MemoryChain(),
+        CursorStore(tmp_path),
+        FAST,
+        health=health,
+        consortium=Consortium(MemoryChain()),
+        metrics=metrics,
+    )
+    rejected = [Rejected(c, f"invented_{c}", "no") for c in range(1, 2001)]
+    rejected.append(Rejected(2001, "number_used", "twice"))
+    sync._record_rejections(DEVICE, Verdict(0, None, None, tuple(rejected)))
+    page = metrics.render()
+    assert len(page) < 20_000, f"a /metrics page of {len(page)} bytes"
+    assert set(metrics.chain_errors.values) == {
+        ("other",),
+        ("BAD_ANSWER",),
+        ("unavailable",),
+        ("number_used",),
+    }
+    assert metrics.chain_errors.get("other") == 12_000  # still counted, on one line
+    assert metrics.rejected.get(DEVICE, "other") == 2000
+    # the cursor keeps each document's own code for the operator
+    assert sync.cursors.device(DEVICE).rejected[7].code == "invented_7"
+
+
+def test_the_codes_syncd_labels_are_the_chain_api_codes() -> None:
+    assert {code.value for code in Code} == answers.CHAIN_CODES

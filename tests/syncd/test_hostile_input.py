@@ -89,3 +89,21 @@ def test_hostile_requests_get_a_specific_4xx_and_change_nothing(shop: Shop) -> N
     assert status == 201 and issued["counter"] == 1 and issued["retry"] is False, issued
     log = (shop.root / "syncd.log").read_text()
     assert "Traceback" not in log and "INTERNAL_ERROR" not in log
+
+
+def test_a_body_too_large_for_one_frame_is_refused_and_keeps_no_key(shop: Shop) -> None:
+    """Within the API's 1 MiB but past the 65,535 bytes of a frame: the printer can never be
+    asked, so the refusal comes before the key is taken (it was a 500 that kept the key)."""
+    shop.start_chain()
+    shop.start_device()
+    shop.start_syncd()
+    api = shop.api
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "too-large"}
+    huge = json.dumps({**INVOICE, "note": "x" * 70_000}).encode()
+    for _ in range(2):  # the retry a till makes gets the same refusal, not a stuck key
+        got = http("POST", f"{api}/v1/invoices", huge, headers)
+        assert not wrong_answer("a body past one frame", got, 422, "BODY_TOO_LARGE"), got[:2]
+    status, issued, _ = http("POST", f"{api}/v1/invoices", INVOICE, headers)
+    assert status == 201 and issued["counter"] == 1 and issued["retry"] is False, issued
+    log = (shop.root / "syncd.log").read_text()
+    assert "Traceback" not in log and "INTERNAL_ERROR" not in log
