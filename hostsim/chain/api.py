@@ -234,16 +234,23 @@ async def claim_invoice(request: web.Request) -> web.Response:
 
 
 async def rotate_consortium(request: web.Request) -> web.Response:
-    """The bureau issues the next consortium epoch, endorsed by the current nodes."""
+    """The bureau issues the next consortium epoch, endorsed by the current nodes; the
+    body may name nodes whose keys it replaces (`{"replace": [...] | "all"}`)."""
     require_admin(request)
     chain = chain_of(request)
-    rotated = rotation.rotate(chain)
+    body = await wire.read_body(request, wire.LISTS) if request.can_read_body else {}
+    if set(body) - {"replace"}:
+        raise ChainError(Code.BAD_REQUEST, 'the body is {"replace": [node ids] | "all"}')
+    replace = rotation.replaced_ids(chain, body.get("replace"))
+    rotated = await rotation.rotate(chain, replace)
     return wire.respond(
         request,
         {
             "chain_id": rotated.chain_id,
             "epoch": rotated.epoch,
             "endorsed_by": len(chain.endorsements),
+            "replaced": replace,
+            "from_height": chain.engine.blocks.current_from,
         },
         status=201,
     )

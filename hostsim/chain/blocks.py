@@ -7,6 +7,11 @@ the block, the audit path to the root and the node signatures: everything
 a device needs to check it with the consortium keys it pinned. A batch's
 answer can instead carry compact receipts, which name their block by
 height, and each block's header and signatures once.
+
+After a rotation, a block older than the current epoch is handed out with
+the current nodes' signatures over its (unchanged) header, not the ones
+stored with it: a device checks receipts against the one consortium it
+holds, and keys a rotation replaced must sign nothing it accepts.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from device.protocol import codec, merkle, trust
 from hostsim.chain.ledger import Ledger
+from hostsim.chain.quorum import NodeSet
 
 
 @dataclass(slots=True)
@@ -75,10 +81,19 @@ def assemble(
 class BlockCache:
     """Recent blocks with their trees, so receipts for a batch cost no re-hashing."""
 
-    def __init__(self, ledger: Ledger, size: int = 32) -> None:
+    def __init__(self, ledger: Ledger, nodes: NodeSet, size: int = 32) -> None:
         self.ledger = ledger
+        self.nodes = nodes
         self.size = size
         self.blocks: OrderedDict[int, Block] = OrderedDict()
+        # Blocks below this height were signed by an earlier epoch's nodes.
+        self.current_from = 1
+
+    def attest_from(self, height: int) -> None:
+        """The current epoch signs from `height` on; cached blocks below it carry the
+        old signatures, so they are dropped and re-attested on their next use."""
+        self.current_from = height
+        self.blocks.clear()
 
     def put(self, block: Block) -> None:
         self.blocks[block.height] = block
@@ -96,6 +111,9 @@ class BlockCache:
             return None
         hashes = [tx.hash for tx in self.ledger.block_txs(height)]
         header = codec.decode(row.header)
-        block = Block(header, row.hash, codec.decode(row.signatures), hashes, merkle.levels(hashes))
+        signatures = (
+            self.nodes.sign(header) if height < self.current_from else codec.decode(row.signatures)
+        )
+        block = Block(header, row.hash, signatures, hashes, merkle.levels(hashes))
         self.put(block)
         return block

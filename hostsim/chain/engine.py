@@ -103,7 +103,7 @@ class Engine:
         self.block_interval = block_interval
         self.mempool_max = mempool_max
         self.state = TipState(ledger, bureau.open_certificate, bureau.open_segment, held_limits)
-        self.blocks = BlockCache(ledger)
+        self.blocks = BlockCache(ledger, nodes)
         self.mempool: deque[Tx] = deque()
         self.rejections: OrderedDict[bytes, ChainError] = OrderedDict()
         self.height = ledger.height()
@@ -118,6 +118,8 @@ class Engine:
         self._incoming = 0  # submissions still being decoded and verified
         self._queued = 0  # transactions ever queued: the next one's `seq`
         self._task: asyncio.Task[None] | None = None
+        # Held while a block is signed and written, so a rotation sees no block in between.
+        self.cut_lock = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -399,6 +401,10 @@ class Engine:
         The block's transactions stay at the head of the mempool (and in the
         pending overlay) until the write is durable; admission goes on meanwhile.
         """
+        async with self.cut_lock:
+            return await self._cut_block()
+
+    async def _cut_block(self) -> Block | None:
         count = min(self.block_max, len(self.mempool))
         txs = [self.mempool[i] for i in range(count)]
         now = max(format_utc(self.clock.now()), self.last_time)

@@ -77,6 +77,11 @@ class Chain:
                 chain_id = chain_id_raw.decode()
                 consortium = ledger.get_meta("consortium") or b""
             opened = trust.open_consortium(consortium, bureau.public_key)
+            try:
+                node_set = NodeSet.recover(directory, opened.nodes) or node_set
+                epochs = rotation.load_epochs(ledger)
+            except ValueError as exc:
+                raise ChainSetupError(str(exc)) from None
             if opened.nodes != node_set.public_keys:
                 raise ChainSetupError("the node keys do not match the consortium on record")
             engine = Engine(
@@ -91,6 +96,8 @@ class Chain:
                 workers=workers,
                 held_limits=held_limits,
             )
+            if epochs:
+                engine.blocks.attest_from(epochs[-1].from_height)
         except BaseException:
             ledger.close()
             raise

@@ -20,6 +20,9 @@ from device.protocol.keys import KeyPair
 from device.protocol.untrusted import InputRefused, loads_json, shown
 
 NODES_FILE = "nodes.json"
+# A rotation that replaces keys writes them here first; the ledger's record of the new
+# consortium decides, at the next start, whether they replace NODES_FILE or are dropped.
+NEXT_FILE = "nodes.json.next"
 
 
 def node_ids(count: int) -> list[str]:
@@ -47,6 +50,24 @@ def _read_keys(path: Path) -> dict[str, KeyPair]:
     return keys
 
 
+def _write_keys(path: Path, keys: Mapping[str, KeyPair]) -> None:
+    """Owner-only, created fresh, on disk before this returns."""
+    entries = [{"node_id": n, "seed": k.seed.hex()} for n, k in keys.items()]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(entries, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class NodeSet:
     def __init__(self, keys: Mapping[str, KeyPair]) -> None:
         self.keys = dict(keys)
@@ -67,13 +88,45 @@ class NodeSet:
         if count < 1:
             raise ValueError("a chain needs at least one node")
         keys = {node_id: KeyPair.generate() for node_id in node_ids(count)}
-        entries = [{"node_id": n, "seed": k.seed.hex()} for n, k in keys.items()]
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(entries, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_keys(path, keys)
         return cls(keys)
+
+    @staticmethod
+    def stage(directory: Path, keys: Mapping[str, KeyPair]) -> None:
+        """Write the keys a rotation is about to put in force, beside the current ones."""
+        path = directory / NEXT_FILE
+        path.unlink(missing_ok=True)
+        _write_keys(path, keys)
+
+    @staticmethod
+    def promote(directory: Path) -> None:
+        """The staged keys are in force (the ledger recorded their consortium): the old
+        seeds are gone with the rename."""
+        os.replace(directory / NEXT_FILE, directory / NODES_FILE)
+        _sync_dir(directory)
+
+    @classmethod
+    def recover(cls, directory: Path, recorded: Mapping[str, bytes]) -> NodeSet | None:
+        """After a crash inside a rotation: the staged keys if the ledger recorded their
+        consortium (the rename did not happen yet), else None; staged keys the ledger
+        never recorded are dropped."""
+        path = directory / NEXT_FILE
+        if not path.exists():
+            return None
+        staged = cls(_read_keys(path))
+        if staged.public_keys == dict(recorded):
+            cls.promote(directory)
+            return staged
+        path.unlink()
+        return None
+
+    def replace(self, node_ids: Iterable[str]) -> dict[str, KeyPair]:
+        """The key set with fresh keys for `node_ids` (this set itself is unchanged)."""
+        wanted = set(node_ids)
+        unknown = wanted - set(self.keys)
+        if unknown:
+            raise KeyError(f"no such node: {', '.join(sorted(shown(n) for n in unknown))}")
+        return {n: KeyPair.generate() if n in wanted else k for n, k in self.keys.items()}
 
     @property
     def public_keys(self) -> dict[str, bytes]:

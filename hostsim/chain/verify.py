@@ -3,7 +3,9 @@
 Every block: canonical header bytes, its hash, the link to the previous
 block, the Merkle root and count of its transactions (recomputed from the
 stored bodies), and a quorum of signatures from the consortium the bureau
-certified. Every transaction: its hash; every registration: the bureau's
+certified that was in force at its height (the ledger's epoch record:
+each epoch after the first endorsed by the quorum of the one before, the
+last one the consortium on record). Every transaction: its hash; every registration: the bureau's
 signature; every document: its device's signature, counter and hash
 chain. The first failure is reported with its block height.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 from device.protocol import codec, merkle, trust
 from device.protocol.document import ZERO_HASH, DocumentError, parse_document
 from device.protocol.status import DeviceError
+from hostsim.chain import rotation
 from hostsim.chain.ledger import LEDGER_FILE, Ledger, TxRow
 from hostsim.chain.tx import TxType, decode_act
 
@@ -56,15 +59,47 @@ def _block_txs(ledger: Ledger, height: int) -> list[TxRow]:
     return [TxRow(*row) for row in rows]
 
 
+def _epochs(ledger: Ledger, bureau_key: bytes) -> list[tuple[int, trust.Consortium]]:
+    """(first height, consortium) of every epoch on record, checked as a device would
+    check a rotation: bureau-signed, one chain, epoch + 1 each time, endorsed by the
+    previous epoch's quorum, and ending with the consortium the chain serves."""
+    try:
+        records = rotation.load_epochs(ledger)
+    except ValueError as exc:
+        raise LedgerCorrupt(0, f"epoch record: {exc}") from None
+    if not records or records[-1].consortium != ledger.get_meta("consortium"):
+        raise LedgerCorrupt(0, "the epoch record does not end with the consortium on record")
+    out: list[tuple[int, trust.Consortium]] = []
+    for record in records:
+        try:
+            consortium = trust.open_consortium(record.consortium, bureau_key)
+            if out:
+                last_height, last = out[-1]
+                if consortium.epoch != last.epoch + 1 or consortium.chain_id != last.chain_id:
+                    raise LedgerCorrupt(0, f"epoch {consortium.epoch} does not follow {last.epoch}")
+                if record.from_height < last_height:
+                    raise LedgerCorrupt(0, f"epoch {consortium.epoch} starts below its predecessor")
+                trust.check_rotation(record.consortium, record.endorsements, last)
+        except DeviceError as exc:
+            raise LedgerCorrupt(0, f"consortium record: {exc.detail}") from None
+        out.append((record.from_height, consortium))
+    return out
+
+
+def _in_force(epochs: list[tuple[int, trust.Consortium]], height: int) -> trust.Consortium:
+    found = epochs[0][1]
+    for first, consortium in epochs:
+        if first <= height:
+            found = consortium
+    return found
+
+
 def _verify(ledger: Ledger) -> Report:
     training = (ledger.get_meta("training") or b"\x00")[0] == 1
     bureau_key = ledger.get_meta("bureau_key") or b""
     if training and bureau_key != trust.TRAINING_BUREAU.public_key:
         raise LedgerCorrupt(0, "a training chain must name the training bureau key")
-    try:
-        consortium = trust.open_consortium(ledger.get_meta("consortium") or b"", bureau_key)
-    except DeviceError as exc:
-        raise LedgerCorrupt(0, f"consortium record: {exc.detail}") from None
+    epochs = _epochs(ledger, bureau_key)
     chain_id = (ledger.get_meta("chain_id") or b"").decode()
     report = Report()
     keys: dict[str, bytes] = {}
@@ -89,6 +124,7 @@ def _verify(ledger: Ledger) -> Report:
         if header["prev_hash"] != prev:
             raise LedgerCorrupt(h, "prev_hash does not link to the previous block")
         try:
+            consortium = _in_force(epochs, h)
             trust.check_quorum(header, codec.decode(block.signatures), consortium)
         except (DeviceError, codec.CodecError) as exc:
             raise LedgerCorrupt(h, f"quorum: {exc}") from None

@@ -66,7 +66,7 @@ async def test_a_rotation_is_accepted_with_the_chains_endorsements(
 async def test_the_rotation_is_kept_across_a_restart(chain: Chain, tmp_path: Path) -> None:
     from hostsim.chain import rotation
 
-    rotated = rotation.rotate(chain)
+    rotated = await rotation.rotate(chain)
     await chain.engine.stop()
     chain.close()
     again = Chain.open(tmp_path / "chain", training=True)
