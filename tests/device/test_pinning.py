@@ -180,3 +180,42 @@ async def test_same_lower_and_skipped_epochs_are_refused(start: Any) -> None:
         Status.CONSORTIUM_INVALID,
         h.client.ack_sync(same_epoch.receipts(journal(h), device_id), raw, endorse(held, raw, 4)),
     )
+
+
+def reattested(receipt: dict[str, Any], by: SigningConsortium) -> dict[str, Any]:
+    """The receipt with its (unchanged) header signed by `by`'s nodes, as the chain hands
+    out a block older than its current epoch."""
+    header = receipt["header"]
+    signatures = [
+        {"node_id": f"node{i}", "signature": trust.sign_header(key, header)}
+        for i, key in enumerate(by.nodes)
+    ]
+    return {**receipt, "signatures": signatures}
+
+
+async def test_after_a_key_rotation_only_the_new_keys_count(start: Any) -> None:
+    """The device holds one epoch: a pre-rotation receipt signed by the replaced keys is
+    refused, the same block re-attested by the new keys is taken, and the new blocks too."""
+    h = await production(start)
+    old = chain("shop-chain")
+    for _ in range(3):
+        await h.client.issue(INVOICE)
+    device_id = h.fw.settings.device_id
+    docs = journal(h)
+    await h.client.ack_sync(old.receipts(docs[:1], device_id), old.raw)
+    before = old.receipts(docs[1:2], device_id)  # block 2, signed by the epoch-1 keys
+    new = rotated(old)  # every node key replaced
+    raw = new.raw
+    await h.client.issue(INVOICE)
+    fresh = new.receipts(journal(h)[3:], device_id)
+    # Still at epoch 1: the new keys are no quorum of it.
+    await refused(h, Status.RECEIPT_INVALID, h.client.ack_sync(fresh))
+    done = await h.client.ack_sync(fresh[:1], raw, endorse(old, raw, 3))
+    assert done["synced_through"] == 4
+    assert h.fw.registry.consortium is not None and h.fw.registry.consortium.epoch == 2
+    # Block 2's original receipt: its signers were replaced (perhaps stolen), refused.
+    await refused(h, Status.RECEIPT_INVALID, h.client.ack_sync(before))
+    # A receipt forged with the old keys for any height is refused the same way.
+    await refused(h, Status.RECEIPT_INVALID, h.client.ack_sync(old.receipts(docs, device_id)))
+    # The same block re-attested by the current nodes is valid.
+    assert (await h.client.ack_sync([reattested(before[0], new)]))["synced_through"] == 4

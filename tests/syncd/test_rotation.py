@@ -44,3 +44,36 @@ def test_a_rotated_consortium_is_taken_with_its_endorsements(shop: Shop) -> None
     wait_for(lambda: held_epoch(shop.root / "printer") == 2, 10, "the printer at epoch 2")
     assert shop.issue()[0] == 201
     shop.wait_synced(3)
+
+
+def rotate(shop: Shop, body: dict[str, object] | None = None) -> dict[str, object]:
+    status, answer, _ = http(
+        "POST", f"{shop.chain_url}/v1/consortium/rotate", body or b"", shop.auditor
+    )
+    assert status == 201, answer
+    return dict(answer)
+
+
+def test_node_keys_replaced_mid_run_sync_goes_on_without_a_restart(shop: Shop) -> None:
+    """The first receipt signed by the new keys is refused by the printer (it holds epoch 1);
+    syncd fetches epoch 2 with the old quorum's endorsements, offers it, and goes on."""
+    shop.start_chain()
+    shop.start_device()
+    syncd = shop.start_syncd()
+    for _ in range(5):
+        assert shop.issue()[0] == 201
+    shop.wait_synced(5)
+    assert held_epoch(shop.root / "printer") == 1
+    answer = rotate(shop, {"replace": ["bureau", "enterprise2"]})
+    assert answer["epoch"] == 2 and answer["replaced"] == ["bureau", "enterprise2"]
+    for _ in range(5):
+        assert shop.issue()[0] == 201
+    shop.wait_synced(10)
+    assert held_epoch(shop.root / "printer") == 2
+    assert syncd.proc.poll() is None  # the same syncd process, never restarted
+    answer = rotate(shop, {"replace": "all"})  # and once more, every key this time
+    for _ in range(3):
+        assert shop.issue()[0] == 201
+    assert shop.assert_exactly_once_after_sync() == 13
+    assert held_epoch(shop.root / "printer") == 3
+    assert shop.device_status()["synced_through"] == 13
