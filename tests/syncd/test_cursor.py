@@ -90,6 +90,7 @@ def test_a_damaged_entry_costs_only_that_device(tmp_path: Path) -> None:
     (tmp_path / CURSOR_FILE).write_text(text)
     store = CursorStore(tmp_path)
     assert set(store.devices) == {DEVICE}
-    assert store.devices[DEVICE].to_json() == GOOD
+    # (later fields, such as the rollback marks, come back at their defaults)
+    assert GOOD.items() <= store.devices[DEVICE].to_json().items()
     store.save()
-    assert CursorStore(tmp_path).devices[DEVICE].to_json() == GOOD
+    assert GOOD.items() <= CursorStore(tmp_path).devices[DEVICE].to_json().items()

@@ -134,9 +134,9 @@ def test_the_chain_catches_what_a_syncd_without_memory_let_through(shop: Shop) -
 
 def test_the_marks_survive_a_restart_owner_only(tmp_path: Path) -> None:
     cursors = CursorStore(tmp_path)
-    cursors.device("TC1").high_counter = 20
-    cursors.device("TC1").high_synced = 7
+    cursors.device("TCMARKS0000001").high_counter = 20
+    cursors.device("TCMARKS0000001").high_synced = 7
     cursors.save()
     assert stat.S_IMODE((tmp_path / "cursor.json").stat().st_mode) == 0o600
-    again = CursorStore(tmp_path).device("TC1")
+    again = CursorStore(tmp_path).device("TCMARKS0000001")
     assert (again.high_counter, again.high_synced) == (20, 7)
