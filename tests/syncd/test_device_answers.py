@@ -18,91 +18,41 @@ from typing import Any, ClassVar
 
 import pytest
 
-from device.app import open_device
-from device.client import DeviceClient
 from device.protocol import codec
-from device.protocol.clock import ManualClock
 from device.protocol.commands import Command
-from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
-from device.server import DeviceServer
-from device.transport import Port, create_pty, open_serial
+from device.protocol.framing import Frame, FrameType
 from syncd import device_answers
-from syncd.config import DeviceConfig
 from syncd.link import DeviceLink, LinkSettings, LinkState
 from syncd.metrics import SyncdMetrics
 from syncd.registration import Registrar, RegistrationSettings
-from tests.device.conftest import wide_limits
+from tests.syncd.inprocess import printer_link, rewriting_opener
 
 
 class Rewrite:
-    """A host-side port that changes fields of the device's answers to one command."""
+    """Changes fields of the device's good answers to one command (the frame stays intact)."""
 
     changes: ClassVar[dict[int, dict[str, Any]]] = {}
 
-    def __init__(self, inner: Port) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.decoder = FrameDecoder()
-
-    async def read(self) -> bytes:
-        while True:
-            data = await self.inner.read()
-            if not data:
-                return b""
-            out = []
-            for event in self.decoder.feed(data):
-                if not isinstance(event, Frame):
-                    continue
-                change = Rewrite.changes.get(event.command)
-                if event.type == FrameType.RESPONSE and change and event.status == 0:
-                    body = {**codec.decode(event.body), **change}
-                    event = Frame(
-                        event.type, event.request_id, event.command, 0, codec.encode(body)
-                    )
-                out.append(encode_frame(event))
-            if out:
-                return b"".join(out)
-
-    def write(self, data: bytes) -> None:
-        self.inner.write(data)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-async def rewriting_opener(port: str, **options: Any) -> DeviceClient:
-    return DeviceClient(
-        Rewrite(open_serial(port)),
-        response_timeout=options["response_timeout"],
-        max_retries=options["max_retries"],
-    )
+    def __call__(self, frame: Frame) -> Frame:
+        change = Rewrite.changes.get(frame.command)
+        if frame.type != FrameType.RESPONSE or not change or frame.status != 0:
+            return frame
+        body = {**codec.decode(frame.body), **change}
+        return Frame(frame.type, frame.request_id, frame.command, 0, codec.encode(body))
 
 
 @pytest.fixture
 async def link(tmp_path: Path) -> AsyncIterator[DeviceLink]:
-    fw = open_device(tmp_path / "device", training=True, clock=ManualClock(), limits=wide_limits())
-    device_port = create_pty(tmp_path / "tty")
-    device_stop = asyncio.Event()
-    device_task = asyncio.create_task(DeviceServer(fw, device_port).serve(device_stop))
-    link = DeviceLink(
-        DeviceConfig(port=str(tmp_path / "tty"), name="till-1"),
-        LinkSettings(response_timeout=0.2, status_interval=0.1, reopen_max=0.1),
-        SyncdMetrics(),
-        opener=rewriting_opener,
-    )
-    link_stop = asyncio.Event()
-    link_task = asyncio.create_task(link.run(link_stop))
+    settings = LinkSettings(response_timeout=0.2, status_interval=0.1, reopen_max=0.1)
+    opener = rewriting_opener(Rewrite())
     try:
-        yield link
+        async with printer_link(tmp_path, settings, opener=opener, metrics=SyncdMetrics()) as (
+            _,
+            printer,
+        ):
+            yield printer
     finally:
         Rewrite.changes = {}
-        link_stop.set()
-        await asyncio.wait_for(link_task, 10)
-        await link.close()
-        device_stop.set()
-        await asyncio.wait_for(device_task, 10)
-        device_port.close()
-        fw.close()
 
 
 BAD_ANSWERS = [

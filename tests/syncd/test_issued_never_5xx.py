@@ -7,60 +7,25 @@ new key issued a second invoice for the same sale.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from device.app import open_device
-from device.firmware import Firmware
-from device.protocol.clock import ManualClock
 from device.protocol.keys import KeyPair
-from device.server import DeviceServer
-from device.transport import create_pty
 from syncd import api as api_mod
-from syncd.api import ApiContext, PosApi
-from syncd.config import DeviceConfig
-from syncd.idempotency import IdempotencyStore
-from syncd.link import DeviceLink, LinkSettings
-from syncd.metrics import SyncdMetrics
-from tests.device.conftest import INVOICE, wide_limits
+from syncd.link import LinkSettings
+from tests.device.conftest import INVOICE
+from tests.syncd.inprocess import Till, pos_till
 
 
 @pytest.fixture
-async def till(tmp_path: Path) -> AsyncIterator[tuple[Firmware, DeviceLink, TestClient[Any, Any]]]:
-    fw = open_device(tmp_path / "device", training=True, clock=ManualClock(), limits=wide_limits())
-    device_port = create_pty(tmp_path / "tty")
-    device_stop = asyncio.Event()
-    device_task = asyncio.create_task(DeviceServer(fw, device_port).serve(device_stop))
-    link = DeviceLink(
-        DeviceConfig(port=str(tmp_path / "tty"), name="till-1"),
-        LinkSettings(response_timeout=0.5, status_interval=0.2, reopen_max=0.1),
-    )
-    link_stop = asyncio.Event()
-    link_task = asyncio.create_task(link.run(link_stop))
-    store = IdempotencyStore(tmp_path / "syncd")
-    ctx = ApiContext(
-        links=[link], store=store, metrics=SyncdMetrics(), status=dict, wake=lambda _link: None
-    )
-    http = TestClient(TestServer(PosApi(ctx).app()))
-    await http.start_server()
-    try:
-        assert await link.wait_online(10)
-        yield fw, link, http
-    finally:
-        await http.close()
-        link_stop.set()
-        await asyncio.wait_for(link_task, 10)
-        await link.close()
-        store.close()
-        device_stop.set()
-        await asyncio.wait_for(device_task, 10)
-        device_port.close()
-        fw.close()
+async def till(tmp_path: Path) -> AsyncIterator[Till]:
+    settings = LinkSettings(response_timeout=0.5, status_interval=0.2, reopen_max=0.1)
+    async with pos_till(tmp_path, settings) as shop_till:
+        yield shop_till
 
 
 async def post(http: TestClient[Any, Any], key: str) -> tuple[int, dict[str, Any]]:
@@ -69,9 +34,9 @@ async def post(http: TestClient[Any, Any], key: str) -> tuple[int, dict[str, Any
 
 
 async def test_a_document_that_does_not_verify_is_201_with_a_warning(
-    till: tuple[Firmware, DeviceLink, TestClient[Any, Any]],
+    till: Till,
 ) -> None:
-    fw, link, http = till
+    fw, link, http = till.fw, till.link, till.http
     assert link.info is not None
     link.info["public_key"] = KeyPair.generate().public_key  # syncd's idea of the key is off
     status, body = await post(http, "sale-1")
@@ -86,9 +51,9 @@ async def test_a_document_that_does_not_verify_is_201_with_a_warning(
 
 
 async def test_a_rendering_failure_is_201_with_a_warning(
-    till: tuple[Firmware, DeviceLink, TestClient[Any, Any]], monkeypatch: pytest.MonkeyPatch
+    till: Till, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fw, _, http = till
+    fw, http = till.fw, till.http
 
     def broken(*_: Any, **__: Any) -> dict[str, Any]:
         raise ValueError("a renderer bug")
