@@ -23,7 +23,7 @@ valid invoices.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -343,17 +343,9 @@ def check_rotation(new_raw: bytes, endorsements: object, current: Consortium) ->
             Status.CONSORTIUM_INVALID,
             f"a new epoch needs the endorsements of {current.quorum} current nodes",
         )
-    message = rotation_message(new_raw)
-    good: set[str] = set()
-    for entry in endorsements[: 4 * len(current.nodes) + 4]:  # more is never needed
-        if not isinstance(entry, dict):
-            continue
-        node_id, sig = entry.get("node_id"), entry.get("signature")
-        key = current.nodes.get(node_id) if isinstance(node_id, str) else None
-        if key is None or not isinstance(sig, bytes) or node_id in good:
-            continue
-        if verify(key, message, sig):
-            good.add(str(node_id))
+    # More entries than this are never needed, and would only be verified for nothing.
+    entries = endorsements[: 4 * len(current.nodes) + 4]
+    good = signers(entries, current.nodes, rotation_message(new_raw))
     if len(good) < current.quorum:
         raise DeviceError(
             Status.CONSORTIUM_INVALID,
@@ -388,21 +380,27 @@ class VerifiedReceipt:
     time: str = ""  # the block header's time, signed by the quorum
 
 
-def check_quorum(header: Mapping[str, Any], signatures: object, consortium: Consortium) -> None:
-    """At least 2f+1 distinct listed nodes signed this header."""
-    if not isinstance(signatures, list):
-        raise DeviceError(Status.RECEIPT_INVALID, "signatures must be a list")
-    message = BLOCK_DOMAIN + header_bytes(header)
+def signers(entries: Iterable[object], nodes: Mapping[str, bytes], message: bytes) -> set[str]:
+    """The nodes with a good signature over `message` among `entries` ({node_id, signature}
+    maps): anything else, an unknown node or a node's second entry counts for nothing."""
     good: set[str] = set()
-    for entry in signatures:
+    for entry in entries:
         if not isinstance(entry, dict):
             continue
         node_id, sig = entry.get("node_id"), entry.get("signature")
-        key = consortium.nodes.get(node_id) if isinstance(node_id, str) else None
+        key = nodes.get(node_id) if isinstance(node_id, str) else None
         if key is None or not isinstance(sig, bytes) or node_id in good:
             continue
         if verify(key, message, sig):
             good.add(str(node_id))
+    return good
+
+
+def check_quorum(header: Mapping[str, Any], signatures: object, consortium: Consortium) -> None:
+    """At least 2f+1 distinct listed nodes signed this header."""
+    if not isinstance(signatures, list):
+        raise DeviceError(Status.RECEIPT_INVALID, "signatures must be a list")
+    good = signers(signatures, consortium.nodes, BLOCK_DOMAIN + header_bytes(header))
     if len(good) < consortium.quorum:
         raise DeviceError(
             Status.RECEIPT_INVALID,
