@@ -334,6 +334,16 @@ class _FileConfig:
 def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
     try:
         text = path.read_text(encoding="utf-8")
+    except PermissionError:
+        # Under systemd syncd runs as a dynamic user that owns nothing in /etc: a file
+        # installed root-only makes every start fail, and systemd restarts it in a loop.
+        raise ConfigError(
+            "config",
+            f"cannot read: permission denied for uid {os.getuid()}; the file holds no secrets,"
+            f" so make it readable by syncd's user: chmod 0644 {path}"
+            " (keep a token in api.token_file, handed over with LoadCredential=)",
+            str(path),
+        ) from None
     except OSError as exc:
         raise ConfigError("config", f"cannot read: {exc.strerror or exc}", str(path)) from None
     except UnicodeDecodeError:
