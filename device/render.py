@@ -17,9 +17,15 @@ a buyer reads local time and 查验 still gets the UTC date the QR holds.
 from __future__ import annotations
 
 import io
+import logging
+import re
+import shutil
+import subprocess
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import cache
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -29,11 +35,18 @@ import segno
 from device.protocol import qr
 from device.protocol.document import parse_utc
 
+log = logging.getLogger(__name__)
+
 RECEIPT_ZONE = "Asia/Shanghai"
 # China has one offset all year: the receipt still says +08:00 where no tz database exists.
 FALLBACK_ZONES = {"Asia/Shanghai": timezone(timedelta(hours=8))}
 PAPER_COLUMNS = {58: 32, 80: 48}
 PAPER_DOTS = {58: 384, 80: 576}
+QUIET_ZONE = 4  # light modules around a QR symbol (ISO/IEC 18004)
+# The verification payload wraps before each `&` (and after `?`), so each
+# printed line is whole fields a person can compare with a screen.
+PAYLOAD_BREAKS = re.compile(r"(?=&)|(?<=\?)")
+WORD_BREAKS = re.compile(r"(?<= )")
 TRAINING_BANNER = "TRAINING - NOT A VALID INVOICE"
 KIND_TITLES = {
     "invoice": "INVOICE 发票",
@@ -68,10 +81,47 @@ def fit(text: str, width: int) -> str:
     return "".join(out)
 
 
-def two_columns(left: str, right: str, width: int) -> str:
+def wrap(text: str, width: int, breaks: re.Pattern[str] = WORD_BREAKS) -> list[str]:
+    """`text` over lines of at most `width` columns, cut at `breaks` where they fit and
+    anywhere else where they do not; the lines joined are `text` again."""
+    out: list[str] = []
+    line = ""
+    for piece in breaks.split(text):
+        while piece:
+            if display_width(line + piece) <= width:
+                line, piece = line + piece, ""
+            elif line:
+                out.append(line)
+                line = ""
+            else:
+                head = fit(piece, width) or piece[0]
+                out.append(head)
+                piece = piece[len(head) :]
+    return [*out, line] if line or not out else out
+
+
+class Row(str):
+    """A line of a label and a right-aligned value (the SVG anchors the value at the margin)."""
+
+    right: str
+
+    def __new__(cls, left: str, right: str, width: int) -> Row:
+        gap = width - display_width(left) - display_width(right)
+        row = super().__new__(cls, left + " " * max(1, gap) + right)
+        row.right = right
+        return row
+
+
+def two_columns(left: str, right: str, width: int) -> Row:
     left = fit(left, max(1, width - display_width(right) - 1))
-    gap = width - display_width(left) - display_width(right)
-    return left + " " * max(1, gap) + right
+    return Row(left, right, width)
+
+
+def labelled(label: str, value: str, width: int) -> list[str]:
+    """One row when `label` and `value` fit on a line, else the label then the value wrapped."""
+    if display_width(label) + 1 + display_width(value) <= width:
+        return [two_columns(label, value, width)]
+    return [label, *("  " + line.rstrip() for line in wrap(value, width - 2))]
 
 
 def center(text: str, width: int) -> str:
@@ -132,10 +182,10 @@ class Receipt:
         issued = local_time(str(p["issued_at"]), self.zone)
         label = "Issued" if width >= display_width(issued) + 7 else "Time"
         out.append(two_columns(label, issued, width))
-        out.append(two_columns("Device", f"{p['device_id']} #{p['counter']}", width))
+        out += labelled("Device", f"{p['device_id']} #{p['counter']}", width)
         buyer = p.get("buyer")
         if buyer:
-            out.append(two_columns("Buyer", str(buyer.get("name", "")), width))
+            out += labelled("Buyer", str(buyer.get("name", "")), width)
             if buyer.get("tax_id"):
                 out.append(two_columns("Buyer tax id", str(buyer["tax_id"]), width))
         refers = p.get("refers_to")
@@ -143,16 +193,16 @@ class Receipt:
             out.append(two_columns("Credits", f"{refers['code']}/{refers['number']}", width))
             out.append(fit(f"Reason: {p.get('reason', '')}", width))
             if p.get("confirmation"):  # the buyer's red-letter confirmation (红字信息确认单)
-                out.append(two_columns("Confirmed", str(p["confirmation"]), width))
+                out += labelled("Confirmed", str(p["confirmation"]), width)
         out.append(rule)
         for item in p.get("items") or []:
-            out.append(fit(str(item["name"]), width))
+            out += [line.rstrip() for line in wrap(str(item["name"]), width)]
             qty = f"  {item['quantity']} x {yuan(int(item['unit_price']))}"
-            out.append(
-                two_columns(
-                    f"{qty}  {rate(int(item['tax_rate_bp']))}", yuan(int(item["amount"])), width
-                )
-            )
+            terms, amount = f"{qty}  {rate(int(item['tax_rate_bp']))}", yuan(int(item["amount"]))
+            if display_width(terms) + 1 + display_width(amount) > width:
+                out.append(fit(terms, width))  # too long beside the amount: on a line of its own
+                terms = ""
+            out.append(two_columns(terms, amount, width))
         report = p.get("report")
         if report:
             out.append(two_columns("Z number", str(report["z_number"]), width))
@@ -184,12 +234,13 @@ class Receipt:
 
 
 def text(payload: dict[str, Any], paper: int = 58, qr_text: str | None = None) -> str:
-    """The receipt as text, with the verification payload where a QR code would go."""
+    """The receipt as text, with the verification payload where a QR code would go, wrapped
+    to the paper before each `&` (the lines after `Verify:`, joined, are the payload)."""
     receipt = Receipt(payload, qr_text)
     width = PAPER_COLUMNS[paper]
     out = receipt.lines(width)
     if receipt.verification:
-        out += ["", fit("Verify:", width), receipt.verification]
+        out += ["", fit("Verify:", width), *wrap(receipt.verification, width, PAYLOAD_BREAKS)]
     return "\n".join(out) + "\n"
 
 
@@ -226,6 +277,18 @@ MARGIN_PX = 16
 CHAR_PX = 11
 
 
+def _svg_line(line: str, width: int) -> str:
+    """A row's value is its own chunk anchored at the right margin: a CJK glyph in the font
+    is seldom exactly two cells wide, so padding with spaces would stop short of it. The
+    padding stays in the first chunk, so the element's text is still the line."""
+    if not isinstance(line, Row) or not line.right:
+        return escape(line)
+    return (
+        f"<tspan>{escape(line[: len(line) - len(line.right)])}</tspan>"
+        f'<tspan x="{width - MARGIN_PX}" text-anchor="end">{escape(line.right)}</tspan>'
+    )
+
+
 def svg(payload: dict[str, Any], paper: int = 80, qr_text: str | None = None) -> str:
     receipt = Receipt(payload, qr_text)
     width_chars = PAPER_COLUMNS[paper]
@@ -237,16 +300,24 @@ def svg(payload: dict[str, Any], paper: int = 80, qr_text: str | None = None) ->
         emphasised = line.strip().startswith(("TOTAL", "***", TRAINING_BANNER))
         weight = ' font-weight="bold"' if emphasised else ""
         body.append(
-            f'<text x="{MARGIN_PX}" y="{y}" xml:space="preserve"{weight}>{escape(line)}</text>'
+            f'<text x="{MARGIN_PX}" y="{y}" xml:space="preserve"{weight}>'
+            f"{_svg_line(line, width)}</text>"
         )
     height = MARGIN_PX * 2 + (len(lines) + 1) * LINE_PX
     if receipt.verification:
         code = segno.make(receipt.verification, error="m")
         scale = 4
-        size = int(code.symbol_size(scale=scale)[0])
+        size = int(code.symbol_size(scale=scale, border=QUIET_ZONE)[0])
         buffer = io.BytesIO()
         code.save(
-            buffer, kind="svg", scale=scale, xmldecl=False, svgns=False, nl=False, omitsize=False
+            buffer,
+            kind="svg",
+            scale=scale,
+            border=QUIET_ZONE,
+            xmldecl=False,
+            svgns=False,
+            nl=False,
+            omitsize=False,
         )
         qr_svg = buffer.getvalue().decode()
         body.append(f'<g transform="translate({(width - size) // 2},{height})">{qr_svg}</g>')
@@ -271,15 +342,60 @@ CJK_FONTS = (
 )
 
 
-def _font(candidates: tuple[str, ...], size: int) -> Any:
-    """The first installed font of `candidates`, else Pillow's built-in one."""
+FC_MATCH_TIMEOUT = 5.0
+
+
+def fc_match(family: str, lang: str | None = None) -> str | None:
+    """fontconfig's best file for `family` (covering `lang`, if given), or None without
+    fontconfig. fc-match always names some font, so one not covering `lang` does not count."""
+    exe = shutil.which("fc-match")
+    if exe is None:
+        return None
+    pattern = f"{family}:lang={lang}" if lang else family
+    try:
+        done = subprocess.run(
+            [exe, "--format=%{file}\t%{lang}", pattern],
+            capture_output=True,
+            text=True,
+            timeout=FC_MATCH_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path, _, langs = done.stdout.partition("\t")
+    if done.returncode != 0 or not path or (lang and lang not in langs.split("|")):
+        return None
+    return path
+
+
+@cache
+def find_font(kind: str) -> str | None:
+    """The file for `kind` ("mono" or "cjk"): fontconfig's choice, else the first of the
+    known Debian paths that exists, else None."""
+    family, lang, known = (
+        ("monospace", None, MONO_FONTS) if kind == "mono" else ("sans", "zh-cn", CJK_FONTS)
+    )
+    found = fc_match(family, lang)
+    if found is not None and Path(found).is_file():
+        return found
+    return next((path for path in known if Path(path).is_file()), None)
+
+
+def _font(kind: str, size: int) -> Any:
+    """The font for `kind`, else Pillow's built-in one (CJK glyphs then print as boxes)."""
     from PIL import ImageFont
 
-    for path in candidates:
+    path = find_font(kind)
+    if path is not None:
         try:
             return ImageFont.truetype(path, size)
         except OSError:
-            continue
+            pass
+    if kind == "cjk":
+        log.warning(
+            "no CJK font found (install fonts-noto-cjk or fonts-wqy-microhei): "
+            "CJK characters in PNG receipts print as boxes"
+        )
     return ImageFont.load_default(size=size)
 
 
@@ -287,8 +403,10 @@ def png(payload: dict[str, Any], paper: int = 80, qr_text: str | None = None) ->
     """A receipt image as wide as the paper's print head (384 or 576 dots).
 
     Characters sit on a fixed grid (CJK characters take two cells), so the
-    columns line up whatever font is installed; CJK glyphs need a CJK font
-    (Noto CJK, WenQuanYi) on the machine, else the font's placeholder shows.
+    columns line up whatever font is installed. Fonts are fontconfig's
+    (`fc-match`) where it is installed, else the first of MONO_FONTS /
+    CJK_FONTS that exists; with no CJK font (Noto CJK, WenQuanYi) a one-line
+    warning is logged and Pillow's built-in font draws boxes for CJK.
     """
     from PIL import Image, ImageDraw
 
@@ -297,12 +415,15 @@ def png(payload: dict[str, Any], paper: int = 80, qr_text: str | None = None) ->
     width = PAPER_DOTS[paper]
     cell = (width - 2 * MARGIN_PX) / columns
     size = max(10, int(cell * 1.6))
-    latin, cjk = _font(MONO_FONTS, size), _font(CJK_FONTS, size)
+    latin, cjk = _font("mono", size), _font("cjk", size)
     lines = receipt.lines(columns)
     qr_image = None
     if receipt.verification:
         buffer = io.BytesIO()
-        segno.make(receipt.verification, error="m").save(buffer, kind="png", scale=5, border=2)
+        code = segno.make(receipt.verification, error="m")
+        side = code.symbol_size(scale=1, border=QUIET_ZONE)[0]
+        scale = max(1, min(5, width // side))  # a long payload still fits the paper
+        code.save(buffer, kind="png", scale=scale, border=QUIET_ZONE)
         qr_image = Image.open(io.BytesIO(buffer.getvalue())).convert("L")
     text_height = len(lines) * LINE_PX
     height = MARGIN_PX * 2 + text_height + (qr_image.height + MARGIN_PX if qr_image else 0)
