@@ -167,7 +167,8 @@ async def serve(
     *,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     link: Path | None = None,
-) -> None:
+) -> bool:
+    """Serve until SIGTERM/SIGINT (True) or until the port goes away (False)."""
     server = DeviceServer(fw, port, max_in_flight=max_in_flight)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -202,3 +203,4 @@ async def serve(
                 if link.is_symlink() and not link.exists():
                     link.unlink()  # our pty is gone: leave no dangling link for hosts
         log.info("device %s stopped at counter %d", fw.settings.device_id, fw.head.counter)
+    return stop.is_set()

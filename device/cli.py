@@ -1,9 +1,10 @@
 """`taxctl device ...`: run the emulator, or talk to any device on a port.
 
-Exit codes: 0 ok; 1 the device refused (status name and message on
-stderr); 2 bad usage or input file; 3 no answer from the device (link
-error: the outcome of an issuing request is unknown); 4 the state
-directory cannot be used.
+Exit codes (taxctl/exits.py): 0 ok; 1 the device refused (status name and
+message on stderr); 2 bad usage or input file; 3 no answer from the device
+(link error: the outcome of an issuing request is unknown); 4 the state
+directory cannot be used; 6 (`run`) the serial port went away, so that a
+supervisor with Restart=on-failure starts the printer again.
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from device.protocol.status import DeviceError, Status
+from taxctl import exits
+from taxctl.cli import add_version
 
-EXIT_REFUSED, EXIT_USAGE, EXIT_LINK, EXIT_STATE = 1, 2, 3, 4
+EXIT_REFUSED, EXIT_USAGE, EXIT_LINK, EXIT_STATE = (
+    exits.REFUSED,
+    exits.USAGE,
+    exits.LINK,
+    exits.STATE,
+)
 
 
 def to_json(value: Any) -> Any:
@@ -56,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = device.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="run the emulated device on a pty or serial port")
+    add_version(run)
     run.add_argument("--state", type=Path, required=True, help="device state directory")
     run.add_argument("--port", default="pty", help="'pty' (default), a device path or URL")
     run.add_argument("--link", type=Path, help="with --port pty: symlink to create")
@@ -191,13 +200,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (SettingsError, KeyFileError, PortError, ValueError) as exc:
             print(f"taxctl device run: {exc}", file=sys.stderr)
             return EXIT_STATE
-        await app.serve(
+        stopped = await app.serve(
             fw,
             port,
             max_in_flight=args.max_in_flight,
             link=args.link if args.port == "pty" else None,
         )
-        return 0
+        if not stopped:
+            print(f"taxctl device run: the port {args.port} went away", file=sys.stderr)
+            return exits.PORT_GONE
+        return exits.OK
 
     return asyncio.run(main())
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hostsim.chain.ratelimit import VERIFY_LIMIT
+from taxctl.cli import add_version
 
 
 def register(subparsers: Any) -> None:
@@ -23,6 +24,7 @@ def register(subparsers: Any) -> None:
         help="run the consortium chain simulator (or `chain verify`)",
         description="Run N consortium nodes and the tax bureau behind one HTTP API.",
     )
+    add_version(chain)
     chain.add_argument("--data", help="ledger directory (created if missing); required")
     chain.add_argument("--listen", default="127.0.0.1:8700", help="API address HOST:PORT")
     chain.add_argument("--nodes", type=int, default=4, help="consortium nodes (default 4)")

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
-EXIT_LINK = 3
-EXIT_STATE = 4  # as `taxctl device`: the state directory cannot be used
+from taxctl import exits
+from taxctl.cli import add_version
+
+EXIT_USAGE = exits.USAGE
+EXIT_LINK = exits.LINK
+EXIT_STATE = exits.STATE  # as `taxctl device`: the state directory cannot be used
+# Where udev names each USB serial adapter by vendor, product and serial number.
+BY_ID = Path("/dev/serial/by-id")
 
 
 def register(subparsers: Any) -> None:
@@ -28,6 +35,7 @@ def register(subparsers: Any) -> None:
         description="Own the serial links, serve the POS API, and get every document onto "
         "the chain exactly once.",
     )
+    add_version(run)
     config_mod.add_arguments(run)
     run.set_defaults(func=_run)
 
@@ -60,7 +68,11 @@ def register(subparsers: Any) -> None:
     )
     ports.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for INFO")
     ports.add_argument("--json", action="store_true")
-    ports.add_argument("extra", nargs="*", help="also probe these paths (pty symlinks, URLs)")
+    ports.add_argument(
+        "extra",
+        nargs="*",
+        help="also probe these paths (pty symlinks, URLs); a path that does not exist exits 6",
+    )
     ports.set_defaults(func=_ports)
 
 
@@ -206,12 +218,55 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _by_id() -> dict[str, str]:
+    """Each device node's /dev/serial/by-id name (the stable one to put in a config)."""
+    names: dict[str, str] = {}
+    try:
+        links = sorted(BY_ID.iterdir())
+    except OSError:
+        return names
+    for link in links:
+        with contextlib.suppress(OSError):
+            names.setdefault(str(link.resolve()), str(link))
+    return names
+
+
+def _port_details(port: Any, by_id: dict[str, str]) -> dict[str, Any]:
+    """What pyserial knows of a port, as plain JSON values."""
+
+    def hex4(value: int | None) -> str | None:
+        return None if value is None else f"{value:04x}"
+
+    return {
+        "description": None if port.description in (None, "n/a") else port.description,
+        "vid": hex4(port.vid),
+        "pid": hex4(port.pid),
+        "serial_number": port.serial_number,
+        "hwid": None if port.hwid in (None, "n/a") else port.hwid,
+        "by_id": by_id.get(os.path.realpath(port.device)),
+    }
+
+
+def _missing(extra: list[str]) -> str | None:
+    """The first named path that does not exist (a URL cannot be checked before opening)."""
+    for name in extra:
+        if "://" not in name and not os.path.exists(name):
+            return name
+    return None
+
+
 def _ports(args: argparse.Namespace) -> int:
     from serial.tools import list_ports
 
     from device.client import DeviceClient
 
-    candidates = [p.device for p in list_ports.comports()] + list(args.extra)
+    missing = _missing(list(args.extra))
+    if missing is not None:
+        print(f"taxctl ports: {missing}: no such port", file=sys.stderr)
+        return exits.PORT_GONE
+    by_id = _by_id()
+    listed = {p.device: _port_details(p, by_id) for p in list_ports.comports()}
+    candidates = list(listed) + [p for p in args.extra if p not in listed]
 
     async def probe(port: str) -> dict[str, Any]:
         client: DeviceClient | None = None
@@ -233,7 +288,7 @@ def _ports(args: argparse.Namespace) -> int:
                 await client.close()
 
     async def main() -> list[dict[str, Any]]:
-        return [await probe(p) for p in candidates]
+        return [{**await probe(p), **listed.get(p, {})} for p in candidates]
 
     found = asyncio.run(main())
     if args.json:
@@ -242,6 +297,13 @@ def _ports(args: argparse.Namespace) -> int:
         print("no serial ports found")
     else:
         for entry in found:
-            what = entry["device_id"] or f"no device ({entry.get('error')})"
-            print(f"{entry['port']}  {what}")
-    return 0
+            print(_port_line(entry))
+    return exits.OK
+
+
+def _port_line(entry: dict[str, Any]) -> str:
+    what = entry["device_id"] or f"no device ({entry.get('error')})"
+    usb = f"{entry['vid']}:{entry['pid']}" if entry.get("vid") else None
+    serial = f"serial {entry['serial_number']}" if entry.get("serial_number") else None
+    extras = [x for x in (entry.get("description"), usb, serial, entry.get("by_id")) if x]
+    return "  ".join([entry["port"], what, *extras])

@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from taxctl import __version__, exits
+
 # Module paths, not imports: `taxctl device info` should not pay for aiohttp.
 COMPONENTS = (
     "device.cli",
@@ -25,18 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taxctl",
         description="Emulated tax-control printer, host sync daemon and chain simulator.",
+        epilog=exits.epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=_version())
+    add_version(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMPONENTS:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
-def _version() -> str:
-    from taxctl import __version__
-
-    return f"taxctl {__version__}"
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """`--version`, the same line on every command that has it."""
+    parser.add_argument("--version", action="version", version=f"taxctl {__version__}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,11 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
-        return 2
+        return exits.USAGE
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return exits.INTERRUPTED
 
 
 if __name__ == "__main__":

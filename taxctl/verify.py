@@ -19,10 +19,10 @@ import urllib.request
 from typing import Any
 
 from device.protocol import qr, untrusted
+from taxctl.exits import AUTHENTIC, CLAIMED, NO_ANSWER, NOT_AUTHENTIC, NOT_YET_UPLOADED, USAGE
 
 DEFAULT_CHAIN = "http://127.0.0.1:8700"
 
-AUTHENTIC, NOT_AUTHENTIC, USAGE, CLAIMED, NO_ANSWER, NOT_YET_UPLOADED = 0, 1, 2, 3, 4, 5
 RESULTS = ("authentic", "not_found", "mismatch", "not_yet_uploaded", "forged")
 
 EPILOG = """\

@@ -27,6 +27,7 @@ from hostsim.chain.errors import Code
 from syncd import config as config_mod
 from syncd.metrics import SyncdMetrics
 from syncd.refusals import for_status
+from taxctl import exits
 from taxctl.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,6 +195,19 @@ def test_rejection_table_has_exactly_the_chain_codes() -> None:
     assert set(listed) == {c.value for c in Code}
     for row in rows:
         assert row["what it means"] and row["what the operator does"], row
+
+
+def test_exit_code_table_is_the_code_table() -> None:
+    text = section(OPERATING.read_text(encoding="utf-8"), "Exit codes")
+    rows = one_table(text, "exit")
+    listed = [(int(r["exit"]), r["name"].strip("`"), r["meaning"]) for r in rows]
+    assert listed == [tuple(e) for e in exits.TABLE]
+
+
+def test_help_lists_every_exit_code() -> None:
+    shown = build_parser().format_help()
+    for e in exits.TABLE:
+        assert re.search(rf"^\s+{e.code}\s+{e.name}\s", shown, re.M), e
 
 
 def emitted_metrics() -> set[str]:

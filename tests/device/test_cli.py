@@ -250,3 +250,33 @@ def test_a_read_only_state_directory_is_refused_in_one_line(
     assert lines[0].startswith(f"taxctl device run: the state directory {state} cannot be used")
     assert sorted(p.name for p in state.iterdir()) == before
     assert not link.exists()
+
+
+def test_a_printer_whose_port_goes_away_exits_port_gone(tmp_path: Path) -> None:
+    """So that a supervisor with Restart=on-failure starts it again."""
+    from taxctl import exits
+
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    os.close(slave)  # the printer opens the node itself, as it would a USB adapter
+    proc = spawn(
+        ["device", "run", "--state", str(tmp_path / "state"), "--port", path, "--training"]
+    )
+    try:
+        os.close(master)  # the port disappears under the running printer
+        assert proc.proc.wait(timeout=20) == exits.PORT_GONE == 6
+    finally:
+        proc.stop()
+
+
+def test_a_stopped_printer_exits_0(device: tuple[Process, Path]) -> None:
+    proc, _ = device
+    assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("command", [["device", "run"], ["syncd", "run"], ["hostsim", "chain"], []])
+def test_long_running_commands_print_the_version(command: list[str]) -> None:
+    from taxctl import __version__
+
+    out = taxctl(*command, "--version")
+    assert (out.returncode, out.stdout) == (0, f"taxctl {__version__}\n")
