@@ -180,9 +180,14 @@ DESKTOP = (1280, 900)
 UNBROKEN = ("seller-tax-id", "invoice", "total", "height")
 LAYOUT = """
 const view = window.innerWidth;
+// the lines the element's text is laid out on (a Range's rects, one per line
+// fragment, whether the element is inline or a block)
 const piece = id => {
   const el = document.getElementById(id);
-  return {lines: el.getClientRects().length, right: el.getBoundingClientRect().right};
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+  return {lines: tops.size, right: range.getBoundingClientRect().right};
 };
 const box = document.getElementById('history-scroll');
 const before = box.scrollLeft;
