@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from device.render import RECEIPT_ZONE
 from hostsim.chain.ratelimit import VERIFY_LIMIT
 from taxctl.cli import add_version
 
@@ -50,6 +51,11 @@ def register(subparsers: Any) -> None:
         default=VERIFY_LIMIT.per_minute,
         help=f"查验 questions a client may ask a minute, after a burst of twice that"
         f" (default {VERIFY_LIMIT.per_minute:g}; 0: no limit, for load tests)",
+    )
+    chain.add_argument(
+        "--zone",
+        default=RECEIPT_ZONE,
+        help=f"time zone the 查验 page shows times in (default {RECEIPT_ZONE}); APIs stay UTC",
     )
     chain.set_defaults(func=_run_chain)
     chain_sub = chain.add_subparsers(dest="chain_command", metavar="ACTION")

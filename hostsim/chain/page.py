@@ -9,6 +9,12 @@ pasted payload that carries the printer's signature, and it shares the API's
 per-client rate limit. Everything that came from the request or the ledger is
 escaped; each answer carries `id="result"` and `data-result` so that
 scripts and tests can read it without parsing prose.
+
+Times for people are in the chain's zone (`taxctl hostsim chain --zone`, ZONE,
+Asia/Shanghai unless told otherwise) with the zone named; each keeps its UTC
+value in `data-utc` for machines. The layout holds at a phone's 390 px: labels
+go above values on narrow screens, codes, numbers and tax ids never break inside
+(only names wrap anywhere), and the history table scrolls inside its card.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from device.render import RECEIPT_ZONE, local_time
 from hostsim.chain import checking, queries
 from hostsim.chain.errors import ChainError, Code
 
@@ -30,6 +37,8 @@ LONG_NAMES = {
     "total": "t",
     "payload": "q",
 }
+# The zone times are shown to people in; machine fields (JSON, data-utc) stay UTC.
+ZONE: web.AppKey[str] = web.AppKey("page_zone", str)
 FIELD_OF = {"c": "code", "n": "number", "d": "date", "k": "check_code", "t": "total"}
 
 # The query string holds the check code: keep it out of Referer headers and caches, and
@@ -84,9 +93,14 @@ background:#1f5fbf;color:#fff;cursor:pointer}
 .training{background:#fff3cd;color:#6b4e00;padding:.4rem .6rem;border-radius:4px;
 font-weight:700}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:.5rem 0}
-dt{color:#555}dd{margin:0;word-break:break-all}
+dt{color:#555}dd{margin:0;min-width:0}
+.nw{white-space:nowrap}.name{overflow-wrap:anywhere}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;width:100%;margin-top:.5rem}
-th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #dde1e8}
+th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #dde1e8;white-space:nowrap}
+th{white-space:normal;vertical-align:bottom}
+@media (max-width:36rem){main{padding:.5rem}section{padding:.8rem}
+dl{grid-template-columns:1fr;gap:0}dt{margin-top:.45rem}}
 .hint{color:#555;font-size:.9rem}
 """
 
@@ -119,7 +133,7 @@ def fields_of(form: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def render_offline(answer: dict[str, Any], ident: str, training: str) -> str:
+def render_offline(answer: dict[str, Any], ident: str, training: str, zone: str) -> str:
     """not_yet_uploaded and forged: what the printer's signature on the QR says."""
     if answer["result"] == "forged":
         return (
@@ -139,8 +153,9 @@ def render_offline(answer: dict[str, Any], ident: str, training: str) -> str:
             ("date", "开票日期 / Issue date (UTC)", str(answer.get("date", ""))),
             ("total", "价税合计 / Total", "" if total is None else f"¥{yuan(int(total))}"),
             ("device", "税控设备 / Printer", str(answer.get("device_id", ""))),
-            ("upload-by", "上传期限 / Upload by (UTC)", str(answer.get("upload_by", ""))),
-        ]
+            ("upload-by", "上传期限 / Upload by", str(answer.get("upload_by", ""))),
+        ],
+        zone,
     )
     overdue = (
         '<p id="overdue">The upload deadline has passed: ask the seller. 已超过上传期限。</p>'
@@ -156,14 +171,45 @@ def render_offline(answer: dict[str, Any], ident: str, training: str) -> str:
     )
 
 
-def _rows(pairs: list[tuple[str, str, str]]) -> str:
-    return "".join(
-        f'<dt>{escape(label)}</dt><dd id="{ident}">{escape(value)}</dd>'
-        for ident, label, value in pairs
+# How each detail may wrap: names anywhere, codes/numbers/ids/money never inside.
+NAMES = frozenset({"seller", "state", "claimed", "reason"})
+
+
+def _rows(pairs: list[tuple[str, str, str]], zone: str) -> str:
+    out = []
+    for ident, label, value in pairs:
+        if ident in TIMES:
+            span = _time(value, zone, ident)
+        else:
+            kind = "name" if ident in NAMES else "nw"
+            span = f'<span id="{ident}" class="{kind}">{escape(value)}</span>'
+        out.append(f"<dt>{escape(label)}</dt><dd>{span}</dd>")
+    return "".join(out)
+
+
+TIMES = frozenset({"issued-at", "upload-by"})
+
+
+def shown_time(value: str, zone: str) -> str:
+    """A UTC time from the ledger as people read it: `2026-01-01 08:00:00 +08:00
+    (Asia/Shanghai)`; anything else as it is (escaped by the caller)."""
+    try:
+        return f"{local_time(value, zone)} ({zone})"
+    except ValueError:
+        return value
+
+
+def _time(value: str, zone: str, ident: str = "") -> str:
+    """The local time, its UTC value in data-utc; it wraps only at its spaces (between
+    date, clock, offset and zone name: no line break falls inside a run of digits)."""
+    named = f' id="{ident}"' if ident else ""
+    return (
+        f'<span{named} data-utc="{escape(value, quote=True)}">'
+        f"{escape(shown_time(value, zone))}</span>"
     )
 
 
-def _history(entries: list[dict[str, Any]]) -> str:
+def _history(entries: list[dict[str, Any]], zone: str) -> str:
     rows = []
     for entry in entries:
         details = []
@@ -176,19 +222,22 @@ def _history(entries: list[dict[str, Any]]) -> str:
         event = str(entry.get("event", ""))
         rows.append(
             f'<tr data-event="{escape(event)}"><td>{escape(EVENTS.get(event, event))}</td>'
-            f"<td>{escape(str(entry.get('at', '')))}</td>"
+            f"<td>{_time(str(entry.get('at', '')), zone)}</td>"
             f"<td>{escape(str(entry.get('height', '')))}</td>"
             f"<td>{escape(' '.join(details))}</td></tr>"
         )
     return (
         "<h3>状态历史 / State history</h3>"
-        '<table id="history"><thead><tr><th>事件 / Event</th><th>时间 / Time (UTC)</th>'
+        '<div id="history-scroll" class="scroll"><table id="history"><thead><tr>'
+        f"<th>事件 / Event</th><th>时间 / Time ({escape(zone)})</th>"
         f"<th>区块 / Block</th><th>详情 / Details</th></tr></thead><tbody>{''.join(rows)}"
-        "</tbody></table>"
+        "</tbody></table></div>"
     )
 
 
-def render_answer(answer: dict[str, Any], history: list[dict[str, Any]]) -> str:
+def render_answer(
+    answer: dict[str, Any], history: list[dict[str, Any]], zone: str = RECEIPT_ZONE
+) -> str:
     """The result section for one answer of `queries.verification`."""
     result = str(answer["result"])
     ident = f"{answer.get('code', '')}/{answer.get('number', '')}"
@@ -200,7 +249,7 @@ def render_answer(answer: dict[str, Any], history: list[dict[str, Any]]) -> str:
             f"<p>No invoice {escape(ident)} is on the chain. 链上没有这张发票。</p></section>"
         )
     if result in ("not_yet_uploaded", "forged"):
-        return render_offline(answer, ident, training)
+        return render_offline(answer, ident, training, zone)
     if result == "mismatch":
         fields = [str(f) for f in answer.get("mismatched", [])]
         items = "".join(
@@ -222,12 +271,13 @@ def render_answer(answer: dict[str, Any], history: list[dict[str, Any]]) -> str:
             ("seller", "销售方 / Seller", str(seller.get("name", ""))),
             ("seller-tax-id", "纳税人识别号 / Tax id", str(seller.get("tax_id", ""))),
             ("invoice", "代码/号码 / Code/number", ident),
-            ("issued-at", "开票时间 / Issued (UTC)", str(answer.get("issued_at", ""))),
+            ("issued-at", "开票时间 / Issued", str(answer.get("issued_at", ""))),
             ("total", "价税合计 / Total", "" if total is None else f"¥{yuan(int(total))}"),
             ("state", "状态 / State", STATES.get(str(answer.get("state")), "")),
             ("height", "区块高度 / Block height", str(answer.get("height", ""))),
             ("claimed", "报销 / Claimed", "已报销 / yes" if claimed else "未报销 / no"),
-        ]
+        ],
+        zone,
     )
     if claimed:
         head = (
@@ -242,7 +292,7 @@ def render_answer(answer: dict[str, Any], history: list[dict[str, Any]]) -> str:
             'data-claimed="false"><h2>✓ 真票 / Authentic</h2>'
             "<p>This invoice is on the chain and its details match. 查验通过。</p>"
         )
-    return f"{head}{training}<dl>{details}</dl>{_history(history)}</section>"
+    return f"{head}{training}<dl>{details}</dl>{_history(history, zone)}</section>"
 
 
 def render_error(exc: ChainError) -> str:
@@ -320,7 +370,8 @@ async def verify_page(request: web.Request) -> web.Response:
     history = (
         chain.ledger.history(query.code, query.number) if answer["result"] == "authentic" else []
     )
-    return respond(render_page(form, render_answer(answer, history), training_chain=chain.training))
+    result = render_answer(answer, history, request.app.get(ZONE, RECEIPT_ZONE))
+    return respond(render_page(form, result, training_chain=chain.training))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from device.protocol.untrusted import shown
+from device.render import RECEIPT_ZONE, zone_of
 from hostsim.chain.api import build_app
 from hostsim.chain.faults import FAULTS, Faults, Listener, admin_app, inject
 from hostsim.chain.node import Chain
+from hostsim.chain.page import ZONE
 from hostsim.chain.ratelimit import VERIFY_LIMIT, RateLimit
 from hostsim.chain.state import HELD_LIMITS, HeldLimits
 from taxctl.address import parse_listen
@@ -39,6 +42,7 @@ async def serve(
     workers: int = 0,
     held_limits: HeldLimits = HELD_LIMITS,
     verify_limit: RateLimit | None = VERIFY_LIMIT,
+    zone: str = RECEIPT_ZONE,
 ) -> int:
     chain = Chain.open(
         directory,
@@ -53,6 +57,7 @@ async def serve(
     fault_state = Faults()
     app = build_app(chain, [inject] if faults else [], verify_limit)
     app[FAULTS] = fault_state
+    app[ZONE] = zone
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     listener = Listener(runner, *listen)
@@ -108,6 +113,17 @@ def verify_limit(per_minute: float) -> RateLimit | None:
     return RateLimit(per_minute=per_minute, burst=max(1, int(per_minute * 2)))
 
 
+def page_zone(name: str) -> str:
+    """The --zone name, checked before anything starts (zoneinfo, as the receipt's)."""
+    try:
+        zone_of(name)
+    except ValueError:
+        raise ValueError(
+            f"--zone: unknown time zone {shown(name)} (an IANA name such as Asia/Shanghai)"
+        ) from None
+    return name
+
+
 def run(args: argparse.Namespace) -> int:
     from hostsim.chain.node import ChainSetupError
 
@@ -138,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 held_limits=HeldLimits(args.held_per_device, args.held_total, args.held_max_age),
                 verify_limit=verify_limit(args.verify_per_minute),
+                zone=page_zone(args.zone),
             )
         )
     except (ValueError, ChainSetupError, OSError) as exc:

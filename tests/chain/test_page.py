@@ -4,15 +4,21 @@ page with the reason, and everything from the request or the ledger escaped."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from html import escape
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from device.protocol import qr
 from device.protocol.document import Document, parse_document
-from hostsim.chain.page import render_answer, yuan
+from device.render import local_time
+from hostsim.chain.api import build_app
+from hostsim.chain.page import ZONE, render_answer, shown_time, yuan
 from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, invoice_body
 
 
@@ -72,7 +78,9 @@ async def test_authentic_by_typed_fields_and_by_payload(api: Api, device: Device
     assert shown(text, "seller") == escape(doc.payload["seller"]["name"])
     assert shown(text, "seller-tax-id") == doc.payload["seller"]["tax_id"]
     assert shown(text, "invoice") == f"{doc.code}/{doc.number}"
-    assert shown(text, "issued-at") == doc.payload["issued_at"]
+    issued = doc.payload["issued_at"]
+    assert shown(text, "issued-at") == f"{local_time(issued, 'Asia/Shanghai')} (Asia/Shanghai)"
+    assert f'id="issued-at" data-utc="{issued}"' in text  # the machine field stays UTC
     assert shown(text, "total") == f"¥{doc.total // 100}.{doc.total % 100:02d}"
     assert shown(text, "height") == str(api.chain.ledger.tx(doc.hash).height)  # type: ignore[union-attr]
     assert shown(text, "claimed") == "未报销 / no"
@@ -222,7 +230,8 @@ async def test_offline_verification_on_the_page(api: Api, device: DeviceSim) -> 
     status, text = await page(api, {"q": payload})
     assert (status, result_of(text)) == (200, "not_yet_uploaded")
     assert shown(text, "device") == device.device_id
-    assert shown(text, "upload-by").endswith("T00:00:00Z")
+    assert shown(text, "upload-by").endswith(" 08:00:00 +08:00 (Asia/Shanghai)")
+    assert re.search(r'id="upload-by" data-utc="[-\d]+T00:00:00Z"', text), text
     assert BUYER_TAX_ID not in text
     tampered = qr.parse(payload)
     assert tampered.total is not None
@@ -233,3 +242,67 @@ async def test_offline_verification_on_the_page(api: Api, device: DeviceSim) -> 
     assert {r["status"] for r in await api.submit([raw])} == {"committed"}
     status, text = await page(api, {"q": payload})
     assert (status, result_of(text)) == (200, "authentic")
+
+
+AUTHENTIC = {
+    "result": "authentic",
+    "code": "044031900111",
+    "number": "00000001",
+    "state": "issued",
+    "issued_at": "2026-01-01T00:00:00Z",
+    "total": 1130,
+    "seller": {"name": "Shop", "tax_id": "91440300MA5XXXXX0X"},
+    "height": 3,
+}
+
+
+def test_times_are_in_the_zone_asked_for_and_named_machine_fields_stay_utc() -> None:
+    history = [{"height": 3, "at": "2026-01-01T00:00:00Z", "event": "issued", "total": 1130}]
+    text = render_answer(AUTHENTIC, history, "Europe/Berlin")
+    assert shown(text, "issued-at") == "2026-01-01 01:00:00 +01:00 (Europe/Berlin)"
+    assert text.count('data-utc="2026-01-01T00:00:00Z"') == 2  # the detail and the history
+    assert '<td><span data-utc="2026-01-01T00:00:00Z">2026-01-01 01:00:00 +01:00' in text
+    assert "时间 / Time (Europe/Berlin)" in text and "(UTC)" not in text
+    default = render_answer(AUTHENTIC, history)
+    assert shown(default, "issued-at") == "2026-01-01 08:00:00 +08:00 (Asia/Shanghai)"
+    # what is not a ledger time is shown as it is, escaped, not turned into an error
+    assert shown_time("<b>", "Asia/Shanghai") == "<b>"
+
+
+def test_codes_numbers_and_tax_ids_never_wrap_only_names_do() -> None:
+    text = render_answer(AUTHENTIC, [])
+    for ident in ("seller-tax-id", "invoice", "total", "height"):
+        assert f'id="{ident}" class="nw"' in text
+    assert 'id="seller" class="name"' in text
+    assert "word-break" not in text
+
+
+async def test_the_page_uses_the_chain_s_zone(api: Api, device: DeviceSim) -> None:
+    [doc] = await committed(api, device)
+    app = build_app(api.chain)
+    app[ZONE] = "America/New_York"  # what `hostsim chain --zone` sets
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        status, text = await page(Api(api.chain, server, api.session), typed(doc))
+    finally:
+        await server.close()
+    assert (status, result_of(text)) == (200, "authentic")
+    assert shown(text, "issued-at").endswith(" (America/New_York)")
+    assert f'data-utc="{doc.payload["issued_at"]}"' in text
+
+
+def test_a_bad_zone_is_a_one_line_error(tmp_path: Path) -> None:
+    chain = ["hostsim", "chain", "--data", str(tmp_path / "c"), "--listen", "127.0.0.1:0"]
+    run = subprocess.run(
+        [sys.executable, "-m", "taxctl", *chain, "--zone", "Mars/Olympus_Mons"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        'taxctl hostsim chain: --zone: unknown time zone "Mars/Olympus_Mons" '
+        "(an IANA name such as Asia/Shanghai)"
+    ]

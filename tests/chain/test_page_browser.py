@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -171,6 +172,99 @@ def test_a_buyer_verifies_in_a_real_browser(browser: WebDriver, live: LiveChain)
     assert mismatched.get_attribute("data-fields") == "check_code"
     assert browser.find_elements(By.ID, "total") == []
     assert_real_picture(screenshot(browser, "verify-page-mismatch.png"))
+
+
+PHONE = (390, 844)  # a common phone's CSS viewport
+DESKTOP = (1280, 900)
+# Shown as one piece each: a code, number or tax id broken mid-digit is misread.
+UNBROKEN = ("seller-tax-id", "invoice", "total", "height")
+LAYOUT = """
+const view = window.innerWidth;
+// the lines the element's text is laid out on (a Range's rects, one per line
+// fragment, whether the element is inline or a block)
+const piece = id => {
+  const el = document.getElementById(id);
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+  return {lines: tops.size, right: range.getBoundingClientRect().right};
+};
+const box = document.getElementById('history-scroll');
+const before = box.scrollLeft;
+box.scrollLeft = 100;
+const scrolled = box.scrollLeft;
+box.scrollLeft = before;
+return {
+  view: view,
+  page: document.documentElement.scrollWidth,
+  pieces: Object.fromEntries(arguments[0].map(id => [id, piece(id)])),
+  issued: document.getElementById('issued-at').getBoundingClientRect().right,
+  table: {scroll: box.scrollWidth, client: box.clientWidth, scrolled: scrolled,
+          right: box.getBoundingClientRect().right},
+};
+"""
+
+
+def viewport(driver: WebDriver, size: tuple[int, int], mobile: bool) -> None:
+    width, height = size
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {
+            "width": width,
+            "height": height,
+            "deviceScaleFactor": 2 if mobile else 1,
+            "mobile": mobile,
+        },
+    )
+    driver.refresh()
+    WebDriverWait(driver, WAIT).until(EC.presence_of_element_located((By.ID, "history")))
+    driver.execute_script("window.scrollTo(0, 0)")  # a reload keeps the old position
+
+
+def layout(driver: WebDriver) -> dict[str, Any]:
+    found = driver.execute_script(LAYOUT, list(UNBROKEN))
+    assert isinstance(found, dict), found
+    return found
+
+
+def test_the_answer_fits_a_phone_and_a_desktop(browser: WebDriver, live: LiveChain) -> None:
+    [doc] = live.issue(1)
+    browser.get(
+        f"{live.url}/verify?c={doc.code}&n={doc.number}&d={doc.payload['issued_at'][:10]}"
+        f"&k={str(doc.check_code)[-6:]}"
+    )
+    assert browser.find_element(By.ID, "result").get_attribute("data-result") == "authentic"
+    shown = browser.find_element(By.ID, "issued-at").text
+    assert shown.endswith(" +08:00 (Asia/Shanghai)"), shown
+
+    viewport(browser, PHONE, mobile=True)
+    phone = layout(browser)
+    assert_real_picture(screenshot(browser, "verify-page-phone.png"))
+    assert phone["view"] == PHONE[0], phone
+    assert phone["page"] <= phone["view"], phone  # nothing makes the page scroll sideways
+    assert {k: v["lines"] for k, v in phone["pieces"].items()} == dict.fromkeys(UNBROKEN, 1)
+    assert all(v["right"] <= phone["view"] for v in phone["pieces"].values()), phone
+    assert phone["issued"] <= phone["view"], phone
+    table = phone["table"]
+    # the history is wider than a phone: its own box scrolls, inside the card
+    assert table["scroll"] > table["client"] and table["scrolled"] > 0, table
+    assert table["right"] <= phone["view"], table
+    browser.execute_script("document.getElementById('history-scroll').scrollIntoView()")
+    assert_real_picture(screenshot(browser, "verify-page-phone-history.png"))
+
+    viewport(browser, DESKTOP, mobile=False)
+    desktop = layout(browser)
+    assert_real_picture(screenshot(browser, "verify-page-desktop.png"))
+    assert desktop["view"] == DESKTOP[0] and desktop["page"] <= desktop["view"], desktop
+    assert {k: v["lines"] for k, v in desktop["pieces"].items()} == dict.fromkeys(UNBROKEN, 1)
+    assert desktop["table"]["scroll"] <= desktop["table"]["client"], desktop  # room enough
+    # side by side on a desktop: the label column and the value share a row
+    label = browser.find_element(By.CSS_SELECTOR, "#result dt").rect
+    value = browser.find_element(By.ID, "seller").rect
+    assert abs(label["y"] - value["y"]) < label["height"] and value["x"] > label["x"], (
+        label,
+        value,
+    )
 
 
 class _Node:
