@@ -194,7 +194,7 @@ class DeviceLink:
         self._lost.clear()
         self._online.set()
         if self.metrics is not None:
-            self.metrics.identified(self.name, self.config.port, self.device_id)
+            self.metrics.identified(self.name, self.device_id)
             self.metrics.link_up.set(1, self.device_id, self.config.port)
             if self.connections > 1:
                 self.metrics.link_reconnects.inc(1, self.device_id)

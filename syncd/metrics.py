@@ -17,9 +17,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
-from prometheus_client.core import (
-    Metric as Family,
-)
+from prometheus_client.metrics_core import Metric as Family
 
 from taxctl import __version__
 
@@ -247,8 +245,9 @@ class SyncdMetrics:
         for task in ("sync", "link"):
             self.task_failures.inc(0, task, port)
 
-    def identified(self, placeholder: str, port: str, device_id: str) -> None:
-        """The printer on `port` answered as `device_id`: its placeholder series go."""
+    def identified(self, placeholder: str, device_id: str) -> None:
+        """The printer configured as `placeholder` answered as `device_id`: the
+        placeholder's series go (a stale `link_up` 0 would page forever)."""
         if placeholder != device_id:
             for metric in self.device_metrics():
                 for key in [k for k in metric.values if k[0] == placeholder]:
