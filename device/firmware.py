@@ -428,7 +428,7 @@ class Firmware:
             reasons.append(Status.COVER_OPEN.name)
         if now < self.head.last_time:
             reasons.append(Status.CLOCK_BACKWARDS.name)
-        if self.head.counter >= self.settings.capacity:
+        if self.head.counter >= self.settings.capacity or self.journal.full:
             reasons.append(Status.STORAGE_FULL.name)
         if self.registry.numbers_left() <= 0:
             reasons.append(Status.SEGMENT_EXHAUSTED.name)

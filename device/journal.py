@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from device.privatefile import narrow, private_file
 from device.protocol import codec
@@ -256,6 +256,9 @@ class Journal:
             self._write.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
         self._read = _connect(self.path)
         self._write_lock = threading.Lock()
+        # the last write found the disk (or the page limit) full: the next one will most
+        # likely be refused too, so STATUS says STORAGE_FULL until a write succeeds
+        self.full = False
 
     def close(self) -> None:
         self._read.close()
@@ -278,6 +281,7 @@ class Journal:
                     for sql, params in statements:
                         conn.execute(sql, params)
                     conn.execute("COMMIT")
+                self.full = False
             except BaseException as exc:
                 # Whatever stopped it (a value sqlite cannot bind raises OverflowError, not
                 # sqlite3.Error), an open transaction must not stay open for the next batch
@@ -286,9 +290,13 @@ class Journal:
                     conn.execute("ROLLBACK")
                 if not isinstance(exc, sqlite3.Error):
                     raise
-                if _is_full(exc):
-                    raise StorageFull(str(exc)) from exc
-                raise JournalError(str(exc)) from exc
+                self._raise(exc)
+
+    def _raise(self, exc: sqlite3.Error) -> NoReturn:
+        if _is_full(exc):
+            self.full = True
+            raise StorageFull(str(exc)) from exc
+        raise JournalError(str(exc)) from exc
 
     def set_meta(self, key: str, value: Any) -> None:
         self.commit(Batch(meta={key: value}))
@@ -301,9 +309,8 @@ class Journal:
                     (code, start, end, start, raw),
                 )
             except sqlite3.Error as exc:
-                if _is_full(exc):
-                    raise StorageFull(str(exc)) from exc
-                raise JournalError(str(exc)) from exc
+                self._raise(exc)
+            self.full = False
             assert cur.lastrowid is not None
             return SegmentRow(cur.lastrowid, code, start, end, start, raw)
 

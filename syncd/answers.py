@@ -67,6 +67,10 @@ CHAIN_CODES = frozenset(
 OWN_CODES = frozenset({BAD_ANSWER, "UNAVAILABLE"})
 
 
+# every value code_label() gives, for a series of each from the start
+CODE_LABELS = tuple(sorted(CHAIN_CODES | OWN_CODES | {"other"}))
+
+
 def code_label(code: str) -> str:
     """A chain's code as a metric label: the API's codes and syncd's own keep theirs, any
     other is `other`, so a chain that makes codes up cannot add a series per answer."""

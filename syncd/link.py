@@ -83,6 +83,8 @@ class DeviceLink:
         self._lost = asyncio.Event()
         self._listeners: list[Callable[[DeviceLink], None]] = []
         self._stats_seen: dict[str, int] = {}
+        if metrics is not None:
+            metrics.configured(device.name, device.port)
 
     # --- for users of the link ----------------------------------------------------------
 
@@ -192,6 +194,7 @@ class DeviceLink:
         self._lost.clear()
         self._online.set()
         if self.metrics is not None:
+            self.metrics.identified(self.name, self.device_id)
             self.metrics.link_up.set(1, self.device_id, self.config.port)
             if self.connections > 1:
                 self.metrics.link_reconnects.inc(1, self.device_id)
@@ -267,7 +270,7 @@ class DeviceLink:
         if m is None or status is None or device is None:
             return
         counter, synced = int(status["counter"]), int(status["synced_through"])
-        m.counter.set(counter, device)
+        m.issued_through.set(counter, device)
         m.synced_through.set(synced, device)
         m.pending.set(max(0, counter - synced), device)
         m.numbers_left.set(int(status.get("numbers_left", 0)), device)

@@ -1,45 +1,41 @@
-"""Prometheus text exposition (format 0.0.4) for syncd's counters and gauges.
+"""syncd's counters and gauges, exposed in the Prometheus text format.
 
-A deliberately small registry: counters, gauges and histograms with
-labels, rendered on demand. Pure: values are set by the daemon, text is
-produced by `render()`.
+The values live in a small registry of plain dicts that the daemon sets
+(tests read them back); `prometheus_client` renders them, with the
+standard `process_*` metrics and `taxctl_syncd_build_info`, so the
+exposition follows the format and naming rules `promtool` checks.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.metrics_core import Metric as Family
+
+from taxctl import __version__
+
+# what generate_latest() writes (the library's CONTENT_TYPE_LATEST moved on to 1.0.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 Labels = tuple[str, ...]
-
-
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _label_text(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{escape_label(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+# the link's statistics (device.protocol stats, less requests/responses) exported per device
+LINK_EVENTS = (
+    "retransmissions",
+    "timeouts",
+    "naks",
+    "busy",
+    "acks",
+    "damaged_frames",
+    "link_errors",
+)
 
 
 @dataclass
@@ -70,11 +66,12 @@ class Metric:
     def get(self, *labels: str) -> float:
         return self.values.get(self._key(labels), 0.0)
 
-    def lines(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {escape_help(self.help)}"
-        yield f"# TYPE {self.name} {self.kind}"
+    def family(self) -> Family:
+        kind = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        fam = kind(self.name, self.help, labels=self.labels)
         for key in sorted(self.values):
-            yield f"{self.name}{_label_text(self.labels, key)} {format_value(self.values[key])}"
+            fam.add_metric(key, self.values[key])
+        return fam
 
 
 @dataclass
@@ -98,21 +95,18 @@ class Histogram:
     def count(self, *labels: str) -> int:
         return self.series.get(tuple(labels), ([], 0.0, 0))[2]
 
-    def lines(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {escape_help(self.help)}"
-        yield f"# TYPE {self.name} histogram"
+    def family(self) -> Family:
+        fam = HistogramMetricFamily(self.name, self.help, labels=self.labels)
         for key in sorted(self.series):
             counts, total, count = self.series[key]
-            for bound, n in zip(self.buckets, counts, strict=True):
-                le = f'le="{format_value(bound)}"'
-                yield f"{self.name}_bucket{_label_text(self.labels, key, le)} {n}"
-            inf = _label_text(self.labels, key, 'le="+Inf"')
-            yield f"{self.name}_bucket{inf} {count}"
-            yield f"{self.name}_sum{_label_text(self.labels, key)} {format_value(total)}"
-            yield f"{self.name}_count{_label_text(self.labels, key)} {count}"
+            buckets = [(repr(b), n) for b, n in zip(self.buckets, counts, strict=True)]
+            fam.add_metric(key, [*buckets, ("+Inf", count)], total)
+        return fam
 
 
 class Registry:
+    """syncd's own metrics, a collector for `prometheus_client`."""
+
     def __init__(self) -> None:
         self._metrics: dict[str, Metric | Histogram] = {}
 
@@ -139,17 +133,18 @@ class Registry:
         self._metrics[metric.name] = metric
         return metric
 
-    def render(self) -> str:
-        out: list[str] = []
+    def metrics(self) -> list[Metric | Histogram]:
+        return list(self._metrics.values())
+
+    def collect(self) -> Iterator[Family]:
         for metric in self._metrics.values():
-            out.extend(metric.lines())
-        return "\n".join(out) + "\n"
+            yield metric.family()
 
 
 class SyncdMetrics:
     """Every metric syncd exports, in one place."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: str = __version__, chain_codes: Iterable[str] = ()) -> None:
         r = self.registry = Registry()
         dev = ("device",)
         self.link_up = r.gauge(
@@ -164,7 +159,10 @@ class SyncdMetrics:
         self.link_reconnects = r.counter(
             "taxctl_syncd_link_reconnects_total", "times the port was reopened", ("device",)
         )
-        self.counter = r.gauge("taxctl_syncd_device_counter", "last document counter", dev)
+        # not `..._device_counter`: a name with a type in it reads as that type (promtool)
+        self.issued_through = r.gauge(
+            "taxctl_syncd_issued_through", "counter of the last document the device issued", dev
+        )
         self.synced_through = r.gauge(
             "taxctl_syncd_synced_through", "highest counter acknowledged by the chain", dev
         )
@@ -205,8 +203,8 @@ class SyncdMetrics:
         )
         self.pos_requests = r.counter(
             "taxctl_syncd_pos_requests_total",
-            "POS API requests by route and HTTP status",
-            ("route", "status"),
+            "POS API requests by route and HTTP status code",
+            ("route", "code"),
         )
         self.device_rolled_back = r.gauge(
             "taxctl_syncd_device_rolled_back",
@@ -222,5 +220,46 @@ class SyncdMetrics:
             "taxctl_syncd_segments_loaded_total", "number segments requested and loaded", dev
         )
 
+        self.build_info = r.gauge(
+            "taxctl_syncd_build_info", "always 1; the version of syncd running", ("version",)
+        )
+        self.build_info.set(1, version)
+        for code in chain_codes:  # a series from the start, so rate() sees the first error
+            self.chain_errors.inc(0, code)
+        self._exposed = CollectorRegistry(auto_describe=False)
+        self._exposed.register(r)
+        ProcessCollector(registry=self._exposed)
+
+    def device_metrics(self) -> list[Metric]:
+        """Every metric whose first label is the device."""
+        found = [m for m in self.registry.metrics() if isinstance(m, Metric)]
+        return [m for m in found if m.labels[:1] == ("device",)]
+
+    def configured(self, device: str, port: str) -> None:
+        """A printer from the configuration, before syncd has reached it: down, cannot
+        issue, its counters at 0, labelled `device` by its configured name until its id
+        is known, so an alert on `link_up == 0` fires for a printer never seen."""
+        self.link_up.set(0, device, port)
+        self.can_issue.set(0, device)
+        self._zero(device)
+        for task in ("sync", "link"):
+            self.task_failures.inc(0, task, port)
+
+    def identified(self, placeholder: str, device_id: str) -> None:
+        """The printer configured as `placeholder` answered as `device_id`: the
+        placeholder's series go (a stale `link_up` 0 would page forever)."""
+        if placeholder != device_id:
+            for metric in self.device_metrics():
+                for key in [k for k in metric.values if k[0] == placeholder]:
+                    metric.remove(*key)
+        self._zero(device_id)
+
+    def _zero(self, device: str) -> None:
+        for event in LINK_EVENTS:
+            self.link_events.inc(0, device, event)
+        for counter in (self.link_reconnects, self.synced_total, self.submitted_total):
+            counter.inc(0, device)
+        self.segments_loaded.inc(0, device)
+
     def render(self) -> str:
-        return self.registry.render()
+        return generate_latest(self._exposed).decode("utf-8")

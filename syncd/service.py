@@ -33,6 +33,7 @@ from aiohttp import web
 from syncd import config as config_mod
 from syncd import fdlimit, logs
 from syncd.access import load_access
+from syncd.answers import CODE_LABELS
 from syncd.api import ApiContext, PosApi
 from syncd.apiserver import (
     OVERSHOOT,
@@ -132,7 +133,7 @@ class Daemon:
         self.chain = chain
         self.reconfigure_chain = reconfigure_chain
         self.notifier = notifier or Notifier()
-        self.metrics = SyncdMetrics()
+        self.metrics = SyncdMetrics(chain_codes=CODE_LABELS)
         self.health = ChainHealth(self.metrics)
         self.consortium = Consortium(chain)
         self.registrar = Registrar(chain, registration_settings(cfg), self.metrics)

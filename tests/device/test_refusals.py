@@ -120,6 +120,25 @@ async def test_real_disk_full_refuses_and_rolls_back(start: Any) -> None:
     assert after["number"] == "00000002"
 
 
+async def test_a_full_disk_shows_in_status_until_a_write_succeeds(start: Any) -> None:
+    """A printer on a full disk refused every sale with STORAGE_FULL while STATUS said
+    `can_issue` true with nothing in `blocking`: the refusal must show where syncd and
+    the operator look."""
+    h: Harness = await start(limits=wide_limits())
+    await h.client.issue(INVOICE)
+    assert (await h.client.status())["blocking"] == []
+    pages = h.fw.journal._write.execute("PRAGMA page_count").fetchone()[0]
+    h.fw.journal._write.execute(f"PRAGMA max_page_count = {pages}")
+    await refused(h, Status.STORAGE_FULL, h.client.issue({"items": [TEA] * 100}))
+    status = await h.client.status()
+    assert status["blocking"] == [Status.STORAGE_FULL.name]
+    assert status["can_issue"] is False
+    h.fw.journal._write.execute("PRAGMA max_page_count = 1073741823")
+    await h.client.issue(INVOICE)
+    status = await h.client.status()
+    assert (status["blocking"], status["can_issue"]) == ([], True)
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [

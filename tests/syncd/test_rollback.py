@@ -43,7 +43,7 @@ def metric(shop: Shop, name: str, device_id: str) -> str | None:
     _, text, _ = http("GET", f"{shop.api}/metrics")
     for line in str(text).splitlines():
         if line.startswith(f'{name}{{device="{device_id}"}}'):
-            return line.rsplit(" ", 1)[1]
+            return format(float(line.rsplit(" ", 1)[1]), "g")  # "1.0" and "1" are one value
     return None
 
 
