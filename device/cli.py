@@ -59,6 +59,17 @@ def _port_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="response timeout, seconds")
 
 
+def _request_file_args(p: argparse.ArgumentParser, flag: str, helptext: str) -> None:
+    """The request file is an input; `--json` selects output everywhere else, so it stays here
+    only as a deprecated spelling of the input flag (cmd_with_json prints a notice)."""
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument(flag, dest="request_file", metavar="FILE", help=helptext)
+    group.add_argument(
+        "--json", dest="legacy_request_file", metavar="FILE", help=f"deprecated: use {flag}"
+    )
+    p.set_defaults(request_flag=flag)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     device = subparsers.add_parser("device", help="the tax-control printer emulator and its tools")
     sub = device.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
@@ -104,11 +115,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     issue = sub.add_parser("issue", help="issue an invoice from a JSON request file ('-' = stdin)")
     _port_args(issue)
-    issue.add_argument("--json", required=True, help="invoice request file")
+    _request_file_args(issue, "--invoice", "invoice request file, JSON ('-' = stdin)")
     issue.set_defaults(func=cmd_with_json, method="issue")
     credit = sub.add_parser("credit", help="issue a credit note from a JSON request file")
     _port_args(credit)
-    credit.add_argument("--json", required=True, help="credit request file")
+    _request_file_args(credit, "--credit-note", "credit note request file, JSON ('-' = stdin)")
     credit.set_defaults(func=cmd_with_json, method="credit")
 
     get = sub.add_parser("get", help="one document, by counter or code and number (reprint)")
@@ -262,11 +273,18 @@ def cmd_simple(args: argparse.Namespace) -> int:
 
 
 def cmd_with_json(args: argparse.Namespace) -> int:
+    name = args.request_file
+    if name is None:
+        name = args.legacy_request_file
+        print(
+            f"taxctl device {args.method}: --json FILE is deprecated, use {args.request_flag} FILE",
+            file=sys.stderr,
+        )
     try:
-        text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
+        text = sys.stdin.read() if name == "-" else Path(name).read_text()
         request = json.loads(text)
     except (OSError, json.JSONDecodeError) as exc:
-        print(f"taxctl device {args.method}: cannot read {args.json}: {exc}", file=sys.stderr)
+        print(f"taxctl device {args.method}: cannot read {name}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return _client_call(args, lambda c: getattr(c, args.method)(request))
 

@@ -48,14 +48,19 @@ def test_info_issue_export(device: tuple[Process, Path]) -> None:
     assert len(public_key) == 32 and info["training"] and info["registered"]
     request = tmp / "invoice.json"
     request.write_text(json.dumps(INVOICE))
-    issued = taxctl("device", "issue", "--port", link, "--json", str(request))
+    issued = taxctl("device", "issue", "--port", link, "--invoice", str(request))
     assert issued.returncode == 0, issued.stderr
+    assert issued.stderr == ""
     out = json.loads(issued.stdout)
     assert {"counter", "code", "number", "check_code", "cose_sign1"} <= set(out)
     payload = pycose_verify(base64.b64decode(out["cose_sign1"]), public_key)
     assert payload["check_code"] == out["check_code"] and payload["counter"] == 1
+    # the old spelling still works, with a one-line notice on stderr
     from_stdin = taxctl("device", "issue", "--port", link, "--json", "-", stdin=json.dumps(INVOICE))
     assert json.loads(from_stdin.stdout)["counter"] == 2
+    assert from_stdin.stderr.splitlines() == [
+        "taxctl device issue: --json FILE is deprecated, use --invoice FILE"
+    ]
     live = export_documents(state)  # a consistent snapshot while the device runs
     assert [r["counter"] for r in live] == [1, 2] and live[0]["code"] == out["code"]
     status = json.loads(taxctl("device", "status", "--port", link).stdout)
@@ -71,13 +76,15 @@ def test_refusal_exit_codes_and_messages(device: tuple[Process, Path]) -> None:
     request = tmp / "invoice.json"
     request.write_text(json.dumps(INVOICE))
     assert taxctl("device", "control", "--port", link, "--paper-out", "on").returncode == 0
-    refused = taxctl("device", "issue", "--port", link, "--json", str(request))
+    refused = taxctl("device", "issue", "--port", link, "--invoice", str(request))
     assert refused.returncode == 1
     assert "PAPER_OUT" in refused.stderr and "out of paper" in refused.stderr
     assert json.loads(refused.stdout)["error"] == Status.PAPER_OUT.name
     bad = tmp / "bad.json"
     bad.write_text("{not json")
-    assert taxctl("device", "issue", "--port", link, "--json", str(bad)).returncode == 2
+    assert taxctl("device", "issue", "--port", link, "--invoice", str(bad)).returncode == 2
+    both = taxctl("device", "issue", "--port", link, "--invoice", str(request), "--json", "-")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
     missing = taxctl("device", "info", "--port", str(tmp / "no-such-port"))
     assert missing.returncode == 3 and "no serial port" in missing.stderr
 
@@ -184,7 +191,7 @@ def test_receipt_reprint_in_every_format(device: tuple[Process, Path]) -> None:
     link = str(tmp / "tty")
     request = tmp / "invoice.json"
     request.write_text(json.dumps(INVOICE))
-    issued = json.loads(taxctl("device", "issue", "--port", link, "--json", str(request)).stdout)
+    issued = json.loads(taxctl("device", "issue", "--port", link, "--invoice", str(request)).stdout)
     text = taxctl("device", "receipt", "--port", link, "--counter", "1", "--paper", "58")
     assert text.returncode == 0 and issued["check_code"][-5:] in text.stdout
     assert "TRAINING - NOT A VALID INVOICE" in text.stdout
