@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from device import serial_flags
 from device.protocol.status import DeviceError, Status
 from taxctl import exits
 from taxctl.cli import add_version
@@ -50,13 +51,7 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def _port_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", required=True, help="device path, pty symlink or pyserial URL")
-    p.add_argument("--baud", type=int, default=115200)
-    p.add_argument("--parity", default="N", choices=["N", "E", "O", "M", "S"])
-    p.add_argument("--stopbits", type=float, default=1, choices=[1, 1.5, 2])
-    p.add_argument("--rtscts", action="store_true", help="hardware flow control")
-    p.add_argument("--timeout", type=float, default=None, help="response timeout, seconds")
+_port_args = serial_flags.port_args
 
 
 def _request_file_args(p: argparse.ArgumentParser, flag: str, helptext: str) -> None:
@@ -81,10 +76,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--link", type=Path, help="with --port pty: symlink to create")
     run.add_argument("--training", action="store_true", help="training mode (first start)")
     run.add_argument("--bureau-key", help="hex public key of the tax bureau to pin (first start)")
-    run.add_argument("--baud", type=int, default=115200)
-    run.add_argument("--parity", default="N", choices=["N", "E", "O", "M", "S"])
-    run.add_argument("--stopbits", type=float, default=1, choices=[1, 1.5, 2])
-    run.add_argument("--rtscts", action="store_true")
+    serial_flags.line_args(run)
     run.add_argument("--pace", action="store_true", help="send no faster than --baud on a pty")
     run.add_argument("--offline-seconds", type=int, help="offline time limit")
     run.add_argument("--offline-amount", type=int, help="offline amount limit, fen")

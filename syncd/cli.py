@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from device import serial_flags
 from taxctl import exits
 from taxctl.cli import add_version
 
@@ -55,7 +56,9 @@ def register(subparsers: Any) -> None:
         " registration.enrolment_code)",
     )
     reg.add_argument("--config", type=Path, help="TOML config file to read the code from")
-    reg.add_argument("--baud", type=int, default=115200)
+    reg.add_argument(
+        "--baud", type=serial_flags.baud_rate, default=115200, help="line speed (default 115200)"
+    )
     reg.set_defaults(func=_register)
 
     status = sub.add_parser("status", help="what a running daemon reports, as a table")

@@ -287,3 +287,50 @@ def test_long_running_commands_print_the_version(command: list[str]) -> None:
 
     out = taxctl(*command, "--version")
     assert (out.returncode, out.stdout) == (0, f"taxctl {__version__}\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--baud", "12"], "argument --baud: 12 is out of range: a baud rate is 50 to 4000000"),
+        (["--baud", "fast"], 'argument --baud: not a whole number: "fast"'),
+        (["--baud", "4000001"], "argument --baud: 4000001 is out of range"),
+        (["--timeout", "0"], 'argument --timeout: "0" is out of range'),
+        (["--timeout", "nan"], 'argument --timeout: "nan" is out of range'),
+        (["--parity", "X"], "argument --parity: invalid choice"),
+    ],
+)
+def test_serial_flags_out_of_range_are_refused_by_name(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taxctl.cli import build_parser
+
+    for command in (["device", "info", "--port", "x"], ["device", "run", "--state", "x"]):
+        if "--timeout" in argv and command[1] == "run":
+            continue  # the emulator answers; it waits for nobody
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args([*command, *argv])
+        assert stopped.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_serial_flags_accept_the_documented_range() -> None:
+    from taxctl.cli import build_parser
+
+    for baud in ("50", "9600", "115200", "4000000"):
+        args = build_parser().parse_args(["device", "info", "--port", "x", "--baud", baud])
+        assert args.baud == int(baud)
+    args = build_parser().parse_args(["device", "info", "--port", "x", "--timeout", "2.5"])
+    assert args.timeout == 2.5
+    info = build_parser().parse_known_args(["device", "info", "--port", "x"])[0]
+    assert (info.baud, info.parity, info.stopbits, info.rtscts) == (115200, "N", 1, False)
+
+
+def test_every_serial_flag_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from taxctl.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["device", "info", "--help"])
+    out = capsys.readouterr().out
+    for text in ("line speed, 50-4000000", "none, even, odd", "stop bits", "RTS/CTS", "seconds"):
+        assert text in out
