@@ -2,7 +2,9 @@
 
 Exit codes (taxctl/exits.py): 0 ok; 1 the device refused (status name and
 message on stderr); 2 bad usage or input file; 3 no answer from the device
-(link error: the outcome of an issuing request is unknown); 4 the state
+(before an issuing request a STATUS goes first: if nothing
+answers, nothing was sent and the message says what to check; if an issuing
+request itself loses its answer, its outcome is unknown: check the counter); 4 the state
 directory cannot be used; 6 (`run`) the serial port went away, so that a
 supervisor with Restart=on-failure starts the printer again.
 """
@@ -222,7 +224,13 @@ def _client_call(
     call: Callable[[Any], Awaitable[dict[str, Any]]],
     *,
     quiet: bool = False,
+    issuing: str | None = None,
 ) -> int:
+    """Run one call on a client; `issuing` names what the call signs ("invoice", ...).
+
+    Before an issuing call a STATUS is asked first: if nothing answers, nothing was sent
+    that could issue, and the person is told what to check rather than that the outcome
+    is unknown."""
     from device.client import DeviceClient, LinkError
     from device.protocol.commands import RESPONSE_TIMEOUT
     from device.transport import PortError
@@ -240,7 +248,11 @@ def _client_call(
         except PortError as exc:
             print(f"taxctl device: {exc}", file=sys.stderr)
             return EXIT_LINK
+        sent = False
         try:
+            if issuing is not None:
+                await client.status()
+            sent = True
             result = await call(client)
         except DeviceError as exc:
             print(f"taxctl device: refused: {exc.text}", file=sys.stderr)
@@ -249,7 +261,9 @@ def _client_call(
             )
             return EXIT_REFUSED
         except LinkError as exc:
-            print(f"taxctl device: {exc}", file=sys.stderr)
+            print(
+                f"taxctl device: {_link_message(exc, issuing if sent else None)}", file=sys.stderr
+            )
             return EXIT_LINK
         finally:
             await client.close()
@@ -260,8 +274,21 @@ def _client_call(
     return asyncio.run(main())
 
 
+def _link_message(exc: Exception, issuing: str | None) -> str:
+    """The client's advice to resend with the same request id means nothing to a person at
+    a shell (each run picks new ids): say how to find out whether it was issued instead."""
+    if issuing is None:
+        return str(exc)
+    return (
+        f"the printer stopped answering ({exc.__class__.__name__}); the {issuing} may have"
+        " been signed: check its counter with `taxctl device status` (and `taxctl device get"
+        " --counter N`) before sending it again"
+    )
+
+
 def cmd_simple(args: argparse.Namespace) -> int:
-    return _client_call(args, lambda c: getattr(c, args.method)())
+    signs = {"x_report": "X report", "z_report": "Z report"}.get(args.method)
+    return _client_call(args, lambda c: getattr(c, args.method)(), issuing=signs)
 
 
 def cmd_with_json(args: argparse.Namespace) -> int:
@@ -278,7 +305,8 @@ def cmd_with_json(args: argparse.Namespace) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         print(f"taxctl device {args.method}: cannot read {name}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return _client_call(args, lambda c: getattr(c, args.method)(request))
+    signs = "invoice" if args.method == "issue" else "credit note"
+    return _client_call(args, lambda c: getattr(c, args.method)(request), issuing=signs)
 
 
 def cmd_get(args: argparse.Namespace) -> int:

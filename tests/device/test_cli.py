@@ -334,3 +334,53 @@ def test_every_serial_flag_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for text in ("line speed, 50-4000000", "none, even, odd", "stop bits", "RTS/CTS", "seconds"):
         assert text in out
+
+
+def test_a_port_nobody_answers_says_what_to_check(tmp_path: Path) -> None:
+    """An empty port (printer off, wrong port) is no unknown outcome: the person is told to
+    check power, cable, port path and baud, and an issuing command sent nothing that could
+    issue (a STATUS goes first)."""
+    master, slave = os.openpty()  # nobody reads the master side: a port with nothing on it
+    try:
+        port = os.ttyname(slave)
+        request = tmp_path / "invoice.json"
+        request.write_text(json.dumps(INVOICE))
+        for command in (
+            ["device", "info"],
+            ["device", "issue", "--invoice", str(request)],
+            ["device", "z-report"],
+        ):
+            out = taxctl(*command, "--port", port, "--timeout", "0.05")
+            assert out.returncode == 3, out.stderr
+            assert out.stderr.splitlines() == [
+                f"taxctl device: nothing answers on {port}: check that the printer is switched"
+                " on, its cable, the port path, and that the baud rate and parity match the"
+                " printer's"
+            ]
+            assert "request id" not in out.stderr and out.stdout == ""
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_no_answer_keeps_the_retry_advice_only_for_an_issuing_request() -> None:
+    from device.client import NoAnswer
+
+    silent = NoAnswer("/dev/ttyUSB0", 5, heard=False, issuing=False)
+    assert "nothing answers on /dev/ttyUSB0" in str(silent) and "request id" not in str(silent)
+    stopped = NoAnswer("/dev/ttyUSB0", 5, heard=True, issuing=False)
+    assert "stopped answering" in str(stopped) and "request id" not in str(stopped)
+    for heard in (False, True):
+        issuing = NoAnswer("/dev/ttyUSB0", 5, heard=heard, issuing=True)
+        assert "outcome unknown, retry with the same request id" in str(issuing)
+
+
+def test_an_issuing_request_that_lost_its_answer_says_how_to_check() -> None:
+    from device.cli import _link_message
+    from device.client import NoAnswer
+
+    lost = NoAnswer("/dev/ttyUSB0", 5, heard=True, issuing=True)
+    text = _link_message(lost, "invoice")
+    assert "the invoice may have been signed" in text and "taxctl device status" in text
+    assert "request id" not in text  # each run of the CLI picks new ids
+    assert _link_message(lost, None) == str(lost)
