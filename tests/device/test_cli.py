@@ -384,3 +384,19 @@ def test_an_issuing_request_that_lost_its_answer_says_how_to_check() -> None:
     assert "the invoice may have been signed" in text and "taxctl device status" in text
     assert "request id" not in text  # each run of the CLI picks new ids
     assert _link_message(lost, None) == str(lost)
+
+
+def test_permission_hint_never_suggests_joining_root() -> None:
+    from device.transport import permission_hint
+
+    root_only = permission_hint("/dev/ttyUSB0", 0o20600, "root")
+    assert "SupplementaryGroups" not in root_only and "join" in root_only
+    assert "mode 0600, group root" in root_only
+    assert 'packaging/udev/99-taxctl-printer.rules (GROUP="dialout", MODE="0660")' in root_only
+    # group root even with group access: joining root is no fix either
+    assert "SupplementaryGroups" not in permission_hint("/dev/ttyUSB0", 0o20660, "root")
+    # a 0600 node of group dialout: dialout has no access, joining it does not help
+    assert "SupplementaryGroups" not in permission_hint("/dev/ttyUSB0", 0o20600, "dialout")
+    dialout = permission_hint("/dev/ttyUSB0", 0o20660, "dialout")
+    assert "add the user to the 'dialout' group" in dialout
+    assert "SupplementaryGroups=dialout" in dialout
