@@ -135,7 +135,9 @@ class Daemon:
         self.metrics = SyncdMetrics()
         self.health = ChainHealth(self.metrics)
         self.consortium = Consortium(chain)
-        self.registrar = Registrar(chain, registration_settings(cfg), self.metrics)
+        self.registrar = Registrar(
+            chain, registration_settings(cfg), self.metrics, health=self.health
+        )
         self.started = time.time()
         self.attached: list[Attached] = []
         self.stop_event = asyncio.Event()
