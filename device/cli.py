@@ -2,7 +2,9 @@
 
 Exit codes (taxctl/exits.py): 0 ok; 1 the device refused (status name and
 message on stderr); 2 bad usage or input file; 3 no answer from the device
-(link error: the outcome of an issuing request is unknown); 4 the state
+(before an issuing request a STATUS goes first: if nothing
+answers, nothing was sent and the message says what to check; if an issuing
+request itself loses its answer, its outcome is unknown: check the counter); 4 the state
 directory cannot be used; 6 (`run`) the serial port went away, so that a
 supervisor with Restart=on-failure starts the printer again.
 """
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from device import serial_flags
 from device.protocol.status import DeviceError, Status
 from taxctl import exits
 from taxctl.cli import add_version
@@ -50,13 +53,18 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def _port_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", required=True, help="device path, pty symlink or pyserial URL")
-    p.add_argument("--baud", type=int, default=115200)
-    p.add_argument("--parity", default="N", choices=["N", "E", "O", "M", "S"])
-    p.add_argument("--stopbits", type=float, default=1, choices=[1, 1.5, 2])
-    p.add_argument("--rtscts", action="store_true", help="hardware flow control")
-    p.add_argument("--timeout", type=float, default=None, help="response timeout, seconds")
+_port_args = serial_flags.port_args
+
+
+def _request_file_args(p: argparse.ArgumentParser, flag: str, helptext: str) -> None:
+    """The request file is an input; `--json` selects output everywhere else, so it stays here
+    only as a deprecated spelling of the input flag (cmd_with_json prints a notice)."""
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument(flag, dest="request_file", metavar="FILE", help=helptext)
+    group.add_argument(
+        "--json", dest="legacy_request_file", metavar="FILE", help=f"deprecated: use {flag}"
+    )
+    p.set_defaults(request_flag=flag)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,10 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--link", type=Path, help="with --port pty: symlink to create")
     run.add_argument("--training", action="store_true", help="training mode (first start)")
     run.add_argument("--bureau-key", help="hex public key of the tax bureau to pin (first start)")
-    run.add_argument("--baud", type=int, default=115200)
-    run.add_argument("--parity", default="N", choices=["N", "E", "O", "M", "S"])
-    run.add_argument("--stopbits", type=float, default=1, choices=[1, 1.5, 2])
-    run.add_argument("--rtscts", action="store_true")
+    serial_flags.line_args(run)
     run.add_argument("--pace", action="store_true", help="send no faster than --baud on a pty")
     run.add_argument("--offline-seconds", type=int, help="offline time limit")
     run.add_argument("--offline-amount", type=int, help="offline amount limit, fen")
@@ -104,11 +109,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     issue = sub.add_parser("issue", help="issue an invoice from a JSON request file ('-' = stdin)")
     _port_args(issue)
-    issue.add_argument("--json", required=True, help="invoice request file")
+    _request_file_args(issue, "--invoice", "invoice request file, JSON ('-' = stdin)")
     issue.set_defaults(func=cmd_with_json, method="issue")
     credit = sub.add_parser("credit", help="issue a credit note from a JSON request file")
     _port_args(credit)
-    credit.add_argument("--json", required=True, help="credit request file")
+    _request_file_args(credit, "--credit-note", "credit note request file, JSON ('-' = stdin)")
     credit.set_defaults(func=cmd_with_json, method="credit")
 
     get = sub.add_parser("get", help="one document, by counter or code and number (reprint)")
@@ -219,7 +224,13 @@ def _client_call(
     call: Callable[[Any], Awaitable[dict[str, Any]]],
     *,
     quiet: bool = False,
+    issuing: str | None = None,
 ) -> int:
+    """Run one call on a client; `issuing` names what the call signs ("invoice", ...).
+
+    Before an issuing call a STATUS is asked first: if nothing answers, nothing was sent
+    that could issue, and the person is told what to check rather than that the outcome
+    is unknown."""
     from device.client import DeviceClient, LinkError
     from device.protocol.commands import RESPONSE_TIMEOUT
     from device.transport import PortError
@@ -237,7 +248,11 @@ def _client_call(
         except PortError as exc:
             print(f"taxctl device: {exc}", file=sys.stderr)
             return EXIT_LINK
+        sent = False
         try:
+            if issuing is not None:
+                await client.status()
+            sent = True
             result = await call(client)
         except DeviceError as exc:
             print(f"taxctl device: refused: {exc.text}", file=sys.stderr)
@@ -246,7 +261,9 @@ def _client_call(
             )
             return EXIT_REFUSED
         except LinkError as exc:
-            print(f"taxctl device: {exc}", file=sys.stderr)
+            print(
+                f"taxctl device: {_link_message(exc, issuing if sent else None)}", file=sys.stderr
+            )
             return EXIT_LINK
         finally:
             await client.close()
@@ -257,18 +274,39 @@ def _client_call(
     return asyncio.run(main())
 
 
+def _link_message(exc: Exception, issuing: str | None) -> str:
+    """The client's advice to resend with the same request id means nothing to a person at
+    a shell (each run picks new ids): say how to find out whether it was issued instead."""
+    if issuing is None:
+        return str(exc)
+    return (
+        f"the printer stopped answering ({exc.__class__.__name__}); the {issuing} may have"
+        " been signed: check its counter with `taxctl device status` (and `taxctl device get"
+        " --counter N`) before sending it again"
+    )
+
+
 def cmd_simple(args: argparse.Namespace) -> int:
-    return _client_call(args, lambda c: getattr(c, args.method)())
+    signs = {"x_report": "X report", "z_report": "Z report"}.get(args.method)
+    return _client_call(args, lambda c: getattr(c, args.method)(), issuing=signs)
 
 
 def cmd_with_json(args: argparse.Namespace) -> int:
+    name = args.request_file
+    if name is None:
+        name = args.legacy_request_file
+        print(
+            f"taxctl device {args.method}: --json FILE is deprecated, use {args.request_flag} FILE",
+            file=sys.stderr,
+        )
     try:
-        text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
+        text = sys.stdin.read() if name == "-" else Path(name).read_text()
         request = json.loads(text)
     except (OSError, json.JSONDecodeError) as exc:
-        print(f"taxctl device {args.method}: cannot read {args.json}: {exc}", file=sys.stderr)
+        print(f"taxctl device {args.method}: cannot read {name}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return _client_call(args, lambda c: getattr(c, args.method)(request))
+    signs = "invoice" if args.method == "issue" else "credit note"
+    return _client_call(args, lambda c: getattr(c, args.method)(request), issuing=signs)
 
 
 def cmd_get(args: argparse.Namespace) -> int:

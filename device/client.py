@@ -23,6 +23,7 @@ from typing import Any
 from device.protocol import codec
 from device.protocol.commands import (
     BUSY_PAUSE,
+    ISSUING,
     LONG_TIMEOUT,
     MAX_RETRIES,
     RESPONSE_TIMEOUT,
@@ -42,6 +43,34 @@ class LinkError(ConnectionError):
     For an issuing request the outcome is unknown; send it again with the
     same request id once the link is back.
     """
+
+
+class NoAnswer(LinkError):
+    """A request ran out of retransmissions.
+
+    The sentence is for a person: a port on which nothing has ever answered (empty, wrong
+    baud, printer off) gets what to check; the retry advice is kept only for an issuing
+    request, which the device may have carried out.
+    """
+
+    def __init__(self, port: str, retries: int, *, heard: bool, issuing: bool) -> None:
+        self.port, self.retries, self.heard, self.issuing = port, retries, heard, issuing
+        if issuing:
+            text = (
+                f"no response from {port} after {retries} retransmissions; "
+                "outcome unknown, retry with the same request id"
+            )
+        elif not heard:
+            text = (
+                f"nothing answers on {port}: check that the printer is switched on, its cable,"
+                " the port path, and that the baud rate and parity match the printer's"
+            )
+        else:
+            text = (
+                f"{port} stopped answering after {retries} retransmissions: check the cable"
+                " and the printer (the request was not one that issues)"
+            )
+        super().__init__(text)
 
 
 class UnreadableResponse(LinkError):
@@ -70,6 +99,7 @@ class ClientStats:
 
 @dataclass
 class _Pending:
+    command: Command
     wire: bytes
     future: asyncio.Future[Frame]
     deadline: float
@@ -97,6 +127,7 @@ class DeviceClient:
         self._prefix = int.from_bytes(os.urandom(4), "big") << 32
         self._sequence = 0
         self._closed: Exception | None = None
+        self._heard = False  # a frame, even a damaged one, came back on this link
         self._reader = asyncio.create_task(self._read_loop())
         self._timer = asyncio.create_task(self._timer_loop())
 
@@ -168,7 +199,9 @@ class DeviceClient:
             )
         wire = encode_frame(Frame(FrameType.REQUEST, rid, int(command), 0, encoded))
         loop = asyncio.get_running_loop()
-        pending = _Pending(wire, loop.create_future(), time.monotonic() + self.response_timeout)
+        pending = _Pending(
+            command, wire, loop.create_future(), time.monotonic() + self.response_timeout
+        )
         self._pending[rid] = pending
         self.stats.requests += 1
         self.port.write(wire)
@@ -214,6 +247,7 @@ class DeviceClient:
                 if not data:
                     raise LinkError(f"port {self.port.name} closed")
                 for event in self._decoder.feed(data):
+                    self._heard = True
                     if isinstance(event, Frame):
                         self._on_frame(event)
                     else:
@@ -278,9 +312,11 @@ class DeviceClient:
             self._fail(
                 rid,
                 pending,
-                LinkError(
-                    f"no response from {self.port.name} after {self.max_retries} "
-                    "retransmissions; outcome unknown, retry with the same request id"
+                NoAnswer(
+                    self.port.name,
+                    self.max_retries,
+                    heard=self._heard,
+                    issuing=pending.command in ISSUING,
                 ),
             )
             return

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import stat
 import threading
 import time
 import tty
@@ -313,10 +314,11 @@ def _read_returns_only_data(fd: int) -> None:
 def _explain(spec: str, exc: Exception) -> str:
     text = str(exc)
     if "Permission denied" in text or getattr(exc, "errno", None) == errno.EACCES:
-        group = _group_of(spec)
-        hint = f"add the user to the '{group}' group" if group else "check the device permissions"
-        unit = f"SupplementaryGroups={group or 'dialout'}"
-        return f"permission denied opening {spec}: {hint} (a systemd unit needs {unit})"
+        try:
+            node = os.stat(spec)
+        except OSError:
+            return f"permission denied opening {spec}: check the device permissions"
+        return permission_hint(spec, node.st_mode, _group_name(node.st_gid))
     if "No such file" in text or "Errno 2]" in text:
         return f"no serial port at {spec}: is the device plugged in and the path right?"
     if "busy" in text.lower() or "exclusive" in text.lower():
@@ -324,10 +326,34 @@ def _explain(spec: str, exc: Exception) -> str:
     return f"cannot open {spec}: {text}"
 
 
-def _group_of(spec: str) -> str | None:
+UDEV_RULE = "packaging/udev/99-taxctl-printer.rules"
+
+
+def permission_hint(spec: str, mode: int, group: str | None) -> str:
+    """What to do about EACCES on a device node, from its mode and group.
+
+    Joining the node's group helps only when the group may read and write it and is not
+    root (a service in group root is a privilege nobody should hand out): otherwise the
+    node itself is wrong, and the udev rule that makes it 0660 dialout is the fix."""
+    perms = f"{stat.S_IMODE(mode):04o}"
+    if group is not None and group != "root" and mode & 0o060 == 0o060:
+        return (
+            f"permission denied opening {spec} (mode {perms}, group {group}): add the user"
+            f" to the '{group}' group (a systemd unit needs SupplementaryGroups={group})"
+        )
+    return (
+        f"permission denied opening {spec} (mode {perms}, group {group or 'unknown'}): the"
+        f" node is open to no group a service should join (not to root); fix the node with"
+        f" {UDEV_RULE}"
+        ' (GROUP="dialout", MODE="0660"), then replug the adapter or run'
+        " `udevadm trigger --action=add`"
+    )
+
+
+def _group_name(gid: int) -> str | None:
     import grp
 
     try:
-        return grp.getgrgid(os.stat(spec).st_gid).gr_name
-    except (OSError, KeyError):
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
         return None

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from device import serial_flags
 from taxctl import exits
 from taxctl.cli import add_version
 
@@ -55,7 +56,9 @@ def register(subparsers: Any) -> None:
         " registration.enrolment_code)",
     )
     reg.add_argument("--config", type=Path, help="TOML config file to read the code from")
-    reg.add_argument("--baud", type=int, default=115200)
+    reg.add_argument(
+        "--baud", type=serial_flags.baud_rate, default=115200, help="line speed (default 115200)"
+    )
     reg.set_defaults(func=_register)
 
     status = sub.add_parser("status", help="what a running daemon reports, as a table")
@@ -203,19 +206,24 @@ def _status(args: argparse.Namespace) -> int:
     for d in status.get("devices", []):
         rows.append(
             (
-                str(d.get("device_id") or "-"),
-                str(d.get("port")),
-                str(d.get("state")),
-                str(d.get("counter", "-")),
-                str(d.get("synced_through", "-")),
+                _cell(d.get("device_id") or d.get("name")),
+                _cell(d.get("port")),
+                _cell(d.get("state")),
+                _cell(d.get("counter")),
+                _cell(d.get("synced_through")),
                 f"{d.get('pending') or 0:,}",
-                str(d.get("offline_since") or "-"),
+                _cell(d.get("offline_since")),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _cell(value: object) -> str:
+    """A printer syncd has not reached yet has no counter or id: '-', never 'None'."""
+    return "-" if value is None or value == "" else str(value)
 
 
 def _by_id() -> dict[str, str]:

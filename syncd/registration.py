@@ -27,6 +27,7 @@ from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown
 from syncd import device_answers
 from syncd.chainport import ChainDown, ChainPort, ChainRefused
+from syncd.engine import ChainHealth
 from syncd.link import DeviceLink
 from syncd.metrics import SyncdMetrics
 
@@ -147,10 +148,14 @@ class Registrar:
         chain: ChainPort,
         settings: RegistrationSettings,
         metrics: SyncdMetrics | None = None,
+        health: ChainHealth | None = None,
     ) -> None:
         self.chain = chain
         self.settings = settings
         self.metrics = metrics
+        # A registration or a segment is an answer from the chain: without telling the
+        # shared health, status and systemd's STATUS said "chain unknown" after it.
+        self.health = health
         self.known: set[str] = set()
         self._segment_after: dict[str, float] = {}
         self._refixed_at: dict[str, float] = {}
@@ -196,6 +201,8 @@ class Registrar:
         except ChainRefused as exc:
             log.error("%s: the chain refused its training registration: %s", link.label, exc)
             return
+        if self.health is not None:
+            self.health.success()
         self.known.add(str(fresh["device_id"]))
         log.info("%s: training certificate and segments registered with the chain", link.label)
 
@@ -222,6 +229,8 @@ class Registrar:
         except ChainDown as exc:
             log.warning("%s: numbers low (%d) and the chain is away: %s", link.label, left, exc)
             return
+        if self.health is not None:
+            self.health.success()
         try:
             loaded = await client.load_segment(segment)
         except DeviceError as exc:

@@ -136,7 +136,9 @@ class Daemon:
         self.metrics = SyncdMetrics(chain_codes=CODE_LABELS)
         self.health = ChainHealth(self.metrics)
         self.consortium = Consortium(chain)
-        self.registrar = Registrar(chain, registration_settings(cfg), self.metrics)
+        self.registrar = Registrar(
+            chain, registration_settings(cfg), self.metrics, health=self.health
+        )
         self.started = time.time()
         self.attached: list[Attached] = []
         self.stop_event = asyncio.Event()

@@ -20,6 +20,7 @@ COMPONENTS = (
     "hostsim.cli",
     "taxctl.demo",
     "taxctl.verify",
+    "taxctl.completion",
 )
 
 

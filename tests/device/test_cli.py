@@ -48,14 +48,19 @@ def test_info_issue_export(device: tuple[Process, Path]) -> None:
     assert len(public_key) == 32 and info["training"] and info["registered"]
     request = tmp / "invoice.json"
     request.write_text(json.dumps(INVOICE))
-    issued = taxctl("device", "issue", "--port", link, "--json", str(request))
+    issued = taxctl("device", "issue", "--port", link, "--invoice", str(request))
     assert issued.returncode == 0, issued.stderr
+    assert issued.stderr == ""
     out = json.loads(issued.stdout)
     assert {"counter", "code", "number", "check_code", "cose_sign1"} <= set(out)
     payload = pycose_verify(base64.b64decode(out["cose_sign1"]), public_key)
     assert payload["check_code"] == out["check_code"] and payload["counter"] == 1
+    # the old spelling still works, with a one-line notice on stderr
     from_stdin = taxctl("device", "issue", "--port", link, "--json", "-", stdin=json.dumps(INVOICE))
     assert json.loads(from_stdin.stdout)["counter"] == 2
+    assert from_stdin.stderr.splitlines() == [
+        "taxctl device issue: --json FILE is deprecated, use --invoice FILE"
+    ]
     live = export_documents(state)  # a consistent snapshot while the device runs
     assert [r["counter"] for r in live] == [1, 2] and live[0]["code"] == out["code"]
     status = json.loads(taxctl("device", "status", "--port", link).stdout)
@@ -71,13 +76,15 @@ def test_refusal_exit_codes_and_messages(device: tuple[Process, Path]) -> None:
     request = tmp / "invoice.json"
     request.write_text(json.dumps(INVOICE))
     assert taxctl("device", "control", "--port", link, "--paper-out", "on").returncode == 0
-    refused = taxctl("device", "issue", "--port", link, "--json", str(request))
+    refused = taxctl("device", "issue", "--port", link, "--invoice", str(request))
     assert refused.returncode == 1
     assert "PAPER_OUT" in refused.stderr and "out of paper" in refused.stderr
     assert json.loads(refused.stdout)["error"] == Status.PAPER_OUT.name
     bad = tmp / "bad.json"
     bad.write_text("{not json")
-    assert taxctl("device", "issue", "--port", link, "--json", str(bad)).returncode == 2
+    assert taxctl("device", "issue", "--port", link, "--invoice", str(bad)).returncode == 2
+    both = taxctl("device", "issue", "--port", link, "--invoice", str(request), "--json", "-")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
     missing = taxctl("device", "info", "--port", str(tmp / "no-such-port"))
     assert missing.returncode == 3 and "no serial port" in missing.stderr
 
@@ -184,7 +191,7 @@ def test_receipt_reprint_in_every_format(device: tuple[Process, Path]) -> None:
     link = str(tmp / "tty")
     request = tmp / "invoice.json"
     request.write_text(json.dumps(INVOICE))
-    issued = json.loads(taxctl("device", "issue", "--port", link, "--json", str(request)).stdout)
+    issued = json.loads(taxctl("device", "issue", "--port", link, "--invoice", str(request)).stdout)
     text = taxctl("device", "receipt", "--port", link, "--counter", "1", "--paper", "58")
     assert text.returncode == 0 and issued["check_code"][-5:] in text.stdout
     assert "TRAINING - NOT A VALID INVOICE" in text.stdout
@@ -280,3 +287,116 @@ def test_long_running_commands_print_the_version(command: list[str]) -> None:
 
     out = taxctl(*command, "--version")
     assert (out.returncode, out.stdout) == (0, f"taxctl {__version__}\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--baud", "12"], "argument --baud: 12 is out of range: a baud rate is 50 to 4000000"),
+        (["--baud", "fast"], 'argument --baud: not a whole number: "fast"'),
+        (["--baud", "4000001"], "argument --baud: 4000001 is out of range"),
+        (["--timeout", "0"], 'argument --timeout: "0" is out of range'),
+        (["--timeout", "nan"], 'argument --timeout: "nan" is out of range'),
+        (["--parity", "X"], "argument --parity: invalid choice"),
+    ],
+)
+def test_serial_flags_out_of_range_are_refused_by_name(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taxctl.cli import build_parser
+
+    for command in (["device", "info", "--port", "x"], ["device", "run", "--state", "x"]):
+        if "--timeout" in argv and command[1] == "run":
+            continue  # the emulator answers; it waits for nobody
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args([*command, *argv])
+        assert stopped.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_serial_flags_accept_the_documented_range() -> None:
+    from taxctl.cli import build_parser
+
+    for baud in ("50", "9600", "115200", "4000000"):
+        args = build_parser().parse_args(["device", "info", "--port", "x", "--baud", baud])
+        assert args.baud == int(baud)
+    args = build_parser().parse_args(["device", "info", "--port", "x", "--timeout", "2.5"])
+    assert args.timeout == 2.5
+    info = build_parser().parse_known_args(["device", "info", "--port", "x"])[0]
+    assert (info.baud, info.parity, info.stopbits, info.rtscts) == (115200, "N", 1, False)
+
+
+def test_every_serial_flag_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from taxctl.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["device", "info", "--help"])
+    out = capsys.readouterr().out
+    for text in ("line speed, 50-4000000", "none, even, odd", "stop bits", "RTS/CTS", "seconds"):
+        assert text in out
+
+
+def test_a_port_nobody_answers_says_what_to_check(tmp_path: Path) -> None:
+    """An empty port (printer off, wrong port) is no unknown outcome: the person is told to
+    check power, cable, port path and baud, and an issuing command sent nothing that could
+    issue (a STATUS goes first)."""
+    master, slave = os.openpty()  # nobody reads the master side: a port with nothing on it
+    try:
+        port = os.ttyname(slave)
+        request = tmp_path / "invoice.json"
+        request.write_text(json.dumps(INVOICE))
+        for command in (
+            ["device", "info"],
+            ["device", "issue", "--invoice", str(request)],
+            ["device", "z-report"],
+        ):
+            out = taxctl(*command, "--port", port, "--timeout", "0.05")
+            assert out.returncode == 3, out.stderr
+            assert out.stderr.splitlines() == [
+                f"taxctl device: nothing answers on {port}: check that the printer is switched"
+                " on, its cable, the port path, and that the baud rate and parity match the"
+                " printer's"
+            ]
+            assert "request id" not in out.stderr and out.stdout == ""
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_no_answer_keeps_the_retry_advice_only_for_an_issuing_request() -> None:
+    from device.client import NoAnswer
+
+    silent = NoAnswer("/dev/ttyUSB0", 5, heard=False, issuing=False)
+    assert "nothing answers on /dev/ttyUSB0" in str(silent) and "request id" not in str(silent)
+    stopped = NoAnswer("/dev/ttyUSB0", 5, heard=True, issuing=False)
+    assert "stopped answering" in str(stopped) and "request id" not in str(stopped)
+    for heard in (False, True):
+        issuing = NoAnswer("/dev/ttyUSB0", 5, heard=heard, issuing=True)
+        assert "outcome unknown, retry with the same request id" in str(issuing)
+
+
+def test_an_issuing_request_that_lost_its_answer_says_how_to_check() -> None:
+    from device.cli import _link_message
+    from device.client import NoAnswer
+
+    lost = NoAnswer("/dev/ttyUSB0", 5, heard=True, issuing=True)
+    text = _link_message(lost, "invoice")
+    assert "the invoice may have been signed" in text and "taxctl device status" in text
+    assert "request id" not in text  # each run of the CLI picks new ids
+    assert _link_message(lost, None) == str(lost)
+
+
+def test_permission_hint_never_suggests_joining_root() -> None:
+    from device.transport import permission_hint
+
+    root_only = permission_hint("/dev/ttyUSB0", 0o20600, "root")
+    assert "SupplementaryGroups" not in root_only and "join" in root_only
+    assert "mode 0600, group root" in root_only
+    assert 'packaging/udev/99-taxctl-printer.rules (GROUP="dialout", MODE="0660")' in root_only
+    # group root even with group access: joining root is no fix either
+    assert "SupplementaryGroups" not in permission_hint("/dev/ttyUSB0", 0o20660, "root")
+    # a 0600 node of group dialout: dialout has no access, joining it does not help
+    assert "SupplementaryGroups" not in permission_hint("/dev/ttyUSB0", 0o20600, "dialout")
+    dialout = permission_hint("/dev/ttyUSB0", 0o20660, "dialout")
+    assert "add the user to the 'dialout' group" in dialout
+    assert "SupplementaryGroups=dialout" in dialout

@@ -111,3 +111,23 @@ async def test_the_training_registration_checks_the_info_it_keeps(link: DeviceLi
     Rewrite.changes = {}
     await registrar.before_round(link)
     assert _Chain.registered == 1 and isinstance((link.info or {}).get("segments"), list)
+
+
+async def test_a_training_registration_counts_as_the_chain_answering(link: DeviceLink) -> None:
+    """After a successful registration systemd's STATUS said 'chain unknown': the
+    registration is an answer from the chain, so the shared health says ok."""
+    from syncd.engine import ChainHealth
+    from syncd.notify import status_line
+
+    Rewrite.changes = {}
+    assert await link.wait_online(5)
+    health = ChainHealth()
+    registrar = Registrar(
+        _Chain(),  # type: ignore[arg-type]
+        RegistrationSettings(auto_segments=False),
+        health=health,
+    )
+    assert health.word == "unknown"
+    await registrar.before_round(link)
+    assert health.word == "ok"
+    assert status_line(1, 1, 0, health.word) == "1 device, 0 pending, chain ok"

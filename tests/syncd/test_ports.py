@@ -70,3 +70,46 @@ def test_a_named_port_that_does_not_exist_exits_port_gone(tmp_path: Path) -> Non
     assert out.returncode == exits.PORT_GONE == 6
     assert out.stderr == f"taxctl ports: {missing}: no such port\n"
     assert out.stdout == ""
+
+
+def test_status_shows_a_printer_not_reached_yet_without_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A configured printer syncd has never reached has no id, counter or sync point yet:
+    the table printed 'None None' for them."""
+    import io
+
+    answer = {
+        "chain": {"state": "ok", "url": "http://chain:1", "error": None},
+        "pending": 0,
+        "rejected": 0,
+        "devices": [
+            {
+                "device_id": None,
+                "name": "front till",
+                "port": "/dev/taxctl/printer-A1",
+                "state": "offline",
+                "counter": None,
+                "synced_through": None,
+                "pending": None,
+                "offline_since": None,
+            }
+        ],
+    }
+
+    def urlopen(url: str, timeout: float) -> io.BytesIO:
+        return io.BytesIO(json.dumps(answer).encode())
+
+    monkeypatch.setattr(syncd_cli.urllib.request, "urlopen", urlopen)
+    assert main(["syncd", "status", "--api", "127.0.0.1:1"]) == exits.OK
+    out = capsys.readouterr().out
+    assert "None" not in out
+    row = out.splitlines()[-1].split()
+    assert row[:2] == ["front", "till"] and row[2:] == [
+        "/dev/taxctl/printer-A1",
+        "offline",
+        "-",
+        "-",
+        "0",
+        "-",
+    ]

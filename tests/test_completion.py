@@ -1,0 +1,42 @@
+"""`taxctl completion`: the scripts come from the parser, so they name every command."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import run_taxctl
+
+
+def test_bash_completion_names_the_subcommands() -> None:
+    out = run_taxctl("completion", "bash")
+    assert out.returncode == 0, out.stderr
+    for word in ("device", "syncd", "ports", "verify", "completion", "issue", "--invoice"):
+        assert word in out.stdout
+    assert "complete -o bashdefault -F _shtab_taxctl taxctl" in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_bash_completes_a_partial_subcommand() -> None:
+    script = run_taxctl("completion", "bash").stdout
+    probe = (
+        'COMP_WORDS=(taxctl device is); COMP_CWORD=2; COMP_LINE="taxctl device is";'
+        ' COMP_POINT=${#COMP_LINE}; _shtab_taxctl taxctl is device; echo "${COMPREPLY[@]}"'
+    )
+    done = subprocess.run(
+        ["bash", "-c", f"{script}\n{probe}"], capture_output=True, text=True, timeout=30
+    )
+    assert done.stdout.split() == ["issue"], done.stderr
+
+
+@pytest.mark.parametrize("shell", ["zsh", "tcsh"])
+def test_other_shells(shell: str) -> None:
+    out = run_taxctl("completion", shell)
+    assert out.returncode == 0 and "device" in out.stdout and "syncd" in out.stdout
+
+
+def test_an_unknown_shell_is_a_usage_error() -> None:
+    out = run_taxctl("completion", "fish")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
