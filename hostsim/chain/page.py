@@ -143,15 +143,11 @@ def render_offline(answer: dict[str, Any], ident: str, training: str, zone: str)
             "not a registered printer's (二维码签名无效，疑似伪造发票):</p>"
             f'<p id="reason">{escape(str(answer.get("reason", "")))}</p></section>'
         )
-    seller = answer.get("seller") or {}
-    total = answer.get("total")
     details = _rows(
         [
-            ("seller", "销售方 / Seller", str(seller.get("name", ""))),
-            ("seller-tax-id", "纳税人识别号 / Tax id", str(seller.get("tax_id", ""))),
-            ("invoice", "代码/号码 / Code/number", ident),
+            *_party_rows(answer, ident),
             ("date", "开票日期 / Issue date (UTC)", str(answer.get("date", ""))),
-            ("total", "价税合计 / Total", "" if total is None else f"¥{yuan(int(total))}"),
+            _total_row(answer),
             ("device", "税控设备 / Printer", str(answer.get("device_id", ""))),
             ("upload-by", "上传期限 / Upload by", str(answer.get("upload_by", ""))),
         ],
@@ -173,6 +169,21 @@ def render_offline(answer: dict[str, Any], ident: str, training: str, zone: str)
 
 # How each detail may wrap: names anywhere, codes/numbers/ids/money never inside.
 NAMES = frozenset({"seller", "state", "claimed", "reason"})
+
+
+def _party_rows(answer: dict[str, Any], ident: str) -> list[tuple[str, str, str]]:
+    """The seller and the invoice's code and number: what every answer's table starts with."""
+    seller = answer.get("seller") or {}
+    return [
+        ("seller", "销售方 / Seller", str(seller.get("name", ""))),
+        ("seller-tax-id", "纳税人识别号 / Tax id", str(seller.get("tax_id", ""))),
+        ("invoice", "代码/号码 / Code/number", ident),
+    ]
+
+
+def _total_row(answer: dict[str, Any]) -> tuple[str, str, str]:
+    total = answer.get("total")
+    return ("total", "价税合计 / Total", "" if total is None else f"¥{yuan(int(total))}")
 
 
 def _rows(pairs: list[tuple[str, str, str]], zone: str) -> str:
@@ -264,15 +275,11 @@ def render_answer(
             "</section>"
         )
     claimed = bool(answer.get("claimed"))
-    seller = answer.get("seller") or {}
-    total = answer.get("total")
     details = _rows(
         [
-            ("seller", "销售方 / Seller", str(seller.get("name", ""))),
-            ("seller-tax-id", "纳税人识别号 / Tax id", str(seller.get("tax_id", ""))),
-            ("invoice", "代码/号码 / Code/number", ident),
+            *_party_rows(answer, ident),
             ("issued-at", "开票时间 / Issued", str(answer.get("issued_at", ""))),
-            ("total", "价税合计 / Total", "" if total is None else f"¥{yuan(int(total))}"),
+            _total_row(answer),
             ("state", "状态 / State", STATES.get(str(answer.get("state")), "")),
             ("height", "区块高度 / Block height", str(answer.get("height", ""))),
             ("claimed", "报销 / Claimed", "已报销 / yes" if claimed else "未报销 / no"),
