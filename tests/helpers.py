@@ -175,6 +175,23 @@ def run_taxctl(
     )
 
 
+def python_for(drop: Sequence[str], tree: Path) -> tuple[str, str] | None:
+    """(interpreter, PYTHONPATH) that the user a `setpriv ...` prefix `drop` switches to
+    can run with `tree` and this interpreter's packages, if there is one."""
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    path = os.pathsep.join([str(tree), *site])
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    # the venv's interpreter may live under a home only root can enter: then try the
+    # system's build of the same version (same ABI, so the venv's packages load)
+    for python in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        if not os.path.exists(python):
+            continue
+        argv = [*drop, "env", f"PYTHONPATH={path}", python, "-c", "import aiohttp"]
+        if subprocess.run(argv, capture_output=True, timeout=30).returncode == 0:
+            return python, path
+    return None
+
+
 def export_documents(state: Path) -> list[dict[str, Any]]:
     out = run_taxctl("device", "export", "--state", str(state), check=True)
     rows = [json.loads(line) for line in out.stdout.splitlines()]

@@ -7,13 +7,13 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from syncd import config as config_mod
+from tests.helpers import python_for
 
 ROOT = Path(__file__).resolve().parents[2] / "packaging"
 
@@ -145,19 +145,11 @@ def _python_for(user: str) -> list[str] | None:
     if setpriv is None:
         return None
     drop = [setpriv, f"--reuid={user}", "--regid=nogroup", "--clear-groups"]
-    site = [p for p in sys.path if p.endswith("site-packages")]
-    path = os.pathsep.join([str(ROOT.parent), *site])
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    # the venv's interpreter may live under a home only root can enter: then try the
-    # system's build of the same version (same ABI, so the venv's packages load)
-    for python in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
-        if not os.path.exists(python):
-            continue
-        argv = [*drop, "env", f"PYTHONPATH={path}", python]
-        probe = subprocess.run([*argv, "-c", "import aiohttp"], capture_output=True, timeout=30)
-        if probe.returncode == 0:
-            return argv
-    return None
+    found = python_for(drop, ROOT.parent)
+    if found is None:
+        return None
+    python, path = found
+    return [*drop, "env", f"PYTHONPATH={path}", python]
 
 
 def test_unreadable_config_names_the_file_and_the_fix() -> None:
