@@ -323,6 +323,14 @@ def _explain(spec: str, exc: Exception) -> str:
         return f"no serial port at {spec}: is the device plugged in and the path right?"
     if "busy" in text.lower() or "exclusive" in text.lower():
         return f"{spec} is in use by another program"
+    if "waiting for option 'control'" in text:
+        # pyserial waits for the answer to every SET_CONTROL (flow control, DTR/RTS);
+        # ser2net on a line without modem control (a pty, some adapters) never sends it
+        return (
+            f"cannot open {spec}: the RFC 2217 server did not confirm the flow and modem"
+            " control settings (no modem control on its line?): add ?ign_set_control to"
+            " the URL"
+        )
     return f"cannot open {spec}: {text}"
 
 
