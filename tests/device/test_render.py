@@ -270,3 +270,27 @@ def test_no_cjk_font_warns_once_per_receipt_and_still_renders(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "no CJK font found" in warnings[0], warnings
     assert "\n" not in warnings[0]
+
+
+def test_png_draws_cjk_characters_not_boxes(fonts: Any, payload: dict[str, Any]) -> None:
+    """The receipt's 发票 and a CJK buyer name print with a font that has those glyphs
+    (fontconfig's, else a known path; .ci/run installs fonts-wqy-microhei), where Pillow's
+    built-in font would draw the same box for each."""
+    from PIL import ImageFont
+
+    path = render.find_font("cjk")
+    if path is None:
+        pytest.skip("no CJK font installed (fonts-wqy-microhei or fonts-noto-cjk)")
+    font = ImageFont.truetype(path, 24)
+    box = bytes(font.getmask("\U0010fffd"))  # a private-use code point: the missing glyph
+    for char in "发票税务测试":
+        assert font.getmask(char).getbbox() and bytes(font.getmask(char)) != box, char
+    cjk = {**payload, "buyer": {**payload["buyer"], "name": "税务测试有限公司"}}
+    drawn = render.png(cjk)
+    chosen = render._font
+
+    def builtin_cjk(kind: str, size: int) -> Any:
+        return ImageFont.load_default(size=size) if kind == "cjk" else chosen(kind, size)
+
+    fonts.setattr(render, "_font", builtin_cjk)
+    assert render.png(cjk) != drawn  # the CJK font, not the built-in one, drew them
