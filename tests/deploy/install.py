@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +71,11 @@ def packaged() -> set[str]:
     """Every file under packaging/, relative to the repository."""
     files = (REPO / "packaging").rglob("*")
     return {str(p.relative_to(REPO)) for p in files if p.is_file()}
+
+
+def open_dir() -> tempfile.TemporaryDirectory[str]:
+    """A temporary directory every user may enter (pytest's tmp_path has 0700 parents,
+    and the point of some tests is what another user can read)."""
+    where = tempfile.TemporaryDirectory(prefix="taxctl-deploy-")
+    os.chmod(where.name, 0o755)
+    return where

@@ -27,7 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from taxctl.tools import read_ready
 from tests.deploy import install
-from tests.deploy.conftest import open_dir
 from tests.helpers import Process, python_for
 from tests.shop import INVOICE, Shop, http, wait_for
 
@@ -81,13 +80,12 @@ def _systemd_root(root: Path) -> None:
     (root / "usr/bin").mkdir(parents=True, exist_ok=True)
     if not (root / "bin").exists():
         (root / "bin").symlink_to("usr/bin")  # merged /usr, as Debian 12 has it
-    for line in ("ExecStart", "ExecReload"):
+    # the program step of the install (pip) is not run here: any executable stands in
+    for line, stand_in in (("ExecStart", "/bin/true"), ("ExecReload", None)):
         binary = shlex.split(service(root)[line])[0]
         target = root / binary.lstrip("/")
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            found = shutil.which(Path(binary).name) or "/bin/true"
-            shutil.copy(found if line == "ExecReload" else "/bin/true", target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(stand_in or shutil.which(Path(binary).name) or binary, target)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
@@ -176,14 +174,15 @@ def _start_syncd(
     os.chown(state, uid, uid)
     state.chmod(int(unit["StateDirectoryMode"], 8))
     env = {"PATH": "/usr/bin:/bin", "STATE_DIRECTORY": str(state)}
-    proc = subprocess.Popen(
-        [*_setpriv(uid, groups, unit), *argv],
-        stdout=subprocess.PIPE,
-        stderr=open(root / "syncd.log", "wb"),  # noqa: SIM115
-        text=True,
-        env=env,
-        umask=int(unit["UMask"], 8),
-    )
+    with open(root / "syncd.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*_setpriv(uid, groups, unit), *argv],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            umask=int(unit["UMask"], 8),
+        )
     ready = read_ready(proc, 60)
     if ready is None:
         proc.kill()
@@ -207,7 +206,7 @@ def running() -> Iterator[Running]:
         pytest.skip("needs root to run syncd as another user")
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    with open_dir() as where:
+    with install.open_dir() as where:
         base = Path(where)
         root = base / "root"
         install.run(root)

@@ -53,12 +53,12 @@ def test_the_printer_gets_its_link_and_modemmanager_keeps_off(
 ) -> None:
     event = run.events[(action, adapter.tty_device)]
     link = expected_link(adapter)
-    assert link in event.properties.get("DEVLINKS", "").split(), event.log
-    assert event.properties.get("ID_MM_DEVICE_IGNORE") == "1", event.log
+    ours = rule_log(event, "99-taxctl-printer.rules")  # what our rule did, for a failure
+    assert link in event.properties.get("DEVLINKS", "").split(), (event.properties, ours)
+    assert event.properties.get("ID_MM_DEVICE_IGNORE") == "1", (event.properties, ours)
     assert event.properties.get("ID_PATH_TAG") == adapter.path_tag
     # the link udevadm made in the namespace's /dev, pointing at this adapter's node
     assert event.links.get(link) == f"../ttyUSB{adapter.tty}", event.links
-    ours = rule_log(event, "99-taxctl-printer.rules")
     assert any(line.endswith(f"GROUP {grp.getgrnam('dialout').gr_gid}") for line in ours), ours
     assert any(line.endswith("MODE 0660") for line in ours), ours
 
