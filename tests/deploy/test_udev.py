@@ -13,7 +13,8 @@ import pytest
 from tests.deploy import fakesys, install, udev
 from tests.deploy.fakesys import ADAPTERS, Adapter
 
-pytestmark = pytest.mark.skipif(udev.why_not() is not None, reason=str(udev.why_not()))
+WHY_NOT = udev.why_not()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
 
 
 def expected_link(adapter: Adapter) -> str:
