@@ -43,6 +43,7 @@ from device.protocol.status import DeviceError, Status
 from device.transport import Port, open_serial
 
 TICK = 0.02
+HELLO: dict[str, Any] = {"versions": [1], "host": "taxctl"}
 MAX_BUSY_WAITS = 200  # 10 s of BUSY at 50 ms before giving up
 
 
@@ -422,13 +423,17 @@ class DeviceClient:
 
     async def hello(self) -> dict[str, Any]:
         """The handshake; from its answer on, at most the announced `max_in_flight`."""
-        answer = await self.request(Command.HELLO, {"versions": [1], "host": "taxctl"})
-        announced = answer.get("max_in_flight")
+        answer = await self.request(Command.HELLO, HELLO)
+        self.adapt(answer)
+        return answer
+
+    def adapt(self, hello: dict[str, Any]) -> None:
+        """Keep no more in flight than a HELLO answer announced (nor than configured)."""
+        announced = hello.get("max_in_flight")
         # Only a sane announcement narrows the window: 0, a negative or a non-integer
         # would stall every request, and a larger one never widens what we were given.
         if type(announced) is int and announced >= 1:
             self._slots.set_limit(min(self.configured_in_flight, announced))
-        return answer
 
     async def info(self) -> dict[str, Any]:
         return await self.request(Command.INFO)
