@@ -49,6 +49,7 @@ class EmulatedPrinter:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._fw: Firmware | None = None
         self._device_port: MemoryPort | None = None
+        self._host_port: MemoryPort | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -59,6 +60,13 @@ class EmulatedPrinter:
         if self._fw is None:
             raise RuntimeError("the emulated printer is not started")
         return self._fw
+
+    @property
+    def port(self) -> MemoryPort:
+        """The host's end of the line (what `start` returned)."""
+        if self._host_port is None:
+            raise RuntimeError("the emulated printer is not started")
+        return self._host_port
 
     async def start(self) -> MemoryPort:
         if self._task is not None:
@@ -74,8 +82,9 @@ class EmulatedPrinter:
         except BaseException:
             self._cleanup()
             raise
-        host, self._device_port = memory_pair(self.name)
-        server = DeviceServer(self._fw, self._device_port, max_in_flight=self._max_in_flight)
+        host, device = memory_pair(self.name)
+        self._host_port, self._device_port = host, device
+        server = DeviceServer(self._fw, device, max_in_flight=self._max_in_flight)
         self._task = asyncio.create_task(server.serve(self._stop))
         return host
 
