@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from taxctl import PosClient
+from taxctl import PosClient, PosError
 
 SALE = {
     "buyer": {"name": "ACME Trading", "tax_id": "91350100M000100Y43"},
@@ -26,14 +26,20 @@ SALE = {
 
 def till(url: str, token: str | None) -> None:
     with PosClient(url, token=token) as pos:
-        issued = pos.issue(SALE)
-        print(f"invoice {issued['code']}/{issued['number']}: {issued['total']} fen")
-        print(issued["receipt"]["text"])
-        again = pos.reprint(issued["code"], issued["number"])
-        print(f"reprint: same signed document: {again['cose_sign1'] == issued['cose_sign1']}")
-        refers_to = {"code": issued["code"], "number": issued["number"]}
-        credit = pos.credit({"refers_to": refers_to, "reason": "returned"})
-        print(f"credit note {credit['code']}/{credit['number']}: {credit['total']} fen")
+        try:
+            issued = pos.issue_invoice(SALE)  # an Idempotency-Key is made up and kept
+        except PosError as refused:
+            # maybe_issued: no answer came; the sale may exist: retry with this key only
+            print(f"{refused.code}: {refused.message} (key {refused.idempotency_key})")
+            raise
+        print(f"invoice {issued.code}/{issued.number}: {issued.total} fen (key", end=" ")
+        print(f"{issued.idempotency_key})")
+        print(issued.receipt_text)
+        again = pos.reprint(code=issued.code, number=issued.number)
+        print(f"reprint: same signed document: {again.cose_sign1 == issued.cose_sign1}")
+        refers_to = {"code": issued.code, "number": issued.number}
+        credit = pos.issue_credit_note({"refers_to": refers_to, "reason": "returned"})
+        print(f"credit note {credit.code}/{credit.number}: {credit.total} fen")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-file", type=Path, help="the bearer token (api.token_file)")
     args = parser.parse_args(argv)
     token = args.token_file.read_text().strip() if args.token_file else None
-    till(args.url, token)
+    try:
+        till(args.url, token)
+    except PosError:
+        return 1
     return 0
 
 

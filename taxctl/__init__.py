@@ -45,6 +45,7 @@ _EXPORTS = {
     "NoiseSettings": "hostsim.noise",
     "PosClient": "syncd.posclient",
     "AsyncPosClient": "syncd.posclient",
+    "PosError": "syncd.posclient",
 }
 
 # Spelled out for tools that read __all__ statically; a test checks it is _EXPORTS.
@@ -63,6 +64,7 @@ __all__ = [
     "Port",
     "PortError",
     "PosClient",
+    "PosError",
     "Printer",
     "PrinterInfo",
     "PrinterStatus",
