@@ -41,9 +41,19 @@ def test_request_types_give_the_body_the_device_parses_back() -> None:
     assert (parsed.code, parsed.number, parsed.reason) == (credit.code, credit.number, "returned")
 
 
-def test_opening_starts_nothing_and_needs_no_loop() -> None:
-    opening = Printer.open("loop://")  # no running loop here: nothing may start yet
-    assert opening is not None
+def test_opening_starts_nothing_and_needs_no_loop(tmp_path: Path) -> None:
+    """No running loop here, and a port that does not exist: open() must not touch it
+    (nor start an emulator) until it is entered or awaited."""
+    Printer.open(str(tmp_path / "ttyUSB9"))
+    Printer.open("loop://")
+    assert not list(tmp_path.iterdir())
+
+    async def enter() -> None:
+        async with Printer.open(str(tmp_path / "ttyUSB9")):
+            pass
+
+    with pytest.raises(PortError, match="no serial port"):
+        asyncio.run(enter())
 
 
 async def test_issue_reprint_credit_and_reports_are_typed_and_verified() -> None:

@@ -57,6 +57,23 @@ def test_a_client_can_be_made_outside_a_running_loop() -> None:
     assert not client.closed and client.max_in_flight == HOST_MAX_IN_FLIGHT
 
 
+def test_a_client_made_outside_a_loop_works_in_one_later() -> None:
+    host, device = memory_pair()
+    client = DeviceClient(host, response_timeout=5.0)
+
+    async def use() -> object:
+        far = FarEnd(device)
+        call = asyncio.create_task(client.status())
+        (request,) = await far.requests(1)
+        far.answer(request, {"ok": True})
+        try:
+            return await asyncio.wait_for(call, 2)
+        finally:
+            await client.close()
+
+    assert asyncio.run(use()) == {"ok": True}
+
+
 async def test_async_with_starts_and_closes_the_client() -> None:
     host, device = memory_pair()
     far = FarEnd(device)
