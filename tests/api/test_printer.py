@@ -233,3 +233,26 @@ def test_taxctl_exports_are_its_all() -> None:
     assert set(taxctl.__all__) == {"__version__", *taxctl._EXPORTS}
     with pytest.raises(AttributeError):
         taxctl.NoSuchThing  # noqa: B018
+
+
+async def test_a_document_answer_is_checked_before_it_is_typed() -> None:
+    """Each lie a printer could tell in a DocumentResponse is OutcomeUnknown, never a
+    document handed to the till: another key, another document's QR, a bad flag."""
+    from device.client import UnreadableResponse
+    from taxctl.responses import document_response
+
+    async with Printer.open("loop://") as printer:
+        first = await printer.client.issue(SALE.to_body())
+        second = await printer.client.issue(SALE.to_body())
+        key = printer.info.public_key
+        assert document_response(first, key, 1).counter == 1
+        async with Printer.open("loop://") as other:
+            lies = {
+                "signed by another key": (first, other.info.public_key),
+                "another document's QR": ({**first, "qr": second["qr"]}, key),
+                "not a document": ({**first, "document": b"\xa0"}, key),
+                "a synced flag that is not a flag": ({**first, "synced": 1}, key),
+            }
+        for answer, public_key in lies.values():
+            with pytest.raises(UnreadableResponse, match="outcome is unknown"):
+                document_response(answer, public_key, 7)
