@@ -9,20 +9,29 @@ response timeout for up to the long timeout without spending retries.
 When retransmissions run out, the request fails with LinkError and its
 outcome is unknown — the caller must send it again with the same request id
 (which is always safe) before treating it as lost.
+
+Nothing runs before `start()` (or `async with`, or the first request): a client can be
+made outside a running loop. After HELLO the client keeps no more requests in flight than
+the device announced (`max_in_flight`), nor than it was configured with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
+from device.errors import OutcomeUnknown
 from device.protocol import codec
 from device.protocol.commands import (
+    BAUD,
     BUSY_PAUSE,
+    HOST_MAX_IN_FLIGHT,
     ISSUING,
     LONG_TIMEOUT,
     MAX_RETRIES,
@@ -34,10 +43,11 @@ from device.protocol.status import DeviceError, Status
 from device.transport import Port, open_serial
 
 TICK = 0.02
+HELLO: dict[str, Any] = {"versions": [1], "host": "taxctl"}
 MAX_BUSY_WAITS = 200  # 10 s of BUSY at 50 ms before giving up
 
 
-class LinkError(ConnectionError):
+class LinkError(ConnectionError, OutcomeUnknown):
     """No answer from the device: port gone, or no response after every retransmission.
 
     For an issuing request the outcome is unknown; send it again with the
@@ -108,6 +118,48 @@ class _Pending:
     acked_until: float = 0.0  # the device is working on it: polls until then are free
 
 
+class _Slots:
+    """A semaphore whose size can shrink after HELLO (asyncio.Semaphore's cannot).
+
+    Waiters are woken in arrival order; nothing here needs a loop until someone waits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        while self.used >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                self._wake()  # cancelled, perhaps just after a wake-up: pass it on
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.used
+        for waiter in self._waiters:
+            if free <= 0:
+                break
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+
 class DeviceClient:
     def __init__(
         self,
@@ -115,7 +167,7 @@ class DeviceClient:
         *,
         response_timeout: float = RESPONSE_TIMEOUT,
         max_retries: int = MAX_RETRIES,
-        max_in_flight: int = 32,
+        max_in_flight: int = HOST_MAX_IN_FLIGHT,
     ) -> None:
         self.port = port
         self.response_timeout = response_timeout
@@ -123,34 +175,61 @@ class DeviceClient:
         self.stats = ClientStats()
         self._decoder = FrameDecoder()
         self._pending: dict[int, _Pending] = {}
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self.configured_in_flight = max_in_flight
+        self._slots = _Slots(max_in_flight)
         self._prefix = int.from_bytes(os.urandom(4), "big") << 32
         self._sequence = 0
         self._closed: Exception | None = None
         self._heard = False  # a frame, even a damaged one, came back on this link
-        self._reader = asyncio.create_task(self._read_loop())
-        self._timer = asyncio.create_task(self._timer_loop())
+        self._reader: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start reading the port (needs a running loop); idempotent."""
+        if self._reader is None and self._closed is None:
+            self._reader = asyncio.create_task(self._read_loop())
+            self._timer = asyncio.create_task(self._timer_loop())
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests kept outstanding at most: the configured number, or fewer if the
+        device's HELLO announced fewer."""
+        return self._slots.limit
 
     @classmethod
     async def open(
         cls,
         port: str,
         *,
-        baud: int = 115200,
+        baud: int = BAUD,
         parity: str = "N",
         stopbits: float = 1,
         rtscts: bool = False,
         response_timeout: float = RESPONSE_TIMEOUT,
         max_retries: int = MAX_RETRIES,
-        max_in_flight: int = 32,
+        max_in_flight: int = HOST_MAX_IN_FLIGHT,
     ) -> DeviceClient:
         opened = open_serial(port, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts)
-        return cls(
+        client = cls(
             opened,
             response_timeout=response_timeout,
             max_retries=max_retries,
             max_in_flight=max_in_flight,
         )
+        client.start()
+        return client
 
     @property
     def closed(self) -> bool:
@@ -162,12 +241,11 @@ class DeviceClient:
 
     async def close(self) -> None:
         self._fail_all(LinkError("client closed"))
-        self._reader.cancel()
-        self._timer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._timer
+        for task in (self._reader, self._timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.port.close()
 
     # --- requests ------------------------------------------------------------------------
@@ -177,13 +255,17 @@ class DeviceClient:
     ) -> dict[str, Any]:
         if self._closed is not None:
             raise LinkError(f"link to {self.port.name} is down: {self._closed}")
+        self.start()
         rid = request_id if request_id is not None else self.new_request_id()
         pending = self._pending.get(rid)
         if pending is not None:  # the same request is already on its way: share its answer
             frame = await asyncio.shield(pending.future)
         else:
-            async with self._slots:
+            await self._slots.acquire()
+            try:
                 frame = await self._send_and_wait(rid, command, body)
+            finally:
+                self._slots.release()
         return self._result(frame)
 
     async def _send_and_wait(
@@ -340,7 +422,18 @@ class DeviceClient:
     # --- commands ------------------------------------------------------------------------
 
     async def hello(self) -> dict[str, Any]:
-        return await self.request(Command.HELLO, {"versions": [1], "host": "taxctl"})
+        """The handshake; from its answer on, at most the announced `max_in_flight`."""
+        answer = await self.request(Command.HELLO, HELLO)
+        self.adapt(answer)
+        return answer
+
+    def adapt(self, hello: dict[str, Any]) -> None:
+        """Keep no more in flight than a HELLO answer announced (nor than configured)."""
+        announced = hello.get("max_in_flight")
+        # Only a sane announcement narrows the window: 0, a negative or a non-integer
+        # would stall every request, and a larger one never widens what we were given.
+        if type(announced) is int and announced >= 1:
+            self._slots.set_limit(min(self.configured_in_flight, announced))
 
     async def info(self) -> dict[str, Any]:
         return await self.request(Command.INFO)

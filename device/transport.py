@@ -21,12 +21,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Protocol
 
+from device.errors import PortError
+from device.protocol.commands import BAUD
+
 READ_SIZE = 65536
 BITS_PER_BYTE_8N1 = 10
-
-
-class PortError(OSError):
-    """A port could not be opened or failed; the message says what to do."""
 
 
 class Port(Protocol):
@@ -263,7 +262,7 @@ PARITIES = {"N": "N", "E": "E", "O": "O", "M": "M", "S": "S"}
 def open_serial(
     spec: str,
     *,
-    baud: int = 115200,
+    baud: int = BAUD,
     parity: str = "N",
     stopbits: float = 1,
     rtscts: bool = False,

@@ -42,6 +42,7 @@ from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from device.protocol import untrusted
+from device.protocol.commands import BAUD, HOST_MAX_IN_FLIGHT, MAX_RETRIES, RESPONSE_TIMEOUT
 from syncd.access import parse_origins
 from taxctl.address import parse_listen
 
@@ -131,13 +132,22 @@ OPTIONS: tuple[Option, ...] = (
         65536,
     ),
     Option("chain.timeout", float, 10.0, "seconds to wait for a chain node", 0.1, 600),
-    Option("serial.baud", int, 115200, "default baud rate", 50, 4_000_000),
+    Option("serial.baud", int, BAUD, "default baud rate", 50, 4_000_000),
     Option("serial.parity", str, "N", "default parity", choices=PARITIES),
     Option("serial.stopbits", float, 1.0, "default stop bits (1, 1.5, 2)", 1, 2),
     Option("serial.rtscts", bool, False, "default RTS/CTS hardware flow control"),
-    Option("link.response_timeout", float, 1.0, "seconds before a retransmission", 0.05, 60),
-    Option("link.max_retries", int, 5, "retransmissions before a link error", 0, 50),
-    Option("link.max_in_flight", int, 32, "requests outstanding per device", 1, 1024),
+    Option(
+        "link.response_timeout",
+        float,
+        RESPONSE_TIMEOUT,
+        "seconds before a retransmission",
+        0.05,
+        60,
+    ),
+    Option("link.max_retries", int, MAX_RETRIES, "retransmissions before a link error", 0, 50),
+    Option(
+        "link.max_in_flight", int, HOST_MAX_IN_FLIGHT, "requests outstanding per device", 1, 1024
+    ),
     Option("link.reopen_max", float, 5.0, "cap of the port reopen backoff, seconds", 0.05, 600),
     Option("link.status_interval", float, 5.0, "seconds between STATUS heartbeats", 0.05, 3600),
     Option("sync.batch_max", int, 1000, "documents per chain submission", 1, 10000),
@@ -177,7 +187,7 @@ DEVICE_KEYS = frozenset({"port", "name", "baud", "parity", "stopbits", "rtscts"}
 class DeviceConfig:
     port: str
     name: str
-    baud: int = 115200
+    baud: int = BAUD
     parity: str = "N"
     stopbits: float = 1.0
     rtscts: bool = False

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from device.client import DeviceClient, LinkError
+from device.protocol.commands import HOST_MAX_IN_FLIGHT, MAX_RETRIES, RESPONSE_TIMEOUT
 from device.protocol.status import DeviceError
 from device.transport import PortError
 from syncd import device_answers
@@ -49,9 +50,9 @@ class LinkDown(ConnectionError):
 
 @dataclass(frozen=True)
 class LinkSettings:
-    response_timeout: float = 1.0
-    max_retries: int = 5
-    max_in_flight: int = 32
+    response_timeout: float = RESPONSE_TIMEOUT
+    max_retries: int = MAX_RETRIES
+    max_in_flight: int = HOST_MAX_IN_FLIGHT
     reopen_max: float = 5.0
     status_interval: float = 5.0
 

@@ -42,5 +42,9 @@ ACK_AFTER = 0.2  # the device sends ACK if a response is not ready this soon
 MAX_RETRIES = 5
 BUSY_PAUSE = 0.05
 
-DEFAULT_MAX_IN_FLIGHT = 64
+DEFAULT_MAX_IN_FLIGHT = 64  # what a device accepts at once (it announces it in HELLO)
+# A host's defaults, declared once: the client, syncd's options and the Printer API read
+# them here. A host never keeps more in flight than the device announced in HELLO.
+HOST_MAX_IN_FLIGHT = 32
+BAUD = 115200
 FETCH_MAX_COUNT = 1000

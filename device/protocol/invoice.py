@@ -141,6 +141,23 @@ class Line:
             "tax_rate_bp": self.tax_rate_bp,
         }
 
+    @classmethod
+    def of(cls, name: str, quantity: str, unit_price: int, tax_rate_bp: int) -> Line:
+        """A line as a till writes it: `Line.of("Tea", "1.5", 1000, 1300)` is 1.5 units at
+        10.00 yuan and 13 %; amount and tax are computed as the device computes them.
+        A quantity that is not a decimal with at most 3 places is refused here."""
+        return make_line(name, parse_quantity(quantity), unit_price, tax_rate_bp)
+
+    def to_item(self) -> dict[str, Any]:
+        """The line as a request carries it. The wire quantity is unsigned: a credit
+        note's lines are negated by the device, so a negated line is sent as positive."""
+        return {
+            "name": self.name,
+            "quantity": format_quantity(abs(self.quantity_milli)),
+            "unit_price": self.unit_price,
+            "tax_rate_bp": self.tax_rate_bp,
+        }
+
 
 def make_line(name: str, quantity_milli: int, unit_price: int, tax_rate_bp: int) -> Line:
     amount = round_half_up(quantity_milli * unit_price, 1000)
@@ -249,8 +266,18 @@ def parse_party(value: object, what: str, *, tax_id_required: bool) -> dict[str,
 
 @dataclass(slots=True)
 class InvoiceRequest:
+    """An ISSUE request: the buyer (`{"name", "tax_id"?}`, or None) and 1-100 lines."""
+
     buyer: dict[str, str] | None
     lines: list[Line]
+
+    def to_body(self) -> dict[str, Any]:
+        """The ISSUE body; the same request gives the same bytes, so that sending it again
+        with the same request id is a repeat, never REQUEST_ID_REUSED."""
+        body: dict[str, Any] = {"items": [line.to_item() for line in self.lines]}
+        if self.buyer is not None:
+            body["buyer"] = dict(self.buyer)
+        return body
 
 
 def parse_invoice_request(body: object, rates: frozenset[int]) -> InvoiceRequest:
@@ -271,6 +298,18 @@ class CreditRequest:
     reason: str
     lines: list[Line] | None  # None: credit the original in full
     confirmation: str | None = None  # the buyer's red-letter confirmation id, if given
+
+    def to_body(self) -> dict[str, Any]:
+        """The CREDIT body (`refers_to` the original's code and number)."""
+        body: dict[str, Any] = {
+            "refers_to": {"code": self.code, "number": self.number},
+            "reason": self.reason,
+        }
+        if self.lines is not None:
+            body["items"] = [line.to_item() for line in self.lines]
+        if self.confirmation is not None:
+            body["confirmation"] = self.confirmation
+        return body
 
 
 def is_confirmation(value: object) -> bool:

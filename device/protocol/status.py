@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
+from device.errors import Refused
 from device.protocol.untrusted import shown
 
 
@@ -148,8 +149,8 @@ MAX_DETAIL = 400  # characters: a refusal's detail, whatever went into it
 MAX_INFO = 16  # entries of `info` kept, each a short key and a scalar
 
 
-class DeviceError(Exception):
-    """A refusal with a stable status code.
+class DeviceError(Refused):
+    """A refusal with a stable status code (the `Refused` of device.errors).
 
     `detail` adds what is specific to this refusal (which field, which
     limit); the status message stays the same for every occurrence so hosts

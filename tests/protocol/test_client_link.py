@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 import pytest
 
 from device.client import DeviceClient, LinkError
+from device.loopback import memory_pair
 from device.protocol import codec
 from device.protocol.commands import Command
 from device.protocol.framing import (
@@ -22,39 +24,39 @@ from device.protocol.status import DeviceError, Status
 
 
 class ScriptedPort:
-    """A Port whose far end is the test: it sees every frame written and says what it likes."""
-
-    name = "scripted"
+    """The device's end of a loop:// pair, played by the test: it sees every frame the host
+    writes (`host` is the client's port) and says what it likes."""
 
     def __init__(self) -> None:
-        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
-        self.sent: asyncio.Queue[tuple[float, Frame]] = asyncio.Queue()
+        self.host, self.device = memory_pair("scripted")
         self._decoder = FrameDecoder()
+        self._sent: deque[tuple[float, Frame]] = deque()
 
-    async def read(self) -> bytes:
-        return await self.incoming.get()
+    async def next_sent(self) -> tuple[float, Frame]:
+        while not self._sent:
+            data = await self.device.read()
+            now = time.monotonic()
+            for frame in self._decoder.feed(data):
+                assert isinstance(frame, Frame)
+                self._sent.append((now, frame))
+        return self._sent.popleft()
 
-    def write(self, data: bytes) -> None:
-        for frame in self._decoder.feed(data):
-            assert isinstance(frame, Frame)
-            self.sent.put_nowait((time.monotonic(), frame))
-
-    def close(self) -> None:
-        pass
+    def send(self, wire: bytes) -> None:
+        self.device.write(wire)
 
     def answer(self, request: Frame, kind: FrameType = FrameType.RESPONSE) -> bytes:
         wire = encode_frame(Frame(kind, request.request_id, request.command, 0, codec.encode({})))
-        self.incoming.put_nowait(wire)
+        self.send(wire)
         return wire
 
 
 async def next_sent(port: ScriptedPort, within: float) -> tuple[float, Frame]:
-    return await asyncio.wait_for(port.sent.get(), within)
+    return await asyncio.wait_for(port.next_sent(), within)
 
 
 async def test_a_damaged_response_is_asked_for_again_at_once() -> None:
     port = ScriptedPort()
-    client = DeviceClient(port, response_timeout=5.0)  # only the damage can explain a resend
+    client = DeviceClient(port.host, response_timeout=5.0)  # only the damage can explain a resend
     try:
         call = asyncio.create_task(client.request(Command.STATUS))
         _, request = await next_sent(port, 1)
@@ -78,11 +80,11 @@ async def test_a_damaged_response_is_asked_for_again_at_once() -> None:
             )
         )
         content[-1] ^= 0x01
-        port.incoming.put_nowait(b"\x7e" + escape(bytes(content)) + b"\x7e")
+        port.send(b"\x7e" + escape(bytes(content)) + b"\x7e")
         # Within 4 s, under the 5 s response timeout: slack for a loaded machine.
         _, again = await next_sent(port, 4.0)
         assert again == request
-        port.incoming.put_nowait(good)
+        port.send(good)
         assert await asyncio.wait_for(call, 4) == {"ok": 1}
         assert client.stats.damaged_frames == 1 and client.stats.timeouts == 0
         assert client.stats.retransmissions == 1
@@ -92,7 +94,7 @@ async def test_a_damaged_response_is_asked_for_again_at_once() -> None:
 
 async def test_after_an_ack_the_host_polls_each_timeout_without_spending_retries() -> None:
     port = ScriptedPort()
-    client = DeviceClient(port, response_timeout=0.1, max_retries=2)
+    client = DeviceClient(port.host, response_timeout=0.1, max_retries=2)
     try:
         call = asyncio.create_task(client.request(Command.STATUS))
         sent_at, request = await next_sent(port, 1)
@@ -117,11 +119,11 @@ UNREADABLE_BODIES = (b"\xff", b"\xa1\x01\x02", b"\x81\x01", b"\xc2\x41\x01")  # 
 async def test_an_ok_response_that_cannot_be_read_is_outcome_unknown_not_a_refusal() -> None:
     for body in UNREADABLE_BODIES:
         port = ScriptedPort()
-        client = DeviceClient(port, response_timeout=5.0)
+        client = DeviceClient(port.host, response_timeout=5.0)
         try:
             call = asyncio.create_task(client.request(Command.ISSUE, {"items": []}))
             _, request = await next_sent(port, 1)
-            port.incoming.put_nowait(
+            port.send(
                 encode_frame(
                     Frame(FrameType.RESPONSE, request.request_id, request.command, 0, body)
                 )
@@ -136,12 +138,12 @@ async def test_an_ok_response_that_cannot_be_read_is_outcome_unknown_not_a_refus
 
 async def test_a_refusal_whose_detail_cannot_be_read_is_still_that_refusal() -> None:
     port = ScriptedPort()
-    client = DeviceClient(port, response_timeout=5.0)
+    client = DeviceClient(port.host, response_timeout=5.0)
     try:
         call = asyncio.create_task(client.request(Command.ISSUE, {"items": []}))
         _, request = await next_sent(port, 1)
         status = int(Status.PAPER_OUT)
-        port.incoming.put_nowait(
+        port.send(
             encode_frame(
                 Frame(FrameType.RESPONSE, request.request_id, request.command, status, b"\xff")
             )
@@ -161,13 +163,13 @@ async def test_a_refusal_whose_info_names_a_constructor_argument_is_still_that_r
     `status`, `detail` or `self` raised TypeError out of the client (a 500 for the till,
     a crashed link task at the handshake) instead of giving the refusal."""
     port = ScriptedPort()
-    client = DeviceClient(port, response_timeout=5.0)
+    client = DeviceClient(port.host, response_timeout=5.0)
     try:
         call = asyncio.create_task(client.request(Command.ISSUE, {"items": []}))
         _, request = await next_sent(port, 1)
         body = {"error": "PAPER_OUT", "detail": "load paper", "info": {name: 7, "seen": 1}}
         status = int(Status.PAPER_OUT)
-        port.incoming.put_nowait(
+        port.send(
             encode_frame(
                 Frame(
                     FrameType.RESPONSE,

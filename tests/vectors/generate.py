@@ -19,6 +19,7 @@ from typing import Any
 
 from device.app import open_device
 from device.limits import Limits
+from device.loopback import MemoryPort, memory_pair
 from device.protocol import codec
 from device.protocol.clock import ManualClock
 from device.protocol.commands import Command
@@ -34,40 +35,21 @@ ISSUE_BODY = {
 }
 
 
-class MemoryPort:
-    """A port fed from a list, recording what the device writes."""
-
-    name = "memory"
-
-    def __init__(self) -> None:
-        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
-        self.written = bytearray()
-
-    async def read(self) -> bytes:
-        return await self.incoming.get()
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.incoming.put_nowait(b"")
-
-
 def request(rid: int, command: Command, body: dict[str, Any]) -> bytes:
     return encode_frame(Frame(FrameType.REQUEST, rid, command, 0, codec.encode(body)))
 
 
-async def _exchange(server: DeviceServer, port: MemoryPort, wire: bytes) -> bytes:
-    port.written.clear()
-    port.incoming.put_nowait(wire)
-    for _ in range(500):
-        await asyncio.sleep(0.002)
-        events = FrameDecoder().feed(bytes(port.written))
+async def _exchange(host: MemoryPort, wire: bytes) -> bytes:
+    """Everything the device sends for `wire`, up to its response (or NAK)."""
+    host.write(wire)
+    answer = bytearray()
+    while True:
+        answer += await asyncio.wait_for(host.read(), 5)
+        events = FrameDecoder().feed(bytes(answer))
         if any(
             isinstance(e, Frame) and e.type in (FrameType.RESPONSE, FrameType.NAK) for e in events
         ):
-            return bytes(port.written)
-    raise RuntimeError("no answer from the device")
+            return bytes(answer)
 
 
 async def _generate(state: Path) -> list[dict[str, Any]]:
@@ -77,8 +59,8 @@ async def _generate(state: Path) -> list[dict[str, Any]]:
     os.write(fd, seed)
     os.close(fd)
     fw = open_device(state, training=True, clock=ManualClock(TIME), limits=Limits())
-    port = MemoryPort()
-    server = DeviceServer(fw, port)
+    host, device = memory_pair()
+    server = DeviceServer(fw, device)
     stop = asyncio.Event()
     task = asyncio.create_task(server.serve(stop))
     vectors = []
@@ -88,12 +70,12 @@ async def _generate(state: Path) -> list[dict[str, Any]]:
             ("issue", 0x0123456789ABCDF0, Command.ISSUE, ISSUE_BODY),
         ):
             wire = request(rid, command, body)
-            answer = await _exchange(server, port, wire)
+            answer = await _exchange(host, wire)
             vectors.append({"name": f"{name} request", "from": "host", "hex": wire.hex()})
             vectors.append({"name": f"{name} response", "from": "device", "hex": answer.hex()})
         damaged = bytearray(request(0x0123456789ABCDF1, Command.STATUS, {}))
         damaged[-2] ^= 0x01  # one bit of the FCS
-        answer = await _exchange(server, port, bytes(damaged))
+        answer = await _exchange(host, bytes(damaged))
         vectors.append(
             {"name": "status request, FCS damaged", "from": "host", "hex": bytes(damaged).hex()}
         )
