@@ -98,7 +98,9 @@ async def test_ack_sync_takes_1_to_1000_receipts_and_accepted_counts_them(start:
         await h.client.issue(INVOICE)
     chain = SigningConsortium()
     device_id = h.fw.settings.device_id
-    for receipts in ([], [{}] * 1001):
+    too_few: list[dict[str, Any]] = []
+    too_many: list[dict[str, Any]] = [{}] * 1001
+    for receipts in (too_few, too_many):
         with pytest.raises(DeviceError) as err:
             await h.client.ack_sync(receipts, consortium=chain.raw)
         assert err.value.status == Status.BAD_REQUEST
