@@ -36,7 +36,7 @@ async def test_a_document_is_cose_sign1_with_the_utf8_device_id_as_key_id(start:
     assert cbor2.loads(payload)["device_id"] == h.fw.settings.device_id
 
 
-@covers("s-receipt-hashes", "s-ack-sync")
+@covers("s-receipt-hashes", "s-ack-sync", "s-unknown-fields")
 async def test_a_receipt_built_from_the_documented_rules_is_accepted(start: Any) -> None:
     h: Harness = await start(limits=wide_limits())
     await h.client.issue(INVOICE)
@@ -87,6 +87,13 @@ async def test_a_receipt_built_from_the_documented_rules_is_accepted(start: Any)
             "signatures": signatures,
         },
     ]
+    # The header has exactly its six keys; the receipt map may carry more (ignored).
+    longer = dict(header, note="x")
+    refused = [dict(receipts[0], header=longer)]
+    with pytest.raises(DeviceError) as err:
+        await h.client.ack_sync(refused, consortium=chain.raw)
+    assert err.value.status == Status.RECEIPT_INVALID and h.fw.synced_through == 0
+    receipts[1]["block_hash"] = sha256(cbor2.dumps(header, canonical=True))
     answer = await h.client.ack_sync(receipts, consortium=chain.raw)
     assert answer["accepted"] == 2 and answer["synced_through"] == 2
 
