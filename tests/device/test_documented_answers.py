@@ -34,6 +34,10 @@ async def test_a_document_is_cose_sign1_with_the_utf8_device_id_as_key_id(start:
     assert protected == bytes.fromhex("a10127")  # {1: -8}
     assert unprotected == {4: h.fw.settings.device_id.encode("utf-8")}
     assert cbor2.loads(payload)["device_id"] == h.fw.settings.device_id
+    segment_request = cbor2.loads(await h.client.segment_request(10))
+    assert segment_request.value[1] == {4: h.fw.settings.device_id.encode("utf-8")}
+    info = await h.client.info()
+    assert cbor2.loads(info["certificate"]).value[1] == {4: b"bureau"}
 
 
 @covers("s-receipt-hashes", "s-ack-sync", "s-unknown-fields")
