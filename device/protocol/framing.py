@@ -92,7 +92,7 @@ class FrameError:
 
     `request_id` is what the damaged header claims (it may itself be
     damaged); it is None when fewer than a header's 14 content bytes arrived.
-    `size` counts content bytes, or wire bytes when the content is too long.
+    `size` counts content bytes, or wire bytes for a frame past the buffer (MAX_ESCAPED).
     """
 
     reason: NakReason
