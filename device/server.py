@@ -4,8 +4,11 @@ Reads whatever the port delivers, decodes frames, NAKs damaged ones, sends
 BUSY past the in-flight limit and ACK for requests that take long. A
 request id seen before gets its recorded response again (for issuing
 commands from the journal, so this survives restarts); the same id with a
-different request is refused. Reads are answered at once; writes go to the
-Writer in arrival order.
+different request is refused. "The same request" is the same command and
+the same body as a value: bodies are compared in their deterministic CBOR
+form, so a host that re-encodes a request with its map keys in another order
+still gets its answer. Reads are answered at once; writes go to the Writer
+in arrival order.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -59,7 +63,48 @@ _COMMANDS = {int(c): c for c in Command}
 
 
 def request_digest(command: int, body: bytes) -> bytes:
+    """What "the same request" means: the command and the body's canonical bytes."""
     return hashlib.sha256(bytes([command]) + body).digest()[:16]
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A request accepted and not yet answered."""
+
+    digest: bytes
+    command: int
+    since: float
+    acked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A request frame as the server sees it: its body decoded (or why not) and its digest."""
+
+    rid: int
+    command: int
+    known: Command | None
+    body: Any
+    refusal: DeviceError | None
+    digest: bytes
+
+
+def read_request(frame: Frame) -> _Request:
+    """Decode the body once; the digest is over its deterministic CBOR (the bytes as sent
+    when they are no CBOR, which can match no other request's canonical form)."""
+    known = _COMMANDS.get(frame.command)
+    refusal: DeviceError | None = None
+    body: Any = None
+    canonical = frame.body
+    if known is None:
+        refusal = DeviceError(Status.UNKNOWN_COMMAND, f"0x{frame.command:02x}")
+    try:
+        body = codec.decode(frame.body) if frame.body else {}
+        canonical = codec.encode(body)
+    except codec.CodecError as exc:
+        refusal = refusal or DeviceError(Status.BAD_REQUEST, str(exc))
+    digest = request_digest(frame.command, canonical)
+    return _Request(frame.request_id, frame.command, known, body, refusal, digest)
 
 
 class DeviceServer:
@@ -71,7 +116,7 @@ class DeviceServer:
         self.max_in_flight = max_in_flight
         self.writer = Writer(fw)
         self.decoder = FrameDecoder()
-        self._in_flight: dict[int, tuple[bytes, float, bool]] = {}  # id -> (digest, since, acked)
+        self._in_flight: dict[int, _Flight] = {}
         self._recent: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # id -> (digest, frame)
         self._recent_bytes = 0  # the frames' total size in _recent
 
@@ -115,18 +160,24 @@ class DeviceServer:
                             self._reply_uncached(
                                 event.request_id, event.command, internal_error(exc)
                             )
-                elif isinstance(event, FrameError) and worth_nak(event):
-                    self.fw.run.naks_sent += 1
-                    self._send(Frame(FrameType.NAK, event.request_id or 0, 0, event.reason))
+                elif isinstance(event, FrameError):
+                    self._nak(event)
+
+    def _nak(self, error: FrameError) -> None:
+        """NAK a damaged frame with the id its header claims; noise shorter than a header
+        has none and gets no answer. The command byte is 0: a damaged one means nothing."""
+        if worth_nak(error) and error.request_id is not None:
+            self.fw.run.naks_sent += 1
+            self._send(Frame(FrameType.NAK, error.request_id, 0, error.reason))
 
     async def _ack_loop(self) -> None:
         while True:
             await asyncio.sleep(ACK_AFTER / 2)
             now = time.monotonic()
-            for request_id, (digest, since, acked) in list(self._in_flight.items()):
-                if not acked and now - since >= ACK_AFTER:
-                    self._in_flight[request_id] = (digest, since, True)
-                    self._send(Frame(FrameType.ACK, request_id, 0))
+            for request_id, flight in list(self._in_flight.items()):
+                if not flight.acked and now - flight.since >= ACK_AFTER:
+                    flight.acked = True
+                    self._send(Frame(FrameType.ACK, request_id, flight.command))
 
     def _send(self, frame: Frame) -> bytes | None:
         """Encode and write one frame; None (and a log line) if that failed. Never raises:
@@ -149,15 +200,40 @@ class DeviceServer:
         return True
 
     def _on_request(self, frame: Frame) -> None:
-        rid, command = frame.request_id, frame.command
-        digest = request_digest(command, frame.body)
+        request = read_request(frame)
+        if self._answered_again(request):
+            return
+        rid, command = request.rid, request.command
+        if len(self._in_flight) >= self.max_in_flight:
+            self.fw.run.busy_sent += 1
+            self._send(Frame(FrameType.BUSY, rid, command))
+        elif request.refusal is not None:
+            refusal = request.refusal
+            self._reply(rid, command, request.digest, refusal.status, refusal.to_body())
+        elif request.known in WRITES:
+            self._submit(request)
+        else:
+            self._answer_read(request)
+
+    def _submit(self, request: _Request) -> None:
+        """Hand a write to the Writer; it answers through _reply once it is durable."""
+        rid, command, digest, known = request.rid, request.command, request.digest, request.known
+        assert known is not None
+        self._in_flight[rid] = _Flight(digest, command, time.monotonic())
+        reply = partial(self._reply, rid, command, digest)
+        self.writer.submit(WriteRequest(known, request.body, rid, digest, reply))
+
+    def _answered_again(self, request: _Request) -> bool:
+        """A request id seen before: an ACK while it is worked on, its recorded response
+        after, REQUEST_ID_REUSED if it was another request. False for a new id."""
+        rid, command, digest = request.rid, request.command, request.digest
         flying = self._in_flight.get(rid)
         if flying is not None:
-            if flying[0] == digest:
+            if flying.digest == digest:
                 self._send(Frame(FrameType.ACK, rid, command))  # still working on it
             else:
                 self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
-            return
+            return True
         recent = self._recent.get(rid)
         if recent is not None:
             if recent[0] == digest:
@@ -165,51 +241,24 @@ class DeviceServer:
                 self._write(recent[1])
             else:
                 self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
-            return
-        if (
+            return True
+        return (
             command in ISSUING
             and self.fw.maybe_issued(rid)
             and self._replay_from_journal(rid, command, digest)
-        ):
-            return
-        if len(self._in_flight) >= self.max_in_flight:
-            self.fw.run.busy_sent += 1
-            self._send(Frame(FrameType.BUSY, rid, command))
-            return
-        known = _COMMANDS.get(command)
-        if known is None:
-            self._reply(
-                rid,
-                command,
-                digest,
-                Status.UNKNOWN_COMMAND,
-                DeviceError(Status.UNKNOWN_COMMAND, f"0x{command:02x}").to_body(),
-            )
-            return
-        try:
-            body = codec.decode(frame.body) if frame.body else {}
-        except codec.CodecError as exc:
-            self._reply(
-                rid,
-                command,
-                digest,
-                Status.BAD_REQUEST,
-                DeviceError(Status.BAD_REQUEST, str(exc)).to_body(),
-            )
-            return
-        if known in WRITES:
-            self._in_flight[rid] = (digest, time.monotonic(), False)
-            self.writer.submit(
-                WriteRequest(known, body, rid, digest, partial(self._reply, rid, command, digest))
-            )
-            return
+        )
+
+    def _answer_read(self, request: _Request) -> None:
+        """Run a command that changes nothing durable and answer it at once."""
+        rid, command, digest, known = request.rid, request.command, request.digest, request.known
+        assert known is not None
         try:
             if known == Command.HELLO:
-                out = views.hello(self.fw, body, self.max_in_flight)
+                out = views.hello(self.fw, request.body, self.max_in_flight)
             else:
                 handler = READS[known]
                 assert handler is not None
-                out = handler(self.fw, body)
+                out = handler(self.fw, request.body)
         except DeviceError as exc:
             self._reply(rid, command, digest, exc.status, exc.to_body())
         except Exception as exc:

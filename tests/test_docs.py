@@ -173,6 +173,35 @@ def test_protocol_lists_exactly_the_status_codes() -> None:
     assert documented == {s.name: s.value for s in Status}
 
 
+STATEMENT = re.compile(r'<a id="(s-[a-z0-9-]+)"></a>')
+COVERS = re.compile(r"@covers\(([^)]*)\)")
+
+
+def covered_statements() -> dict[str, list[str]]:
+    """{statement id: the test files whose covers decorators name it}, from the sources."""
+    out: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        for args in COVERS.findall(path.read_text(encoding="utf-8")):
+            for statement in re.findall(r'"([^"]+)"', args):
+                out.setdefault(statement, []).append(path.name)
+    return out
+
+
+def test_every_protocol_statement_has_a_test_and_every_test_a_statement() -> None:
+    """Statements a client depends on are tagged <a id="s-..."></a> in docs/PROTOCOL.md;
+    a test checking one is decorated with `covers` and that id (tests/statements.py).
+    Both ways, so a tagged rule nobody tests, or a test of a rule the document dropped,
+    fails here."""
+    tagged = STATEMENT.findall(PROTOCOL.read_text(encoding="utf-8"))
+    assert len(tagged) == len(set(tagged)), "a statement id is used twice"
+    assert len(tagged) >= 20, "the statement tags went missing"
+    covered = covered_statements()
+    untested = sorted(set(tagged) - set(covered))
+    assert not untested, f"docs/PROTOCOL.md statements without a test: {untested}"
+    unknown = {s: files for s, files in covered.items() if s not in tagged}
+    assert not unknown, f"tests cover statements docs/PROTOCOL.md does not make: {unknown}"
+
+
 # --- operating.md ------------------------------------------------------------------------
 
 

@@ -5,6 +5,9 @@ A frame on the wire is ``0x7E  escape(content)  0x7E``. Inside, every
 flag byte only ever means "frame boundary". That is what makes the link
 resynchronise by itself: garbage, a cut-off frame or a burst of noise is
 closed by the next flag, fails its check, and the frame after it decodes.
+A receiver takes any ``0x7D x`` as ``x ^ 0x20``, as every RFC 1662 receiver
+does, so a peer whose framer also escapes control characters is understood;
+the encoder escapes only the two bytes it must.
 
 Content (before escaping), all integers big-endian except the FCS::
 
@@ -38,10 +41,13 @@ HEADER = struct.Struct(">BBQBBH")
 HEADER_SIZE = HEADER.size  # 14
 FCS_SIZE = 4
 MAX_BODY = 65535
-MAX_CONTENT = HEADER_SIZE + MAX_BODY + FCS_SIZE
-# Worst case every content byte is escaped; anything longer between two
-# flags cannot be a frame and is dropped without buffering it all.
+MAX_CONTENT = HEADER_SIZE + MAX_BODY + FCS_SIZE  # the size limit: content bytes, unescaped
+# Worst case every content byte is escaped: more wire bytes than this between two
+# flags hold more than MAX_CONTENT content bytes, so the decoder stops buffering there.
 MAX_ESCAPED = 2 * MAX_CONTENT
+# Escaped bytes that always hold a whole header (14 pairs and a byte to spare): what an
+# over-long frame keeps, so that its NAK can name the request its header claims.
+HEAD_ESCAPED = 2 * HEADER_SIZE + 1
 
 _FLAG_B = bytes([FLAG])
 _ESC_B = bytes([ESCAPE])
@@ -85,7 +91,8 @@ class FrameError:
     """Bytes between two flags that are not a valid frame.
 
     `request_id` is what the damaged header claims (it may itself be
-    damaged); it is None when the header was too short to read.
+    damaged); it is None when fewer than a header's 14 content bytes arrived.
+    `size` counts content bytes, or wire bytes for a frame past the buffer (MAX_ESCAPED).
     """
 
     reason: NakReason
@@ -98,13 +105,43 @@ def escape(content: bytes) -> bytes:
 
 
 def unescape(data: bytes) -> bytes:
-    # Every escape byte must start one of the two escape pairs; anything
-    # else is line damage that the FCS would probably catch, but we refuse
-    # it outright so that decode/encode round-trips byte for byte.
+    """The content of one frame: every ``0x7D x`` becomes ``x ^ 0x20`` (RFC 1662 §4.2).
+
+    A trailing 0x7D escapes nothing (RFC 1662 calls 0x7D 0x7E an abort): ValueError.
+    """
+    content, dangling = _unescape(data)
+    if dangling:
+        raise ValueError("an escape byte ends the frame")
+    return content
+
+
+def _unescape(data: bytes) -> tuple[bytes, bool]:
+    """The unescaped bytes, and whether a last 0x7D was left escaping nothing."""
     escapes = data.count(_ESC_B)
-    if escapes and escapes != data.count(_ESC_FLAG) + data.count(_ESC_ESC):
-        raise ValueError("invalid escape sequence")
-    return data.replace(_ESC_FLAG, _FLAG_B).replace(_ESC_ESC, _ESC_B)
+    if not escapes:
+        return bytes(data), False
+    if escapes == data.count(_ESC_FLAG) + data.count(_ESC_ESC):
+        # What this encoder sends: the two pairs cannot overlap, so replace them (C speed).
+        return data.replace(_ESC_FLAG, _FLAG_B).replace(_ESC_ESC, _ESC_B), False
+    out = bytearray()
+    start, size = 0, len(data)
+    at = data.find(_ESC_B)
+    while at >= 0:
+        out += data[start:at]
+        if at + 1 == size:
+            return bytes(out), True
+        out.append(data[at + 1] ^ 0x20)
+        start = at + 2
+        at = data.find(_ESC_B, start)
+    out += data[start:]
+    return bytes(out), False
+
+
+def _header_id(content: bytes) -> int | None:
+    """The request id a header claims; None with fewer than a header's bytes."""
+    if len(content) < HEADER_SIZE:
+        return None
+    return int.from_bytes(content[2:10], "big")
 
 
 def encode_content(frame: Frame) -> bytes:
@@ -130,8 +167,12 @@ def decode_content(content: bytes) -> Frame | FrameError:
     """Check and parse one unescaped frame content."""
     size = len(content)
     if size < HEADER_SIZE + FCS_SIZE:
-        return FrameError(NakReason.TRUNCATED, None, size)
+        # A readable header with no room for its FCS is a frame cut short; fewer bytes
+        # than a header are line noise (the caller does not NAK those).
+        return FrameError(NakReason.TRUNCATED, _header_id(content), size)
     version, ftype, request_id, command, status, length = HEADER.unpack_from(content)
+    if size > MAX_CONTENT:
+        return FrameError(NakReason.TOO_LONG, request_id, size)
     if HEADER_SIZE + length + FCS_SIZE != size:
         return FrameError(NakReason.BAD_LENGTH, request_id, size)
     if crc32(memoryview(content)[: size - FCS_SIZE]) != int.from_bytes(
@@ -176,6 +217,8 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buf = bytearray()
         self._overflow = False
+        self._head = b""  # the first escaped bytes of an over-long frame
+        self._dropped = 0  # escaped bytes of an over-long frame seen so far
         self.frames = 0
         self.errors = 0
         self.bytes_in = 0
@@ -188,6 +231,8 @@ class FrameDecoder:
     def reset(self) -> None:
         self._buf.clear()
         self._overflow = False
+        self._head = b""
+        self._dropped = 0
 
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         self.bytes_in += len(data)
@@ -202,20 +247,18 @@ class FrameDecoder:
                 return
             chunk = data[start:end]
             start = end + 1
-            if self._buf or self._overflow:
-                overflowed = self._overflow or len(self._buf) + len(chunk) > MAX_ESCAPED
-                candidate = bytes(self._buf) + chunk
+            if self._overflow or len(self._buf) + len(chunk) > MAX_ESCAPED:
+                self._hold(chunk)  # starts (or continues) the over-long frame
+                event: Frame | FrameError = self._too_long()
+            elif self._buf:
+                self._buf += chunk
+                candidate = bytes(self._buf)
                 self._buf.clear()
-                self._overflow = False
-                if overflowed:
-                    self.errors += 1
-                    yield FrameError(NakReason.TOO_LONG, None, len(candidate))
-                    continue
+                event = self._decode(candidate)
+            elif chunk:
+                event = self._decode(chunk)
             else:
-                candidate = chunk
-            if not candidate:
-                continue
-            event = self._decode(candidate)
+                continue  # inter-frame fill
             if isinstance(event, Frame):
                 self.frames += 1
             else:
@@ -223,29 +266,35 @@ class FrameDecoder:
             yield event
 
     def _hold(self, rest: bytes) -> None:
-        if self._overflow:
+        if not self._overflow and len(self._buf) + len(rest) <= MAX_ESCAPED:
+            self._buf += rest
             return
-        if len(self._buf) + len(rest) > MAX_ESCAPED:
+        if not self._overflow:  # keep the header's bytes, drop the rest unbuffered
+            self._head = bytes(self._buf[:HEAD_ESCAPED]) + rest[:HEAD_ESCAPED]
+            self._dropped = len(self._buf)
             self._buf.clear()
             self._overflow = True
-            return
-        self._buf += rest
+        self._dropped += len(rest)
+
+    def _too_long(self) -> FrameError:
+        content, _ = _unescape(self._head[:HEAD_ESCAPED])
+        error = FrameError(NakReason.TOO_LONG, _header_id(content), self._dropped)
+        self.reset()
+        return error
 
     @staticmethod
     def _decode(candidate: bytes) -> Frame | FrameError:
-        if len(candidate) > MAX_ESCAPED:
-            return FrameError(NakReason.TOO_LONG, None, len(candidate))
-        try:
-            content = unescape(candidate)
-        except ValueError:
-            return FrameError(NakReason.BAD_ESCAPE, None, len(candidate))
+        content, dangling = _unescape(candidate)
+        if dangling:
+            return FrameError(NakReason.BAD_ESCAPE, _header_id(content), len(content))
         return decode_content(content)
 
 
 def worth_nak(error: FrameError) -> bool:
-    """Whether a damaged frame looks like a request that was sent and hurt.
+    """Whether a damaged frame looks like a request that was sent and hurt: its header
+    (14 content bytes) arrived, so there is a request id to NAK.
 
-    Short line noise between frames is not answered: NAKing every burst
+    Shorter line noise between frames is not answered: NAKing every burst
     would double the noise on an already noisy line.
     """
-    return error.size >= HEADER_SIZE + FCS_SIZE and error.reason != NakReason.TRUNCATED
+    return error.request_id is not None

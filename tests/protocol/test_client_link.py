@@ -21,6 +21,7 @@ from device.protocol.framing import (
     escape,
 )
 from device.protocol.status import DeviceError, Status
+from tests.statements import covers
 
 
 class ScriptedPort:
@@ -54,6 +55,7 @@ async def next_sent(port: ScriptedPort, within: float) -> tuple[float, Frame]:
     return await asyncio.wait_for(port.next_sent(), within)
 
 
+@covers("s-nak-host")
 async def test_a_damaged_response_is_asked_for_again_at_once() -> None:
     port = ScriptedPort()
     client = DeviceClient(port.host, response_timeout=5.0)  # only the damage can explain a resend
@@ -92,6 +94,7 @@ async def test_a_damaged_response_is_asked_for_again_at_once() -> None:
         await client.close()
 
 
+@covers("s-ack", "s-retries")
 async def test_after_an_ack_the_host_polls_each_timeout_without_spending_retries() -> None:
     port = ScriptedPort()
     client = DeviceClient(port.host, response_timeout=0.1, max_retries=2)
@@ -185,5 +188,43 @@ async def test_a_refusal_whose_info_names_a_constructor_argument_is_still_that_r
         assert caught.value.status == Status.PAPER_OUT
         assert caught.value.detail == "load paper"
         assert caught.value.info == {name: 7, "seen": 1}
+    finally:
+        await client.close()
+
+
+@covers("s-retries")
+async def test_naks_spend_retries_like_timeouts_do() -> None:
+    """Every retransmission counts toward max_retries except those after BUSY and the polls
+    after an ACK: a device that NAKs every copy fails the request after 1 + 5 sends."""
+    port = ScriptedPort()
+    client = DeviceClient(port, response_timeout=30.0)  # only the NAKs drive resends
+    try:
+        call = asyncio.create_task(client.request(Command.STATUS))
+        sends = []
+        for _ in range(1 + 5):
+            _, request = await next_sent(port, 4.0)
+            sends.append(request)
+            port.answer(request, FrameType.NAK)
+        with pytest.raises(LinkError):
+            await asyncio.wait_for(call, 4.0)
+        assert len(set(sends)) == 1 and port.sent.empty()
+        assert client.stats.naks == 6 and client.stats.retransmissions == 5
+    finally:
+        await client.close()
+
+
+@covers("s-retries", "s-busy")
+async def test_busy_does_not_spend_retries() -> None:
+    port = ScriptedPort()
+    client = DeviceClient(port, response_timeout=30.0, max_retries=1)
+    try:
+        call = asyncio.create_task(client.request(Command.STATUS))
+        for _ in range(4):  # more BUSY answers than retries, each resent after the pause
+            _, request = await next_sent(port, 4.0)
+            port.answer(request, FrameType.BUSY)
+        _, request = await next_sent(port, 4.0)
+        port.answer(request)
+        assert await asyncio.wait_for(call, 4.0) == {}
+        assert client.stats.busy == 4 and client.stats.link_errors == 0
     finally:
         await client.close()

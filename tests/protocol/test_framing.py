@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from device.protocol.framing import (
     NakReason,
     encode_frame,
 )
+from tests.statements import covers
 
 frames = st.builds(
     Frame,
@@ -120,15 +122,107 @@ def test_overlong_run_without_flag_is_dropped_and_decoder_recovers() -> None:
     assert events[-1] == frame
 
 
-def test_bad_escape_is_refused() -> None:
-    wire = bytes([FLAG]) + bytes([framing.ESCAPE, 0x41]) + bytes(20) + bytes([FLAG])
+def _escape_all(content: bytes, escaped: set[int]) -> bytes:
+    """What another framer may send: `escaped` bytes as 0x7D x^0x20 besides 7E and 7D."""
+    escaped = escaped - {FLAG ^ 0x20}  # 5E escaped would be 7D 7E: a flag, not a byte
+    out = bytearray()
+    for byte in content:
+        if byte in escaped or byte in (FLAG, framing.ESCAPE):
+            out += bytes([framing.ESCAPE, byte ^ 0x20])
+        else:
+            out.append(byte)
+    return bytes([FLAG]) + bytes(out) + bytes([FLAG])
+
+
+@covers("s-escape-decode")
+def test_any_escaped_byte_decodes_as_rfc_1662_says() -> None:
+    """A stock HDLC framer escapes control characters (async control character map):
+    the old decoder NAKed every escape but 7D 5E / 7D 5D as an invalid escape."""
+    frame = Frame(FrameType.REQUEST, 0x0011223344556677, 0x03, body=bytes(range(256)))
+    content = framing.encode_content(frame)
+    for escaped in (set(range(0x20)), set(range(256))):
+        (event,) = FrameDecoder().feed(_escape_all(content, escaped))
+        assert event == frame
+
+
+@settings(max_examples=60)
+@given(frames, st.sets(st.integers(0, 255)))
+@covers("s-escape-decode")
+def test_escaping_any_set_of_bytes_gives_the_same_frame(frame: Frame, escaped: set[int]) -> None:
+    (event,) = FrameDecoder().feed(_escape_all(framing.encode_content(frame), escaped))
+    assert event == frame
+
+
+@covers("s-escape-encode")
+def test_the_encoder_escapes_only_flag_and_escape() -> None:
+    content = bytes(range(256)) * 2
+    assert framing.escape(content) == content.replace(b"\x7d", b"\x7d\x5d").replace(
+        b"\x7e", b"\x7d\x5e"
+    )
+    wire = encode_frame(Frame(FrameType.RESPONSE, 1, 2, body=bytes(range(256))))
+    content = framing.encode_content(Frame(FrameType.RESPONSE, 1, 2, body=bytes(range(256))))
+    assert wire.count(framing.ESCAPE) == content.count(b"\x7d") + content.count(b"\x7e")
+
+
+@covers("s-escape-abort", "s-nak-id")
+def test_an_escape_byte_before_the_closing_flag_is_an_invalid_escape_naming_the_header() -> None:
+    content = framing.encode_content(Frame(FrameType.REQUEST, 0xABCD, 0x03))
+    wire = bytes([FLAG]) + framing.escape(content) + bytes([framing.ESCAPE, FLAG])
     (event,) = FrameDecoder().feed(wire)
-    assert isinstance(event, FrameError) and event.reason == NakReason.BAD_ESCAPE
+    assert event == FrameError(NakReason.BAD_ESCAPE, 0xABCD, len(content))
+    assert framing.worth_nak(event)
+    with pytest.raises(ValueError):
+        framing.unescape(b"\x01\x7d")
 
 
-def test_worth_nak_ignores_short_noise() -> None:
-    assert not framing.worth_nak(FrameError(NakReason.TRUNCATED, None, 3))
-    assert framing.worth_nak(FrameError(NakReason.BAD_FCS, 5, 40))
+@covers("s-nak-truncated", "s-nak-when")
+def test_a_header_without_room_for_its_fcs_is_truncated_and_naked_with_its_id() -> None:
+    """14 to 17 content bytes: the header is readable, the frame was cut. The old decoder
+    gave these no id (so no NAK) and never produced reason 0x07 for anything it NAKed."""
+    content = framing.encode_content(Frame(FrameType.REQUEST, 0x1122334455667788, 0x03))
+    for size in range(framing.HEADER_SIZE, framing.HEADER_SIZE + framing.FCS_SIZE):
+        (event,) = FrameDecoder().feed(encode_raw(content[:size]))
+        assert event == FrameError(NakReason.TRUNCATED, 0x1122334455667788, size)
+        assert framing.worth_nak(event)
+    for size in range(1, framing.HEADER_SIZE):
+        (event,) = FrameDecoder().feed(encode_raw(content[:size]))
+        assert event == FrameError(NakReason.TRUNCATED, None, size)
+        assert not framing.worth_nak(event)
+
+
+def encode_raw(content: bytes) -> bytes:
+    return bytes([FLAG]) + framing.escape(content) + bytes([FLAG])
+
+
+@covers("s-size-limit", "s-nak-id")
+def test_the_size_limit_counts_content_bytes_not_wire_bytes() -> None:
+    """Content over 65553 bytes is TOO_LONG with its header's id, however it was escaped;
+    the old decoder called it BAD_LENGTH unless the wire bytes passed twice the limit."""
+    head = framing.HEADER.pack(1, FrameType.REQUEST, 0x77, 0x10, 0, 0xFFFF)
+    over = head + bytes(framing.MAX_CONTENT + 1 - len(head))
+    (event,) = FrameDecoder().feed(encode_raw(over))
+    assert event == FrameError(NakReason.TOO_LONG, 0x77, framing.MAX_CONTENT + 1)
+    # The largest frame, every body byte escaped: twice the limit on the wire, and valid.
+    largest = Frame(FrameType.REQUEST, 0x78, 0x10, body=bytes([FLAG]) * framing.MAX_BODY)
+    wire = encode_frame(largest)
+    assert len(wire) > framing.MAX_CONTENT
+    assert FrameDecoder().feed(wire) == [largest]
+
+
+@covers("s-size-limit", "s-nak-id")
+def test_an_over_long_frame_is_dropped_unbuffered_and_naked_with_its_header_id() -> None:
+    """The old decoder dropped the header with the rest: its NAK carried id 0."""
+    head = framing.HEADER.pack(1, FrameType.REQUEST, 0x7E7D000000000079, 0x10, 0, 0xFFFF)
+    decoder = FrameDecoder()
+    assert decoder.feed(bytes([FLAG]) + framing.escape(head)) == []
+    for _ in range(3):
+        assert decoder.feed(bytes([FLAG ^ 0x20]) * framing.MAX_CONTENT) == []
+        assert decoder.pending <= framing.MAX_ESCAPED
+    (error, frame) = decoder.feed(encode_frame(Frame(FrameType.REQUEST, 9, 3)))
+    assert isinstance(error, FrameError)
+    assert (error.reason, error.request_id) == (NakReason.TOO_LONG, 0x7E7D000000000079)
+    assert frame == Frame(FrameType.REQUEST, 9, 3)
+    assert decoder.pending == 0
 
 
 def test_unknown_frame_type_is_refused_and_known_types_decode_to_their_member() -> None:

@@ -23,12 +23,22 @@ from device.loopback import MemoryPort, memory_pair
 from device.protocol import codec
 from device.protocol.clock import ManualClock
 from device.protocol.commands import Command
-from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
+from device.protocol.framing import (
+    ESCAPE,
+    FLAG,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    encode_content,
+    encode_frame,
+    escape,
+)
 from device.server import DeviceServer
 
 KEY_LABEL = "taxctl protocol test vector device"
 TIME = 1_795_593_600  # 2026-11-25T08:00:00Z
 FIXTURE = Path(__file__).with_name("protocol.json")
+HELLO_BODY = codec.encode({"versions": [1], "host": "pos"})
 ISSUE_BODY = {
     "buyer": {"name": "ACME Trading", "tax_id": "91350100M000100Y43"},
     "items": [{"name": "Green tea", "quantity": "1.5", "unit_price": 1000, "tax_rate_bp": 1300}],
@@ -37,6 +47,18 @@ ISSUE_BODY = {
 
 def request(rid: int, command: Command, body: dict[str, Any]) -> bytes:
     return encode_frame(Frame(FrameType.REQUEST, rid, command, 0, codec.encode(body)))
+
+
+def escape_controls(content: bytes) -> bytes:
+    """A frame as an RFC 1662 framer with the default async control character map sends
+    it: 0x00-0x1F escaped as well as 0x7D and 0x7E."""
+    out = bytearray([FLAG])
+    for byte in content:
+        if byte < 0x20 or byte in (FLAG, ESCAPE):
+            out += bytes([ESCAPE, byte ^ 0x20])
+        else:
+            out.append(byte)
+    return bytes(out + bytes([FLAG]))
 
 
 async def _exchange(host: MemoryPort, wire: bytes) -> bytes:
@@ -80,6 +102,22 @@ async def _generate(state: Path) -> list[dict[str, Any]]:
             {"name": "status request, FCS damaged", "from": "host", "hex": bytes(damaged).hex()}
         )
         vectors.append({"name": "NAK, bad FCS", "from": "device", "hex": answer.hex()})
+        # The id holds 7E, 7D and control bytes: the host escapes them all, the device's
+        # answer only 7E and 7D.
+        hello = Frame(FrameType.REQUEST, 0x7E7D0A0D11130003, Command.HELLO, 0, HELLO_BODY)
+        wire = escape_controls(encode_content(hello))
+        answer = await _exchange(host, wire)
+        vectors.append(
+            {"name": "hello request, control bytes escaped", "from": "host", "hex": wire.hex()}
+        )
+        vectors.append({"name": "hello response", "from": "device", "hex": answer.hex()})
+        status = encode_content(Frame(FrameType.REQUEST, 0x0123456789ABCDF2, Command.STATUS))
+        cut = bytes([FLAG]) + escape(status[:16]) + bytes([FLAG])
+        answer = await _exchange(host, cut)
+        vectors.append(
+            {"name": "status request cut to 16 bytes, damaged", "from": "host", "hex": cut.hex()}
+        )
+        vectors.append({"name": "NAK, truncated", "from": "device", "hex": answer.hex()})
     finally:
         stop.set()
         await task
