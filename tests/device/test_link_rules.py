@@ -20,6 +20,7 @@ import pytest
 
 from device.app import open_device
 from device.firmware import Firmware
+from device.loopback import MemoryPort, memory_pair
 from device.protocol import codec, framing
 from device.protocol.clock import ManualClock
 from device.protocol.commands import Command
@@ -39,19 +40,18 @@ from device.transport import create_pty
 from device.writer import WriteRequest
 from tests.device.conftest import INVOICE, wide_limits
 from tests.statements import covers
-from tests.vectors.generate import MemoryPort
 
 
 @dataclass
 class Served:
     fw: Firmware
     server: DeviceServer
-    port: MemoryPort
+    host: MemoryPort  # the test's end of the loop:// pair; the device serves the other
     decoder: FrameDecoder
 
     async def send(self, wire: bytes, *, expect: int = 1, within: float = 5.0) -> list[Frame]:
         """Deliver `wire` in one read; the next `expect` frames the device writes."""
-        self.port.incoming.put_nowait(wire)
+        self.host.write(wire)
         return await self.frames(expect, within)
 
     async def frames(self, expect: int, within: float = 5.0) -> list[Frame]:
@@ -59,10 +59,12 @@ class Served:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while len(got) < expect:
-            assert loop.time() < deadline, f"only {got} of {expect} frames within {within} s"
-            await asyncio.sleep(0.005)
-            written = bytes(self.port.written)
-            self.port.written.clear()
+            left = deadline - loop.time()
+            assert left > 0, f"only {got} of {expect} frames within {within} s"
+            try:
+                written = await asyncio.wait_for(self.host.read(), left)
+            except TimeoutError:
+                continue
             for event in self.decoder.feed(written):
                 assert isinstance(event, Frame), event
                 got.append(event)
@@ -83,11 +85,11 @@ async def serve(tmp_path: Path) -> AsyncIterator[Any]:
         options.setdefault("limits", wide_limits())
         max_in_flight = options.pop("max_in_flight", 64)
         fw = open_device(state or tmp_path / "state", clock=ManualClock(), **options)
-        port = MemoryPort()
+        host, port = memory_pair("link-rules")
         server = DeviceServer(fw, port, max_in_flight=max_in_flight)
         stop = asyncio.Event()
         task = asyncio.create_task(server.serve(stop))
-        served = Served(fw, server, port, FrameDecoder())
+        served = Served(fw, server, host, FrameDecoder())
         running.append((served, stop, task))
         return served
 
@@ -135,7 +137,7 @@ async def test_every_damaged_frame_with_a_header_is_naked_with_that_header_id(se
         (nak,) = await s.send(wire)
         assert nak == Frame(FrameType.NAK, rid, 0, reason, b""), (reason, nak)
     # Shorter than a header: noise, no answer; the next request is answered as usual.
-    s.port.incoming.put_nowait(raw(content[:13]) + raw(b"\x01\x02"))
+    s.host.write(raw(content[:13]) + raw(b"\x01\x02"))
     answer = await s.ask(0x5252, Command.STATUS, b"")
     assert answer.status == Status.OK
     assert s.fw.run.naks_sent == len(cases)
