@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
@@ -78,8 +78,8 @@ async def test_the_async_client_over_the_unix_socket_with_a_token(
 
 
 class Scripted(BaseHTTPRequestHandler):
-    script: list[tuple[int, dict[str, Any], dict[str, str]]] = []
-    seen: list[dict[str, str]] = []
+    script: ClassVar[list[tuple[int, dict[str, Any], dict[str, str]]]] = []
+    seen: ClassVar[list[dict[str, str]]] = []
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -156,9 +156,9 @@ def test_attempts_are_bounded(scripted: str) -> None:
 
 
 def test_no_answer_is_retried_then_outcome_unknown() -> None:
-    with PosClient("http://127.0.0.1:9", retry=RetryPolicy(attempts=3, backoff=0.01)) as pos:
-        with pytest.raises(PosError) as silent:
-            pos.issue_invoice(INVOICE, idempotency_key="sale-2")
+    policy = RetryPolicy(attempts=3, backoff=0.01)
+    with PosClient("http://127.0.0.1:9", retry=policy) as pos, pytest.raises(PosError) as silent:
+        pos.issue_invoice(INVOICE, idempotency_key="sale-2")
     assert silent.value.status == 0 and silent.value.maybe_issued
     assert silent.value.idempotency_key == "sale-2"
 
@@ -176,9 +176,9 @@ async def test_the_async_client_retries_with_the_same_key() -> None:
 
     app = web.Application()
     app.router.add_post("/v1/invoices", handler)
-    async with TestServer(app, host="127.0.0.1") as server:
-        async with AsyncPosClient(f"http://127.0.0.1:{server.port}", retry=FAST) as pos:
-            doc = await pos.issue_invoice(INVOICE)
+    server = TestServer(app, host="127.0.0.1")
+    async with server, AsyncPosClient(f"http://127.0.0.1:{server.port}", retry=FAST) as pos:
+        doc = await pos.issue_invoice(INVOICE)
     assert doc.counter == 7 and len(keys) == 3 and len(set(keys)) == 1
 
 
