@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
 from syncd import refusals
@@ -101,3 +102,26 @@ def test_the_check_catches_what_the_document_does_not_say() -> None:
     unknown = b'{"error": "NOT_FOUND", "message": "No such document.", "detail": "no route"}'
     assert problem(Answer("GET", "/v2/x", 404, "application/json", unknown)) is None
     assert problem(Answer("POST", "/v1/invoices", 201, "application/json", b"{}"))
+
+
+async def test_no_route_and_another_method_answer_with_listed_codes(tmp_path: Path) -> None:
+    """aiohttp's own refusals come as the API's error body with codes of refusals.py (they
+    were made from its reason phrases, listed nowhere, and the 405 lost its Allow)."""
+    store = IdempotencyStore(tmp_path)
+    ctx = ApiContext(
+        links=[], store=store, metrics=SyncdMetrics(), status=dict, wake=lambda _l: None
+    )
+    json_type = {"Content-Type": "application/json"}
+    try:
+        async with TestClient(TestServer(PosApi(ctx).app())) as client:
+            resp = await client.post("/v1/status", data=b"{}", headers=json_type)
+            body = await resp.json()
+            assert (resp.status, body["error"]) == (405, "METHOD_NOT_ALLOWED")
+            assert "GET" in resp.headers["Allow"].replace(" ", "").split(",")
+            resp = await client.get("/v1/no-such-route")
+            body = await resp.json()
+            assert (resp.status, body["error"]) == (404, "NOT_FOUND")
+            assert "no route" in body["detail"]
+            assert {body["error"], "METHOD_NOT_ALLOWED"} <= set(refusals.ERROR_CODES)
+    finally:
+        store.close()
