@@ -144,7 +144,6 @@ class Document:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Document:
         receipt: Mapping[str, Any] = _opt(body, "receipt", dict) or {}
-        cose = body.get("cose_sign1")
         return cls(
             device_id=_opt(body, "device_id", str),
             counter=_opt(body, "counter", int),
@@ -155,7 +154,7 @@ class Document:
             total=_opt(body, "total", int),
             check_code=_opt(body, "check_code", str),
             training=_opt(body, "training", bool),
-            cose_sign1=base64.b64decode(cose, validate=True) if isinstance(cose, str) else None,
+            cose_sign1=_base64(body.get("cose_sign1")),
             payload=_opt(body, "document", dict),
             receipt_text=_opt(receipt, "text", str),
             qr=_opt(receipt, "qr", str),
@@ -186,6 +185,15 @@ class Status:
     @property
     def can_issue(self) -> bool:
         return any(d.get("can_issue") is True for d in self.devices)
+
+
+def _base64(value: Any) -> bytes | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error: not what syncd sends; the other fields still count
+        return None
 
 
 def _opt(body: Mapping[str, Any], key: str, kind: type) -> Any:

@@ -189,3 +189,17 @@ def test_a_request_is_a_mapping_or_a_typed_request() -> None:
         posclient.reprint_call(1, "1" * 12, "1" * 8, None, None)
     with pytest.raises(ValueError):
         PosClient("ftp://x")
+
+
+def test_an_answer_not_in_the_api_form_is_no_crash(scripted: str) -> None:
+    Scripted.script = [
+        (201, {"counter": True, "cose_sign1": "not base64!", "kind": ["x"]}, {}),
+        (400, {"error": {"nested": "x" * 1000}}, {}),
+    ]
+    with PosClient(scripted, retry=FAST) as pos:
+        odd = pos.issue_invoice(INVOICE)
+        assert (odd.counter, odd.cose_sign1, odd.kind) == (None, None, None)
+        with pytest.raises(PosError) as refused:
+            pos.issue_invoice(INVOICE)
+    assert (refused.value.code, refused.value.status) == ("BAD_REQUEST", 400)
+    assert len(str(refused.value)) < 300
