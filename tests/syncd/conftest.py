@@ -12,7 +12,7 @@ from syncd.api import PosApi
 from syncd.service import Daemon
 from tests import shop as shop_module
 from tests.shop import shop
-from tests.syncd.pos_contract import RECORDER, Answer
+from tests.syncd.pos_contract import MAX_RECORDED, RECORDER, Answer
 
 __all__ = ["shop"]
 
@@ -54,6 +54,7 @@ def pos_answers_conform(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(PosApi, "app", app)
     shop_module.ON_POS_ANSWER.append(_from_http)
     RECORDER.answers.clear()
+    RECORDER.dropped = 0
     RECORDER.active = True
     try:
         yield
@@ -61,4 +62,12 @@ def pos_answers_conform(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         RECORDER.active = False
         shop_module.ON_POS_ANSWER.remove(_from_http)
     problems = RECORDER.problems()
+    assert not RECORDER.dropped, f"more than {MAX_RECORDED} POS answers in one test"
     assert not problems, "answers not as docs/pos-openapi.yaml says:\n" + "\n".join(problems[:20])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if RECORDER.checked:
+        terminalreporter.write_line(
+            f"POS answers checked against docs/pos-openapi.yaml: {RECORDER.checked}"
+        )

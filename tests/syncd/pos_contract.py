@@ -161,6 +161,7 @@ class Recorder:
         self.answers: list[Answer] = []
         self.dropped = 0
         self.active = False
+        self.checked = 0  # over the session, for the summary line
 
     def add(self, answer: Answer) -> None:
         if not self.active:
@@ -171,6 +172,7 @@ class Recorder:
         self.answers.append(answer)
 
     def problems(self) -> list[str]:
+        self.checked += len(self.answers)
         return [p for a in self.answers if (p := problem(a)) is not None]
 
 
