@@ -47,12 +47,14 @@ from syncd.refusals import RETRY_SAME_KEY, ApiCode
 
 __all__ = [
     "AsyncPosClient",
+    "Call",
     "Document",
     "Health",
     "PosClient",
     "PosError",
     "RetryPolicy",
     "Status",
+    "issuing_call",
 ]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
