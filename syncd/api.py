@@ -186,10 +186,7 @@ class PosApi:
             error = ApiError.of(ApiCode.BODY_TOO_LARGE, f"limit {self.ctx.max_body} bytes")
             response = error.response()
         except web.HTTPException as exc:
-            response = web.json_response(
-                {"error": exc.reason.upper().replace(" ", "_"), "message": exc.reason},
-                status=exc.status,
-            )
+            response = _router_refusal(request, exc).response()
         except Exception:
             log.exception("%s %s failed", request.method, untrusted.shown(request.path))
             response = ApiError.of(ApiCode.INTERNAL_ERROR).response()
@@ -523,6 +520,21 @@ async def _answer_and_hang_up(request: web.Request, response: web.Response) -> N
     await response.prepare(request)
     await response.write_eof()
     request.protocol.force_close()  # the transport flushes the answer, then closes
+
+
+def _router_refusal(request: web.Request, exc: web.HTTPException) -> ApiError:
+    """aiohttp's own refusals (no such route, another method) as the API's error body, with
+    one of the codes of `refusals.ERROR_CODES`."""
+    path = untrusted.shown(request.path)
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return ApiError.of(
+            ApiCode.METHOD_NOT_ALLOWED, f"{path} takes {allowed}", {"Allow": allowed}
+        )
+    if isinstance(exc, web.HTTPNotFound):
+        return ApiError.of(ApiCode.NOT_FOUND, f"no route {path}")
+    log.warning("%s %s: %s", request.method, path, exc.reason)
+    return ApiError.of(ApiCode.BAD_REQUEST, exc.reason)
 
 
 def _reprint_selector(info: Any) -> dict[str, Any]:

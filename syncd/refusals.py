@@ -42,6 +42,7 @@ class ApiCode(StrEnum):
     CREDIT_CHECK_UNAVAILABLE = "CREDIT_CHECK_UNAVAILABLE"
     DEVICE_ROLLED_BACK = "DEVICE_ROLLED_BACK"
     DEVICE_EQUIVOCATED = "DEVICE_EQUIVOCATED"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,48 @@ API_REFUSALS: dict[ApiCode, Refusal] = {
         "The chain reports that this printer signed two different documents with one "
         "number; nothing was issued. Call the administrator.",
     ),
+    ApiCode.METHOD_NOT_ALLOWED: Refusal(
+        405, "The invoice service does not take this method on this address."
+    ),
 }
+
+
+# Every `error` code a POS answer can carry: syncd's own, and each refusal a printer can
+# give under its status name. docs/pos-openapi.yaml's ErrorCode enum is checked against it.
+# INTERNAL_ERROR is both: syncd's (500, a bug) and the printer's (503, nothing issued).
+ERROR_CODES: tuple[str, ...] = tuple(
+    dict.fromkeys([*(c.value for c in ApiCode), *(s.name for s in Status if s != Status.OK)])
+)
+
+# What a POS sends again by itself, after Retry-After, with the same Idempotency-Key (as it
+# does when no answer came at all): the sale may have been issued without the answer
+# reaching the till (OUTCOME_UNKNOWN), or syncd could not take it just now (printer link
+# down, restarting, busy, an error of its own). The same key makes sure a retry never issues
+# a second document. Every other refusal needs the sale, the printer or a person first; a
+# 503 among them (paper out, offline limit) says with Retry-After when asking again is worth
+# it, but that is for the cashier to decide, not a loop.
+RETRY_SAME_KEY: frozenset[str] = frozenset(
+    {
+        ApiCode.OUTCOME_UNKNOWN,
+        ApiCode.DEVICE_OFFLINE,
+        ApiCode.NO_DEVICE,
+        ApiCode.SHUTTING_DOWN,
+        ApiCode.TOO_MANY_CONNECTIONS,
+        ApiCode.REQUEST_TIMEOUT,
+        ApiCode.INTERNAL_ERROR,
+    }
+)
+
+
+def http_statuses(code: str) -> frozenset[int]:
+    """The HTTP statuses an answer with this `error` code comes with (one, but for
+    INTERNAL_ERROR)."""
+    out = set()
+    if code in ApiCode.__members__:
+        out.add(API_REFUSALS[ApiCode(code)].http)
+    if code in Status.__members__ and code != "OK":
+        out.add(for_status(Status[code]).http)
+    return frozenset(out)
 
 
 def for_status(status: Status) -> Refusal:

@@ -13,6 +13,7 @@ from device.protocol import codec, cose
 from hostsim.audit import chain_documents, compare
 from hostsim.pos.mix import MixSettings
 from hostsim.pos.till import Acknowledged, Tills, TillSettings
+from syncd.posclient import PosClient
 from taxctl.demo_report import Progress, Tally
 from taxctl.tools import Child, all_online, http, wait_status
 
@@ -77,16 +78,19 @@ class Shop:
             syncd_args += ["--device", str(self.root / f"{name}.tty")]
         syncd_args += ["--chain", self.chain_url, "--api", "127.0.0.1:0", "--log-level", "warning"]
         self.api = self._child("syncd", syncd_args).ready["url"]
+        self.pos = PosClient(self.api)  # the POS API as POS software uses it
         wait_status(self.api, all_online, "printers online")
         print(f"3. sync daemon: POS API at {self.api}\n")
 
     def stop(self) -> None:
+        if hasattr(self, "pos"):
+            self.pos.close()
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
 
     def _status(self) -> dict[str, Any]:
-        return dict(http("GET", f"{self.api}/v1/status")[1])
+        return self.pos.status().raw
 
     # --- selling ---------------------------------------------------------------------------
 
@@ -123,8 +127,8 @@ class Shop:
         tally.expect("every online sale issued", refused == 0, reports)
         first = min(self.acks, key=lambda a: a.counter)
         print(f"4. the tills made {issued} sales while the chain was reachable; the first:\n")
-        _, doc = http("GET", f"{self.api}/v1/documents/{first.counter}?device={first.device_id}")
-        print("\n".join("   " + line for line in doc["receipt"]["text"].splitlines()))
+        doc = self.pos.reprint(first.counter, device=first.device_id)
+        print("\n".join("   " + line for line in (doc.receipt_text or "").splitlines()))
         self._drain(tally, "   on the chain")
 
     def offline(self, tally: Tally) -> None:
@@ -178,8 +182,7 @@ class Shop:
         self._drain(tally, "   on the chain")
 
     def _receipt_qr(self, ack: Acknowledged) -> str:
-        url = f"{self.api}/v1/documents/{ack.counter}?device={ack.device_id}"
-        return str(http("GET", url)[1]["receipt"]["qr"])
+        return str(self.pos.reprint(ack.counter, device=ack.device_id).qr)
 
     def _offline_check(self, tally: Tally, qr: str, expected: str) -> None:
         _, answer = http("POST", f"{self.chain_url}/v1/verify", {"payload": qr})

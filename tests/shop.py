@@ -9,7 +9,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,18 @@ INVOICE = {
     "buyer": {"name": "ACME Trading", "tax_id": "91350100M000100Y43"},
     "items": [{"name": "Tea", "quantity": "2", "unit_price": 4500, "tax_rate_bp": 1300}],
 }
+
+
+# Called with (method, url, status, headers, body) for every answer http() gets from a POS
+# API a Shop started (tests/syncd/conftest.py checks them against docs/pos-openapi.yaml).
+POS_APIS: set[str] = set()
+ON_POS_ANSWER: list[Callable[[str, str, int, dict[str, str], bytes], None]] = []
+
+
+def _seen(method: str, url: str, status: int, headers: Any, raw: bytes) -> None:
+    if ON_POS_ANSWER and any(url.startswith(f"{api}/") for api in POS_APIS):
+        for hook in ON_POS_ANSWER:
+            hook(method, url, status, dict(headers), raw)
 
 
 def http(
@@ -40,6 +52,7 @@ def http(
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
+            _seen(method, url, resp.status, resp.headers, raw)
             kind = resp.headers.get("Content-Type", "")
             return (
                 resp.status,
@@ -48,6 +61,7 @@ def http(
             )
     except urllib.error.HTTPError as exc:
         raw = exc.read()
+        _seen(method, url, exc.code, exc.headers, raw)
         try:
             body_out: Any = json.loads(raw)
         except ValueError:
@@ -150,6 +164,7 @@ class Shop:
         self.syncd_args = args
         self.syncd = spawn(args, env=env, stderr=self.root / "syncd.log")
         self.api = self.syncd.ready["url"]
+        POS_APIS.add(self.api)
         if not wait_online:
             return self.syncd
         wait_for(
@@ -166,12 +181,15 @@ class Shop:
             stderr=self.root / "syncd.log",
         )
         self.api = self.syncd.ready["url"]
+        POS_APIS.add(self.api)
         return self.syncd
 
     def stop_all(self) -> None:
         for proc in [self.syncd, *self.devices.values(), self.chain]:
             if proc is not None:
                 proc.stop()
+        if self.syncd is not None:
+            POS_APIS.discard(self.api)  # its port may serve something else next
 
     # --- talking to them -------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ its patience runs out, exactly as POS software must; a refusal by the printer
 Some sales are asked for twice on purpose after a good answer, and the second
 answer must name the same document.
 
-Every acknowledged document is kept (and optionally appended to a JSONL
+The API's rules (the key, which answers to retry, Retry-After) are
+`syncd.posclient`'s, the client POS software uses; a till only sets how long
+it keeps asking. Every acknowledged document is kept (and optionally appended to a JSONL
 file as it arrives), so a chaos run can check each one is on the chain.
 """
 
@@ -23,16 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiohttp
-
 from hostsim.pos.mix import MixSettings, Sale, SaleMix
 from hostsim.pos.stats import percentiles
+from syncd.posclient import AsyncPosClient, Document, PosError, RetryPolicy, issuing_call
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-# Answers after which the same request may still be (or become) issued: ask again.
-RETRY_CODES = frozenset(
-    {"OUTCOME_UNKNOWN", "DEVICE_OFFLINE", "NO_DEVICE", "SHUTTING_DOWN", "INTERNAL_ERROR"}
-)
+# A till asks again quickly (whatever Retry-After says, at most every second) until its
+# patience runs out: the chaos runs measure how soon a sale gets through.
+FIRST_PAUSE = 0.05
+LONGEST_PAUSE = 1.0
+ATTEMPTS = 10_000  # bounded by patience, not by a count
 
 
 @dataclass(frozen=True)
@@ -104,30 +105,30 @@ class Tills:
         self._next = 0
         self._record: TextIO | None = None
 
-    def _session(self) -> tuple[aiohttp.ClientSession, str]:
-        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
-        api = self.settings.api
-        # json= on every POST sends Content-Type: application/json, which syncd requires
-        token = self.settings.token
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        if api.startswith("unix:"):
-            connector = aiohttp.UnixConnector(path=api.removeprefix("unix:"))
-            session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
-            return session, "http://localhost"
-        limit = aiohttp.TCPConnector(limit=max(self.settings.concurrency, 1))
-        session = aiohttp.ClientSession(connector=limit, timeout=timeout, headers=headers)
-        return session, api.rstrip("/")
+    def _client(self) -> AsyncPosClient:
+        settings = self.settings
+        policy = RetryPolicy(
+            attempts=ATTEMPTS,
+            total=settings.patience,
+            backoff=FIRST_PAUSE,
+            max_pause=LONGEST_PAUSE,
+        )
+        return AsyncPosClient(
+            settings.api,
+            token=settings.token,
+            timeout=settings.request_timeout,
+            retry=policy,
+            limit=max(settings.concurrency, 1),
+        )
 
     async def run(self) -> TillReport:
         settings = self.settings
-        session, base = self._session()
+        client = self._client()
         self._record = open(settings.record, "a") if settings.record else None  # noqa: SIM115
         started = time.monotonic()
         try:
-            async with session:
-                tills = [
-                    self._till(session, base, started) for _ in range(max(settings.concurrency, 1))
-                ]
+            async with client:
+                tills = [self._till(client, started) for _ in range(max(settings.concurrency, 1))]
                 await asyncio.gather(*tills)
         finally:
             self.report.elapsed = time.monotonic() - started
@@ -135,7 +136,7 @@ class Tills:
                 self._record.close()
         return self.report
 
-    async def _till(self, session: aiohttp.ClientSession, base: str, started: float) -> None:
+    async def _till(self, client: AsyncPosClient, started: float) -> None:
         settings = self.settings
         while self._next < settings.count:
             index = self._next
@@ -151,21 +152,22 @@ class Tills:
             if device is not None:
                 sale = Sale(sale.route, {**sale.body, "device": device}, sale.resend, device)
             self.report.sales += 1
-            await self._sell(session, base, sale)
+            await self._sell(client, sale)
 
-    async def _sell(self, session: aiohttp.ClientSession, base: str, sale: Sale) -> None:
+    async def _sell(self, client: AsyncPosClient, sale: Sale) -> None:
         key = uuid.uuid4().hex
         first = time.monotonic()
-        status, answer, attempts = await self._ask(session, base, sale, key)
-        if status not in (200, 201):
+        answer = await self._ask(client, sale, key)
+        if answer is None:
             return
+        document, attempts = answer
         ack = Acknowledged(
-            device_id=answer["device_id"],
-            counter=answer["counter"],
-            kind=answer["kind"],
-            code=answer["code"],
-            number=answer["number"],
-            total=answer["total"],
+            device_id=document.device_id or "",
+            counter=document.counter or 0,
+            kind=document.kind or "",
+            code=document.code or "",
+            number=document.number or "",
+            total=document.total or 0,
             key=key,
             latency=time.monotonic() - first,
             attempts=attempts,
@@ -179,56 +181,39 @@ class Tills:
         if sale.resend:
             # The till "lost" the answer it just got and asks again: the same document, or a bug.
             self.report.resent += 1
-            status, again, _ = await self._ask(session, base, sale, key)
-            same = (again.get("device_id"), again.get("counter")) == (ack.device_id, ack.counter)
-            if status != 200 or not same:
-                self.report.resend_mismatched.append(f"{key}: {status} {again}")
+            again = await self._ask(client, sale, key)
+            same = (
+                again is not None
+                and again[0].retry
+                and ((again[0].device_id, again[0].counter) == (ack.device_id, ack.counter))
+            )
+            if not same:
+                got = "no document" if again is None else f"{again[0].device_id}/{again[0].counter}"
+                self.report.resend_mismatched.append(f"{key}: {got}")
 
     async def _ask(
-        self, session: aiohttp.ClientSession, base: str, sale: Sale, key: str
-    ) -> tuple[int, dict[str, Any], int]:
-        """Post the sale until it is answered for good: (status, answer, attempts). A
-        refusal is counted; a sale still unanswered after `patience` is given up."""
-        give_up = time.monotonic() + self.settings.patience
-        attempts = 0
-        pause = 0.05
-        while True:
-            attempts += 1
-            status, answer = await self._post(session, base, sale, key)
-            if status in (200, 201):
-                return status, answer, attempts
-            code = str(answer.get("error", ""))
-            if status and code not in RETRY_CODES:
-                code = code or f"HTTP_{status}"
-                self.report.refused[code] += 1
-                self.report.messages.setdefault(code, str(answer.get("message", "")))
-                return status, answer, attempts
-            if time.monotonic() + pause > give_up:
-                self.report.gave_up += 1
-                return status, answer, attempts
-            self.report.retries += 1
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+        self, client: AsyncPosClient, sale: Sale, key: str
+    ) -> tuple[Document, int] | None:
+        """Post the sale until it is answered for good: (document, attempts), or None for a
+        refusal (counted) or a sale still unanswered after `patience` (given up)."""
+        attempts = 1
 
-    async def _post(
-        self, session: aiohttp.ClientSession, base: str, sale: Sale, key: str
-    ) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, JSON answer); status 0 when no answer came at all."""
+        def retried(_error: PosError) -> None:
+            nonlocal attempts
+            attempts += 1
+            self.report.retries += 1
+
+        call = issuing_call(sale.route, sale.body, device=None, paper=None, key=key)
         try:
-            async with session.post(
-                f"{base}/v1/{sale.route}",
-                json=sale.body,
-                headers={IDEMPOTENCY_HEADER: key},
-            ) as resp:
-                try:
-                    answer = await resp.json(content_type=None)
-                except ValueError:
-                    answer = None
-                if not isinstance(answer, dict):
-                    answer = {"error": f"HTTP_{resp.status}"}
-                return resp.status, answer
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return 0, {"error": type(exc).__name__}
+            document = Document.from_json(await client.send(call, on_retry=retried))
+        except PosError as exc:
+            if exc.retryable:  # still no answer for good when patience ran out
+                self.report.gave_up += 1
+            else:
+                self.report.refused[exc.code] += 1
+                self.report.messages.setdefault(exc.code, exc.message)
+            return None
+        return document, attempts
 
 
 def run_tills(settings: TillSettings) -> TillReport:
