@@ -42,6 +42,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 
+from device.errors import TaxctlError
 from device.protocol import untrusted
 from syncd.refusals import RETRY_SAME_KEY, ApiCode
 
@@ -64,7 +65,7 @@ ANSWER = untrusted.JSON_BODY.allowing(floats=True)  # /v1/status has seconds as 
 NO_ANSWER = ApiCode.OUTCOME_UNKNOWN.value  # nothing came back: the sale may be issued
 
 
-class PosError(Exception):
+class PosError(TaxctlError):
     """A refusal of the POS API, or no answer within the retries.
 
     `code` is the API's `error` (docs/pos-openapi.yaml ErrorCode; OUTCOME_UNKNOWN with
@@ -227,10 +228,16 @@ class Call:
 
 
 def request_body(request: Any) -> dict[str, Any]:
-    """A request as the JSON object the API takes: a mapping, or a dataclass of one (a
-    typed request), or an object with `to_json()`."""
+    """A request as the JSON object the API takes: a mapping, a typed request of the printer
+    API (`InvoiceRequest`, `CreditRequest`: the POS body is the device's body), a dataclass
+    of one, or an object with `to_json()`."""
     if isinstance(request, Mapping):
         return dict(request)
+    to_body = getattr(request, "to_body", None)
+    if callable(to_body):
+        body = to_body()
+        if isinstance(body, Mapping):
+            return dict(body)
     if dataclasses.is_dataclass(request) and not isinstance(request, type):
         return {k: v for k, v in dataclasses.asdict(request).items() if v is not None}
     to_json = getattr(request, "to_json", None)

@@ -15,6 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from device.errors import TaxctlError
+from device.protocol.invoice import CreditRequest, InvoiceRequest, Line
 from syncd import posclient
 from syncd.posclient import AsyncPosClient, PosClient, PosError, RetryPolicy
 from tests.shop import INVOICE, Shop
@@ -38,6 +40,11 @@ def test_a_shop_through_the_sync_client(shop: Shop) -> None:
         ref = {"code": invoice.code, "number": invoice.number}
         note = pos.issue_credit_note({"refers_to": ref, "reason": "returned"})
         assert (note.kind, note.total) == ("credit", -(invoice.total or 0))
+        # The printer API's typed requests go as they are: the POS body is the device's.
+        typed = pos.issue_invoice(InvoiceRequest(None, [Line.of("Tea", "2", 500, 1300)]))
+        assert (typed.kind, typed.counter, typed.total) == ("invoice", 3, 1130)
+        credit = CreditRequest(typed.code or "", typed.number or "", "void", None)
+        assert pos.issue_credit_note(credit).total == -1130
         assert pos.x_report().kind == "x_report"
         status = pos.status()
         assert status.can_issue and status.devices[0]["device_id"] == invoice.device_id
@@ -46,6 +53,7 @@ def test_a_shop_through_the_sync_client(shop: Shop) -> None:
         with pytest.raises(PosError) as refused:
             pos.issue_invoice(bad)
         assert (refused.value.code, refused.value.status) == ("UNKNOWN_TAX_RATE", 422)
+        assert isinstance(refused.value, TaxctlError)  # one base for the whole API
         assert not refused.value.retryable and refused.value.idempotency_key
         with pytest.raises(PosError) as missing:
             pos.reprint(99)
