@@ -33,8 +33,9 @@ from enum import StrEnum
 from typing import Any
 
 from device.client import DeviceClient, LinkError
+from device.protocol.chainapi import Code
 from device.protocol.status import DeviceError, Status
-from syncd.answers import code_label
+from syncd.answers import check_result_count, code_label
 from syncd.backoff import Backoff
 from syncd.chainport import ChainDown, ChainPort, ChainRefused, SubmitResult
 from syncd.cursor import CursorStore
@@ -47,7 +48,6 @@ log = logging.getLogger("taxctl.syncd")
 
 
 MIN_PAGE_BYTES = 1024
-EQUIVOCATION = "equivocation"  # the chain's code for a second document under one counter
 
 
 @dataclass(frozen=True)
@@ -384,10 +384,7 @@ class DeviceSync:
             started = time.monotonic()
             try:
                 results = await self.chain.submit(docs)
-                if len(results) != len(docs):  # a port that does not check its answers
-                    raise ChainDown(
-                        f"{len(results)} results for {len(docs)} documents", "BAD_ANSWER"
-                    )
+                check_result_count(results, len(docs))  # a port that does not check its answers
             except ChainDown as exc:
                 self.health.failure(exc.code, f"{exc} ({self.chain.url})")
                 if stop.is_set():
@@ -419,7 +416,7 @@ class DeviceSync:
         cursor = self.cursors.device(device_id)
         now = self.clock()
         for r in verdict.rejected:
-            if r.code == EQUIVOCATION and self.guard is not None:
+            if r.code == Code.EQUIVOCATION and self.guard is not None:
                 self.guard.equivocated(device_id, r.counter)
             entry = cursor.record_rejection(r.counter, r.code, r.message, now)
             if self.metrics:

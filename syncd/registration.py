@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from device.client import DeviceClient
-from device.protocol import invoice, taxid
+from device.protocol import chainapi, invoice, taxid
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown
 from syncd import device_answers
@@ -33,14 +33,9 @@ from syncd.metrics import SyncdMetrics
 
 log = logging.getLogger("taxctl.syncd")
 
-# Codes with which a chain says it does not know a device or its numbers;
+# The codes with which the chain says it does not know a device or its numbers;
 # registering again (training devices) can fix these.
-UNKNOWN_DEVICE_CODES = frozenset(
-    {"DEVICE_UNKNOWN", "UNKNOWN_DEVICE", "UNREGISTERED", "DEVICE_NOT_REGISTERED"}
-)
-UNKNOWN_SEGMENT_CODES = frozenset(
-    {"SEGMENT_UNKNOWN", "UNKNOWN_SEGMENT", "NUMBER_OUTSIDE_SEGMENT", "NUMBER_NOT_ALLOCATED"}
-)
+REGISTER_AGAIN_CODES = frozenset({chainapi.UNKNOWN_DEVICE, chainapi.UNKNOWN_SEGMENT})
 
 
 ENROLMENT_CODE = re.compile(r"ENR(-[0-9A-HJKMNP-TV-Z]{4}){4}", re.ASCII)
@@ -169,8 +164,7 @@ class Registrar:
         instead of counting them); at most once a minute per device, so a chain that
         keeps saying no is reported rather than looped on. A code that is not text
         (from a port that does not check its answers) is no known code."""
-        upper = [c.upper() for c in codes if isinstance(c, str)]
-        if not any(c in UNKNOWN_DEVICE_CODES or c in UNKNOWN_SEGMENT_CODES for c in upper):
+        if not any(isinstance(c, str) and c in REGISTER_AGAIN_CODES for c in codes):
             return False
         now = time.monotonic()
         if now - self._refixed_at.get(device_id, -1e9) < 60.0:
