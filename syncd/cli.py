@@ -48,7 +48,12 @@ def register(subparsers: Any) -> None:
     reg.add_argument("--chain", required=True, action="append", help="chain node URL")
     reg.add_argument("--taxpayer", required=True, help="the taxpayer's 18-character tax id")
     reg.add_argument("--name", default=None, help="the taxpayer's name (required unless training)")
-    reg.add_argument("--segment-size", type=int, default=10000, help="numbers in the first segment")
+    reg.add_argument(
+        "--segment-size",
+        type=int,
+        default=config_mod.default("registration.segment_size"),
+        help="numbers in the first segment",
+    )
     reg.add_argument(
         "--enrolment-code",
         default=None,
@@ -57,12 +62,17 @@ def register(subparsers: Any) -> None:
     )
     reg.add_argument("--config", type=Path, help="TOML config file to read the code from")
     reg.add_argument(
-        "--baud", type=serial_flags.baud_rate, default=115200, help="line speed (default 115200)"
+        "--baud",
+        type=serial_flags.baud_rate,
+        default=config_mod.default("serial.baud"),
+        help=f"line speed (default {config_mod.default('serial.baud')})",
     )
     reg.set_defaults(func=_register)
 
     status = sub.add_parser("status", help="what a running daemon reports, as a table")
-    status.add_argument("--api", default="127.0.0.1:8631", help="the daemon's POS API HOST:PORT")
+    status.add_argument(
+        "--api", default=config_mod.default("api.listen"), help="the daemon's POS API HOST:PORT"
+    )
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=_status)
 

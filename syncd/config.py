@@ -35,19 +35,22 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
+from device import transport
 from device.protocol import untrusted
+from device.protocol.commands import FETCH_MAX_BYTES, MAX_RETRIES, RESPONSE_TIMEOUT
+from device.serial_flags import BAUD_MAX, BAUD_MIN
 from syncd.access import parse_origins
 from taxctl.address import parse_listen
 
 DEFAULT_CONFIG = Path("/etc/taxctl/syncd.toml")
 DEFAULT_STATE = Path("/var/lib/taxctl-syncd")
-PARITIES = ("N", "E", "O", "M", "S")
+PARITIES = tuple(transport.PARITIES)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -131,17 +134,31 @@ OPTIONS: tuple[Option, ...] = (
         65536,
     ),
     Option("chain.timeout", float, 10.0, "seconds to wait for a chain node", 0.1, 600),
-    Option("serial.baud", int, 115200, "default baud rate", 50, 4_000_000),
+    Option("serial.baud", int, 115200, "default baud rate", BAUD_MIN, BAUD_MAX),
     Option("serial.parity", str, "N", "default parity", choices=PARITIES),
     Option("serial.stopbits", float, 1.0, "default stop bits (1, 1.5, 2)", 1, 2),
     Option("serial.rtscts", bool, False, "default RTS/CTS hardware flow control"),
-    Option("link.response_timeout", float, 1.0, "seconds before a retransmission", 0.05, 60),
-    Option("link.max_retries", int, 5, "retransmissions before a link error", 0, 50),
+    Option(
+        "link.response_timeout",
+        float,
+        RESPONSE_TIMEOUT,
+        "seconds before a retransmission",
+        0.05,
+        60,
+    ),
+    Option("link.max_retries", int, MAX_RETRIES, "retransmissions before a link error", 0, 50),
     Option("link.max_in_flight", int, 32, "requests outstanding per device", 1, 1024),
     Option("link.reopen_max", float, 5.0, "cap of the port reopen backoff, seconds", 0.05, 600),
     Option("link.status_interval", float, 5.0, "seconds between STATUS heartbeats", 0.05, 3600),
     Option("sync.batch_max", int, 1000, "documents per chain submission", 1, 10000),
-    Option("sync.fetch_max_bytes", int, 60000, "document bytes per FETCH", 1024, 60000),
+    Option(
+        "sync.fetch_max_bytes",
+        int,
+        FETCH_MAX_BYTES,
+        "document bytes per FETCH",
+        1024,
+        FETCH_MAX_BYTES,
+    ),
     Option("sync.fetch_ahead", int, 8, "FETCH pages buffered ahead of the chain", 1, 256),
     Option("sync.poll_interval", float, 1.0, "seconds between looks for new documents", 0.01, 3600),
     Option("sync.backoff_initial", float, 0.05, "first retry delay after a chain error", 0.001, 60),
@@ -168,6 +185,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("log.level", str, "info", "log level", choices=LOG_LEVELS),
 )
 BY_KEY = {o.key: o for o in OPTIONS}
+
+
+def default(key: str) -> Any:
+    """An option's built-in default: every settings value object takes its defaults here."""
+    return BY_KEY[key].default
+
+
 SECTIONS = frozenset(o.key.split(".")[0] for o in OPTIONS) | {"chain", "api"}
 TOP_LEVEL = frozenset({"state", "device"})
 DEVICE_KEYS = frozenset({"port", "name", "baud", "parity", "stopbits", "rtscts"})
@@ -177,10 +201,10 @@ DEVICE_KEYS = frozenset({"port", "name", "baud", "parity", "stopbits", "rtscts"}
 class DeviceConfig:
     port: str
     name: str
-    baud: int = 115200
-    parity: str = "N"
-    stopbits: float = 1.0
-    rtscts: bool = False
+    baud: int = default("serial.baud")
+    parity: str = default("serial.parity")
+    stopbits: float = default("serial.stopbits")
+    rtscts: bool = default("serial.rtscts")
 
 
 @dataclass(frozen=True)
@@ -194,6 +218,10 @@ class Config:
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key] if key in self.values else BY_KEY[key].default
+
+    def section(self, name: str, fields: Iterable[str]) -> dict[str, Any]:
+        """The options `name.field` for each field: a settings value object's arguments."""
+        return {f: self[f"{name}.{f}"] for f in fields}
 
     @property
     def api_host_port(self) -> tuple[str, int]:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -38,6 +38,7 @@ from device.protocol.status import DeviceError, Status
 from syncd.answers import check_result_count, code_label
 from syncd.backoff import Backoff
 from syncd.chainport import ChainDown, ChainPort, ChainRefused, SubmitResult
+from syncd.config import Config, default
 from syncd.cursor import CursorStore
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import SyncdMetrics
@@ -52,14 +53,22 @@ MIN_PAGE_BYTES = 1024
 
 @dataclass(frozen=True)
 class SyncSettings:
-    batch_max: int = 1000
-    fetch_max_bytes: int = 60000
-    fetch_ahead: int = 8
-    poll_interval: float = 1.0
-    backoff_initial: float = 0.05
-    backoff_max: float = 0.5
-    reject_retries: int = 3
-    reject_retry_interval: float = 600.0
+    """The `sync.*` options (syncd/config.py declares them and their defaults)."""
+
+    batch_max: int = default("sync.batch_max")
+    fetch_max_bytes: int = default("sync.fetch_max_bytes")
+    fetch_ahead: int = default("sync.fetch_ahead")
+    poll_interval: float = default("sync.poll_interval")
+    backoff_initial: float = default("sync.backoff_initial")
+    backoff_max: float = default("sync.backoff_max")
+    reject_retries: int = default("sync.reject_retries")
+    reject_retry_interval: float = default("sync.reject_retry_interval")
+
+    @classmethod
+    def of(cls, cfg: Config) -> SyncSettings:
+        s = cls(**cfg.section("sync", (f.name for f in fields(cls))))
+        # a first delay above the cap would be cut to it by every retry anyway
+        return replace(s, backoff_initial=min(s.backoff_initial, s.backoff_max))
 
 
 class RoundEnd(StrEnum):

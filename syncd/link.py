@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -29,7 +29,7 @@ from device.protocol.status import DeviceError
 from device.transport import PortError
 from syncd import device_answers
 from syncd.backoff import Backoff
-from syncd.config import DeviceConfig
+from syncd.config import Config, DeviceConfig, default
 from syncd.metrics import SyncdMetrics
 
 log = logging.getLogger("taxctl.syncd")
@@ -49,11 +49,17 @@ class LinkDown(ConnectionError):
 
 @dataclass(frozen=True)
 class LinkSettings:
-    response_timeout: float = 1.0
-    max_retries: int = 5
-    max_in_flight: int = 32
-    reopen_max: float = 5.0
-    status_interval: float = 5.0
+    """The `link.*` options (syncd/config.py declares them and their defaults)."""
+
+    response_timeout: float = default("link.response_timeout")
+    max_retries: int = default("link.max_retries")
+    max_in_flight: int = default("link.max_in_flight")
+    reopen_max: float = default("link.reopen_max")
+    status_interval: float = default("link.status_interval")
+
+    @classmethod
+    def of(cls, cfg: Config) -> LinkSettings:
+        return cls(**cfg.section("link", (f.name for f in fields(cls))))
 
 
 class DeviceLink:

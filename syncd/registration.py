@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from device.client import DeviceClient
@@ -27,6 +27,7 @@ from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown
 from syncd import device_answers
 from syncd.chainport import ChainDown, ChainPort, ChainRefused
+from syncd.config import Config, default
 from syncd.engine import ChainHealth
 from syncd.link import DeviceLink
 from syncd.metrics import SyncdMetrics
@@ -47,9 +48,15 @@ class RegistrationError(Exception):
 
 @dataclass(frozen=True)
 class RegistrationSettings:
-    auto_segments: bool = True
-    low_numbers: int = 500
-    segment_size: int = 10000
+    """The `registration.*` options the daemon uses (syncd/config.py declares them)."""
+
+    auto_segments: bool = default("registration.auto_segments")
+    low_numbers: int = default("registration.low_numbers")
+    segment_size: int = default("registration.segment_size")
+
+    @classmethod
+    def of(cls, cfg: Config) -> RegistrationSettings:
+        return cls(**cfg.section("registration", (f.name for f in fields(cls))))
 
 
 def check_enrolment_code(code: str | None) -> str | None:

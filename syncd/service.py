@@ -62,37 +62,6 @@ RESTART_INITIAL = 0.5
 RESTART_MAX = 30.0
 
 
-def sync_settings(cfg: Config) -> SyncSettings:
-    return SyncSettings(
-        batch_max=cfg["sync.batch_max"],
-        fetch_max_bytes=cfg["sync.fetch_max_bytes"],
-        fetch_ahead=cfg["sync.fetch_ahead"],
-        poll_interval=cfg["sync.poll_interval"],
-        backoff_initial=min(cfg["sync.backoff_initial"], cfg["sync.backoff_max"]),
-        backoff_max=cfg["sync.backoff_max"],
-        reject_retries=cfg["sync.reject_retries"],
-        reject_retry_interval=cfg["sync.reject_retry_interval"],
-    )
-
-
-def link_settings(cfg: Config) -> LinkSettings:
-    return LinkSettings(
-        response_timeout=cfg["link.response_timeout"],
-        max_retries=cfg["link.max_retries"],
-        max_in_flight=cfg["link.max_in_flight"],
-        reopen_max=cfg["link.reopen_max"],
-        status_interval=cfg["link.status_interval"],
-    )
-
-
-def registration_settings(cfg: Config) -> RegistrationSettings:
-    return RegistrationSettings(
-        auto_segments=cfg["registration.auto_segments"],
-        low_numbers=cfg["registration.low_numbers"],
-        segment_size=cfg["registration.segment_size"],
-    )
-
-
 @dataclass
 class Attached:
     """One device's link and engine with their tasks."""
@@ -137,7 +106,7 @@ class Daemon:
         self.health = ChainHealth(self.metrics)
         self.consortium = Consortium(chain)
         self.registrar = Registrar(
-            chain, registration_settings(cfg), self.metrics, health=self.health
+            chain, RegistrationSettings.of(cfg), self.metrics, health=self.health
         )
         self.started = time.time()
         self.attached: list[Attached] = []
@@ -173,12 +142,12 @@ class Daemon:
     # --- devices ---------------------------------------------------------------------------
 
     def _attach(self, device: DeviceConfig) -> Attached:
-        link = DeviceLink(device, link_settings(self.cfg), self.metrics)
+        link = DeviceLink(device, LinkSettings.of(self.cfg), self.metrics)
         engine = DeviceSync(
             link,
             self.chain,
             self.cursors,
-            sync_settings(self.cfg),
+            SyncSettings.of(self.cfg),
             health=self.health,
             consortium=self.consortium,
             metrics=self.metrics,
@@ -471,7 +440,7 @@ class Daemon:
         if chain_changed and self.reconfigure_chain is not None:
             self.reconfigure_chain(new)
             log.info("SIGHUP: chain nodes now %s", ", ".join(new.chain_urls))
-        self.registrar.settings = registration_settings(new)
+        self.registrar.settings = RegistrationSettings.of(new)
         wanted = {d.port: d for d in new.devices}
         for item in list(self.attached):
             device = wanted.get(item.link.config.port)
@@ -484,8 +453,8 @@ class Daemon:
                 log.info("SIGHUP: attaching %s", device.port)
                 self._attach(device)
         for item in self.attached:
-            item.link.settings = link_settings(new)
-            item.engine.update_settings(sync_settings(new))
+            item.link.settings = LinkSettings.of(new)
+            item.engine.update_settings(SyncSettings.of(new))
         log.info("SIGHUP: configuration reloaded from %s", new.source or "flags")
         self.notifier.ready(self.status_text())
 

@@ -44,3 +44,4 @@ BUSY_PAUSE = 0.05
 
 DEFAULT_MAX_IN_FLIGHT = 64
 FETCH_MAX_COUNT = 1000
+FETCH_MAX_BYTES = 60_000  # document bytes in one FETCH or EXPORT answer, at the most
