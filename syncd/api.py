@@ -54,6 +54,7 @@ from device.protocol.invoice import is_invoice_code, is_invoice_number
 from device.protocol.status import DeviceError, Status
 from syncd import refusals
 from syncd.access import Access
+from syncd.attachment import Attachment
 from syncd.chainport import ChainDown, ChainRefused
 from syncd.idempotency import BadKey, IdempotencyStore, KeyReused, check_key, new_key
 from syncd.link import DeviceLink, LinkDown
@@ -125,11 +126,10 @@ def _dumps(value: Any) -> str:
 
 @dataclass
 class ApiContext:
-    links: Sequence[DeviceLink]
+    devices: Sequence[Attachment]
     store: IdempotencyStore
     metrics: SyncdMetrics
     status: Callable[[], dict[str, Any]]
-    wake: Callable[[DeviceLink], None]
     max_body: int = 1 << 20
     body_timeout: float = 30.0
     stopping: bool = False
@@ -247,19 +247,20 @@ class PosApi:
         _check_integers(body)
         return body
 
-    def _link(self, selector: Any, *, prefer_id: str | None = None) -> DeviceLink:
-        links = self.ctx.links
+    def _device(self, selector: Any, *, prefer_id: str | None = None) -> Attachment:
+        devices = self.ctx.devices
+        links = [d.link for d in devices]
         if prefer_id is not None:
-            for link in links:
-                if link.device_id == prefer_id:
-                    return link
+            for device in devices:
+                if device.link.device_id == prefer_id:
+                    return device
             raise ApiError.of(ApiCode.DEVICE_OFFLINE, f"device {prefer_id} is not attached now")
         if selector is not None:
             if not isinstance(selector, str) or not selector:
                 raise ApiError.of(ApiCode.BAD_REQUEST, '"device" is a device name, port or id')
-            for link in links:
-                if selector in (link.name, link.config.port, link.device_id):
-                    return link
+            for device in devices:
+                if device.selected_by(selector):
+                    return device
             unidentified = [link.name for link in links if link.device_id is None]
             if unidentified:
                 # It may be the printer on a port not yet answering (syncd just started,
@@ -273,12 +274,12 @@ class PosApi:
             raise ApiError.of(
                 ApiCode.UNKNOWN_DEVICE, f"{untrusted.shown(selector)}; attached: {known}"
             )
-        if not links:
+        if not devices:
             raise ApiError.of(ApiCode.NO_DEVICE)
-        for link in links:
-            if link.online:
-                return link
-        return links[0]
+        for device in devices:
+            if device.link.online:
+                return device
+        return devices[0]
 
     @staticmethod
     def _client(link: DeviceLink) -> Any:
@@ -294,8 +295,8 @@ class PosApi:
             raise ApiError.of(
                 ApiCode.INTERNAL_ERROR, f"the device sent a bad document: {exc}"
             ) from None
-        public_key = (link.info or {}).get("public_key")
-        if not isinstance(public_key, bytes) or not document.verify(public_key):
+        public_key = link.info.public_key if link.info is not None else None
+        if public_key is None or not document.verify(public_key):
             raise ApiError.of(
                 ApiCode.INTERNAL_ERROR,
                 "the document's signature does not verify with the device's key",
@@ -358,9 +359,10 @@ class PosApi:
         selector = body.pop("device", None)
         earlier = await asyncio.to_thread(self.ctx.store.find, key) if header else None
         if earlier is not None and selector is None:
-            link = self._link(None, prefer_id=earlier.device_id)
+            device = self._device(None, prefer_id=earlier.device_id)
         else:
-            link = self._link(selector)
+            device = self._device(selector)
+        link = device.link
         client = self._client(link)
         device_id = link.device_id or "?"
         self._check_not_rolled_back(link, key_headers)
@@ -390,7 +392,6 @@ class PosApi:
             raise ApiError.device(exc, key_headers, device_id=device_id) from None
         except LinkError as exc:
             # Outcome unknown: keep the key, so the retry re-sends the same request id.
-            link.mark_suspect(f"POS request: {exc}")
             raise ApiError.of(
                 ApiCode.OUTCOME_UNKNOWN,
                 str(exc),
@@ -403,7 +404,7 @@ class PosApi:
             await asyncio.to_thread(self.ctx.store.complete, key, result["counter"])
             if self.ctx.guard is not None:
                 self.ctx.guard.observe(link.device_id, result["counter"], None)
-        self.ctx.wake(link)
+        device.wake()
         result["idempotency_key"] = key
         result["retry"] = not claim.fresh
         log.info(
@@ -437,7 +438,6 @@ class PosApi:
         except (DeviceError, DocumentError, KeyError, TypeError):
             return  # not this printer's invoice: the printer refuses the credit note itself
         except LinkError as exc:
-            link.mark_suspect(f"credit check: {exc}")
             raise ApiError.of(ApiCode.DEVICE_OFFLINE, str(exc)) from None
         issued = str(original.payload["issued_at"])
         try:
@@ -445,8 +445,7 @@ class PosApi:
             async with asyncio.timeout(CREDIT_CHECK_SECONDS):
                 claimed = await check(str(code), str(number), issued[:10], original.check_code)
         except (ChainDown, ChainRefused, TimeoutError) as exc:
-            synced = int((link.status or {}).get("synced_through", 0))
-            if original.counter > synced:
+            if original.counter > link.synced_through:
                 return  # not uploaded yet, so no buyer can have claimed it
             why = str(exc) or f"no answer within {CREDIT_CHECK_SECONDS:g} s"
             raise ApiError.of(ApiCode.CREDIT_CHECK_UNAVAILABLE, why) from None
@@ -461,7 +460,7 @@ class PosApi:
 
     async def reprint(self, request: web.Request) -> web.Response:
         paper = self._paper(request)
-        link = self._link(request.query.get("device"))
+        link = self._device(request.query.get("device")).link
         client = self._client(link)
         selector = _reprint_selector(request.match_info)
         try:
@@ -471,7 +470,6 @@ class PosApi:
                 raise ApiError.of(ApiCode.NOT_FOUND, exc.detail) from None
             raise ApiError.device(exc) from None
         except LinkError as exc:
-            link.mark_suspect(f"reprint: {exc}")
             raise ApiError.of(ApiCode.DEVICE_OFFLINE, str(exc)) from None
         return web.json_response(self._document(link, response, paper), dumps=_dumps)
 

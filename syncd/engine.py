@@ -171,7 +171,6 @@ class DeviceSync:
         self.parked_until: float | None = None
         self.last_ack_error: str | None = None
         self._device_id: str | None = None
-        self._synced_seen = 0
         self.page_bytes = settings.fetch_max_bytes  # FETCH page size, adapted to the line
         self.failures = 0  # rounds ended by an unexpected error (a bug), survived
         self._last_failure: tuple[str, str] | None = None
@@ -199,9 +198,8 @@ class DeviceSync:
                 continue
             try:
                 end = await self.drain(stop)
-            except (LinkError, LinkDown) as exc:
-                self.link.mark_suspect(f"sync: {exc}")
-                end = RoundEnd.RETRY
+            except (LinkError, LinkDown):
+                end = RoundEnd.RETRY  # the client told the link, which checks itself
             except DeviceError as exc:
                 log.error("%s: device refused during sync: %s", self.link.label, exc.text)
                 end = RoundEnd.PARK
@@ -282,7 +280,6 @@ class DeviceSync:
         if self.link.device_id != self._device_id:
             self._device_id = self.link.device_id
             self.acked_through = 0
-        self._synced_seen = int((self.link.status or {}).get("synced_through", 0))
         pages: asyncio.Queue[Page | None] = asyncio.Queue(self.settings.fetch_ahead)
         acks: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
         fetcher = asyncio.create_task(self._fetch(client, pages, stop))
@@ -481,7 +478,7 @@ class DeviceSync:
 
     async def _ack_one(self, client: DeviceClient, counter: int, receipt: dict[str, Any]) -> bool:
         device_id = self.link.device_id or "?"
-        held = (self.link.info or {}).get("consortium")
+        held = self.link.info.consortium if self.link.info is not None else None
         try:
             chain_list = await self.consortium.get()
         except (ChainDown, ChainRefused) as exc:
@@ -510,16 +507,12 @@ class DeviceSync:
                 if self.metrics:
                     self.metrics.chain_errors.inc(1, f"ACK_{exc.status.name}")
                 return False
-            if offer is not None and self.link.info is not None:
-                self.link.info["consortium"] = offer
+            if offer is not None:
+                self.link.adopt_consortium(offer)
             synced = int(result["synced_through"])
-            moved = synced - self._synced_seen
-            self._synced_seen = max(self._synced_seen, synced)
             self.acked_through = max(self.acked_through, synced)
             self.last_ack_error = None
-            self.link.note_counters(0, synced)
-            if self.metrics and moved > 0:
-                self.metrics.synced_total.inc(moved, device_id)
+            self.link.note_counters(0, synced)  # and the link counts the documents synced
             cursor = self.cursors.device(device_id)
             cursor.synced_through = synced
             if cursor.forget_synced(synced):
@@ -535,9 +528,10 @@ class DeviceSync:
         if self.link.device_id is not None:
             cursor = self.cursors.device(self.link.device_id)
             cursor.port = self.link.config.port
-            status = self.link.status or {}
-            cursor.counter = int(status.get("counter", cursor.counter))
-            cursor.synced_through = max(cursor.synced_through, int(status.get("synced_through", 0)))
+            status = self.link.status
+            if status is not None:
+                cursor.counter = status.counter
+            cursor.synced_through = max(cursor.synced_through, self.link.synced_through)
         if self.cursors.dirty:
             try:
                 self.cursors.save()

@@ -25,7 +25,6 @@ from device.client import DeviceClient
 from device.protocol import chainapi, invoice, taxid
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown
-from syncd import device_answers
 from syncd.chainport import ChainDown, ChainPort, ChainRefused
 from syncd.config import Config, default
 from syncd.engine import ChainHealth
@@ -181,37 +180,33 @@ class Registrar:
         return True
 
     async def before_round(self, link: DeviceLink) -> None:
-        device_id = link.device_id
-        if device_id is None or link.info is None:
+        device_id, info = link.device_id, link.info
+        if device_id is None or info is None:
             return
-        if link.info.get("training") and device_id not in self.known:
+        if info.training and device_id not in self.known:
             await self._register_training(link)
         if self.settings.auto_segments:
             await self._top_up(link)
 
     async def _register_training(self, link: DeviceLink) -> None:
-        info = link.require().info
-        fresh = device_answers.info_answer(await info())  # kept as the link's: checked
-        link.info = fresh
-        if not fresh.get("certificate"):
+        fresh = await link.refresh_info()
+        if not fresh.certificate:
             return
         try:
-            await self.chain.register(
-                certificate=fresh["certificate"], segments=list(fresh.get("segments") or [])
-            )
+            await self.chain.register(certificate=fresh.certificate, segments=list(fresh.segments))
         except ChainRefused as exc:
             log.error("%s: the chain refused its training registration: %s", link.label, exc)
             return
         if self.health is not None:
             self.health.success()
-        self.known.add(str(fresh["device_id"]))
+        self.known.add(fresh.device_id)
         log.info("%s: training certificate and segments registered with the chain", link.label)
 
     async def _top_up(self, link: DeviceLink) -> None:
-        status, device_id = link.status, link.device_id
-        if status is None or device_id is None or not (link.info or {}).get("registered"):
+        status, info, device_id = link.status, link.info, link.device_id
+        if status is None or info is None or device_id is None or not info.registered:
             return
-        left = int(status.get("numbers_left", 0))
+        left = status.numbers_left
         if left >= self.settings.low_numbers:
             return
         now = time.monotonic()
@@ -239,11 +234,7 @@ class Registrar:
                 log.error("%s: device refused the chain's segment: %s", link.label, exc.text)
                 return
             raise
-        if link.info is not None:
-            link.info["segments"] = [*link.info.get("segments", []), segment]
-        numbers_left = loaded.get("numbers_left")
-        if link.status is not None and type(numbers_left) is int and numbers_left >= 0:
-            link.status["numbers_left"] = numbers_left  # until the next STATUS says
+        link.segment_loaded(segment, loaded.get("numbers_left"))
         if self.metrics:
             self.metrics.segments_loaded.inc(1, device_id)
         log.info(

@@ -24,7 +24,7 @@ import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from syncd.apiserver import (
     LogThrottle,
     loop_exception_handler,
 )
+from syncd.attachment import Attachment
 from syncd.backoff import Backoff
 from syncd.chainport import ChainPort
 from syncd.config import Config, ConfigError, DeviceConfig
@@ -62,14 +63,13 @@ RESTART_INITIAL = 0.5
 RESTART_MAX = 30.0
 
 
-@dataclass
-class Attached:
+@dataclass(eq=False)
+class Attached(Attachment):
     """One device's link and engine with their tasks."""
 
-    link: DeviceLink
     engine: DeviceSync
-    link_stop: asyncio.Event
-    sync_stop: asyncio.Event
+    link_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    sync_stop: asyncio.Event = field(default_factory=asyncio.Event)
     link_task: asyncio.Task[None] | None = None
     sync_task: asyncio.Task[None] | None = None
 
@@ -121,11 +121,10 @@ class Daemon:
         self.guard = RollbackGuard(self.cursors, self.metrics)
         self.guard.export()
         self.api_ctx = ApiContext(
-            links=[],
+            devices=[],
             store=self.store,
             metrics=self.metrics,
             status=self.status,
-            wake=self._wake,
             max_body=cfg["api.max_body"],
             body_timeout=cfg["api.body_timeout"],
             on_request=self._on_request,
@@ -155,8 +154,7 @@ class Daemon:
             on_rejected=self.registrar.on_rejections,
             guard=self.guard,
         )
-        link.on_change(lambda _link: engine.wake())
-        item = Attached(link, engine, asyncio.Event(), asyncio.Event())
+        item = Attached(link, engine)
         item.link_task = asyncio.create_task(
             self._supervise(lambda: link.run(item.link_stop), "link", device.port, item.link_stop)
         )
@@ -164,12 +162,12 @@ class Daemon:
             self._supervise(lambda: engine.run(item.sync_stop), "sync", device.port, item.sync_stop)
         )
         self.attached.append(item)
-        self.api_ctx.links = [a.link for a in self.attached]
+        self.api_ctx.devices = list(self.attached)
         return item
 
     async def _detach(self, item: Attached) -> None:
         self.attached.remove(item)
-        self.api_ctx.links = [a.link for a in self.attached]
+        self.api_ctx.devices = list(self.attached)
         await item.stop()
 
     async def _supervise(
@@ -193,11 +191,6 @@ class Daemon:
                 await asyncio.wait_for(stop.wait(), backoff.next_delay())
             if stop.is_set():
                 return
-
-    def _wake(self, link: DeviceLink) -> None:
-        for item in self.attached:
-            if item.link is link:
-                item.engine.wake()
 
     # --- status ----------------------------------------------------------------------------
 
@@ -247,18 +240,16 @@ class Daemon:
         now = time.time()
         for item in self.attached:
             link = item.link
-            if link.device_id is None or link.status is None:
+            status = link.status
+            if link.device_id is None or status is None:
                 continue
             self.guard.check_link(link)
-            since = link.status.get("offline_since")
             age = 0.0
-            if isinstance(since, str):
+            if status.offline_since is not None and status.pending:
                 with contextlib.suppress(ValueError):
                     from device.protocol.document import parse_utc
 
-                    age = max(0.0, now - parse_utc(since))
-            if int(link.status.get("counter", 0)) <= int(link.status.get("synced_through", 0)):
-                age = 0.0
+                    age = max(0.0, now - parse_utc(status.offline_since))
             self.metrics.oldest_age.set(age, link.device_id)
 
     # --- running ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from syncd import answers
 from syncd.chainport import ChainDown, ConsortiumOffer, Registration, SubmitResult, SubmitStatus
 from syncd.config import Config, DeviceConfig
 from syncd.cursor import CursorStore
+from syncd.device_answers import DeviceInfo, DeviceStatus
 from syncd.engine import ChainHealth, Consortium, DeviceSync, SyncSettings
 from syncd.metrics import SyncdMetrics
 from syncd.registration import Registrar, RegistrationSettings
@@ -57,8 +58,8 @@ class Link:
         self.printer = printer
         self.online = True
         self.device_id = DEVICE
-        self.info: dict[str, Any] = {"consortium": b"nodes"}
-        self.status: dict[str, Any] = {"counter": len(printer.documents), "synced_through": 0}
+        self.info = DeviceInfo(DEVICE, bytes(32), True, True, (), None, b"nodes", None)
+        self.status = DeviceStatus(len(printer.documents), 0, 100, True, (), None, None)
         self.config = DeviceConfig(port="/dev/fake", name="till")
         self.label = "till"
         self.suspect: list[str] = []
@@ -66,8 +67,17 @@ class Link:
     def require(self) -> Printer:
         return self.printer
 
-    def note_counters(self, counter: int, synced_through: int) -> None:
-        self.status["synced_through"] = synced_through
+    @property
+    def synced_through(self) -> int:
+        return self.status.synced_through
+
+    def note_counters(self, counter: int, synced_through: int) -> int:
+        before = self.status.synced_through
+        self.status = self.status.with_counters(counter, synced_through)
+        return self.status.synced_through - before
+
+    def adopt_consortium(self, raw: bytes) -> None:
+        self.info = self.info.with_consortium(raw)
 
     def mark_suspect(self, reason: str) -> None:
         self.suspect.append(reason)

@@ -8,6 +8,7 @@ new key issued a second invoice for the same sale.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ async def test_a_document_that_does_not_verify_is_201_with_a_warning(
 ) -> None:
     fw, link, http = till.fw, till.link, till.http
     assert link.info is not None
-    link.info["public_key"] = KeyPair.generate().public_key  # syncd's idea of the key is off
+    # syncd's idea of the key is off
+    link._info = replace(link.info, public_key=KeyPair.generate().public_key)
     status, body = await post(http, "sale-1")
     assert status == 201, body
     assert body["warning"]["code"] == "DOCUMENT_UNCHECKED"
