@@ -39,6 +39,7 @@ from syncd.backoff import Backoff
 from syncd.config import Config, DeviceConfig, default
 from syncd.device_answers import DeviceInfo, DeviceStatus
 from syncd.metrics import SyncdMetrics
+from syncd.waiting import until
 
 log = logging.getLogger("taxctl.syncd")
 
@@ -116,11 +117,12 @@ class DeviceLink:
         return self.client
 
     async def wait_online(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._online.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await until(self._online, timeout=timeout)
+
+    @property
+    def came_online(self) -> asyncio.Event:
+        """Set while the link is online (to wait on, with `waiting.until`)."""
+        return self._online
 
     def on_change(self, listener: Callable[[DeviceLink], None]) -> None:
         self._listeners.append(listener)
@@ -200,7 +202,7 @@ class DeviceLink:
         while not stop.is_set():
             client = await self._connect()
             if client is None:
-                await _sleep_or_stop(stop, backoff.next_delay())
+                await until(stop, timeout=backoff.next_delay())
                 continue
             backoff.reset()
             try:
@@ -287,7 +289,7 @@ class DeviceLink:
                     log.warning("%s: STATUS refused: %s", self.label, exc)
                 next_beat = time.monotonic() + self.settings.status_interval
             self._export_stats(client)
-            await _sleep_or_stop(stop, WATCH_TICK)
+            await until(stop, timeout=WATCH_TICK)
 
     async def _drop(self, client: DeviceClient) -> None:
         was_online = self.state == LinkState.ONLINE
@@ -377,8 +379,3 @@ class DeviceLink:
             "status_at": self.status_at,
             "link_stats": self.client.stats.as_dict() if self.client else None,
         }
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

@@ -25,9 +25,9 @@ from device.client import DeviceClient
 from device.protocol import chainapi, invoice, taxid
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown
+from syncd.chainhealth import ChainHealth
 from syncd.chainport import ChainDown, ChainPort, ChainRefused
 from syncd.config import Config, default
-from syncd.engine import ChainHealth
 from syncd.link import DeviceLink
 from syncd.metrics import SyncdMetrics
 

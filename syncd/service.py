@@ -44,16 +44,18 @@ from syncd.apiserver import (
 )
 from syncd.attachment import Attachment
 from syncd.backoff import Backoff
+from syncd.chainhealth import ChainHealth, Consortium
 from syncd.chainport import ChainPort
 from syncd.config import Config, ConfigError, DeviceConfig
 from syncd.cursor import CursorStore
-from syncd.engine import ChainHealth, Consortium, DeviceSync, SyncSettings
+from syncd.engine import DeviceSync, SyncSettings
 from syncd.idempotency import IdempotencyStore
 from syncd.link import DeviceLink, LinkSettings
 from syncd.metrics import SyncdMetrics
 from syncd.notify import Notifier, status_line
 from syncd.registration import Registrar, RegistrationSettings
 from syncd.rollback import RollbackGuard
+from syncd.waiting import until
 
 log = logging.getLogger("taxctl.syncd")
 
@@ -187,9 +189,7 @@ class Daemon:
                 self.metrics.task_failures.inc(1, task, port)
             if time.monotonic() - started > RESTART_MAX:
                 backoff.reset()  # it had been running well: this is a new fault
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff.next_delay())
-            if stop.is_set():
+            if await until(stop, timeout=backoff.next_delay()):
                 return
 
     # --- status ----------------------------------------------------------------------------
@@ -366,16 +366,14 @@ class Daemon:
                     removed = await asyncio.to_thread(self.store.purge)
                     if removed:
                         log.info("forgot %d old idempotency keys", removed)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), interval)
+            await until(self.stop_event, timeout=interval)
             interval = self.cfg["notify.status_interval"]
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval or 1.0
         while not self.stop_event.is_set():
             self.notifier.watchdog()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), interval)
+            await until(self.stop_event, timeout=interval)
 
     async def _shutdown(self) -> None:
         self.notifier.stopping(f"stopping: {self.status_text()}")
@@ -383,7 +381,9 @@ class Daemon:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await asyncio.gather(*(item.stop() for item in list(self.attached)))
+        async with asyncio.TaskGroup() as devices:  # each lets its engine finish its batch
+            for item in list(self.attached):
+                devices.create_task(item.stop())
         if self.gate is not None:
             self.gate.close()
         if self._runner is not None:

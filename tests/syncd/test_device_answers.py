@@ -117,7 +117,7 @@ async def test_the_training_registration_checks_the_info_it_keeps(link: DeviceLi
 async def test_a_training_registration_counts_as_the_chain_answering(link: DeviceLink) -> None:
     """After a successful registration systemd's STATUS said 'chain unknown': the
     registration is an answer from the chain, so the shared health says ok."""
-    from syncd.engine import ChainHealth
+    from syncd.chainhealth import ChainHealth
     from syncd.notify import status_line
 
     Rewrite.changes = {}
