@@ -193,7 +193,6 @@ def default(key: str) -> Any:
 
 
 SECTIONS = frozenset(o.key.split(".")[0] for o in OPTIONS) | {"chain", "api"}
-TOP_LEVEL = frozenset({"state", "device"})
 DEVICE_KEYS = frozenset({"port", "name", "baud", "parity", "stopbits", "rtscts"})
 
 

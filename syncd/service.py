@@ -398,7 +398,7 @@ class Daemon:
     # --- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> None:
-        self.notifier.send(reloading=1, monotonic_usec=time.monotonic_ns() // 1000)
+        self.notifier.reloading()
         try:
             if self.args is None:
                 raise ConfigError("config", "started without a configuration to reload")
