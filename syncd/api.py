@@ -56,7 +56,7 @@ from syncd import refusals
 from syncd.access import Access
 from syncd.attachment import Attachment
 from syncd.chainport import ChainDown, ChainRefused
-from syncd.idempotency import BadKey, IdempotencyStore, KeyReused, check_key, new_key
+from syncd.idempotency import BadKey, Claim, IdempotencyStore, KeyReused, check_key, new_key
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import CONTENT_TYPE, SyncdMetrics
 from syncd.receipt import DEFAULT_PAPER, document_json
@@ -348,10 +348,7 @@ class PosApi:
         command = ISSUING_ROUTES[route]
         paper = self._paper(request)
         header = request.headers.get(IDEMPOTENCY_HEADER)
-        try:
-            key = check_key(header) if header is not None else new_key()
-        except BadKey as exc:
-            raise ApiError.of(ApiCode.BAD_IDEMPOTENCY_KEY, str(exc)) from None
+        key = _idempotency_key(header)
         key_headers = {IDEMPOTENCY_HEADER: key}
         body = await self._json(request, optional=command not in (Command.ISSUE, Command.CREDIT))
         if command not in (Command.ISSUE, Command.CREDIT) and set(body) - {"device"}:
@@ -381,24 +378,7 @@ class PosApi:
             )
         except KeyReused as exc:
             raise ApiError.of(ApiCode.IDEMPOTENCY_KEY_REUSED, exc.reason) from None
-        try:
-            response = await client.request(
-                Command(claim.command), claim.body, request_id=claim.request_id
-            )
-        except DeviceError as exc:
-            # Refused: nothing was issued. Free the key so a retry is a new attempt (the
-            # device would otherwise replay this refusal for the same request id).
-            await asyncio.to_thread(self.ctx.store.release, key, claim.request_id)
-            raise ApiError.device(exc, key_headers, device_id=device_id) from None
-        except LinkError as exc:
-            # Outcome unknown: keep the key, so the retry re-sends the same request id.
-            raise ApiError.of(
-                ApiCode.OUTCOME_UNKNOWN,
-                str(exc),
-                key_headers,
-                device_id=device_id,
-                idempotency_key=key,
-            ) from None
+        response = await self._send(client, claim, key_headers, device_id)
         result = self._issued(link, response, paper)
         if type(result.get("counter")) is int:
             await asyncio.to_thread(self.ctx.store.complete, key, result["counter"])
@@ -420,6 +400,30 @@ class PosApi:
         # 201 for a document issued now, 200 for the same document given again
         status = 201 if claim.fresh else 200
         return web.json_response(result, status=status, headers=key_headers, dumps=_dumps)
+
+    async def _send(
+        self, client: Any, claim: Claim, key_headers: dict[str, str], device_id: str
+    ) -> dict[str, Any]:
+        """The claimed request to the printer, under the claim's request id."""
+        try:
+            response: dict[str, Any] = await client.request(
+                Command(claim.command), claim.body, request_id=claim.request_id
+            )
+        except DeviceError as exc:
+            # Refused: nothing was issued. Free the key so a retry is a new attempt (the
+            # device would otherwise replay this refusal for the same request id).
+            await asyncio.to_thread(self.ctx.store.release, claim.key, claim.request_id)
+            raise ApiError.device(exc, key_headers, device_id=device_id) from None
+        except LinkError as exc:
+            # Outcome unknown: keep the key, so the retry re-sends the same request id.
+            raise ApiError.of(
+                ApiCode.OUTCOME_UNKNOWN,
+                str(exc),
+                key_headers,
+                device_id=device_id,
+                idempotency_key=claim.key,
+            ) from None
+        return response
 
     async def _check_credit(self, link: DeviceLink, client: Any, body: dict[str, Any]) -> None:
         """Refuse up front a credit note the chain would reject for want of the buyer's
@@ -489,6 +493,14 @@ UNCHECKED_MESSAGE = (
     "it. It IS issued: do not issue the sale again. Reprint it by its counter, and call "
     "support."
 )
+
+
+def _idempotency_key(header: str | None) -> str:
+    """The POS's key, checked, or a new one when it sent none."""
+    try:
+        return check_key(header) if header is not None else new_key()
+    except BadKey as exc:
+        raise ApiError.of(ApiCode.BAD_IDEMPOTENCY_KEY, str(exc)) from None
 
 
 def unchecked_document(link: DeviceLink, response: Any, reason: str) -> dict[str, Any]:
