@@ -107,6 +107,15 @@ async def printer_link(
         fw.close()
 
 
+async def post_json(
+    http: TestClient[Any, Any], route: str, body: Any, key: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """One POS request through aiohttp's TestClient: (status, JSON answer)."""
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    resp = await http.post(route, json=body, headers=headers)
+    return resp.status, await resp.json()
+
+
 @dataclass
 class Till:
     fw: Firmware

@@ -19,7 +19,7 @@ from device.protocol.keys import KeyPair
 from syncd import api as api_mod
 from syncd.link import LinkSettings
 from tests.device.conftest import INVOICE
-from tests.syncd.inprocess import Till, pos_till
+from tests.syncd.inprocess import Till, pos_till, post_json
 
 
 @pytest.fixture
@@ -30,8 +30,7 @@ async def till(tmp_path: Path) -> AsyncIterator[Till]:
 
 
 async def post(http: TestClient[Any, Any], key: str) -> tuple[int, dict[str, Any]]:
-    resp = await http.post("/v1/invoices", json=INVOICE, headers={"Idempotency-Key": key})
-    return resp.status, await resp.json()
+    return await post_json(http, "/v1/invoices", INVOICE, key)
 
 
 async def test_a_document_that_does_not_verify_is_201_with_a_warning(

@@ -14,6 +14,7 @@ from syncd.attachment import Attachment
 from syncd.idempotency import IdempotencyStore
 from syncd.metrics import SyncdMetrics
 from tests.device.conftest import INVOICE
+from tests.syncd.inprocess import post_json
 from tests.syncd.unit.memory import Printer, memory_printer
 
 
@@ -41,8 +42,7 @@ async def pos_api(tmp_path: Path, devices: list[Attachment]) -> AsyncIterator[Te
 
 
 async def post(http: TestClient[Any, Any], body: Any, key: str) -> tuple[int, dict[str, Any]]:
-    resp = await http.post("/v1/invoices", json=body, headers={"Idempotency-Key": key})
-    return resp.status, await resp.json()
+    return await post_json(http, "/v1/invoices", body, key)
 
 
 @asynccontextmanager
