@@ -166,7 +166,8 @@ async def memory_printer(
     server = asyncio.create_task(DeviceServer(fw, device_end).serve(stop))
 
     async def opener(port: str, **options: Any) -> DeviceClient:
-        options = {k: options[k] for k in ("response_timeout", "max_retries", "on_link_error")}
+        wanted = ("response_timeout", "max_retries", "on_link_error")
+        options = {k: options[k] for k in wanted if k in options}
         return DeviceClient(host_end, **options)
 
     link = DeviceLink(DeviceConfig(port="memory", name="till"), settings, metrics, opener=opener)
