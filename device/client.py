@@ -22,6 +22,7 @@ import collections
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -168,10 +169,14 @@ class DeviceClient:
         response_timeout: float = RESPONSE_TIMEOUT,
         max_retries: int = MAX_RETRIES,
         max_in_flight: int = HOST_MAX_IN_FLIGHT,
+        on_link_error: Callable[[LinkError], None] | None = None,
     ) -> None:
         self.port = port
         self.response_timeout = response_timeout
         self.max_retries = max_retries
+        # told of every request that fails with a LinkError (its owner checks the link at
+        # once), so that no caller has to remember to
+        self._on_link_error = on_link_error
         self.stats = ClientStats()
         self._decoder = FrameDecoder()
         self._pending: dict[int, _Pending] = {}
@@ -220,6 +225,7 @@ class DeviceClient:
         response_timeout: float = RESPONSE_TIMEOUT,
         max_retries: int = MAX_RETRIES,
         max_in_flight: int = HOST_MAX_IN_FLIGHT,
+        on_link_error: Callable[[LinkError], None] | None = None,
     ) -> DeviceClient:
         opened = open_serial(port, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts)
         client = cls(
@@ -227,6 +233,7 @@ class DeviceClient:
             response_timeout=response_timeout,
             max_retries=max_retries,
             max_in_flight=max_in_flight,
+            on_link_error=on_link_error,
         )
         client.start()
         return client
@@ -253,20 +260,25 @@ class DeviceClient:
     async def request(
         self, command: Command, body: dict[str, Any] | None = None, *, request_id: int | None = None
     ) -> dict[str, Any]:
-        if self._closed is not None:
-            raise LinkError(f"link to {self.port.name} is down: {self._closed}")
-        self.start()
-        rid = request_id if request_id is not None else self.new_request_id()
-        pending = self._pending.get(rid)
-        if pending is not None:  # the same request is already on its way: share its answer
-            frame = await asyncio.shield(pending.future)
-        else:
-            await self._slots.acquire()
-            try:
-                frame = await self._send_and_wait(rid, command, body)
-            finally:
-                self._slots.release()
-        return self._result(frame)
+        try:
+            if self._closed is not None:
+                raise LinkError(f"link to {self.port.name} is down: {self._closed}")
+            self.start()
+            rid = request_id if request_id is not None else self.new_request_id()
+            pending = self._pending.get(rid)
+            if pending is not None:  # the same request is already on its way: share its answer
+                frame = await asyncio.shield(pending.future)
+            else:
+                await self._slots.acquire()
+                try:
+                    frame = await self._send_and_wait(rid, command, body)
+                finally:
+                    self._slots.release()
+            return self._result(frame)
+        except LinkError as exc:
+            if self._on_link_error is not None:
+                self._on_link_error(exc)
+            raise
 
     async def _send_and_wait(
         self, rid: int, command: Command, body: dict[str, Any] | None

@@ -13,13 +13,12 @@ from typing import Any
 from device.firmware import Firmware, response_for_row
 from device.limits import amount_exceeded, time_exceeded
 from device.protocol import framing, invoice, trust
-from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT, FETCH_MAX_COUNT
+from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT, FETCH_MAX_BYTES, FETCH_MAX_COUNT
 from device.protocol.document import format_utc
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown, shown_keys
 from device.settings import FIRMWARE
 
-FETCH_MAX_BYTES = 60_000
 SUPPORTED_VERSIONS = (framing.PROTOCOL_VERSION,)
 
 

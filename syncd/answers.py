@@ -16,11 +16,12 @@ size, or a short escaped text), never the value itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from device.protocol import codec
+from device.protocol import chainapi, codec
+from device.protocol.chainapi import ADMITTED, Code, SubmitStatus
 from device.protocol.untrusted import (
     CBOR_BODY,
     CHAIN_ANSWER,
@@ -29,8 +30,7 @@ from device.protocol.untrusted import (
     loads_json,
     shown,
 )
-from syncd.chainport import ChainDown, Registration, SubmitResult, SubmitStatus
-from syncd.verdict import ADMITTED
+from syncd.chainport import ChainDown, Registration, SubmitResult
 
 BAD_ANSWER = "BAD_ANSWER"
 CBOR = "application/cbor"
@@ -47,22 +47,7 @@ _INVOICE_CODE = re.compile(r"[0-9]{12}")
 T = TypeVar("T")
 
 # The ErrorCode enum of docs/chain-openapi.yaml (a test keeps the two equal).
-CHAIN_CODES = frozenset(
-    {
-        "malformed_document", "unknown_device", "device_revoked", "certificate_expired",
-        "bad_signature", "prev_hash_mismatch", "equivocation", "number_outside_segment",
-        "number_used", "totals_mismatch", "seller_mismatch", "credit_unknown_original",
-        "credit_other_seller", "credit_not_an_invoice", "credit_exceeds_original",
-        "training_not_allowed", "training_only", "clock_regression", "held_full",
-        "bad_csr", "bad_certificate", "bad_segment", "segment_overlap", "already_registered",
-        "not_found", "unauthorized", "not_the_buyer", "already_claimed", "not_claimable",
-        "bad_request", "body_too_large", "batch_too_large", "unsupported_media_type",
-        "method_not_allowed", "unavailable", "enrolment_required", "enrolment_invalid",
-        "enrolment_expired", "enrolment_used", "enrolment_taxpayer", "signature_required",
-        "request_replayed", "request_stale", "segment_too_large", "segment_cap", "forbidden",
-        "rate_limited", "credit_needs_confirmation", "confirmation_invalid", "not_claimed",
-    }
-)  # fmt: skip
+CHAIN_CODES = frozenset(code.value for code in Code)
 # syncd's own codes for a chain that is away or answers wrongly (chainport.ChainDown)
 OWN_CODES = frozenset({BAD_ANSWER, "UNAVAILABLE"})
 
@@ -208,17 +193,13 @@ def blocks_by_height(blocks: Any) -> dict[int, dict[str, Any]]:
 def full_receipt(receipt: dict[str, Any], blocks: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """A compact receipt with its block's header and signatures put back: the same
     receipt the chain gives in full (a full one is returned as it is)."""
-    if "height" not in receipt:
+    if not chainapi.is_compact(receipt):
         return receipt
     height = _int(receipt["height"], "a receipt's height", 1)
     block = blocks.get(height)
     if block is None:
         raise bad(f"a receipt names block {height} without listing it")
-    out: dict[str, Any] = {k: receipt[k] for k in ("doc_hash", "position", "proof") if k in receipt}
-    out["header"] = block["header"]
-    out["signatures"] = block["signatures"]
-    out.update((k, receipt[k]) for k in ("device_id", "counter") if k in receipt)
-    return out
+    return chainapi.full_receipt(receipt, block)
 
 
 def receipt_of(value: Any, what: str, blocks: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -231,7 +212,7 @@ def receipt_of(value: Any, what: str, blocks: dict[int, dict[str, Any]]) -> dict
     _optional(receipt, "device_id", _text, f"{what}'s device_id")
     if receipt.get("counter") is not None:
         _int(receipt["counter"], f"{what}'s counter", 1)
-    if "height" in receipt:
+    if chainapi.is_compact(receipt):
         return full_receipt(receipt, blocks)
     header_of(receipt.get("header"), f"{what}'s header")
     signatures_of(receipt.get("signatures"), f"{what}'s signatures")
@@ -270,10 +251,16 @@ def submit_answer(value: Any, sent: int) -> list[SubmitResult]:
     for status, count in _map(answer.get("counts"), "the submit answer's counts").items():
         _int(count, f"the submit answer's count of {shown(status)}", 1)
     results = _list(answer.get("results"), "the submit answer's results")
-    if len(results) != sent:
-        raise bad(f"{len(results)} results for {sent} documents")
+    check_result_count(results, sent)
     blocks = blocks_by_height(answer["blocks"]) if "blocks" in answer else {}
     return [result_of(r, i, blocks) for i, r in enumerate(results)]
+
+
+def check_result_count(results: Sequence[object], sent: int) -> None:
+    """One result per document sent, or the answer is a bad one (the submission's outcome
+    is unknown: sent again later, it is answered with the same receipts)."""
+    if len(results) != sent:
+        raise bad(f"{len(results)} results for {sent} documents")
 
 
 MAX_ENDORSEMENTS = 64  # one per node: far more nodes than any consortium has

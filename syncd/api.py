@@ -54,8 +54,9 @@ from device.protocol.invoice import is_invoice_code, is_invoice_number
 from device.protocol.status import DeviceError, Status
 from syncd import refusals
 from syncd.access import Access
+from syncd.attachment import Attachment
 from syncd.chainport import ChainDown, ChainRefused
-from syncd.idempotency import BadKey, IdempotencyStore, KeyReused, check_key, new_key
+from syncd.idempotency import BadKey, Claim, IdempotencyStore, KeyReused, check_key, new_key
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import CONTENT_TYPE, SyncdMetrics
 from syncd.receipt import DEFAULT_PAPER, document_json
@@ -125,11 +126,10 @@ def _dumps(value: Any) -> str:
 
 @dataclass
 class ApiContext:
-    links: Sequence[DeviceLink]
+    devices: Sequence[Attachment]
     store: IdempotencyStore
     metrics: SyncdMetrics
     status: Callable[[], dict[str, Any]]
-    wake: Callable[[DeviceLink], None]
     max_body: int = 1 << 20
     body_timeout: float = 30.0
     stopping: bool = False
@@ -244,19 +244,20 @@ class PosApi:
         _check_integers(body)
         return body
 
-    def _link(self, selector: Any, *, prefer_id: str | None = None) -> DeviceLink:
-        links = self.ctx.links
+    def _device(self, selector: Any, *, prefer_id: str | None = None) -> Attachment:
+        devices = self.ctx.devices
+        links = [d.link for d in devices]
         if prefer_id is not None:
-            for link in links:
-                if link.device_id == prefer_id:
-                    return link
+            for device in devices:
+                if device.link.device_id == prefer_id:
+                    return device
             raise ApiError.of(ApiCode.DEVICE_OFFLINE, f"device {prefer_id} is not attached now")
         if selector is not None:
             if not isinstance(selector, str) or not selector:
                 raise ApiError.of(ApiCode.BAD_REQUEST, '"device" is a device name, port or id')
-            for link in links:
-                if selector in (link.name, link.config.port, link.device_id):
-                    return link
+            for device in devices:
+                if device.selected_by(selector):
+                    return device
             unidentified = [link.name for link in links if link.device_id is None]
             if unidentified:
                 # It may be the printer on a port not yet answering (syncd just started,
@@ -270,12 +271,12 @@ class PosApi:
             raise ApiError.of(
                 ApiCode.UNKNOWN_DEVICE, f"{untrusted.shown(selector)}; attached: {known}"
             )
-        if not links:
+        if not devices:
             raise ApiError.of(ApiCode.NO_DEVICE)
-        for link in links:
-            if link.online:
-                return link
-        return links[0]
+        for device in devices:
+            if device.link.online:
+                return device
+        return devices[0]
 
     @staticmethod
     def _client(link: DeviceLink) -> Any:
@@ -291,8 +292,8 @@ class PosApi:
             raise ApiError.of(
                 ApiCode.INTERNAL_ERROR, f"the device sent a bad document: {exc}"
             ) from None
-        public_key = (link.info or {}).get("public_key")
-        if not isinstance(public_key, bytes) or not document.verify(public_key):
+        public_key = link.info.public_key if link.info is not None else None
+        if public_key is None or not document.verify(public_key):
             raise ApiError.of(
                 ApiCode.INTERNAL_ERROR,
                 "the document's signature does not verify with the device's key",
@@ -344,10 +345,7 @@ class PosApi:
         command = ISSUING_ROUTES[route]
         paper = self._paper(request)
         header = request.headers.get(IDEMPOTENCY_HEADER)
-        try:
-            key = check_key(header) if header is not None else new_key()
-        except BadKey as exc:
-            raise ApiError.of(ApiCode.BAD_IDEMPOTENCY_KEY, str(exc)) from None
+        key = _idempotency_key(header)
         key_headers = {IDEMPOTENCY_HEADER: key}
         body = await self._json(request, optional=command not in (Command.ISSUE, Command.CREDIT))
         if command not in (Command.ISSUE, Command.CREDIT) and set(body) - {"device"}:
@@ -355,9 +353,10 @@ class PosApi:
         selector = body.pop("device", None)
         earlier = await asyncio.to_thread(self.ctx.store.find, key) if header else None
         if earlier is not None and selector is None:
-            link = self._link(None, prefer_id=earlier.device_id)
+            device = self._device(None, prefer_id=earlier.device_id)
         else:
-            link = self._link(selector)
+            device = self._device(selector)
+        link = device.link
         client = self._client(link)
         device_id = link.device_id or "?"
         self._check_not_rolled_back(link, key_headers)
@@ -376,31 +375,13 @@ class PosApi:
             )
         except KeyReused as exc:
             raise ApiError.of(ApiCode.IDEMPOTENCY_KEY_REUSED, exc.reason) from None
-        try:
-            response = await client.request(
-                Command(claim.command), claim.body, request_id=claim.request_id
-            )
-        except DeviceError as exc:
-            # Refused: nothing was issued. Free the key so a retry is a new attempt (the
-            # device would otherwise replay this refusal for the same request id).
-            await asyncio.to_thread(self.ctx.store.release, key, claim.request_id)
-            raise ApiError.device(exc, key_headers, device_id=device_id) from None
-        except LinkError as exc:
-            # Outcome unknown: keep the key, so the retry re-sends the same request id.
-            link.mark_suspect(f"POS request: {exc}")
-            raise ApiError.of(
-                ApiCode.OUTCOME_UNKNOWN,
-                str(exc),
-                key_headers,
-                device_id=device_id,
-                idempotency_key=key,
-            ) from None
+        response = await self._send(client, claim, key_headers, device_id)
         result = self._issued(link, response, paper)
         if type(result.get("counter")) is int:
             await asyncio.to_thread(self.ctx.store.complete, key, result["counter"])
             if self.ctx.guard is not None:
                 self.ctx.guard.observe(link.device_id, result["counter"], None)
-        self.ctx.wake(link)
+        device.wake()
         result["idempotency_key"] = key
         result["retry"] = not claim.fresh
         log.info(
@@ -416,6 +397,30 @@ class PosApi:
         # 201 for a document issued now, 200 for the same document given again
         status = 201 if claim.fresh else 200
         return web.json_response(result, status=status, headers=key_headers, dumps=_dumps)
+
+    async def _send(
+        self, client: Any, claim: Claim, key_headers: dict[str, str], device_id: str
+    ) -> dict[str, Any]:
+        """The claimed request to the printer, under the claim's request id."""
+        try:
+            response: dict[str, Any] = await client.request(
+                Command(claim.command), claim.body, request_id=claim.request_id
+            )
+        except DeviceError as exc:
+            # Refused: nothing was issued. Free the key so a retry is a new attempt (the
+            # device would otherwise replay this refusal for the same request id).
+            await asyncio.to_thread(self.ctx.store.release, claim.key, claim.request_id)
+            raise ApiError.device(exc, key_headers, device_id=device_id) from None
+        except LinkError as exc:
+            # Outcome unknown: keep the key, so the retry re-sends the same request id.
+            raise ApiError.of(
+                ApiCode.OUTCOME_UNKNOWN,
+                str(exc),
+                key_headers,
+                device_id=device_id,
+                idempotency_key=claim.key,
+            ) from None
+        return response
 
     async def _check_credit(self, link: DeviceLink, client: Any, body: dict[str, Any]) -> None:
         """Refuse up front a credit note the chain would reject for want of the buyer's
@@ -434,7 +439,6 @@ class PosApi:
         except (DeviceError, DocumentError, KeyError, TypeError):
             return  # not this printer's invoice: the printer refuses the credit note itself
         except LinkError as exc:
-            link.mark_suspect(f"credit check: {exc}")
             raise ApiError.of(ApiCode.DEVICE_OFFLINE, str(exc)) from None
         issued = str(original.payload["issued_at"])
         try:
@@ -442,8 +446,7 @@ class PosApi:
             async with asyncio.timeout(CREDIT_CHECK_SECONDS):
                 claimed = await check(str(code), str(number), issued[:10], original.check_code)
         except (ChainDown, ChainRefused, TimeoutError) as exc:
-            synced = int((link.status or {}).get("synced_through", 0))
-            if original.counter > synced:
+            if original.counter > link.synced_through:
                 return  # not uploaded yet, so no buyer can have claimed it
             why = str(exc) or f"no answer within {CREDIT_CHECK_SECONDS:g} s"
             raise ApiError.of(ApiCode.CREDIT_CHECK_UNAVAILABLE, why) from None
@@ -458,7 +461,7 @@ class PosApi:
 
     async def reprint(self, request: web.Request) -> web.Response:
         paper = self._paper(request)
-        link = self._link(request.query.get("device"))
+        link = self._device(request.query.get("device")).link
         client = self._client(link)
         selector = _reprint_selector(request.match_info)
         try:
@@ -468,7 +471,6 @@ class PosApi:
                 raise ApiError.of(ApiCode.NOT_FOUND, exc.detail) from None
             raise ApiError.device(exc) from None
         except LinkError as exc:
-            link.mark_suspect(f"reprint: {exc}")
             raise ApiError.of(ApiCode.DEVICE_OFFLINE, str(exc)) from None
         return web.json_response(self._document(link, response, paper), dumps=_dumps)
 
@@ -488,6 +490,14 @@ UNCHECKED_MESSAGE = (
     "it. It IS issued: do not issue the sale again. Reprint it by its counter, and call "
     "support."
 )
+
+
+def _idempotency_key(header: str | None) -> str:
+    """The POS's key, checked, or a new one when it sent none."""
+    try:
+        return check_key(header) if header is not None else new_key()
+    except BadKey as exc:
+        raise ApiError.of(ApiCode.BAD_IDEMPOTENCY_KEY, str(exc)) from None
 
 
 def unchecked_document(link: DeviceLink, response: Any, reason: str) -> dict[str, Any]:

@@ -18,8 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
+
+from device.protocol.chainapi import SubmitStatus
+
+__all__ = [
+    "ChainDown",
+    "ChainPort",
+    "ChainRefused",
+    "ConsortiumOffer",
+    "Registration",
+    "SubmitResult",
+    "SubmitStatus",
+]
 
 
 class ChainDown(ConnectionError):
@@ -33,14 +44,6 @@ class ChainRefused(Exception):
         self.code = code
         self.message = message
         super().__init__(f"{code}: {message}")
-
-
-class SubmitStatus(StrEnum):
-    COMMITTED = "committed"
-    DUPLICATE = "duplicate"
-    PENDING = "pending"
-    HELD = "held"
-    REJECTED = "rejected"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,29 +41,12 @@ def register(subparsers: Any) -> None:
     config_mod.add_arguments(run)
     run.set_defaults(func=_run)
 
-    reg = sub.add_parser(
-        "register",
-        help="walk a new device through CSR, certificate and first number segment",
-    )
-    reg.add_argument("--device", required=True, help="the device's port (path or pyserial URL)")
-    reg.add_argument("--chain", required=True, action="append", help="chain node URL")
-    reg.add_argument("--taxpayer", required=True, help="the taxpayer's 18-character tax id")
-    reg.add_argument("--name", default=None, help="the taxpayer's name (required unless training)")
-    reg.add_argument("--segment-size", type=int, default=10000, help="numbers in the first segment")
-    reg.add_argument(
-        "--enrolment-code",
-        default=None,
-        help="the tax bureau's enrolment code for this taxpayer (default: the config file's"
-        " registration.enrolment_code)",
-    )
-    reg.add_argument("--config", type=Path, help="TOML config file to read the code from")
-    reg.add_argument(
-        "--baud", type=serial_flags.baud_rate, default=115200, help="line speed (default 115200)"
-    )
-    reg.set_defaults(func=_register)
+    _register_parser(sub, config_mod.default)
 
     status = sub.add_parser("status", help="what a running daemon reports, as a table")
-    status.add_argument("--api", default="127.0.0.1:8631", help="the daemon's POS API HOST:PORT")
+    status.add_argument(
+        "--api", default=config_mod.default("api.listen"), help="the daemon's POS API HOST:PORT"
+    )
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=_status)
 
@@ -77,6 +61,37 @@ def register(subparsers: Any) -> None:
         help="also probe these paths (pty symlinks, URLs); a path that does not exist exits 6",
     )
     ports.set_defaults(func=_ports)
+
+
+def _register_parser(sub: Any, default: Callable[[str], Any]) -> None:
+    reg = sub.add_parser(
+        "register",
+        help="walk a new device through CSR, certificate and first number segment",
+    )
+    reg.add_argument("--device", required=True, help="the device's port (path or pyserial URL)")
+    reg.add_argument("--chain", required=True, action="append", help="chain node URL")
+    reg.add_argument("--taxpayer", required=True, help="the taxpayer's 18-character tax id")
+    reg.add_argument("--name", default=None, help="the taxpayer's name (required unless training)")
+    reg.add_argument(
+        "--segment-size",
+        type=int,
+        default=default("registration.segment_size"),
+        help="numbers in the first segment",
+    )
+    reg.add_argument(
+        "--enrolment-code",
+        default=None,
+        help="the tax bureau's enrolment code for this taxpayer (default: the config file's"
+        " registration.enrolment_code)",
+    )
+    reg.add_argument("--config", type=Path, help="TOML config file to read the code from")
+    reg.add_argument(
+        "--baud",
+        type=serial_flags.baud_rate,
+        default=default("serial.baud"),
+        help=f"line speed (default {default('serial.baud')})",
+    )
+    reg.set_defaults(func=_register)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -35,20 +35,28 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
+from device import transport
 from device.protocol import untrusted
-from device.protocol.commands import BAUD, HOST_MAX_IN_FLIGHT, MAX_RETRIES, RESPONSE_TIMEOUT
+from device.protocol.commands import (
+    BAUD,
+    FETCH_MAX_BYTES,
+    HOST_MAX_IN_FLIGHT,
+    MAX_RETRIES,
+    RESPONSE_TIMEOUT,
+)
+from device.serial_flags import BAUD_MAX, BAUD_MIN
 from syncd.access import parse_origins
 from taxctl.address import parse_listen
 
 DEFAULT_CONFIG = Path("/etc/taxctl/syncd.toml")
 DEFAULT_STATE = Path("/var/lib/taxctl-syncd")
-PARITIES = ("N", "E", "O", "M", "S")
+PARITIES = tuple(transport.PARITIES)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -132,7 +140,7 @@ OPTIONS: tuple[Option, ...] = (
         65536,
     ),
     Option("chain.timeout", float, 10.0, "seconds to wait for a chain node", 0.1, 600),
-    Option("serial.baud", int, BAUD, "default baud rate", 50, 4_000_000),
+    Option("serial.baud", int, BAUD, "default baud rate", BAUD_MIN, BAUD_MAX),
     Option("serial.parity", str, "N", "default parity", choices=PARITIES),
     Option("serial.stopbits", float, 1.0, "default stop bits (1, 1.5, 2)", 1, 2),
     Option("serial.rtscts", bool, False, "default RTS/CTS hardware flow control"),
@@ -151,7 +159,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("link.reopen_max", float, 5.0, "cap of the port reopen backoff, seconds", 0.05, 600),
     Option("link.status_interval", float, 5.0, "seconds between STATUS heartbeats", 0.05, 3600),
     Option("sync.batch_max", int, 1000, "documents per chain submission", 1, 10000),
-    Option("sync.fetch_max_bytes", int, 60000, "document bytes per FETCH", 1024, 60000),
+    Option(
+        "sync.fetch_max_bytes",
+        int,
+        FETCH_MAX_BYTES,
+        "document bytes per FETCH",
+        1024,
+        FETCH_MAX_BYTES,
+    ),
     Option("sync.fetch_ahead", int, 8, "FETCH pages buffered ahead of the chain", 1, 256),
     Option("sync.poll_interval", float, 1.0, "seconds between looks for new documents", 0.01, 3600),
     Option("sync.backoff_initial", float, 0.05, "first retry delay after a chain error", 0.001, 60),
@@ -178,19 +193,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("log.level", str, "info", "log level", choices=LOG_LEVELS),
 )
 BY_KEY = {o.key: o for o in OPTIONS}
+
+
+def default(key: str) -> Any:
+    """An option's built-in default: every settings value object takes its defaults here."""
+    return BY_KEY[key].default
+
+
 SECTIONS = frozenset(o.key.split(".")[0] for o in OPTIONS) | {"chain", "api"}
-TOP_LEVEL = frozenset({"state", "device"})
-DEVICE_KEYS = frozenset({"port", "name", "baud", "parity", "stopbits", "rtscts"})
+SERIAL_KEYS = ("baud", "parity", "stopbits", "rtscts")  # per device, defaults in [serial]
+DEVICE_KEYS = frozenset({"port", "name", *SERIAL_KEYS})
 
 
 @dataclass(frozen=True)
 class DeviceConfig:
     port: str
     name: str
-    baud: int = BAUD
-    parity: str = "N"
-    stopbits: float = 1.0
-    rtscts: bool = False
+    baud: int = default("serial.baud")
+    parity: str = default("serial.parity")
+    stopbits: float = default("serial.stopbits")
+    rtscts: bool = default("serial.rtscts")
 
 
 @dataclass(frozen=True)
@@ -204,6 +226,10 @@ class Config:
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key] if key in self.values else BY_KEY[key].default
+
+    def section(self, name: str, fields: Iterable[str]) -> dict[str, Any]:
+        """The options `name.field` for each field: a settings value object's arguments."""
+        return {f: self[f"{name}.{f}"] for f in fields}
 
     @property
     def api_host_port(self) -> tuple[str, int]:
@@ -342,22 +368,7 @@ class _FileConfig:
 
 
 def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except PermissionError:
-        # Under systemd syncd runs as a dynamic user that owns nothing in /etc: a file
-        # installed root-only makes every start fail, and systemd restarts it in a loop.
-        raise ConfigError(
-            "config",
-            f"cannot read: permission denied for uid {os.getuid()}; the file holds no secrets,"
-            f" so make it readable by syncd's user: chmod 0644 {path}"
-            " (keep a token in api.token_file, handed over with LoadCredential=)",
-            str(path),
-        ) from None
-    except OSError as exc:
-        raise ConfigError("config", f"cannot read: {exc.strerror or exc}", str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("config", "is not UTF-8 text", str(path)) from None
+    text = _read_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -380,54 +391,12 @@ def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
                 raise ConfigError("state", "must be a directory path", where("state"))
             out.state = Path(value)
         elif top == "device":
-            if not isinstance(value, list):
-                raise ConfigError("device", "use [[device]] tables, one per device", where(top))
-            out.devices = []
-            for index, entry in enumerate(value):
-                label = f"device[{index}]"
-                if not isinstance(entry, dict):
-                    raise ConfigError(label, "must be a table", where(label))
-                for key in entry:
-                    if key not in DEVICE_KEYS:
-                        raise ConfigError(
-                            f"{label}.{key}",
-                            f"unknown key; a device takes {', '.join(sorted(DEVICE_KEYS))}",
-                            where(f"{label}.{key}"),
-                        )
-                out.devices.append({"_where": where(label), "_label": label, **entry})
-                for key in entry:
-                    out.devices[-1][f"_where_{key}"] = where(f"{label}.{key}")
+            out.devices = _device_tables(value, where)
         elif top in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(top, f"must be a table: [{top}]", where(top))
             for key, item in value.items():
-                dotted = f"{top}.{key}"
-                if dotted == "chain.urls":
-                    if not isinstance(item, list) or not item:
-                        raise ConfigError(dotted, "must be a list of URLs", where(dotted))
-                    try:
-                        out.chain_urls = [_check_url(u) for u in item]
-                    except ValueError as exc:
-                        raise ConfigError(dotted, str(exc), where(dotted)) from None
-                elif dotted == "api.socket":
-                    if not _is_path(item):
-                        raise ConfigError(dotted, "must be a socket path", where(dotted))
-                    out.api_socket = Path(item)
-                elif dotted in BY_KEY:
-                    if dotted == "api.allowed_origins" and isinstance(item, list):
-                        # a TOML list of origins reads as the flag's comma-separated form
-                        if not all(isinstance(o, str) for o in item):
-                            raise ConfigError(dotted, "must be a list of origins", where(dotted))
-                        item = ",".join(item)
-                    try:
-                        out.values[dotted] = coerce(BY_KEY[dotted], item)
-                    except ValueError as exc:
-                        raise ConfigError(dotted, str(exc), where(dotted)) from None
-                else:
-                    known = sorted(k for k in _section_keys(top))
-                    raise ConfigError(
-                        dotted, f"unknown key; [{top}] takes {', '.join(known)}", where(dotted)
-                    )
+                _section_key(out, f"{top}.{key}", item, where(f"{top}.{key}"))
         else:
             raise ConfigError(
                 top,
@@ -436,6 +405,77 @@ def read_file(path: Path) -> tuple[_FileConfig, dict[str, int]]:
                 where(top),
             )
     return out, lines
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except PermissionError:
+        # Under systemd syncd runs as a dynamic user that owns nothing in /etc: a file
+        # installed root-only makes every start fail, and systemd restarts it in a loop.
+        raise ConfigError(
+            "config",
+            f"cannot read: permission denied for uid {os.getuid()}; the file holds no secrets,"
+            f" so make it readable by syncd's user: chmod 0644 {path}"
+            " (keep a token in api.token_file, handed over with LoadCredential=)",
+            str(path),
+        ) from None
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read: {exc.strerror or exc}", str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", "is not UTF-8 text", str(path)) from None
+
+
+def _device_tables(value: Any, where: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The [[device]] tables as entries for `_device_from_file`, each key's line kept."""
+    if not isinstance(value, list):
+        raise ConfigError("device", "use [[device]] tables, one per device", where("device"))
+    devices = []
+    for index, entry in enumerate(value):
+        label = f"device[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(label, "must be a table", where(label))
+        for key in entry:
+            if key not in DEVICE_KEYS:
+                raise ConfigError(
+                    f"{label}.{key}",
+                    f"unknown key; a device takes {', '.join(sorted(DEVICE_KEYS))}",
+                    where(f"{label}.{key}"),
+                )
+        device = {"_where": where(label), "_label": label, **entry}
+        for key in entry:
+            device[f"_where_{key}"] = where(f"{label}.{key}")
+        devices.append(device)
+    return devices
+
+
+def _section_key(out: _FileConfig, dotted: str, item: Any, where: str) -> None:
+    """One key of a [section] table, checked, into `out`."""
+    if dotted == "chain.urls":
+        if not isinstance(item, list) or not item:
+            raise ConfigError(dotted, "must be a list of URLs", where)
+        try:
+            out.chain_urls = [_check_url(u) for u in item]
+        except ValueError as exc:
+            raise ConfigError(dotted, str(exc), where) from None
+    elif dotted == "api.socket":
+        if not _is_path(item):
+            raise ConfigError(dotted, "must be a socket path", where)
+        out.api_socket = Path(item)
+    elif dotted in BY_KEY:
+        if dotted == "api.allowed_origins" and isinstance(item, list):
+            # a TOML list of origins reads as the flag's comma-separated form
+            if not all(isinstance(o, str) for o in item):
+                raise ConfigError(dotted, "must be a list of origins", where)
+            item = ",".join(item)
+        try:
+            out.values[dotted] = coerce(BY_KEY[dotted], item)
+        except ValueError as exc:
+            raise ConfigError(dotted, str(exc), where) from None
+    else:
+        top = dotted.split(".", 1)[0]
+        known = sorted(_section_keys(top))
+        raise ConfigError(dotted, f"unknown key; [{top}] takes {', '.join(known)}", where)
 
 
 def _is_path(value: object) -> TypeGuard[str]:
@@ -519,8 +559,20 @@ def load(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None) 
     state = getattr(args, "state", None) or file_cfg.state
     if state is None:
         state = Path(env["STATE_DIRECTORY"].split(":")[0]) if env.get("STATE_DIRECTORY") else None
-    state = state or DEFAULT_STATE
+    api_socket = getattr(args, "api_socket", None) or file_cfg.api_socket
+    chain_urls = _chain_urls(args, file_cfg)  # checked first, as the flags are listed
+    return Config(
+        state=state or DEFAULT_STATE,
+        devices=tuple(_devices(args, file_cfg, values)),
+        chain_urls=tuple(chain_urls),
+        api_socket=api_socket,
+        values=values,
+        source=source,
+    )
 
+
+def _chain_urls(args: argparse.Namespace, file_cfg: _FileConfig) -> list[str]:
+    """--chain (all of them) over the file's [chain] urls; at least one, none twice."""
     chain_urls: list[str]
     if getattr(args, "chain", None):
         try:
@@ -535,13 +587,15 @@ def load(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None) 
         )
     if len(set(chain_urls)) != len(chain_urls):
         raise ConfigError("chain.urls", "lists a URL twice")
+    return chain_urls
 
-    defaults = {
-        "baud": _value(values, "serial.baud"),
-        "parity": _value(values, "serial.parity"),
-        "stopbits": _value(values, "serial.stopbits"),
-        "rtscts": _value(values, "serial.rtscts"),
-    }
+
+def _devices(
+    args: argparse.Namespace, file_cfg: _FileConfig, values: Mapping[str, Any]
+) -> list[DeviceConfig]:
+    """--device (all of them) over the file's [[device]] tables, with the [serial]
+    defaults; at least one, no port or name twice."""
+    defaults = {key: _value(values, f"serial.{key}") for key in SERIAL_KEYS}
     devices: list[DeviceConfig] = []
     if getattr(args, "device", None):
         for port in args.device:
@@ -559,16 +613,7 @@ def load(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None) 
         raise ConfigError("device", "the same port is listed twice")
     if len(set(names)) != len(names):
         raise ConfigError("device", "two devices have the same name")
-
-    api_socket = getattr(args, "api_socket", None) or file_cfg.api_socket
-    return Config(
-        state=state,
-        devices=tuple(devices),
-        chain_urls=tuple(chain_urls),
-        api_socket=api_socket,
-        values=values,
-        source=source,
-    )
+    return devices
 
 
 def _value(values: Mapping[str, Any], key: str) -> Any:
@@ -588,7 +633,7 @@ def _device_from_file(entry: dict[str, Any], defaults: dict[str, Any]) -> Device
     if not isinstance(name, str) or not name:
         raise fail("name", "must be a non-empty string")
     settings = dict(defaults)
-    for key in ("baud", "parity", "stopbits", "rtscts"):
+    for key in SERIAL_KEYS:
         if key in entry:
             try:
                 settings[key] = coerce(BY_KEY[f"serial.{key}"], entry[key])

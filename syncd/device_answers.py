@@ -1,4 +1,5 @@
-"""A printer's HELLO, INFO and STATUS answers, checked before the link keeps them.
+"""A printer's HELLO, INFO and STATUS answers, checked, and the typed snapshots the link
+keeps of them (`DeviceInfo`, `DeviceStatus`).
 
 The link keeps these answers and everything else reads them: /v1/status and
 the metrics (counters, backlog), the POS API (the public key a document must
@@ -13,7 +14,8 @@ a value kept and tripped over later. Pure functions, no I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from device.client import LinkError
@@ -117,3 +119,79 @@ def status_answer(body: dict[str, Any]) -> dict[str, Any]:
     for key in ("offline_since", "last_sync_at"):
         _check(body, command, key, _optional_time, "a UTC time or null")
     return body
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What INFO said about the printer, as the link holds it."""
+
+    device_id: str
+    public_key: bytes
+    training: bool
+    registered: bool
+    segments: tuple[bytes, ...]
+    certificate: bytes | None
+    consortium: bytes | None  # the node list the device checks receipts against
+    taxpayer: Mapping[str, Any] | None
+
+    def with_consortium(self, raw: bytes) -> DeviceInfo:
+        return replace(self, consortium=raw)
+
+    def with_segment(self, raw: bytes) -> DeviceInfo:
+        return replace(self, segments=(*self.segments, raw))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """What the last STATUS said, raised by counters learned since (FETCH, ACK_SYNC, a
+    segment loaded)."""
+
+    counter: int
+    synced_through: int
+    numbers_left: int
+    can_issue: bool
+    blocking: tuple[str, ...]
+    offline_since: str | None
+    last_sync_at: str | None
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.counter - self.synced_through)
+
+    def with_counters(self, counter: int, synced_through: int) -> DeviceStatus:
+        """Counters only move forward between two STATUS answers."""
+        return replace(
+            self,
+            counter=max(self.counter, counter),
+            synced_through=max(self.synced_through, synced_through),
+        )
+
+
+def device_info(body: dict[str, Any]) -> DeviceInfo:
+    """An INFO answer, checked, as the snapshot the link keeps."""
+    info_answer(body)
+    certificate, consortium = body.get("certificate"), body.get("consortium")
+    return DeviceInfo(
+        device_id=body["device_id"],
+        public_key=body["public_key"],
+        training=body["training"],
+        registered=body["registered"],
+        segments=tuple(body["segments"]),
+        certificate=certificate,
+        consortium=consortium,
+        taxpayer=body.get("taxpayer"),
+    )
+
+
+def device_status(body: dict[str, Any]) -> DeviceStatus:
+    """A STATUS answer, checked, as the snapshot the link keeps."""
+    status_answer(body)
+    return DeviceStatus(
+        counter=body["counter"],
+        synced_through=body["synced_through"],
+        numbers_left=body["numbers_left"],
+        can_issue=body["can_issue"],
+        blocking=tuple(body["blocking"]),
+        offline_since=body.get("offline_since"),
+        last_sync_at=body.get("last_sync_at"),
+    )

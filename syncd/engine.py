@@ -28,38 +28,50 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
 from device.client import DeviceClient, LinkError
 from device.protocol.status import DeviceError, Status
-from syncd.answers import code_label
+from syncd.answers import check_result_count
 from syncd.backoff import Backoff
+from syncd.batcher import Batcher, Page
+from syncd.chainhealth import ChainHealth, Consortium
 from syncd.chainport import ChainDown, ChainPort, ChainRefused, SubmitResult
+from syncd.config import Config, default
 from syncd.cursor import CursorStore
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import SyncdMetrics
+from syncd.rejections import Rejections
 from syncd.rollback import RollbackGuard
-from syncd.verdict import Next, Verdict, earliest_due, judge, skip_mask
+from syncd.verdict import Next, judge
+from syncd.waiting import until
 
 log = logging.getLogger("taxctl.syncd")
 
 
 MIN_PAGE_BYTES = 1024
-EQUIVOCATION = "equivocation"  # the chain's code for a second document under one counter
 
 
 @dataclass(frozen=True)
 class SyncSettings:
-    batch_max: int = 1000
-    fetch_max_bytes: int = 60000
-    fetch_ahead: int = 8
-    poll_interval: float = 1.0
-    backoff_initial: float = 0.05
-    backoff_max: float = 0.5
-    reject_retries: int = 3
-    reject_retry_interval: float = 600.0
+    """The `sync.*` options (syncd/config.py declares them and their defaults)."""
+
+    batch_max: int = default("sync.batch_max")
+    fetch_max_bytes: int = default("sync.fetch_max_bytes")
+    fetch_ahead: int = default("sync.fetch_ahead")
+    poll_interval: float = default("sync.poll_interval")
+    backoff_initial: float = default("sync.backoff_initial")
+    backoff_max: float = default("sync.backoff_max")
+    reject_retries: int = default("sync.reject_retries")
+    reject_retry_interval: float = default("sync.reject_retry_interval")
+
+    @classmethod
+    def of(cls, cfg: Config) -> SyncSettings:
+        s = cls(**cfg.section("sync", (f.name for f in fields(cls))))
+        # a first delay above the cap would be cut to it by every retry anyway
+        return replace(s, backoff_initial=min(s.backoff_initial, s.backoff_max))
 
 
 class RoundEnd(StrEnum):
@@ -67,64 +79,6 @@ class RoundEnd(StrEnum):
     RETRY = "retry"
     PARK = "park"
     STOPPED = "stopped"
-
-
-@dataclass
-class Page:
-    first: int
-    documents: list[bytes]
-
-
-class ChainHealth:
-    """Shared view of the chain across devices, for status and metrics."""
-
-    def __init__(self, metrics: SyncdMetrics | None = None) -> None:
-        self.metrics = metrics
-        self.ok: bool | None = None
-        self.last_error: str | None = None
-        self.last_code: str | None = None
-        self.since = time.time()
-
-    def success(self) -> None:
-        if self.ok is not True:
-            if self.ok is False:
-                log.info("chain reachable again after %.1f s", time.time() - self.since)
-            self.ok, self.last_error, self.last_code = True, None, None
-            self.since = time.time()
-        if self.metrics:
-            self.metrics.chain_up.set(1)
-
-    def failure(self, code: str, text: str) -> None:
-        if self.metrics:
-            self.metrics.chain_errors.inc(1, code_label(code))
-            self.metrics.chain_up.set(0)
-        if self.ok is not False or code != self.last_code:
-            log.warning("chain unavailable (%s): %s", code, text)
-        if self.ok is not False:
-            self.since = time.time()
-        self.ok, self.last_error, self.last_code = False, text, code
-
-    @property
-    def word(self) -> str:
-        return {True: "ok", False: "down", None: "unknown"}[self.ok]
-
-
-class Consortium:
-    """The chain's node list, fetched once and refreshed when a device refuses it, with the
-    previous epoch's endorsements a device needs to move to it."""
-
-    def __init__(self, chain: ChainPort) -> None:
-        self.chain = chain
-        self.raw: bytes | None = None
-        self.endorsements: list[dict[str, Any]] = []
-        self._lock = asyncio.Lock()
-
-    async def get(self, refresh: bool = False) -> bytes:
-        async with self._lock:
-            if self.raw is None or refresh:
-                offer = await self.chain.consortium_offer()
-                self.raw, self.endorsements = offer.consortium, list(offer.endorsements)
-            return self.raw
 
 
 class DeviceSync:
@@ -154,6 +108,9 @@ class DeviceSync:
         self.on_rejected = on_rejected
         self.clock = clock
         self.guard = guard
+        self.rejections = Rejections(
+            cursors, settings, lambda: self.clock(), metrics=metrics, guard=guard
+        )
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._wake = asyncio.Event()
         self.rounds = 0
@@ -162,7 +119,6 @@ class DeviceSync:
         self.parked_until: float | None = None
         self.last_ack_error: str | None = None
         self._device_id: str | None = None
-        self._synced_seen = 0
         self.page_bytes = settings.fetch_max_bytes  # FETCH page size, adapted to the line
         self.failures = 0  # rounds ended by an unexpected error (a bug), survived
         self._last_failure: tuple[str, str] | None = None
@@ -172,7 +128,7 @@ class DeviceSync:
         self._wake.set()
 
     def update_settings(self, settings: SyncSettings) -> None:
-        self.settings = settings
+        self.settings = self.rejections.settings = settings
         self.page_bytes = min(self.page_bytes, settings.fetch_max_bytes)
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._wake.set()
@@ -182,17 +138,12 @@ class DeviceSync:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             if not self.link.online:
-                waiter = asyncio.create_task(self.link.wait_online())
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+                await until(self.link.came_online, stop)
                 continue
             try:
                 end = await self.drain(stop)
-            except (LinkError, LinkDown) as exc:
-                self.link.mark_suspect(f"sync: {exc}")
-                end = RoundEnd.RETRY
+            except (LinkError, LinkDown):
+                end = RoundEnd.RETRY  # the client told the link, which checks itself
             except DeviceError as exc:
                 log.error("%s: device refused during sync: %s", self.link.label, exc.text)
                 end = RoundEnd.PARK
@@ -235,32 +186,21 @@ class DeviceSync:
 
     async def _pause(self, end: RoundEnd, stop: asyncio.Event) -> None:
         s = self.settings
+        due = self.rejections.next_due(self.link.device_id)
         if end == RoundEnd.CAUGHT_UP:
             delay = s.poll_interval
-            due = self._next_rejection_due()
             if due is not None:
                 delay = min(delay, max(0.0, due - self.clock()))
         elif end == RoundEnd.RETRY:
             delay = self.backoff.next_delay()
         else:
             delay = max(s.backoff_max, s.reject_retry_interval)
-            due = self._next_rejection_due()
             if due is not None:
                 delay = min(delay, max(s.backoff_max, due - self.clock()))
             self.parked_until = self.clock() + delay
         self._wake.clear()
-        waits = {asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())}
-        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        for task in waits:
-            task.cancel()
+        await until(stop, self._wake, timeout=delay)
         self.parked_until = None
-
-    def _next_rejection_due(self) -> float | None:
-        if self.link.device_id is None:
-            return None
-        cursor = self.cursors.device(self.link.device_id)
-        s = self.settings
-        return earliest_due(cursor, self.clock(), s.reject_retries, s.reject_retry_interval)
 
     # --- one round ---------------------------------------------------------------------------
 
@@ -273,7 +213,6 @@ class DeviceSync:
         if self.link.device_id != self._device_id:
             self._device_id = self.link.device_id
             self.acked_through = 0
-        self._synced_seen = int((self.link.status or {}).get("synced_through", 0))
         pages: asyncio.Queue[Page | None] = asyncio.Queue(self.settings.fetch_ahead)
         acks: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
         fetcher = asyncio.create_task(self._fetch(client, pages, stop))
@@ -326,8 +265,6 @@ class DeviceSync:
         stop: asyncio.Event,
     ) -> RoundEnd:
         device_id = self.link.device_id or "?"
-        cursor = self.cursors.device(device_id)
-        s = self.settings
         while True:
             if stop.is_set():
                 return RoundEnd.STOPPED
@@ -335,9 +272,7 @@ class DeviceSync:
             if batch is None:
                 return RoundEnd.CAUGHT_UP
             first, docs = batch
-            mask = skip_mask(
-                first, len(docs), cursor, self.clock(), s.reject_retries, s.reject_retry_interval
-            )
+            mask = self.rejections.skipped(device_id, first, len(docs))
             counters = [first + i for i in range(len(docs)) if not mask[i]]
             if not counters:
                 continue
@@ -347,7 +282,7 @@ class DeviceSync:
             if results is None:
                 return RoundEnd.STOPPED
             verdict = judge(counters, results)
-            self._account(device_id, verdict, len(docs))
+            self._account(device_id, len(docs))
             if verdict.ack_receipt is not None and verdict.ack_counter is not None:
                 await acks.put((verdict.ack_counter, verdict.ack_receipt))
             if verdict.rejected:
@@ -359,7 +294,8 @@ class DeviceSync:
                         ", ".join(sorted(set(codes))),
                     )
                     return RoundEnd.RETRY
-                self._record_rejections(device_id, verdict)
+                self.rejections.record(device_id, verdict.rejected)
+                self._save_cursor()
             if verdict.next == Next.RETRY:
                 log.info(
                     "%s: %d documents not final on the chain yet (from %d); retrying",
@@ -384,20 +320,10 @@ class DeviceSync:
             started = time.monotonic()
             try:
                 results = await self.chain.submit(docs)
-                if len(results) != len(docs):  # a port that does not check its answers
-                    raise ChainDown(
-                        f"{len(results)} results for {len(docs)} documents", "BAD_ANSWER"
-                    )
+                check_result_count(results, len(docs))  # a port that does not check its answers
             except ChainDown as exc:
                 self.health.failure(exc.code, f"{exc} ({self.chain.url})")
-                if stop.is_set():
-                    return None
-                delay = self.backoff.next_delay()
-                waiter = asyncio.create_task(stop.wait())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter), delay)
-                waiter.cancel()
-                if stop.is_set():
+                if await until(stop, timeout=self.backoff.next_delay()):
                     return None
                 continue
             except ChainRefused as exc:
@@ -410,45 +336,10 @@ class DeviceSync:
                 self.metrics.submit_latency.observe(time.monotonic() - started)
             return results
 
-    def _account(self, device_id: str, verdict: Verdict, sent: int) -> None:
+    def _account(self, device_id: str, sent: int) -> None:
         self.submitted += sent
         if self.metrics:
             self.metrics.submitted_total.inc(sent, device_id)
-
-    def _record_rejections(self, device_id: str, verdict: Verdict) -> None:
-        cursor = self.cursors.device(device_id)
-        now = self.clock()
-        for r in verdict.rejected:
-            if r.code == EQUIVOCATION and self.guard is not None:
-                self.guard.equivocated(device_id, r.counter)
-            entry = cursor.record_rejection(r.counter, r.code, r.message, now)
-            if self.metrics:
-                self.metrics.chain_errors.inc(1, code_label(r.code))
-            left = self.settings.reject_retries - entry.attempts
-            log.error(
-                "%s: chain rejected document %d: %s %s (%s)",
-                device_id,
-                r.counter,
-                r.code,
-                r.message,
-                f"will try {left} more time(s)" if left > 0 else "not retrying; needs an operator",
-            )
-        self._export_rejections(device_id)
-        self.cursors.mark_dirty()
-        self._save_cursor()
-
-    def _export_rejections(self, device_id: str) -> None:
-        if not self.metrics:
-            return
-        cursor = self.cursors.device(device_id)
-        for key in [k for k in self.metrics.rejected.values if k[0] == device_id]:
-            self.metrics.rejected.remove(*key)
-        by_code: dict[str, int] = {}
-        for r in cursor.rejected.values():
-            label = code_label(r.code)
-            by_code[label] = by_code.get(label, 0) + 1
-        for code, n in by_code.items():
-            self.metrics.rejected.set(n, device_id, code)
 
     async def _ack(
         self, client: DeviceClient, acks: asyncio.Queue[tuple[int, dict[str, Any]] | None]
@@ -475,7 +366,7 @@ class DeviceSync:
 
     async def _ack_one(self, client: DeviceClient, counter: int, receipt: dict[str, Any]) -> bool:
         device_id = self.link.device_id or "?"
-        held = (self.link.info or {}).get("consortium")
+        held = self.link.info.consortium if self.link.info is not None else None
         try:
             chain_list = await self.consortium.get()
         except (ChainDown, ChainRefused) as exc:
@@ -504,20 +395,14 @@ class DeviceSync:
                 if self.metrics:
                     self.metrics.chain_errors.inc(1, f"ACK_{exc.status.name}")
                 return False
-            if offer is not None and self.link.info is not None:
-                self.link.info["consortium"] = offer
+            if offer is not None:
+                self.link.adopt_consortium(offer)
             synced = int(result["synced_through"])
-            moved = synced - self._synced_seen
-            self._synced_seen = max(self._synced_seen, synced)
             self.acked_through = max(self.acked_through, synced)
             self.last_ack_error = None
-            self.link.note_counters(0, synced)
-            if self.metrics and moved > 0:
-                self.metrics.synced_total.inc(moved, device_id)
-            cursor = self.cursors.device(device_id)
-            cursor.synced_through = synced
-            if cursor.forget_synced(synced):
-                self._export_rejections(device_id)
+            self.link.note_counters(0, synced)  # and the link counts the documents synced
+            self.cursors.device(device_id).synced_through = synced
+            self.rejections.forget_synced(device_id, synced)
             self.cursors.mark_dirty()
             log.debug("%s: synced through %d", device_id, synced)
             return True
@@ -529,9 +414,10 @@ class DeviceSync:
         if self.link.device_id is not None:
             cursor = self.cursors.device(self.link.device_id)
             cursor.port = self.link.config.port
-            status = self.link.status or {}
-            cursor.counter = int(status.get("counter", cursor.counter))
-            cursor.synced_through = max(cursor.synced_through, int(status.get("synced_through", 0)))
+            status = self.link.status
+            if status is not None:
+                cursor.counter = status.counter
+            cursor.synced_through = max(cursor.synced_through, self.link.synced_through)
         if self.cursors.dirty:
             try:
                 self.cursors.save()
@@ -539,27 +425,12 @@ class DeviceSync:
                 log.error("cannot save the sync cursor: %s", exc)
 
     def describe(self) -> dict[str, Any]:
-        device_id = self.link.device_id
-        rejected = []
-        if device_id is not None:
-            cursor = self.cursors.device(device_id)
-            s = self.settings
-            for r in sorted(cursor.rejected.values(), key=lambda r: r.counter):
-                rejected.append(
-                    {
-                        "counter": r.counter,
-                        "code": r.code,
-                        "message": r.message,
-                        "attempts": r.attempts,
-                        "retrying": not r.exhausted(s.reject_retries),
-                    }
-                )
         return {
             "rounds": self.rounds,
             "submitted": self.submitted,
             "parked_until": self.parked_until,
             "ack_error": self.last_ack_error,
-            "rejected": rejected,
+            "rejected": self.rejections.describe(self.link.device_id),
         }
 
 
@@ -569,69 +440,3 @@ class SubmissionRefused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"chain refused the submission: {code} {message}")
         self.code = code
-
-
-class Batcher:
-    """Turns FETCH pages into chain batches: what is ready, up to `limit` documents.
-
-    Waits only for the first page, so a slow chain gets big batches (pages
-    pile up meanwhile) and a fast one small, early ones. The part of a page
-    beyond the limit is carried into the next batch.
-    """
-
-    def __init__(
-        self, pages: asyncio.Queue[Page | None], fetcher: asyncio.Task[None], limit: int
-    ) -> None:
-        self.pages = pages
-        self.fetcher = fetcher
-        self.limit = limit
-        self.carry: Page | None = None
-        self.ended = False
-
-    async def _page(self, wait: bool) -> Page | None:
-        page: Page | None
-        if self.carry is not None:
-            page, self.carry = self.carry, None
-            return page
-        if self.ended:
-            return None
-        if not wait:
-            if self.pages.empty():
-                return None
-            page = self.pages.get_nowait()
-        else:
-            getter = asyncio.ensure_future(self.pages.get())
-            await asyncio.wait({getter, self.fetcher}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                page = getter.result()
-            else:
-                getter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await getter
-                if self.pages.empty():
-                    self.fetcher.result()  # a fetch error surfaces here
-                    self.ended = True
-                    return None
-                page = self.pages.get_nowait()
-        if page is None:
-            self.ended = True
-        return page
-
-    async def next(self) -> tuple[int, list[bytes]] | None:
-        page = await self._page(wait=True)
-        if page is None:
-            return None
-        first, docs = page.first, list(page.documents)
-        while len(docs) < self.limit:
-            more = await self._page(wait=False)
-            if more is None:
-                break
-            if more.first != first + len(docs):
-                raise RuntimeError(
-                    f"FETCH pages not consecutive: {first + len(docs)}, {more.first}"
-                )
-            docs.extend(more.documents)
-        if len(docs) > self.limit:
-            self.carry = Page(first + self.limit, docs[self.limit :])
-            docs = docs[: self.limit]
-        return first, docs

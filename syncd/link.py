@@ -8,9 +8,16 @@ port disappears or stops answering it reports the device offline, closes
 the client and starts over — an unplugged and replugged printer comes back
 without restarting the daemon.
 
-Other parts (the POS API, the sync engine) use `link.client` while the
+Other parts (the POS API, the sync engine) use `link.require()` while the
 link is online; a `LinkError` from a request means its outcome is unknown
-and the request must be sent again with the same request id.
+and the request must be sent again with the same request id. The client
+tells the link of every such failure, so the link checks itself at once
+rather than at the next heartbeat, whoever made the request.
+
+The link owns what syncd knows of the printer: typed snapshots of its INFO
+and STATUS (`device_answers.DeviceInfo`/`DeviceStatus`), replaced only here,
+through the intent methods below (counters learned, consortium adopted,
+segment loaded, INFO asked again), and read by everything else.
 """
 
 from __future__ import annotations
@@ -20,18 +27,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
 from device.client import DeviceClient, LinkError
-from device.protocol.commands import HOST_MAX_IN_FLIGHT, MAX_RETRIES, RESPONSE_TIMEOUT
 from device.protocol.status import DeviceError
 from device.transport import PortError
 from syncd import device_answers
 from syncd.backoff import Backoff
-from syncd.config import DeviceConfig
+from syncd.config import Config, DeviceConfig, default
+from syncd.device_answers import DeviceInfo, DeviceStatus
 from syncd.metrics import SyncdMetrics
+from syncd.waiting import until
 
 log = logging.getLogger("taxctl.syncd")
 
@@ -50,11 +58,17 @@ class LinkDown(ConnectionError):
 
 @dataclass(frozen=True)
 class LinkSettings:
-    response_timeout: float = RESPONSE_TIMEOUT
-    max_retries: int = MAX_RETRIES
-    max_in_flight: int = HOST_MAX_IN_FLIGHT
-    reopen_max: float = 5.0
-    status_interval: float = 5.0
+    """The `link.*` options (syncd/config.py declares them and their defaults)."""
+
+    response_timeout: float = default("link.response_timeout")
+    max_retries: int = default("link.max_retries")
+    max_in_flight: int = default("link.max_in_flight")
+    reopen_max: float = default("link.reopen_max")
+    status_interval: float = default("link.status_interval")
+
+    @classmethod
+    def of(cls, cfg: Config) -> LinkSettings:
+        return cls(**cfg.section("link", (f.name for f in fields(cls))))
 
 
 class DeviceLink:
@@ -73,9 +87,8 @@ class DeviceLink:
         self.state = LinkState.OFFLINE
         self.client: DeviceClient | None = None
         self.device_id: str | None = None
-        self.hello: dict[str, Any] | None = None
-        self.info: dict[str, Any] | None = None
-        self.status: dict[str, Any] | None = None
+        self._info: DeviceInfo | None = None
+        self._status: DeviceStatus | None = None
         self.status_at: float | None = None
         self.last_error: str | None = None
         self.connections = 0
@@ -104,18 +117,19 @@ class DeviceLink:
         return self.client
 
     async def wait_online(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._online.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await until(self._online, timeout=timeout)
+
+    @property
+    def came_online(self) -> asyncio.Event:
+        """Set while the link is online (to wait on, with `waiting.until`)."""
+        return self._online
 
     def on_change(self, listener: Callable[[DeviceLink], None]) -> None:
         self._listeners.append(listener)
 
     def mark_suspect(self, reason: str) -> None:
-        """A request ran out of retransmissions: check the link now rather than at the
-        next heartbeat."""
+        """A request ran out of retransmissions, or an answer was not what the protocol
+        defines: check the link now rather than at the next heartbeat."""
         if self.state == LinkState.ONLINE:
             log.warning("%s: %s; checking the link", self.label, reason)
             self._lost.set()
@@ -124,19 +138,62 @@ class DeviceLink:
     def label(self) -> str:
         return f"{self.device_id or '?'} on {self.config.port}"
 
-    async def refresh_status(self) -> dict[str, Any]:
-        status = device_answers.status_answer(await self.require().status())
-        self._set_status(status)
-        return status
+    @property
+    def info(self) -> DeviceInfo | None:
+        """The printer's INFO as of the handshake (and the changes made through the link)."""
+        return self._info
 
-    def note_counters(self, counter: int, synced_through: int) -> None:
-        """Counters learned from FETCH/ACK_SYNC, between heartbeats."""
-        if self.status is not None:
-            self.status["counter"] = max(int(self.status.get("counter", 0)), counter)
-            self.status["synced_through"] = max(
-                int(self.status.get("synced_through", 0)), synced_through
-            )
-            self._export_status()
+    @property
+    def status(self) -> DeviceStatus | None:
+        """The last STATUS, with the counters learned since."""
+        return self._status
+
+    @property
+    def synced_through(self) -> int:
+        """The highest counter the device holds a chain receipt for, as far as syncd knows:
+        the one place syncd keeps it (the cursor and the metrics copy it from here)."""
+        return self._status.synced_through if self._status is not None else 0
+
+    def note_counters(self, counter: int, synced_through: int) -> int:
+        """Counters learned from FETCH/ACK_SYNC, between heartbeats; how far synced_through
+        moved."""
+        if self._status is None:
+            return 0
+        before = self._status.synced_through
+        self._set_status(self._status.with_counters(counter, synced_through), heard=False)
+        return self._status.synced_through - before
+
+    def note_numbers_left(self, numbers_left: int) -> None:
+        """A segment was loaded: the device said how many numbers it has now (until the next
+        STATUS says)."""
+        if self._status is not None and numbers_left >= 0:
+            self._set_status(replace(self._status, numbers_left=numbers_left), heard=False)
+
+    def adopt_consortium(self, raw: bytes) -> None:
+        """The device accepted this node list (ACK_SYNC with an offer)."""
+        if self._info is not None:
+            self._info = self._info.with_consortium(raw)
+
+    def segment_loaded(self, raw: bytes, numbers_left: object) -> None:
+        """The device took a new number segment (LOAD_SEGMENT)."""
+        if self._info is not None:
+            self._info = self._info.with_segment(raw)
+        if type(numbers_left) is int:
+            self.note_numbers_left(numbers_left)
+
+    async def refresh_info(self) -> DeviceInfo:
+        """Ask the device for INFO again and keep it, checked like the handshake's: an
+        answer that is not what the protocol defines changes nothing (BadDeviceAnswer)."""
+        try:
+            info = device_answers.device_info(await self.require().info())
+        except device_answers.BadDeviceAnswer as exc:
+            self.mark_suspect(str(exc))
+            raise
+        self._info = info
+        return info
+
+    def _client_failed(self, exc: LinkError) -> None:
+        self.mark_suspect(f"a request failed: {exc}")
 
     # --- the task ---------------------------------------------------------------------------
 
@@ -145,7 +202,7 @@ class DeviceLink:
         while not stop.is_set():
             client = await self._connect()
             if client is None:
-                await _sleep_or_stop(stop, backoff.next_delay())
+                await until(stop, timeout=backoff.next_delay())
                 continue
             backoff.reset()
             try:
@@ -165,6 +222,7 @@ class DeviceLink:
                 response_timeout=s.response_timeout,
                 max_retries=s.max_retries,
                 max_in_flight=s.max_in_flight,
+                on_link_error=self._client_failed,
             )
         except (PortError, OSError) as exc:
             self._set_error(str(exc))
@@ -172,22 +230,22 @@ class DeviceLink:
         self.state = LinkState.CONNECTING
         self.client = client
         try:
-            hello = device_answers.hello_answer(await client.hello())
-            info = device_answers.info_answer(await client.info())
-            status = device_answers.status_answer(await client.status())
+            device_answers.hello_answer(await client.hello())
+            info = device_answers.device_info(await client.info())
+            status = device_answers.device_status(await client.status())
         except (LinkError, DeviceError) as exc:
             self._set_error(f"handshake failed: {exc}")
             await self._drop(client)
             return None
         previous = self.device_id
-        self.hello, self.info = hello, info
-        self.device_id = str(info["device_id"])
+        self._info = info
+        self.device_id = info.device_id
         self._stats_seen = {}
         if previous is not None and previous != self.device_id:
             log.warning(
                 "port %s now has device %s (was %s)", self.config.port, self.device_id, previous
             )
-        self._set_status(status)
+        self._set_status(status, new=True)
         self.connections += 1
         self.last_error = None
         self.online_since = time.time()
@@ -203,10 +261,10 @@ class DeviceLink:
             "device %s online on %s: %s, counter %d, synced through %d, %s",
             self.device_id,
             self.config.port,
-            "training" if info.get("training") else "production",
-            status["counter"],
-            status["synced_through"],
-            "can issue" if status["can_issue"] else "blocked: " + ", ".join(status["blocking"]),
+            "training" if info.training else "production",
+            status.counter,
+            status.synced_through,
+            "can issue" if status.can_issue else "blocked: " + ", ".join(status.blocking),
         )
         self._notify()
         return client
@@ -220,7 +278,7 @@ class DeviceLink:
             if self._lost.is_set() or time.monotonic() >= next_beat:
                 self._lost.clear()
                 try:
-                    self._set_status(device_answers.status_answer(await client.status()))
+                    self._set_status(device_answers.device_status(await client.status()))
                 except device_answers.BadDeviceAnswer as exc:
                     self._set_error(str(exc))
                     return
@@ -231,7 +289,7 @@ class DeviceLink:
                     log.warning("%s: STATUS refused: %s", self.label, exc)
                 next_beat = time.monotonic() + self.settings.status_interval
             self._export_stats(client)
-            await _sleep_or_stop(stop, WATCH_TICK)
+            await until(stop, timeout=WATCH_TICK)
 
     async def _drop(self, client: DeviceClient) -> None:
         was_online = self.state == LinkState.ONLINE
@@ -261,21 +319,27 @@ class DeviceLink:
             log.log(level, "port %s: %s", self.config.port, text)
         self.last_error = text
 
-    def _set_status(self, status: dict[str, Any]) -> None:
-        self.status = status
-        self.status_at = time.time()
+    def _set_status(self, status: DeviceStatus, *, heard: bool = True, new: bool = False) -> None:
+        """Keep a STATUS (`heard`) or counters learned otherwise. Within one connection each
+        step of synced_through is counted as documents synced, whoever saw it first."""
+        previous = self._status
+        self._status = status
+        if heard:
+            self.status_at = time.time()
+        moved = 0 if new or previous is None else status.synced_through - previous.synced_through
+        if moved > 0 and self.metrics is not None and self.device_id is not None:
+            self.metrics.synced_total.inc(moved, self.device_id)
         self._export_status()
 
     def _export_status(self) -> None:
-        m, status, device = self.metrics, self.status, self.device_id
+        m, status, device = self.metrics, self._status, self.device_id
         if m is None or status is None or device is None:
             return
-        counter, synced = int(status["counter"]), int(status["synced_through"])
-        m.issued_through.set(counter, device)
-        m.synced_through.set(synced, device)
-        m.pending.set(max(0, counter - synced), device)
-        m.numbers_left.set(int(status.get("numbers_left", 0)), device)
-        m.can_issue.set(1 if status.get("can_issue") else 0, device)
+        m.issued_through.set(status.counter, device)
+        m.synced_through.set(status.synced_through, device)
+        m.pending.set(status.pending, device)
+        m.numbers_left.set(status.numbers_left, device)
+        m.can_issue.set(1 if status.can_issue else 0, device)
 
     def _export_stats(self, client: DeviceClient) -> None:
         if self.metrics is None or self.device_id is None:
@@ -296,29 +360,22 @@ class DeviceLink:
                 log.exception("link listener failed")
 
     def describe(self) -> dict[str, Any]:
-        status = self.status or {}
+        status = self._status
         return {
             "name": self.name,
             "port": self.config.port,
             "device_id": self.device_id,
             "state": self.state.value,
             "error": self.last_error,
-            "training": bool(self.info.get("training")) if self.info else None,
-            "counter": status.get("counter"),
-            "synced_through": status.get("synced_through"),
-            "pending": (
-                max(0, int(status["counter"]) - int(status["synced_through"])) if status else None
-            ),
-            "can_issue": status.get("can_issue"),
-            "blocking": status.get("blocking"),
-            "numbers_left": status.get("numbers_left"),
-            "offline_since": status.get("offline_since"),
-            "last_sync_at": status.get("last_sync_at"),
+            "training": self._info.training if self._info else None,
+            "counter": status.counter if status else None,
+            "synced_through": status.synced_through if status else None,
+            "pending": status.pending if status else None,
+            "can_issue": status.can_issue if status else None,
+            "blocking": list(status.blocking) if status else None,
+            "numbers_left": status.numbers_left if status else None,
+            "offline_since": status.offline_since if status else None,
+            "last_sync_at": status.last_sync_at if status else None,
             "status_at": self.status_at,
             "link_stats": self.client.stats.as_dict() if self.client else None,
         }
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger("taxctl.syncd")
@@ -28,10 +29,6 @@ class Notifier:
         self.watchdog_interval = _watchdog(env)
         self._sock: socket.socket | None = None
         self._last_status: str | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
 
     def send(self, **fields: str | int) -> bool:
         """Send one message; True if it was delivered to the socket."""
@@ -69,7 +66,8 @@ class Notifier:
         return self.send(stopping=1, status=status)
 
     def reloading(self) -> bool:
-        return self.send(reloading=1)
+        """RELOADING=1, with the MONOTONIC_USEC= that systemd's Type=notify-reload wants."""
+        return self.send(reloading=1, monotonic_usec=time.monotonic_ns() // 1000)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -18,29 +18,24 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from device.client import DeviceClient
-from device.protocol import invoice, taxid
+from device.protocol import chainapi, invoice, taxid
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown
-from syncd import device_answers
+from syncd.chainhealth import ChainHealth
 from syncd.chainport import ChainDown, ChainPort, ChainRefused
-from syncd.engine import ChainHealth
+from syncd.config import Config, default
 from syncd.link import DeviceLink
 from syncd.metrics import SyncdMetrics
 
 log = logging.getLogger("taxctl.syncd")
 
-# Codes with which a chain says it does not know a device or its numbers;
+# The codes with which the chain says it does not know a device or its numbers;
 # registering again (training devices) can fix these.
-UNKNOWN_DEVICE_CODES = frozenset(
-    {"DEVICE_UNKNOWN", "UNKNOWN_DEVICE", "UNREGISTERED", "DEVICE_NOT_REGISTERED"}
-)
-UNKNOWN_SEGMENT_CODES = frozenset(
-    {"SEGMENT_UNKNOWN", "UNKNOWN_SEGMENT", "NUMBER_OUTSIDE_SEGMENT", "NUMBER_NOT_ALLOCATED"}
-)
+REGISTER_AGAIN_CODES = frozenset({chainapi.UNKNOWN_DEVICE, chainapi.UNKNOWN_SEGMENT})
 
 
 ENROLMENT_CODE = re.compile(r"ENR(-[0-9A-HJKMNP-TV-Z]{4}){4}", re.ASCII)
@@ -52,9 +47,15 @@ class RegistrationError(Exception):
 
 @dataclass(frozen=True)
 class RegistrationSettings:
-    auto_segments: bool = True
-    low_numbers: int = 500
-    segment_size: int = 10000
+    """The `registration.*` options the daemon uses (syncd/config.py declares them)."""
+
+    auto_segments: bool = default("registration.auto_segments")
+    low_numbers: int = default("registration.low_numbers")
+    segment_size: int = default("registration.segment_size")
+
+    @classmethod
+    def of(cls, cfg: Config) -> RegistrationSettings:
+        return cls(**cfg.section("registration", (f.name for f in fields(cls))))
 
 
 def check_enrolment_code(code: str | None) -> str | None:
@@ -169,8 +170,7 @@ class Registrar:
         instead of counting them); at most once a minute per device, so a chain that
         keeps saying no is reported rather than looped on. A code that is not text
         (from a port that does not check its answers) is no known code."""
-        upper = [c.upper() for c in codes if isinstance(c, str)]
-        if not any(c in UNKNOWN_DEVICE_CODES or c in UNKNOWN_SEGMENT_CODES for c in upper):
+        if not any(isinstance(c, str) and c in REGISTER_AGAIN_CODES for c in codes):
             return False
         now = time.monotonic()
         if now - self._refixed_at.get(device_id, -1e9) < 60.0:
@@ -180,37 +180,33 @@ class Registrar:
         return True
 
     async def before_round(self, link: DeviceLink) -> None:
-        device_id = link.device_id
-        if device_id is None or link.info is None:
+        device_id, info = link.device_id, link.info
+        if device_id is None or info is None:
             return
-        if link.info.get("training") and device_id not in self.known:
+        if info.training and device_id not in self.known:
             await self._register_training(link)
         if self.settings.auto_segments:
             await self._top_up(link)
 
     async def _register_training(self, link: DeviceLink) -> None:
-        info = link.require().info
-        fresh = device_answers.info_answer(await info())  # kept as the link's: checked
-        link.info = fresh
-        if not fresh.get("certificate"):
+        fresh = await link.refresh_info()
+        if not fresh.certificate:
             return
         try:
-            await self.chain.register(
-                certificate=fresh["certificate"], segments=list(fresh.get("segments") or [])
-            )
+            await self.chain.register(certificate=fresh.certificate, segments=list(fresh.segments))
         except ChainRefused as exc:
             log.error("%s: the chain refused its training registration: %s", link.label, exc)
             return
         if self.health is not None:
             self.health.success()
-        self.known.add(str(fresh["device_id"]))
+        self.known.add(fresh.device_id)
         log.info("%s: training certificate and segments registered with the chain", link.label)
 
     async def _top_up(self, link: DeviceLink) -> None:
-        status, device_id = link.status, link.device_id
-        if status is None or device_id is None or not (link.info or {}).get("registered"):
+        status, info, device_id = link.status, link.info, link.device_id
+        if status is None or info is None or device_id is None or not info.registered:
             return
-        left = int(status.get("numbers_left", 0))
+        left = status.numbers_left
         if left >= self.settings.low_numbers:
             return
         now = time.monotonic()
@@ -238,11 +234,7 @@ class Registrar:
                 log.error("%s: device refused the chain's segment: %s", link.label, exc.text)
                 return
             raise
-        if link.info is not None:
-            link.info["segments"] = [*link.info.get("segments", []), segment]
-        numbers_left = loaded.get("numbers_left")
-        if link.status is not None and type(numbers_left) is int and numbers_left >= 0:
-            link.status["numbers_left"] = numbers_left  # until the next STATUS says
+        link.segment_loaded(segment, loaded.get("numbers_left"))
         if self.metrics:
             self.metrics.segments_loaded.inc(1, device_id)
         log.info(

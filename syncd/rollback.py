@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from syncd.cursor import CursorStore
 from syncd.link import DeviceLink
@@ -40,9 +39,9 @@ class RollbackGuard:
         heartbeat may be older than an answer already seen, so its counters only raise
         the marks."""
         device_id, status = link.device_id, link.status
-        if device_id is None or not status:
+        if device_id is None or status is None:
             return
-        counter, synced = _int(status.get("counter")), _int(status.get("synced_through"))
+        counter, synced = status.counter, status.synced_through
         connection = (id(link), link.connections)
         if self._judged.get(device_id) != connection:
             self._judged[device_id] = connection
@@ -125,7 +124,3 @@ class RollbackGuard:
             self.cursors.save()
         except OSError as exc:
             log.error("cannot save the sync cursor: %s", exc)
-
-
-def _int(value: Any) -> int | None:
-    return value if type(value) is int else None

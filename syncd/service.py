@@ -24,7 +24,7 @@ import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,20 @@ from syncd.apiserver import (
     LogThrottle,
     loop_exception_handler,
 )
+from syncd.attachment import Attachment
 from syncd.backoff import Backoff
+from syncd.chainhealth import ChainHealth, Consortium
 from syncd.chainport import ChainPort
 from syncd.config import Config, ConfigError, DeviceConfig
 from syncd.cursor import CursorStore
-from syncd.engine import ChainHealth, Consortium, DeviceSync, SyncSettings
+from syncd.engine import DeviceSync, SyncSettings
 from syncd.idempotency import IdempotencyStore
 from syncd.link import DeviceLink, LinkSettings
 from syncd.metrics import SyncdMetrics
 from syncd.notify import Notifier, status_line
 from syncd.registration import Registrar, RegistrationSettings
 from syncd.rollback import RollbackGuard
+from syncd.waiting import until
 
 log = logging.getLogger("taxctl.syncd")
 
@@ -62,45 +65,13 @@ RESTART_INITIAL = 0.5
 RESTART_MAX = 30.0
 
 
-def sync_settings(cfg: Config) -> SyncSettings:
-    return SyncSettings(
-        batch_max=cfg["sync.batch_max"],
-        fetch_max_bytes=cfg["sync.fetch_max_bytes"],
-        fetch_ahead=cfg["sync.fetch_ahead"],
-        poll_interval=cfg["sync.poll_interval"],
-        backoff_initial=min(cfg["sync.backoff_initial"], cfg["sync.backoff_max"]),
-        backoff_max=cfg["sync.backoff_max"],
-        reject_retries=cfg["sync.reject_retries"],
-        reject_retry_interval=cfg["sync.reject_retry_interval"],
-    )
-
-
-def link_settings(cfg: Config) -> LinkSettings:
-    return LinkSettings(
-        response_timeout=cfg["link.response_timeout"],
-        max_retries=cfg["link.max_retries"],
-        max_in_flight=cfg["link.max_in_flight"],
-        reopen_max=cfg["link.reopen_max"],
-        status_interval=cfg["link.status_interval"],
-    )
-
-
-def registration_settings(cfg: Config) -> RegistrationSettings:
-    return RegistrationSettings(
-        auto_segments=cfg["registration.auto_segments"],
-        low_numbers=cfg["registration.low_numbers"],
-        segment_size=cfg["registration.segment_size"],
-    )
-
-
-@dataclass
-class Attached:
+@dataclass(eq=False)
+class Attached(Attachment):
     """One device's link and engine with their tasks."""
 
-    link: DeviceLink
     engine: DeviceSync
-    link_stop: asyncio.Event
-    sync_stop: asyncio.Event
+    link_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    sync_stop: asyncio.Event = field(default_factory=asyncio.Event)
     link_task: asyncio.Task[None] | None = None
     sync_task: asyncio.Task[None] | None = None
 
@@ -137,7 +108,7 @@ class Daemon:
         self.health = ChainHealth(self.metrics)
         self.consortium = Consortium(chain)
         self.registrar = Registrar(
-            chain, registration_settings(cfg), self.metrics, health=self.health
+            chain, RegistrationSettings.of(cfg), self.metrics, health=self.health
         )
         self.started = time.time()
         self.attached: list[Attached] = []
@@ -152,11 +123,10 @@ class Daemon:
         self.guard = RollbackGuard(self.cursors, self.metrics)
         self.guard.export()
         self.api_ctx = ApiContext(
-            links=[],
+            devices=[],
             store=self.store,
             metrics=self.metrics,
             status=self.status,
-            wake=self._wake,
             max_body=cfg["api.max_body"],
             body_timeout=cfg["api.body_timeout"],
             on_request=self._on_request,
@@ -173,12 +143,12 @@ class Daemon:
     # --- devices ---------------------------------------------------------------------------
 
     def _attach(self, device: DeviceConfig) -> Attached:
-        link = DeviceLink(device, link_settings(self.cfg), self.metrics)
+        link = DeviceLink(device, LinkSettings.of(self.cfg), self.metrics)
         engine = DeviceSync(
             link,
             self.chain,
             self.cursors,
-            sync_settings(self.cfg),
+            SyncSettings.of(self.cfg),
             health=self.health,
             consortium=self.consortium,
             metrics=self.metrics,
@@ -186,8 +156,7 @@ class Daemon:
             on_rejected=self.registrar.on_rejections,
             guard=self.guard,
         )
-        link.on_change(lambda _link: engine.wake())
-        item = Attached(link, engine, asyncio.Event(), asyncio.Event())
+        item = Attached(link, engine)
         item.link_task = asyncio.create_task(
             self._supervise(lambda: link.run(item.link_stop), "link", device.port, item.link_stop)
         )
@@ -195,12 +164,12 @@ class Daemon:
             self._supervise(lambda: engine.run(item.sync_stop), "sync", device.port, item.sync_stop)
         )
         self.attached.append(item)
-        self.api_ctx.links = [a.link for a in self.attached]
+        self.api_ctx.devices = list(self.attached)
         return item
 
     async def _detach(self, item: Attached) -> None:
         self.attached.remove(item)
-        self.api_ctx.links = [a.link for a in self.attached]
+        self.api_ctx.devices = list(self.attached)
         await item.stop()
 
     async def _supervise(
@@ -220,15 +189,8 @@ class Daemon:
                 self.metrics.task_failures.inc(1, task, port)
             if time.monotonic() - started > RESTART_MAX:
                 backoff.reset()  # it had been running well: this is a new fault
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff.next_delay())
-            if stop.is_set():
+            if await until(stop, timeout=backoff.next_delay()):
                 return
-
-    def _wake(self, link: DeviceLink) -> None:
-        for item in self.attached:
-            if item.link is link:
-                item.engine.wake()
 
     # --- status ----------------------------------------------------------------------------
 
@@ -278,18 +240,16 @@ class Daemon:
         now = time.time()
         for item in self.attached:
             link = item.link
-            if link.device_id is None or link.status is None:
+            status = link.status
+            if link.device_id is None or status is None:
                 continue
             self.guard.check_link(link)
-            since = link.status.get("offline_since")
             age = 0.0
-            if isinstance(since, str):
+            if status.offline_since is not None and status.pending:
                 with contextlib.suppress(ValueError):
                     from device.protocol.document import parse_utc
 
-                    age = max(0.0, now - parse_utc(since))
-            if int(link.status.get("counter", 0)) <= int(link.status.get("synced_through", 0)):
-                age = 0.0
+                    age = max(0.0, now - parse_utc(status.offline_since))
             self.metrics.oldest_age.set(age, link.device_id)
 
     # --- running ---------------------------------------------------------------------------
@@ -406,16 +366,14 @@ class Daemon:
                     removed = await asyncio.to_thread(self.store.purge)
                     if removed:
                         log.info("forgot %d old idempotency keys", removed)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), interval)
+            await until(self.stop_event, timeout=interval)
             interval = self.cfg["notify.status_interval"]
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval or 1.0
         while not self.stop_event.is_set():
             self.notifier.watchdog()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), interval)
+            await until(self.stop_event, timeout=interval)
 
     async def _shutdown(self) -> None:
         self.notifier.stopping(f"stopping: {self.status_text()}")
@@ -423,7 +381,9 @@ class Daemon:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await asyncio.gather(*(item.stop() for item in list(self.attached)))
+        async with asyncio.TaskGroup() as devices:  # each lets its engine finish its batch
+            for item in list(self.attached):
+                devices.create_task(item.stop())
         if self.gate is not None:
             self.gate.close()
         if self._runner is not None:
@@ -438,7 +398,7 @@ class Daemon:
     # --- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> None:
-        self.notifier.send(reloading=1, monotonic_usec=time.monotonic_ns() // 1000)
+        self.notifier.reloading()
         try:
             if self.args is None:
                 raise ConfigError("config", "started without a configuration to reload")
@@ -471,7 +431,7 @@ class Daemon:
         if chain_changed and self.reconfigure_chain is not None:
             self.reconfigure_chain(new)
             log.info("SIGHUP: chain nodes now %s", ", ".join(new.chain_urls))
-        self.registrar.settings = registration_settings(new)
+        self.registrar.settings = RegistrationSettings.of(new)
         wanted = {d.port: d for d in new.devices}
         for item in list(self.attached):
             device = wanted.get(item.link.config.port)
@@ -484,8 +444,8 @@ class Daemon:
                 log.info("SIGHUP: attaching %s", device.port)
                 self._attach(device)
         for item in self.attached:
-            item.link.settings = link_settings(new)
-            item.engine.update_settings(sync_settings(new))
+            item.link.settings = LinkSettings.of(new)
+            item.engine.update_settings(SyncSettings.of(new))
         log.info("SIGHUP: configuration reloaded from %s", new.source or "flags")
         self.notifier.ready(self.status_text())
 

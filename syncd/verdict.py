@@ -20,14 +20,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from syncd.chainport import SubmitResult, SubmitStatus
+from device.protocol.chainapi import ADMITTED, UNRESOLVED, SubmitStatus
+from syncd.chainport import SubmitResult
 from syncd.cursor import DeviceCursor
 
 __all__ = ["ADMITTED", "UNRESOLVED", "Next", "Rejected", "SubmitStatus", "Verdict", "judge"]
-
-
-ADMITTED = frozenset({SubmitStatus.COMMITTED, SubmitStatus.DUPLICATE})
-UNRESOLVED = frozenset({SubmitStatus.PENDING, SubmitStatus.HELD})
 
 
 class Next(StrEnum):
@@ -56,9 +53,8 @@ class Verdict:
 
 def judge(counters: Sequence[int], results: Sequence[SubmitResult]) -> Verdict:
     """Interpret one submission's results (in the order the documents were sent), as the
-    chain port hands them: typed and checked, so a status is one the API defines."""
-    if len(counters) != len(results):
-        raise ValueError(f"{len(counters)} documents sent, {len(results)} results")
+    chain port hands them: typed and checked, so a status is one the API defines and there
+    is one result per document (`answers.check_result_count`)."""
     ack_counter: int | None = None
     ack_receipt: dict[str, Any] | None = None
     rejected: list[Rejected] = []

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,26 @@ from device.protocol import codec, merkle, trust
 from device.protocol.document import ZERO_HASH, document_hash, format_utc
 from device.protocol.keys import KeyPair
 from taxctl.tools import read_ready
+
+ACME = {"name": "ACME Trading", "tax_id": "91350100M000100Y43"}
+
+
+def invoice(
+    unit_price: int = 4500,
+    quantity: str = "2",
+    *,
+    tax_rate_bp: int = 1300,
+    buyer: dict[str, str] | None = ACME,
+    name: str = "Tea",
+) -> dict[str, Any]:
+    """A one-line ISSUE request body (the POS API's and the device's)."""
+    line = {
+        "name": name,
+        "quantity": quantity,
+        "unit_price": unit_price,
+        "tax_rate_bp": tax_rate_bp,
+    }
+    return {"items": [line]} if buyer is None else {"buyer": dict(buyer), "items": [line]}
 
 
 def pycose_verify(raw: bytes, public_key: bytes) -> dict[str, Any]:
@@ -141,8 +161,10 @@ def spawn(
     timeout: float = 20,
     env: dict[str, str] | None = None,
     stderr: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Process:
-    """Start `python -m taxctl ARGS` and wait for its ready line on stdout."""
+    """Start `python -m taxctl ARGS` and wait for its ready line on stdout (`preexec_fn`
+    runs in the child before it starts, to lower a limit, say)."""
     err = open(stderr, "ab") if stderr else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "taxctl", *args],
@@ -150,6 +172,7 @@ def spawn(
         stderr=err,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
     )
     if stderr:
         err.close()  # type: ignore[union-attr]

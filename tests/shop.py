@@ -16,12 +16,9 @@ from typing import Any
 import pytest
 
 from hostsim.audit import chain_documents
-from tests.helpers import Process, export_documents, spawn
+from tests.helpers import Process, export_documents, invoice, spawn
 
-INVOICE = {
-    "buyer": {"name": "ACME Trading", "tax_id": "91350100M000100Y43"},
-    "items": [{"name": "Tea", "quantity": "2", "unit_price": 4500, "tax_rate_bp": 1300}],
-}
+INVOICE = invoice()
 
 
 # Called with (method, url, status, headers, body) for every answer http() gets from a POS

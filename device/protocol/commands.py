@@ -48,3 +48,4 @@ DEFAULT_MAX_IN_FLIGHT = 64  # what a device accepts at once (it announces it in 
 HOST_MAX_IN_FLIGHT = 32
 BAUD = 115200
 FETCH_MAX_COUNT = 1000
+FETCH_MAX_BYTES = 60_000  # document bytes in one FETCH or EXPORT answer, at the most

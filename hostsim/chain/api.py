@@ -72,7 +72,7 @@ def require_admin(request: web.Request) -> None:
 def result_body(chain: Chain, result: Result, blocks: dict[int, Block] | None) -> dict[str, Any]:
     """One document's result; with `blocks`, its receipt is compact and its block is
     added to `blocks` for the answer to list once."""
-    out: dict[str, Any] = {"status": result.status}
+    out: dict[str, Any] = {"status": result.status.value}
     if result.hash is not None:
         out["hash"] = result.hash
         out["device_id"] = result.device_id
@@ -105,7 +105,7 @@ async def submit_documents(request: web.Request) -> web.Response:
     results = await chain.engine.submit(raws, wait)
     counts: dict[str, int] = {}
     for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+        counts[r.status.value] = counts.get(r.status.value, 0) + 1
     blocks: dict[int, Block] | None = {} if compact else None
     answer: dict[str, Any] = {
         "height": chain.engine.height,

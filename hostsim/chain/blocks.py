@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from device.protocol import codec, merkle, trust
+from device.protocol import chainapi, codec, merkle, trust
 from hostsim.chain.ledger import Ledger
 from hostsim.chain.quorum import NodeSet
 
@@ -43,24 +43,19 @@ class Block:
     ) -> dict[str, Any]:
         """The full receipt; `compact` names the block by height instead of carrying its
         header and signatures, which an answer then lists once (see `attestation`)."""
-        out: dict[str, Any] = {
-            "doc_hash": self.tx_hashes[position],
-            "position": position,
-            "proof": merkle.audit_path(self.tree, position),
-        }
-        if compact:
-            out["height"] = self.header["height"]
-        else:
-            out["header"] = self.header
-            out["signatures"] = self.signatures
-        if device_id is not None:
-            out["device_id"] = device_id
-            out["counter"] = counter
-        return out
+        full = chainapi.receipt(
+            self.tx_hashes[position],
+            position,
+            merkle.audit_path(self.tree, position),
+            self.attestation(),
+            device_id,
+            counter,
+        )
+        return chainapi.compact_receipt(full) if compact else full
 
     def attestation(self) -> dict[str, Any]:
         """What compact receipts leave out: the header and the node signatures over it."""
-        return {"header": self.header, "signatures": self.signatures}
+        return chainapi.attestation(self.header, self.signatures)
 
 
 def assemble(

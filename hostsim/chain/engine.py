@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from device.protocol.chainapi import SubmitStatus
 from device.protocol.clock import Clock
 from device.protocol.document import Document, format_utc
 from device.protocol.invoice import DEFAULT_TAX_RATES
@@ -51,7 +52,7 @@ REJECTION_MEMORY = 10_000
 
 @dataclass(slots=True)
 class Result:
-    status: str  # committed | duplicate | pending | held | rejected
+    status: SubmitStatus
     hash: bytes | None = None
     device_id: str | None = None
     counter: int | None = None
@@ -65,7 +66,7 @@ class Result:
 
 def _rejected(exc: ChainError, doc: Document | None = None) -> Result:
     return Result(
-        "rejected",
+        SubmitStatus.REJECTED,
         doc.hash if doc else None,
         doc.device_id if doc else None,
         doc.counter if doc else None,
@@ -169,7 +170,7 @@ class Engine:
         for i, doc in docs.items():
             where = committed.get(doc.hash)
             if where is not None:
-                results[i] = self._done("duplicate", doc, *where)
+                results[i] = self._done(SubmitStatus.DUPLICATE, doc, *where)
         # From here to the end of admission nothing awaits: the tip cannot move under us.
         self.state.prefetch_numbers(
             [
@@ -188,7 +189,7 @@ class Engine:
         self.state.prefetch_numbers([])
         if len(self.mempool) > admitted_before:
             self._work.set()
-        waiting = [r.tx for r in results if r and r.tx and r.status == "pending"]
+        waiting = [r.tx for r in results if r and r.tx and r.status == SubmitStatus.PENDING]
         if waiting and wait > 0:
             # Blocks are cut from the head of the mempool in order, so the transaction
             # queued last is final last: waiting for it is waiting for all of them
@@ -197,9 +198,9 @@ class Engine:
             await asyncio.wait([last.finality()], timeout=wait)
         final = [r for r in results if r is not None]
         for r in final:
-            if r.status == "pending" and r.tx and r.tx.final is not None:
+            if r.status == SubmitStatus.PENDING and r.tx and r.tx.final is not None:
                 r.height, r.position = r.tx.final
-                r.status = "committed"
+                r.status = SubmitStatus.COMMITTED
         return final
 
     async def _precheck(self, raws: Sequence[bytes]) -> list[Checked]:
@@ -250,9 +251,9 @@ class Engine:
     def _admit(self, doc: Document, checked: Checked, now: float) -> Result:
         pending = self.state.pending.get(doc.hash)
         if pending is not None:
-            return Result("pending", doc.hash, doc.device_id, doc.counter, tx=pending)
+            return Result(SubmitStatus.PENDING, doc.hash, doc.device_id, doc.counter, tx=pending)
         if doc.hash in self.state.held_hashes:
-            return Result("held", doc.hash, doc.device_id, doc.counter)
+            return Result(SubmitStatus.HELD, doc.hash, doc.device_id, doc.counter)
         try:
             device = rules.registered(doc, self.state.devices.get(doc.device_id))
             signature_ok = checked.signature_ok
@@ -286,13 +287,13 @@ class Engine:
                 if refusal is not None:  # not remembered: it is accepted once the gap fills
                     return _rejected(refusal, doc)
                 self.state.hold(doc, now)
-                return Result("held", doc.hash, doc.device_id, doc.counter)
+                return Result(SubmitStatus.HELD, doc.hash, doc.device_id, doc.counter)
             tx = self._accept_next(doc, device, checked.totals_error)
         except ChainError as exc:
             self._remember_rejection(doc.hash, exc)
             return _rejected(exc, doc)
         self._release_held(doc.device_id)
-        return Result("pending", doc.hash, doc.device_id, doc.counter, tx=tx)
+        return Result(SubmitStatus.PENDING, doc.hash, doc.device_id, doc.counter, tx=tx)
 
     def _accept_next(
         self, doc: Document, device: rules.DeviceRecord, totals_error: ChainError | bool | None
@@ -334,12 +335,12 @@ class Engine:
     def _status_of_known(self, doc: Document) -> Result:
         tx = self.state.pending.get(doc.hash)
         if tx is not None:
-            return Result("pending", doc.hash, doc.device_id, doc.counter, tx=tx)
+            return Result(SubmitStatus.PENDING, doc.hash, doc.device_id, doc.counter, tx=tx)
         where = self.ledger.txs_hashes([doc.hash]).get(doc.hash)
         assert where is not None, "a counter at or below the tip is pending or committed"
-        return self._done("duplicate", doc, *where)
+        return self._done(SubmitStatus.DUPLICATE, doc, *where)
 
-    def _done(self, status: str, doc: Document, height: int, position: int) -> Result:
+    def _done(self, status: SubmitStatus, doc: Document, height: int, position: int) -> Result:
         return Result(status, doc.hash, doc.device_id, doc.counter, height, position)
 
     def _remember_rejection(self, tx_hash: bytes, exc: ChainError) -> None:

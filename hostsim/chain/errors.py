@@ -1,70 +1,15 @@
-"""Chain error codes: one per validation rule and per kind of bad request.
+"""The chain's refusals: the HTTP status of each error code, and `ChainError`.
 
-The string value travels in every 4xx body as {"error": {"code", "message"}}
-and in a rejected document's result; it never changes once published.
+The codes themselves are part of the API contract (device/protocol/chainapi.py,
+shared with syncd); the string value travels in every 4xx body as
+{"error": {"code", "message"}} and in a rejected document's result.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
+from device.protocol.chainapi import Code
 
-
-class Code(StrEnum):
-    # Documents
-    MALFORMED_DOCUMENT = "malformed_document"
-    UNKNOWN_DEVICE = "unknown_device"
-    DEVICE_REVOKED = "device_revoked"
-    CERTIFICATE_EXPIRED = "certificate_expired"
-    BAD_SIGNATURE = "bad_signature"
-    PREV_HASH_MISMATCH = "prev_hash_mismatch"
-    EQUIVOCATION = "equivocation"
-    NUMBER_OUTSIDE_SEGMENT = "number_outside_segment"
-    NUMBER_USED = "number_used"
-    TOTALS_MISMATCH = "totals_mismatch"
-    SELLER_MISMATCH = "seller_mismatch"
-    CREDIT_UNKNOWN_ORIGINAL = "credit_unknown_original"
-    CREDIT_OTHER_SELLER = "credit_other_seller"
-    CREDIT_NOT_AN_INVOICE = "credit_not_an_invoice"
-    CREDIT_EXCEEDS_ORIGINAL = "credit_exceeds_original"
-    CREDIT_NEEDS_CONFIRMATION = "credit_needs_confirmation"  # the invoice is claimed
-    CONFIRMATION_INVALID = "confirmation_invalid"  # unknown, used, another invoice's, too small
-    TRAINING_NOT_ALLOWED = "training_not_allowed"
-    TRAINING_ONLY = "training_only"
-    CLOCK_REGRESSION = "clock_regression"
-    HELD_FULL = "held_full"  # ahead of a gap, but the chain already holds its most
-    # Registration and bureau
-    BAD_CSR = "bad_csr"
-    BAD_CERTIFICATE = "bad_certificate"
-    BAD_SEGMENT = "bad_segment"
-    SEGMENT_OVERLAP = "segment_overlap"
-    ALREADY_REGISTERED = "already_registered"
-    ENROLMENT_REQUIRED = "enrolment_required"
-    ENROLMENT_INVALID = "enrolment_invalid"
-    ENROLMENT_EXPIRED = "enrolment_expired"
-    ENROLMENT_USED = "enrolment_used"
-    ENROLMENT_TAXPAYER = "enrolment_taxpayer"
-    # Signed segment requests (BAD_SIGNATURE, UNKNOWN_DEVICE and DEVICE_REVOKED as above)
-    SIGNATURE_REQUIRED = "signature_required"
-    REQUEST_REPLAYED = "request_replayed"
-    REQUEST_STALE = "request_stale"
-    SEGMENT_TOO_LARGE = "segment_too_large"
-    SEGMENT_CAP = "segment_cap"
-    # Verification and claims
-    NOT_FOUND = "not_found"
-    UNAUTHORIZED = "unauthorized"
-    FORBIDDEN = "forbidden"
-    RATE_LIMITED = "rate_limited"
-    NOT_THE_BUYER = "not_the_buyer"
-    ALREADY_CLAIMED = "already_claimed"
-    NOT_CLAIMABLE = "not_claimable"
-    NOT_CLAIMED = "not_claimed"  # a credit confirmation for an invoice nobody claimed
-    # Requests
-    BAD_REQUEST = "bad_request"
-    BODY_TOO_LARGE = "body_too_large"
-    BATCH_TOO_LARGE = "batch_too_large"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
-    METHOD_NOT_ALLOWED = "method_not_allowed"
-    UNAVAILABLE = "unavailable"
+__all__ = ["STATUS", "ChainError", "Code"]
 
 
 STATUS: dict[Code, int] = {

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from device.protocol import codec, qr, trust
+from device.protocol.chainapi import SubmitStatus
 from device.protocol.document import parse_document
 from device.protocol.invoice import is_invoice_code, is_invoice_number
 from hostsim.bureau import public_view
@@ -184,7 +185,7 @@ async def tx_status(request: web.Request) -> web.Response:
     if row is not None:
         out: dict[str, Any] = {
             "hash": tx_hash,
-            "status": "committed",
+            "status": SubmitStatus.COMMITTED.value,
             "type": row.type,
             "height": row.height,
             "position": row.position,
@@ -193,16 +194,16 @@ async def tx_status(request: web.Request) -> web.Response:
             out["receipt"] = engine.receipt(row.height, row.position, row.device_id, row.counter)
         return wire.respond(request, out)
     if tx_hash in engine.state.pending:
-        return wire.respond(request, {"hash": tx_hash, "status": "pending"})
+        return wire.respond(request, {"hash": tx_hash, "status": SubmitStatus.PENDING.value})
     if tx_hash in engine.state.held_hashes:
-        return wire.respond(request, {"hash": tx_hash, "status": "held"})
+        return wire.respond(request, {"hash": tx_hash, "status": SubmitStatus.HELD.value})
     rejection = engine.rejections.get(tx_hash)
     if rejection is not None:
         return wire.respond(
             request,
             {
                 "hash": tx_hash,
-                "status": "rejected",
+                "status": SubmitStatus.REJECTED.value,
                 "code": rejection.code.value,
                 "message": rejection.message,
             },

@@ -1,6 +1,6 @@
-"""Fixtures: a shop of real processes (tests/shop.py); and every POS answer a test gets,
-over HTTP from a Shop's syncd or from an in-process PosApi app, checked against
-docs/pos-openapi.yaml once the test is over (tests/syncd/pos_contract.py)."""
+"""Every POS answer a syncd test gets, over HTTP from a Shop's syncd or from an in-process
+PosApi app, checked against docs/pos-openapi.yaml once the test is over
+(tests/syncd/pos_contract.py). The shop fixture comes from tests/conftest.py."""
 
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -11,10 +11,7 @@ from aiohttp import web
 from syncd.api import PosApi
 from syncd.service import Daemon
 from tests import shop as shop_module
-from tests.shop import shop
 from tests.syncd.pos_contract import MAX_RECORDED, RECORDER, Answer
-
-__all__ = ["shop"]
 
 REAL_STATUS = web.AppKey("real_status", bool)
 

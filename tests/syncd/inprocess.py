@@ -23,6 +23,7 @@ from device.protocol.framing import Frame, FrameDecoder, encode_frame
 from device.server import DeviceServer
 from device.transport import Port, create_pty, open_serial
 from syncd.api import ApiContext, PosApi
+from syncd.attachment import Attachment
 from syncd.config import DeviceConfig
 from syncd.idempotency import IdempotencyStore
 from syncd.link import DeviceLink, LinkSettings
@@ -71,6 +72,7 @@ def rewriting_opener(rewrite: Rewrite) -> Callable[..., Any]:
             RewritingPort(open_serial(port), rewrite),
             response_timeout=options["response_timeout"],
             max_retries=options["max_retries"],
+            on_link_error=options.get("on_link_error"),
         )
 
     return opener
@@ -105,6 +107,15 @@ async def printer_link(
         fw.close()
 
 
+async def post_json(
+    http: TestClient[Any, Any], route: str, body: Any, key: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """One POS request through aiohttp's TestClient: (status, JSON answer)."""
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    resp = await http.post(route, json=body, headers=headers)
+    return resp.status, await resp.json()
+
+
 @dataclass
 class Till:
     fw: Firmware
@@ -120,7 +131,7 @@ async def pos_till(
     async with printer_link(tmp_path, settings, opener=opener) as (fw, link):
         store = IdempotencyStore(tmp_path / "syncd")
         ctx = ApiContext(
-            links=[link], store=store, metrics=SyncdMetrics(), status=dict, wake=lambda _l: None
+            devices=[Attachment(link)], store=store, metrics=SyncdMetrics(), status=dict
         )
         http = TestClient(TestServer(PosApi(ctx).app()))
         await http.start_server()

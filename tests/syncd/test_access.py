@@ -58,11 +58,10 @@ class Api:
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
     store = IdempotencyStore(tmp_path / "state")
     ctx = ApiContext(
-        links=[],
+        devices=[],
         store=store,
         metrics=SyncdMetrics(),
         status=lambda: {},
-        wake=lambda link: None,
         access=Access(parse_origins(ALLOWED), TOKEN),
     )
     server = TestServer(PosApi(ctx).app(), host="127.0.0.1")

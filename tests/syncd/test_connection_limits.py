@@ -3,11 +3,8 @@ head and body deadlines, and a log that stays small while accept() is refused.""
 
 from __future__ import annotations
 
-import os
 import resource
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -20,8 +17,7 @@ from typing import Any
 import pytest
 
 import tests.shop
-from taxctl.tools import read_ready
-from tests.helpers import Process
+from tests.helpers import Process, spawn
 from tests.shop import INVOICE, Shop, http, wait_for
 
 FILE_LIMIT = 128  # soft and hard: syncd cannot raise it
@@ -42,21 +38,7 @@ def limited_spawn(
     def lower_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
-    with open(stderr or os.devnull, "ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taxctl", *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env={**os.environ, **(env or {})},
-            preexec_fn=lower_limit,
-        )
-    ready = read_ready(proc, timeout)
-    if ready is None:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"syncd did not become ready (exit {proc.returncode})")
-    return Process(proc, ready)
+    return spawn(args, timeout=timeout, env=env, stderr=stderr, preexec_fn=lower_limit)
 
 
 class SlowClients:

@@ -15,13 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import invoice
 from tests.shop import Shop, http
 
 BUYER = {"name": "Buyer Co", "tax_id": "91440300MA5G12345L"}
-SALE = {
-    "buyer": BUYER,
-    "items": [{"name": "Tea", "quantity": "2", "unit_price": 1000, "tax_rate_bp": 1300}],
-}
+SALE = invoice(1000, buyer=BUYER)
 
 
 def _claimed_invoice(shop: Shop) -> tuple[dict[str, Any], dict[str, str]]:

@@ -81,7 +81,7 @@ async def test_a_device_answer_of_the_wrong_shape_is_a_link_fault(
     assert link.state != LinkState.ONLINE
     assert link.last_error is not None and "answer" in link.last_error, link.last_error
     assert len(link.last_error) < 400
-    assert link.status is None or type(link.status.get("counter")) is int
+    assert link.status is None or type(link.status.counter) is int
     assert link.device_id is None or len(link.device_id) == 14
     # the device answering well again, the link comes online by itself
     Rewrite.changes = {}
@@ -102,7 +102,7 @@ async def test_the_training_registration_checks_the_info_it_keeps(link: DeviceLi
     """Registering a training device asked for INFO again and kept the answer as the link's
     info unchecked, past the checks of the handshake."""
     assert await link.wait_online(5)
-    before = dict(link.info or {})
+    before = link.info
     Rewrite.changes = {Command.INFO: {"segments": {"a": 1}, "public_key": "text"}}
     registrar = Registrar(_Chain(), RegistrationSettings(auto_segments=False))  # type: ignore[arg-type]
     with pytest.raises(device_answers.BadDeviceAnswer):
@@ -110,13 +110,14 @@ async def test_the_training_registration_checks_the_info_it_keeps(link: DeviceLi
     assert link.info == before and _Chain.registered == 0
     Rewrite.changes = {}
     await registrar.before_round(link)
-    assert _Chain.registered == 1 and isinstance((link.info or {}).get("segments"), list)
+    assert _Chain.registered == 1 and link.info is not None
+    assert all(isinstance(s, bytes) for s in link.info.segments)
 
 
 async def test_a_training_registration_counts_as_the_chain_answering(link: DeviceLink) -> None:
     """After a successful registration systemd's STATUS said 'chain unknown': the
     registration is an answer from the chain, so the shared health says ok."""
-    from syncd.engine import ChainHealth
+    from syncd.chainhealth import ChainHealth
     from syncd.notify import status_line
 
     Rewrite.changes = {}

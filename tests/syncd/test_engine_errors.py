@@ -13,13 +13,15 @@ import pytest
 
 from hostsim.chain.errors import Code
 from syncd import answers
+from syncd.chainhealth import ChainHealth, Consortium
 from syncd.chainport import ChainDown, ConsortiumOffer, Registration, SubmitResult, SubmitStatus
 from syncd.config import Config, DeviceConfig
 from syncd.cursor import CursorStore
-from syncd.engine import ChainHealth, Consortium, DeviceSync, SyncSettings
+from syncd.device_answers import DeviceInfo, DeviceStatus
+from syncd.engine import DeviceSync, SyncSettings
 from syncd.metrics import SyncdMetrics
 from syncd.registration import Registrar, RegistrationSettings
-from syncd.verdict import Rejected, Verdict
+from syncd.verdict import Rejected
 
 DEVICE = "TC0000000000AB"
 FAST = SyncSettings(poll_interval=0.05, backoff_initial=0.01, backoff_max=0.02, batch_max=4)
@@ -57,8 +59,8 @@ class Link:
         self.printer = printer
         self.online = True
         self.device_id = DEVICE
-        self.info: dict[str, Any] = {"consortium": b"nodes"}
-        self.status: dict[str, Any] = {"counter": len(printer.documents), "synced_through": 0}
+        self.info = DeviceInfo(DEVICE, bytes(32), True, True, (), None, b"nodes", None)
+        self.status = DeviceStatus(len(printer.documents), 0, 100, True, (), None, None)
         self.config = DeviceConfig(port="/dev/fake", name="till")
         self.label = "till"
         self.suspect: list[str] = []
@@ -66,8 +68,17 @@ class Link:
     def require(self) -> Printer:
         return self.printer
 
-    def note_counters(self, counter: int, synced_through: int) -> None:
-        self.status["synced_through"] = synced_through
+    @property
+    def synced_through(self) -> int:
+        return self.status.synced_through
+
+    def note_counters(self, counter: int, synced_through: int) -> int:
+        before = self.status.synced_through
+        self.status = self.status.with_counters(counter, synced_through)
+        return self.status.synced_through - before
+
+    def adopt_consortium(self, raw: bytes) -> None:
+        self.info = self.info.with_consortium(raw)
 
     def mark_suspect(self, reason: str) -> None:
         self.suspect.append(reason)
@@ -265,7 +276,7 @@ def test_codes_a_chain_makes_up_cannot_grow_the_metrics_without_bound(tmp_path: 
     )
     rejected = [Rejected(c, f"invented_{c}", "no") for c in range(1, 2001)]
     rejected.append(Rejected(2001, "number_used", "twice"))
-    sync._record_rejections(DEVICE, Verdict(0, None, None, tuple(rejected)))
+    sync.rejections.record(DEVICE, rejected)
     page = metrics.render()
     assert len(page) < 20_000, f"a /metrics page of {len(page)} bytes"
     assert set(metrics.chain_errors.values) == {

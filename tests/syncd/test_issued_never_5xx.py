@@ -8,6 +8,7 @@ new key issued a second invoice for the same sale.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from device.protocol.keys import KeyPair
 from syncd import api as api_mod
 from syncd.link import LinkSettings
 from tests.device.conftest import INVOICE
-from tests.syncd.inprocess import Till, pos_till
+from tests.syncd.inprocess import Till, pos_till, post_json
 
 
 @pytest.fixture
@@ -29,8 +30,7 @@ async def till(tmp_path: Path) -> AsyncIterator[Till]:
 
 
 async def post(http: TestClient[Any, Any], key: str) -> tuple[int, dict[str, Any]]:
-    resp = await http.post("/v1/invoices", json=INVOICE, headers={"Idempotency-Key": key})
-    return resp.status, await resp.json()
+    return await post_json(http, "/v1/invoices", INVOICE, key)
 
 
 async def test_a_document_that_does_not_verify_is_201_with_a_warning(
@@ -38,7 +38,8 @@ async def test_a_document_that_does_not_verify_is_201_with_a_warning(
 ) -> None:
     fw, link, http = till.fw, till.link, till.http
     assert link.info is not None
-    link.info["public_key"] = KeyPair.generate().public_key  # syncd's idea of the key is off
+    # syncd's idea of the key is off
+    link._info = replace(link.info, public_key=KeyPair.generate().public_key)
     status, body = await post(http, "sale-1")
     assert status == 201, body
     assert body["warning"]["code"] == "DOCUMENT_UNCHECKED"

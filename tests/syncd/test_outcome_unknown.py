@@ -18,7 +18,7 @@ from device.protocol.commands import Command
 from device.protocol.framing import Frame, FrameType
 from syncd.link import LinkSettings
 from tests.device.conftest import INVOICE
-from tests.syncd.inprocess import Till, pos_till, rewriting_opener
+from tests.syncd.inprocess import Till, pos_till, post_json, rewriting_opener
 
 
 class SpoilFirstIssueAnswer:
@@ -46,10 +46,9 @@ async def till(tmp_path: Path) -> AsyncIterator[Till]:
 async def post_invoice(till: Till, key: str) -> tuple[int, dict[str, Any]]:
     """POST until the link is back (a spoiled answer makes syncd check the link)."""
     for _ in range(100):
-        resp = await till.http.post("/v1/invoices", json=INVOICE, headers={"Idempotency-Key": key})
-        body = await resp.json()
+        status, body = await post_json(till.http, "/v1/invoices", INVOICE, key)
         if body.get("error") != "DEVICE_OFFLINE":
-            return resp.status, body
+            return status, body
         await asyncio.sleep(0.1)
     raise AssertionError("the link did not come back")
 

@@ -1,5 +1,0 @@
-"""Fixtures: a shop of real processes (tests/shop.py)."""
-
-from tests.shop import shop
-
-__all__ = ["shop"]
