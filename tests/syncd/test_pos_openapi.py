@@ -38,9 +38,7 @@ def served(app: web.Application) -> set[tuple[str, str]]:
 def test_document_names_exactly_the_routes(tmp_path: Path) -> None:
     store = IdempotencyStore(tmp_path)
     try:
-        ctx = ApiContext(
-            links=[], store=store, metrics=SyncdMetrics(), status=dict, wake=lambda _l: None
-        )
+        ctx = ApiContext(devices=[], store=store, metrics=SyncdMetrics(), status=dict)
         assert served(PosApi(ctx).app()) == set(OPERATIONS)
     finally:
         store.close()
@@ -108,9 +106,7 @@ async def test_no_route_and_another_method_answer_with_listed_codes(tmp_path: Pa
     """aiohttp's own refusals come as the API's error body with codes of refusals.py (they
     were made from its reason phrases, listed nowhere, and the 405 lost its Allow)."""
     store = IdempotencyStore(tmp_path)
-    ctx = ApiContext(
-        links=[], store=store, metrics=SyncdMetrics(), status=dict, wake=lambda _l: None
-    )
+    ctx = ApiContext(devices=[], store=store, metrics=SyncdMetrics(), status=dict)
     json_type = {"Content-Type": "application/json"}
     try:
         async with TestClient(TestServer(PosApi(ctx).app())) as client:
