@@ -10,16 +10,20 @@ or a failed write changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from device import checks, sync
 from device.anchor import Anchor, AnchorDamaged, Mark
 from device.counters import RunCounts
-from device.journal import Batch, DocumentRow, Journal
-from device.limits import Backlog, amount_exceeded, check_issue, is_offline, time_exceeded
+from device.journal import Batch, DocumentRow, Journal, SegmentRow
+from device.limits import Backlog, is_offline
 from device.protocol import codec, cose, invoice, qr, trust
 from device.protocol.clock import Clock
+from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT
 from device.protocol.document import (
     ZERO_HASH,
     Kind,
@@ -34,7 +38,6 @@ from device.registry import Registry
 from device.reports import Period
 from device.settings import Settings
 from device.statelock import StateLock
-from device.sync import Ack
 
 log = logging.getLogger("taxctl.device")
 
@@ -47,6 +50,20 @@ class Head:
     counter: int = 0
     last_hash: bytes = ZERO_HASH
     last_time: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A checked write command: what to make durable, then what follows in memory.
+
+    `store` runs in the journal thread (None: nothing to write) and `finish` after it,
+    with what `store` returned: it changes the in-memory state and gives the answer.
+    Every check runs before `store` and only assignments in `finish`, so a refusal or a
+    failed write changes nothing.
+    """
+
+    store: Callable[[], Any] | None
+    finish: Callable[[Any], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +135,8 @@ class Firmware:
         self.request_marks = journal.request_marks()
         self.paper_out = False
         self.cover_open = False
+        # Requests the link may have in flight: HELLO says so, the server enforces it.
+        self.max_in_flight = DEFAULT_MAX_IN_FLIGHT
         self.run = RunCounts()
         self.state_lock: StateLock | None = None  # set by app.open_device
         self._pending: list[DocumentRow] = []
@@ -212,26 +231,22 @@ class Firmware:
     def committed_batch(self, batch: Batch) -> None:
         if batch.documents:
             self.committed = batch.documents[-1].counter
+            self.run.committed(len(batch.documents))
+
+    def commit_pending(self) -> Batch:
+        """Commit what was issued since the last batch, as the writer's group commit does
+        but in the caller's thread (tools, benches, fixtures with no server); the batch."""
+        batch = self.take_batch()
+        if batch:
+            self.commit_documents(batch)
+            self.committed_batch(batch)
+        return batch
+
+    def carry_out(self, write: Write) -> dict[str, Any]:
+        """A write command's `store` and `finish` in the caller's thread (no server)."""
+        return write.finish(None if write.store is None else write.store())
 
     # --- issuing -------------------------------------------------------------------------
-
-    def _common_checks(self, now: int) -> None:
-        if self.registry.cert is None:
-            raise DeviceError(Status.UNREGISTERED)
-        if self.rolled_back is not None:
-            raise DeviceError(Status.JOURNAL_ROLLED_BACK, self.rolled_back)
-        if self.paper_out:
-            raise DeviceError(Status.PAPER_OUT)
-        if self.cover_open:
-            raise DeviceError(Status.COVER_OPEN)
-        if now < self.head.last_time:
-            raise DeviceError(
-                Status.CLOCK_BACKWARDS,
-                f"device time {format_utc(now)} is before the last document "
-                f"{format_utc(self.head.last_time)}",
-            )
-        if self.head.counter >= self.settings.capacity:
-            raise DeviceError(Status.STORAGE_FULL, f"capacity {self.settings.capacity} documents")
 
     def _sign(
         self,
@@ -301,10 +316,9 @@ class Firmware:
             raise DeviceError(Status.UNREGISTERED)
         req = invoice.parse_invoice_request(body, self.settings.tax_rates)
         now = self.now()
-        self._common_checks(now)
+        checks.check_document(self, now)
         totals = invoice.totals(req.lines)
-        self.registry.peek_available()
-        check_issue(self.settings.limits, self.backlog, now, totals.total)
+        checks.check_numbered(self, now, totals.total)
         slot = self.registry.take_number()
         return self._sign(
             Kind.INVOICE,
@@ -370,9 +384,8 @@ class Firmware:
                 f"credit {-totals.total} fen, remaining {original_total - credited} fen",
             )
         now = self.now()
-        self._common_checks(now)
-        self.registry.peek_available()
-        check_issue(self.settings.limits, self.backlog, now, totals.total)
+        checks.check_document(self, now)
+        checks.check_numbered(self, now, totals.total)
         slot = self.registry.take_number()
         extra: dict[str, Any] = {
             "refers_to": {"code": req.code, "number": req.number},
@@ -395,7 +408,7 @@ class Firmware:
 
     def report(self, kind: Kind, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
         now = self.now()
-        self._common_checks(now)  # reports are allowed past the offline limits
+        checks.check_document(self, now)  # reports are allowed past the offline limits
         period = self.period
         report = period.report()
         response = self._sign(
@@ -416,31 +429,71 @@ class Firmware:
     # --- state reports -------------------------------------------------------------------
 
     def blocking(self) -> list[str]:
-        now = self.now()
-        reasons = []
-        if self.registry.cert is None:
-            reasons.append(Status.UNREGISTERED.name)
-        if self.rolled_back is not None:
-            reasons.append(Status.JOURNAL_ROLLED_BACK.name)
-        if self.paper_out:
-            reasons.append(Status.PAPER_OUT.name)
-        if self.cover_open:
-            reasons.append(Status.COVER_OPEN.name)
-        if now < self.head.last_time:
-            reasons.append(Status.CLOCK_BACKWARDS.name)
-        if self.head.counter >= self.settings.capacity or self.journal.full:
-            reasons.append(Status.STORAGE_FULL.name)
-        if self.registry.numbers_left() <= 0:
-            reasons.append(Status.SEGMENT_EXHAUSTED.name)
-        if time_exceeded(self.settings.limits, self.backlog, now):
-            reasons.append(Status.OFFLINE_TIME_LIMIT.name)
-        if amount_exceeded(self.settings.limits, self.backlog, 1):
-            reasons.append(Status.OFFLINE_AMOUNT_LIMIT.name)
-        return reasons
+        """Why an invoice would be refused now (STATUS), from the checks issuing runs."""
+        return checks.blocking(self, self.now())
 
     # --- synchronisation and registration -----------------------------------------------
 
-    def ack_meta(self, ack: Ack, now: int) -> dict[str, Any]:
+    def ack_sync(self, body: Any) -> Write:
+        """ACK_SYNC: verified chain receipts move synced_through (and maybe the consortium
+        and the trusted time)."""
+        ack = sync.verify_ack(self, body)
+        now = self.now()
+        meta = self.ack_meta(ack, now)
+        accepted = len(body["receipts"])
+
+        def finish(_: None) -> dict[str, Any]:
+            if meta:
+                self.apply_ack(ack, meta, now)
+                log.info("%s synced through %d", self.settings.device_id, self.synced_through)
+            return {
+                "synced_through": self.synced_through,
+                "accepted": accepted,
+                "last_sync_at": format_utc(self.last_sync_at) if self.last_sync_at else None,
+                "time": format_utc(self.now()),
+            }
+
+        return Write(partial(self.journal.commit, Batch(meta=meta)) if meta else None, finish)
+
+    def load_cert(self, body: Any) -> Write:
+        """LOAD_CERT: the bureau's certificate for this device and key (again: a no-op)."""
+        raw = _bytes_field(body, "certificate")
+        cert = self.registry.check_certificate(raw)
+        new = self.registry.cert is None
+
+        def finish(_: None) -> dict[str, Any]:
+            if new:
+                self.registry.cert = cert
+                log.info("%s registered to %s", self.settings.device_id, cert.taxpayer["tax_id"])
+            return {"device_id": cert.device_id, "taxpayer": cert.taxpayer, "serial": cert.serial}
+
+        store = partial(self.journal.commit, Batch(meta={"certificate": raw})) if new else None
+        return Write(store, finish)
+
+    def load_segment(self, body: Any) -> Write:
+        """LOAD_SEGMENT: a bureau-signed range of invoice numbers (again: a no-op)."""
+        raw = _bytes_field(body, "segment")
+        segment = self.registry.check_segment(raw)
+
+        def finish(row: SegmentRow | None) -> dict[str, Any]:
+            if row is not None:
+                self.registry.add_segment(row)
+            loaded = next(s for s in self.registry.segments if s.raw == raw)
+            return {
+                "code": loaded.code,
+                "start": loaded.start,
+                "end": loaded.end,
+                "numbers_left": self.registry.numbers_left(),
+            }
+
+        if segment is None:
+            return Write(None, finish)
+        add = partial(
+            self.journal.add_segment, segment.code, segment.start, segment.end, segment.raw
+        )
+        return Write(add, finish)
+
+    def ack_meta(self, ack: sync.Ack, now: int) -> dict[str, Any]:
         """The journal meta an ACK_SYNC changes (empty: nothing to write)."""
         meta: dict[str, Any] = {}
         if ack.synced_through > self.synced_through:
@@ -473,7 +526,7 @@ class Firmware:
         cert = self.registry.cert
         return parse_utc(cert.not_after) if cert is not None else None
 
-    def apply_ack(self, ack: Ack, meta: dict[str, Any], now: int) -> None:
+    def apply_ack(self, ack: sync.Ack, meta: dict[str, Any], now: int) -> None:
         """After the commit of `meta`: the same changes in memory."""
         synced_through, consortium = ack.synced_through, ack.consortium
         if consortium is not None:
@@ -493,7 +546,18 @@ class Firmware:
             self.synced_through = synced_through
             self.last_sync_at = now
 
-    def set_time(self, body: Any) -> int:
+    def set_time(self, body: Any) -> Write:
+        """SET_TIME: move the clock forward, within the step and the certificate."""
+        offset = self._offset_for(body)
+
+        def finish(_: None) -> dict[str, Any]:
+            self.time_offset = offset
+            return {"time": format_utc(self.now())}
+
+        return Write(partial(self.journal.commit, Batch(meta={"time_offset": offset})), finish)
+
+    def _offset_for(self, body: Any) -> int:
+        """The clock offset a SET_TIME body asks for, or its refusal."""
         if not isinstance(body, dict) or set(body) != {"time"}:
             raise DeviceError(Status.BAD_REQUEST, 'SET_TIME takes {"time": "YYYY-MM-DDTHH:MM:SSZ"}')
         try:
@@ -524,3 +588,9 @@ class Firmware:
                 "a larger step comes only with a chain receipt (ACK_SYNC)",
             )
         return wanted - int(self.clock.now())
+
+
+def _bytes_field(body: Any, key: str) -> bytes:
+    if not isinstance(body, dict) or set(body) != {key} or not isinstance(body[key], bytes):
+        raise DeviceError(Status.BAD_REQUEST, f'takes {{"{key}": bytes}}')
+    return bytes(body[key])

@@ -18,8 +18,8 @@ from collections import OrderedDict
 from functools import partial
 from typing import Any
 
-from device import views
 from device.firmware import Firmware, response_for_row
+from device.handlers import READS, WRITES
 from device.protocol import codec
 from device.protocol.commands import ACK_AFTER, DEFAULT_MAX_IN_FLIGHT, ISSUING, Command
 from device.protocol.framing import (
@@ -41,18 +41,6 @@ RECENT_RESPONSES = 4096
 # 4096 of them would be 250 MB. Past this, the oldest go first (an issuing request's
 # answer is still given again from the journal; a read is simply answered anew).
 RECENT_BYTES = 16 * 1024 * 1024
-WRITES = ISSUING | {Command.ACK_SYNC, Command.LOAD_CERT, Command.LOAD_SEGMENT, Command.SET_TIME}
-READS = {
-    Command.HELLO: None,  # needs max_in_flight; handled inline
-    Command.INFO: views.info,
-    Command.STATUS: views.status,
-    Command.FETCH: views.fetch,
-    Command.GET_DOCUMENT: views.get_document,
-    Command.EXPORT: views.export,
-    Command.CSR: views.csr,
-    Command.SEGMENT_REQUEST: views.segment_request,
-    Command.CONTROL: views.control,
-}
 
 
 _COMMANDS = {int(c): c for c in Command}
@@ -68,12 +56,20 @@ class DeviceServer:
     ) -> None:
         self.fw = fw
         self.port = port
-        self.max_in_flight = max_in_flight
+        fw.max_in_flight = max_in_flight
         self.writer = Writer(fw)
         self.decoder = FrameDecoder()
         self._in_flight: dict[int, tuple[bytes, float, bool]] = {}  # id -> (digest, since, acked)
         self._recent: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # id -> (digest, frame)
         self._recent_bytes = 0  # the frames' total size in _recent
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.fw.max_in_flight  # the firmware's, as HELLO tells the host
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:
+        self.fw.max_in_flight = value
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set or the port closes; then finish every accepted write."""
@@ -204,12 +200,7 @@ class DeviceServer:
             )
             return
         try:
-            if known == Command.HELLO:
-                out = views.hello(self.fw, body, self.max_in_flight)
-            else:
-                handler = READS[known]
-                assert handler is not None
-                out = handler(self.fw, body)
+            out = READS[known](self.fw, body)
         except DeviceError as exc:
             self._reply(rid, command, digest, exc.status, exc.to_body())
         except Exception as exc:

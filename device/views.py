@@ -13,7 +13,7 @@ from typing import Any
 from device.firmware import Firmware, response_for_row
 from device.limits import amount_exceeded, time_exceeded
 from device.protocol import framing, invoice, trust
-from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT, FETCH_MAX_COUNT
+from device.protocol.commands import FETCH_MAX_COUNT
 from device.protocol.document import format_utc
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown, shown_keys
@@ -41,7 +41,7 @@ def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> i
     return value
 
 
-def hello(fw: Firmware, body: Any, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> dict[str, Any]:
+def hello(fw: Firmware, body: Any) -> dict[str, Any]:
     body = _map(body, {"versions", "host"}, "HELLO")
     versions = body.get("versions")
     if not isinstance(versions, list) or not versions:
@@ -57,7 +57,7 @@ def hello(fw: Firmware, body: Any, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -
         "device_id": fw.settings.device_id,
         "firmware": FIRMWARE,
         "max_body": framing.MAX_BODY,
-        "max_in_flight": max_in_flight,
+        "max_in_flight": fw.max_in_flight,
         "training": fw.settings.training,
     }
 
