@@ -63,10 +63,7 @@ class DeviceSim:
         return self.fw.registry.live_segments()
 
     def _commit(self) -> list[bytes]:
-        batch = self.fw.take_batch()
-        self.fw.journal.commit(batch)
-        self.fw.committed_batch(batch)
-        return [row.doc for row in batch.documents]
+        return [row.doc for row in self.fw.commit_pending().documents]
 
     def issue(self, count: int = 1, **kwargs: Any) -> list[bytes]:
         for _ in range(count):

@@ -63,10 +63,10 @@ async def test_receipts_unlock_the_device(api: Api, device: DeviceSim) -> None:
         api.url("/v1/consortium"), headers={"Accept": "application/cbor"}
     ) as resp:
         consortium = cbor2.loads(await resp.read())["consortium"]
-    ack = sync.verify_ack(device.fw, {"consortium": consortium, "receipts": receipts[-1:]})
+    offer = {"consortium": consortium, "receipts": receipts[-1:]}
+    ack = sync.verify_ack(device.fw, offer)
     assert ack.synced_through == 50 and ack.consortium == consortium
-    now = device.fw.now()
-    device.fw.apply_ack(ack, device.fw.ack_meta(ack, now), now)
+    device.fw.carry_out(device.fw.ack_sync(offer))
     assert device.fw.backlog.count == 0 and device.fw.synced_through == 50
     # the same batch again: the original receipts, byte for byte
     again = await submit_cbor(api, docs)

@@ -32,10 +32,8 @@ async def consortium(api: Api) -> dict[str, Any]:
 
 
 def ack(device: DeviceSim, body: dict[str, Any]) -> int:
-    verified = sync.verify_ack(device.fw, body)
-    now = device.fw.now()
-    device.fw.apply_ack(verified, device.fw.ack_meta(verified, now), now)
-    return device.fw.synced_through
+    synced_through: int = device.fw.carry_out(device.fw.ack_sync(body))["synced_through"]
+    return synced_through
 
 
 async def test_a_rotation_is_accepted_with_the_chains_endorsements(
