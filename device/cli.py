@@ -1,6 +1,6 @@
 """`taxctl device ...`: run the emulator, or talk to any device on a port.
 
-Exit codes (taxctl/exits.py): 0 ok; 1 the device refused (status name and
+Exit codes (taxctl_base/exits.py): 0 ok; 1 the device refused (status name and
 message on stderr); 2 bad usage or input file; 3 no answer from the device
 (before an issuing request a STATUS goes first: if nothing
 answers, nothing was sent and the message says what to check; if an issuing
@@ -23,8 +23,8 @@ from typing import Any
 
 from device import serial_flags
 from device.protocol.status import DeviceError, Status
-from taxctl import exits
-from taxctl.cli import add_version
+from taxctl_base import exits
+from taxctl_base.version import add_version
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_LINK, EXIT_STATE = (
     exits.REFUSED,

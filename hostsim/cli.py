@@ -13,7 +13,7 @@ from typing import Any
 
 from device.render import RECEIPT_ZONE
 from hostsim.chain.ratelimit import VERIFY_LIMIT
-from taxctl.cli import add_version
+from taxctl_base.version import add_version
 
 
 def register(subparsers: Any) -> None:

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from device.protocol import untrusted
 from syncd.access import parse_origins
-from taxctl.address import parse_listen
+from taxctl_base.address import parse_listen
 
 DEFAULT_CONFIG = Path("/etc/taxctl/syncd.toml")
 DEFAULT_STATE = Path("/var/lib/taxctl-syncd")

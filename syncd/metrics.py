@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.metrics_core import Metric as Family
 
-from taxctl import __version__
+from taxctl_base.version import __version__
 
 # what generate_latest() writes (the library's CONTENT_TYPE_LATEST moved on to 1.0.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -1,3 +1,5 @@
 """taxctl: emulated tax-control printer, host sync daemon and chain simulator."""
 
-__version__ = "0.1.0"
+from taxctl_base.version import __version__
+
+__all__ = ["__version__"]

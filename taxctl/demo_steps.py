@@ -14,7 +14,7 @@ from hostsim.audit import chain_documents, compare
 from hostsim.pos.mix import MixSettings
 from hostsim.pos.till import Acknowledged, Tills, TillSettings
 from taxctl.demo_report import Progress, Tally
-from taxctl.tools import Child, all_online, http, wait_status
+from taxctl_base.processes import Child, all_online, http, wait_status
 
 # The sales mix's mean invoice total is about 6,200 yuan: this offline limit lets a
 # printer sell roughly `invoices` sales while the chain is away before it refuses.

@@ -23,7 +23,7 @@ from pycose.messages import Sign1Message
 from device.protocol import codec, merkle, trust
 from device.protocol.document import ZERO_HASH, document_hash, format_utc
 from device.protocol.keys import KeyPair
-from taxctl.tools import read_ready
+from taxctl_base.processes import read_ready
 
 
 def pycose_verify(raw: bytes, public_key: bytes) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from hostsim.chain.node import Chain
 from hostsim.chain.page import ZONE
 from hostsim.chain.ratelimit import VERIFY_LIMIT, RateLimit
 from hostsim.chain.state import HELD_LIMITS, HeldLimits
-from taxctl.address import parse_listen
+from taxctl_base.address import parse_listen
 
 log = logging.getLogger("taxctl.chain")
 DRAIN_SECONDS = 5.0

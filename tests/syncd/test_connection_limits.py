@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import tests.shop
-from taxctl.tools import read_ready
+from taxctl_base.processes import read_ready
 from tests.helpers import Process
 from tests.shop import INVOICE, Shop, http, wait_for
 
