@@ -38,7 +38,6 @@ TRAINING_BUREAU = KeyPair.derive(TRAINING_BUREAU_LABEL)
 BUREAU_KID = b"bureau"
 BLOCK_DOMAIN = b"taxctl/block/v1\x00"
 ROTATION_DOMAIN = b"taxctl/rotation/v1\x00"
-TRAINING_CERT_YEARS = 10
 
 
 def device_id_for(public_key: bytes) -> str:
