@@ -169,7 +169,6 @@ OPTIONS: tuple[Option, ...] = (
 )
 BY_KEY = {o.key: o for o in OPTIONS}
 SECTIONS = frozenset(o.key.split(".")[0] for o in OPTIONS) | {"chain", "api"}
-TOP_LEVEL = frozenset({"state", "device"})
 DEVICE_KEYS = frozenset({"port", "name", "baud", "parity", "stopbits", "rtscts"})
 
 

@@ -347,7 +347,7 @@ class DeviceSync:
             if results is None:
                 return RoundEnd.STOPPED
             verdict = judge(counters, results)
-            self._account(device_id, verdict, len(docs))
+            self._account(device_id, len(docs))
             if verdict.ack_receipt is not None and verdict.ack_counter is not None:
                 await acks.put((verdict.ack_counter, verdict.ack_receipt))
             if verdict.rejected:
@@ -410,7 +410,7 @@ class DeviceSync:
                 self.metrics.submit_latency.observe(time.monotonic() - started)
             return results
 
-    def _account(self, device_id: str, verdict: Verdict, sent: int) -> None:
+    def _account(self, device_id: str, sent: int) -> None:
         self.submitted += sent
         if self.metrics:
             self.metrics.submitted_total.inc(sent, device_id)
