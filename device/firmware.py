@@ -298,18 +298,31 @@ class Firmware:
             refers[0] if refers else None,
             refers[1] if refers else None,
         )
+        self._add_pending(kind, row, payload, number, items)
+        return document_response(row, payload, self.key)
+
+    def _add_pending(
+        self,
+        kind: Kind,
+        row: DocumentRow,
+        payload: dict[str, Any],
+        number: tuple[str, str] | None,
+        items: list[dict[str, Any]],
+    ) -> None:
+        """A signed document joins the batch: the head, the backlog and the period move."""
         self._pending.append(row)
         if number is not None:
             self._pending_payloads[number] = payload
-        self.head = Head(counter, digest, now)
+        self.head = Head(row.counter, row.hash, row.issued_at)
         if kind in (Kind.INVOICE, Kind.CREDIT):
-            self.backlog = self.backlog.add(amount + tax, now)
+            self.backlog = self.backlog.add(row.total, row.issued_at)
         elif self.backlog.oldest_at is None:
-            self.backlog = replace(self.backlog, count=self.backlog.count + 1, oldest_at=now)
+            self.backlog = replace(
+                self.backlog, count=self.backlog.count + 1, oldest_at=row.issued_at
+            )
         else:
             self.backlog = replace(self.backlog, count=self.backlog.count + 1)
         self.period.add(kind, items)
-        return document_response(row, payload, self.key)
 
     def issue(self, body: Any, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
         if self.registry.cert is None:
