@@ -137,7 +137,7 @@ class Firmware:
         self.cover_open = False
         # Requests the link may have in flight: HELLO says so, the server enforces it.
         self.max_in_flight = DEFAULT_MAX_IN_FLIGHT
-        self.run = RunCounts()
+        self.since_start = RunCounts()  # this process's link and commit counts (STATUS)
         self.state_lock: StateLock | None = None  # set by app.open_device
         self._pending: list[DocumentRow] = []
         self._pending_payloads: dict[tuple[str, str], dict[str, Any]] = {}
@@ -231,7 +231,7 @@ class Firmware:
     def committed_batch(self, batch: Batch) -> None:
         if batch.documents:
             self.committed = batch.documents[-1].counter
-            self.run.committed(len(batch.documents))
+            self.since_start.committed(len(batch.documents))
 
     def commit_pending(self) -> Batch:
         """Commit what was issued since the last batch, as the writer's group commit does

@@ -112,7 +112,7 @@ class DeviceServer:
                                 event.request_id, event.command, internal_error(exc)
                             )
                 elif isinstance(event, FrameError) and worth_nak(event):
-                    self.fw.run.naks_sent += 1
+                    self.fw.since_start.naks_sent += 1
                     self._send(Frame(FrameType.NAK, event.request_id or 0, 0, event.reason))
 
     async def _ack_loop(self) -> None:
@@ -157,7 +157,7 @@ class DeviceServer:
         recent = self._recent.get(rid)
         if recent is not None:
             if recent[0] == digest:
-                self.fw.run.replays += 1
+                self.fw.since_start.replays += 1
                 self._write(recent[1])
             else:
                 self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
@@ -169,7 +169,7 @@ class DeviceServer:
         ):
             return
         if len(self._in_flight) >= self.max_in_flight:
-            self.fw.run.busy_sent += 1
+            self.fw.since_start.busy_sent += 1
             self._send(Frame(FrameType.BUSY, rid, command))
             return
         known = _COMMANDS.get(command)
@@ -216,7 +216,7 @@ class DeviceServer:
         if row.request_digest != digest:
             self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
         else:
-            self.fw.run.replays += 1
+            self.fw.since_start.replays += 1
             self._reply(rid, command, digest, Status.OK, response_for_row(row, self.fw.key))
         return True
 

@@ -117,7 +117,7 @@ def status(fw: Firmware, body: Any) -> dict[str, Any]:
             "documents": fw.period.documents,
             "total": fw.period.amount + fw.period.tax,
         },
-        "since_start": fw.run.to_body(),
+        "since_start": fw.since_start.to_body(),
     }
 
 
