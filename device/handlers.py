@@ -1,6 +1,6 @@
 """Which code carries out each command: one table, read by the server and the writer.
 
-Reads answer at once from committed state (device/views.py); issuing commands are
+Reads answer at once from committed state (device/read_commands.py); issuing commands are
 signed in groups and committed together; the other writes each commit alone. Every
 handler is the firmware's: the server and the writer only route and schedule.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from device import views
+from device import read_commands
 from device.firmware import Firmware, Write
 from device.protocol.commands import ISSUING, Command
 from device.protocol.document import Kind
@@ -33,15 +33,15 @@ def _report(kind: Kind) -> IssueHandler:
 
 # Handlers look the firmware's methods up on the instance, at the call.
 READS: dict[Command, ReadHandler] = {
-    Command.HELLO: views.hello,
-    Command.INFO: views.info,
-    Command.STATUS: views.status,
-    Command.FETCH: views.fetch,
-    Command.GET_DOCUMENT: views.get_document,
-    Command.EXPORT: views.export,
-    Command.CSR: views.csr,
-    Command.SEGMENT_REQUEST: views.segment_request,
-    Command.CONTROL: views.control,
+    Command.HELLO: read_commands.hello,
+    Command.INFO: read_commands.info,
+    Command.STATUS: read_commands.status,
+    Command.FETCH: read_commands.fetch,
+    Command.GET_DOCUMENT: read_commands.get_document,
+    Command.EXPORT: read_commands.export,
+    Command.CSR: read_commands.csr,
+    Command.SEGMENT_REQUEST: read_commands.segment_request,
+    Command.CONTROL: read_commands.control,
 }
 ISSUES: dict[Command, IssueHandler] = {
     Command.ISSUE: lambda fw, body, request: fw.issue(body, request),

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from device import views
+from device import read_commands
 from device.app import open_device
 from device.firmware import Firmware
 from device.limits import Limits
@@ -87,7 +87,7 @@ class DeviceSim:
 
     def segment_request(self, count: int) -> bytes:
         """A segment request as the device signs it (SEGMENT_REQUEST)."""
-        return bytes(views.segment_request(self.fw, {"count": count})["request"])
+        return bytes(read_commands.segment_request(self.fw, {"count": count})["request"])
 
     def signed_request(
         self, count: int, *, at: float | None = None, device_id: str | None = None
