@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from device import checks, sync
+from device import checks, receipts
 from device.anchor import Anchor, AnchorDamaged, Mark
 from device.counters import RunCounts
 from device.journal import Batch, DocumentRow, Journal, SegmentRow
@@ -450,7 +450,7 @@ class Firmware:
     def ack_sync(self, body: Any) -> Write:
         """ACK_SYNC: verified chain receipts move synced_through (and maybe the consortium
         and the trusted time)."""
-        ack = sync.verify_ack(self, body)
+        ack = receipts.verify_ack(self, body)
         now = self.now()
         meta = self.ack_meta(ack, now)
         accepted = len(body["receipts"])
@@ -506,7 +506,7 @@ class Firmware:
         )
         return Write(add, finish)
 
-    def ack_meta(self, ack: sync.Ack, now: int) -> dict[str, Any]:
+    def ack_meta(self, ack: receipts.Ack, now: int) -> dict[str, Any]:
         """The journal meta an ACK_SYNC changes (empty: nothing to write)."""
         meta: dict[str, Any] = {}
         if ack.synced_through > self.synced_through:
@@ -539,7 +539,7 @@ class Firmware:
         cert = self.registry.cert
         return parse_utc(cert.not_after) if cert is not None else None
 
-    def apply_ack(self, ack: sync.Ack, meta: dict[str, Any], now: int) -> None:
+    def apply_ack(self, ack: receipts.Ack, meta: dict[str, Any], now: int) -> None:
         """After the commit of `meta`: the same changes in memory."""
         synced_through, consortium = ack.synced_through, ack.consortium
         if consortium is not None:

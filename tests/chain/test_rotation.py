@@ -8,10 +8,10 @@ from typing import Any
 import cbor2
 import pytest
 
-from device import sync
 from device.protocol import trust
 from device.protocol.keys import KeyPair
 from device.protocol.status import DeviceError, Status
+from device.receipts import verify_ack
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.node import Chain
 from tests.chain.conftest import Api, DeviceSim
@@ -54,7 +54,7 @@ async def test_a_rotation_is_accepted_with_the_chains_endorsements(
     receipts = [r["receipt"] for r in (await submit_cbor(api, device.issue(1)))["results"]]
     offer = {"consortium": epoch2["consortium"], "receipts": receipts}
     with pytest.raises(DeviceError) as err:
-        sync.verify_ack(device.fw, offer)  # without the endorsements: not the lineage
+        verify_ack(device.fw, offer)  # without the endorsements: not the lineage
     assert err.value.status == Status.CONSORTIUM_INVALID
     assert ack(device, {**offer, "endorsements": epoch2["endorsements"]}) == 3
     assert device.fw.registry.consortium is not None

@@ -12,7 +12,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from device import server, sync
+from device import receipts, server
 from device.client import DeviceClient
 from device.protocol import framing, trust
 from device.protocol.commands import Command
@@ -108,7 +108,7 @@ async def test_a_bug_in_any_write_refuses_that_request_only(
         raise RuntimeError("a bug\n" + CONTROLS)
 
     target: dict[str, tuple[Any, str]] = {
-        "ACK_SYNC": (sync, "verify_ack"),
+        "ACK_SYNC": (receipts, "verify_ack"),
         "LOAD_CERT": (h.fw.registry, "check_certificate"),
         "LOAD_SEGMENT": (h.fw.registry, "check_segment"),
         "SET_TIME": (h.fw, "set_time"),
