@@ -59,8 +59,8 @@ def make_documents(
             for _ in range(min(1000, per_device - len(docs))):
                 fw.issue(INVOICE)
             docs.extend(row.doc for row in fw.commit_pending().documents)
-        assert fw.registry.cert is not None
-        out.append((fw.registry.cert.raw, fw.registry.live_segments(), docs))
+        assert fw.credentials.cert is not None
+        out.append((fw.credentials.cert.raw, fw.credentials.live_segments(), docs))
         fw.journal.close()
     return out
 

@@ -101,7 +101,7 @@ def _open_device(
         fw = Firmware(current, key, journal, clock, state)
         fw.state_lock = lock
         if current.training:
-            fw.registry.provision_training(clock.now())
+            fw.credentials.provision_training(clock.now())
     except BaseException:
         lock.release()
         raise

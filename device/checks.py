@@ -29,7 +29,7 @@ class Gate:
 
 
 def _unregistered(fw: Firmware, now: int, amount: int) -> DeviceError | None:
-    return DeviceError(Status.UNREGISTERED) if fw.registry.cert is None else None
+    return DeviceError(Status.UNREGISTERED) if fw.credentials.cert is None else None
 
 
 def _rolled_back(fw: Firmware, now: int, amount: int) -> DeviceError | None:
@@ -71,7 +71,7 @@ def _disk_full(fw: Firmware, now: int, amount: int) -> DeviceError | None:
 
 def _numbers(fw: Firmware, now: int, amount: int) -> DeviceError | None:
     try:
-        fw.registry.peek_available()
+        fw.credentials.peek_available()
     except DeviceError as exc:
         return exc
     return None

@@ -19,6 +19,7 @@ from typing import Any
 from device import checks, receipts
 from device.anchor import Anchor, AnchorDamaged, Mark
 from device.counters import RunCounts
+from device.credentials import Credentials
 from device.journal import Batch, DocumentRow, Journal, SegmentRow
 from device.limits import Backlog, is_offline
 from device.protocol import codec, cose, invoice, qr, trust
@@ -34,7 +35,6 @@ from device.protocol.document import (
 )
 from device.protocol.keys import KeyPair
 from device.protocol.status import DeviceError, Status
-from device.registry import Registry
 from device.reports import Period
 from device.settings import Settings
 from device.statelock import StateLock
@@ -120,7 +120,7 @@ class Firmware:
         self.journal = journal
         self.clock = clock
         self.state = state
-        self.registry = Registry(settings, key, journal)
+        self.credentials = Credentials(settings, key, journal)
         last = journal.last_document()
         self.head = Head(*last) if last else Head()
         self.committed = self.head.counter
@@ -194,12 +194,12 @@ class Firmware:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
-            self.head, dict(self.registry.next_number), self.backlog, self.period.copy()
+            self.head, dict(self.credentials.next_number), self.backlog, self.period.copy()
         )
 
     def restore(self, snap: Snapshot) -> None:
         self.head = snap.head
-        self.registry.next_number = snap.numbers
+        self.credentials.next_number = snap.numbers
         self.backlog = snap.backlog
         self.period = snap.period
         self._pending.clear()
@@ -262,7 +262,7 @@ class Firmware:
         request: tuple[int, bytes] | None,
         refers: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        assert self.registry.cert is not None
+        assert self.credentials.cert is not None
         counter = self.head.counter + 1
         fields: dict[str, Any] = {
             "device_id": self.settings.device_id,
@@ -271,7 +271,7 @@ class Firmware:
             "number": number[1] if number else None,
             "kind": kind.value,
             "issued_at": format_utc(now),
-            "seller": self.registry.cert.taxpayer,
+            "seller": self.credentials.cert.taxpayer,
             "buyer": buyer,
             "items": items,
             "amount": amount,
@@ -325,14 +325,14 @@ class Firmware:
         self.period.add(kind, items)
 
     def issue(self, body: Any, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
-        if self.registry.cert is None:
+        if self.credentials.cert is None:
             raise DeviceError(Status.UNREGISTERED)
         req = invoice.parse_invoice_request(body, self.settings.tax_rates)
         now = self.now()
         checks.check_document(self, now)
         totals = invoice.totals(req.lines)
         checks.check_numbered(self, now, totals.total)
-        slot = self.registry.take_number()
+        slot = self.credentials.take_number()
         return self._sign(
             Kind.INVOICE,
             now,
@@ -362,7 +362,7 @@ class Firmware:
         return self.journal.credited(code, number) + pending
 
     def credit(self, body: Any, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
-        if self.registry.cert is None:
+        if self.credentials.cert is None:
             raise DeviceError(Status.UNREGISTERED)
         req = invoice.parse_credit_request(body, self.settings.tax_rates)
         kind, original_total, payload = self._original(req.code, req.number)
@@ -399,7 +399,7 @@ class Firmware:
         now = self.now()
         checks.check_document(self, now)
         checks.check_numbered(self, now, totals.total)
-        slot = self.registry.take_number()
+        slot = self.credentials.take_number()
         extra: dict[str, Any] = {
             "refers_to": {"code": req.code, "number": req.number},
             "reason": req.reason,
@@ -471,12 +471,12 @@ class Firmware:
     def load_cert(self, body: Any) -> Write:
         """LOAD_CERT: the bureau's certificate for this device and key (again: a no-op)."""
         raw = _bytes_field(body, "certificate")
-        cert = self.registry.check_certificate(raw)
-        new = self.registry.cert is None
+        cert = self.credentials.check_certificate(raw)
+        new = self.credentials.cert is None
 
         def finish(_: None) -> dict[str, Any]:
             if new:
-                self.registry.cert = cert
+                self.credentials.cert = cert
                 log.info("%s registered to %s", self.settings.device_id, cert.taxpayer["tax_id"])
             return {"device_id": cert.device_id, "taxpayer": cert.taxpayer, "serial": cert.serial}
 
@@ -486,17 +486,17 @@ class Firmware:
     def load_segment(self, body: Any) -> Write:
         """LOAD_SEGMENT: a bureau-signed range of invoice numbers (again: a no-op)."""
         raw = _bytes_field(body, "segment")
-        segment = self.registry.check_segment(raw)
+        segment = self.credentials.check_segment(raw)
 
         def finish(row: SegmentRow | None) -> dict[str, Any]:
             if row is not None:
-                self.registry.add_segment(row)
-            loaded = next(s for s in self.registry.segments if s.raw == raw)
+                self.credentials.add_segment(row)
+            loaded = next(s for s in self.credentials.segments if s.raw == raw)
             return {
                 "code": loaded.code,
                 "start": loaded.start,
                 "end": loaded.end,
-                "numbers_left": self.registry.numbers_left(),
+                "numbers_left": self.credentials.numbers_left(),
             }
 
         if segment is None:
@@ -513,7 +513,7 @@ class Firmware:
             meta.update(synced_through=ack.synced_through, last_sync_at=now)
         if ack.consortium is not None:
             meta["consortium"] = ack.consortium
-            if self.registry.chain_id is None:  # the first consortium pins the chain
+            if self.credentials.chain_id is None:  # the first consortium pins the chain
                 meta["chain_id"] = trust.open_consortium(
                     ack.consortium, self.settings.bureau_key
                 ).chain_id
@@ -536,16 +536,18 @@ class Firmware:
         return target - int(self.clock.now())
 
     def not_after(self) -> int | None:
-        cert = self.registry.cert
+        cert = self.credentials.cert
         return parse_utc(cert.not_after) if cert is not None else None
 
     def apply_ack(self, ack: receipts.Ack, meta: dict[str, Any], now: int) -> None:
         """After the commit of `meta`: the same changes in memory."""
         synced_through, consortium = ack.synced_through, ack.consortium
         if consortium is not None:
-            self.registry.consortium = trust.open_consortium(consortium, self.settings.bureau_key)
+            self.credentials.consortium = trust.open_consortium(
+                consortium, self.settings.bureau_key
+            )
             if "chain_id" in meta:
-                self.registry.first_chain_id = meta["chain_id"]
+                self.credentials.first_chain_id = meta["chain_id"]
         if "chain_time" in meta:
             self.chain_time = meta["chain_time"]
         if "time_offset" in meta:

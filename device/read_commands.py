@@ -64,7 +64,7 @@ def hello(fw: Firmware, body: Any) -> dict[str, Any]:
 
 def info(fw: Firmware, body: Any) -> dict[str, Any]:
     _map(body, set(), "INFO")
-    reg = fw.registry
+    reg = fw.credentials
     return {
         "device_id": fw.settings.device_id,
         "firmware": FIRMWARE,
@@ -95,7 +95,7 @@ def status(fw: Firmware, body: Any) -> dict[str, Any]:
         "can_issue": not blocking,
         "blocking": blocking,
         "flags": {
-            "registered": fw.registry.cert is not None,
+            "registered": fw.credentials.cert is not None,
             "paper_out": fw.paper_out,
             "cover_open": fw.cover_open,
             "storage_full": fw.head.counter >= fw.settings.capacity,
@@ -110,7 +110,7 @@ def status(fw: Firmware, body: Any) -> dict[str, Any]:
         "unsynced_amount": fw.backlog.amount,
         "offline_since": format_utc(fw.backlog.oldest_at) if fw.backlog.oldest_at else None,
         "last_sync_at": format_utc(fw.last_sync_at) if fw.last_sync_at else None,
-        "numbers_left": fw.registry.numbers_left(),
+        "numbers_left": fw.credentials.numbers_left(),
         "time": format_utc(now),
         "day": {
             "z_count": fw.period.z_number - 1,
@@ -174,7 +174,7 @@ def csr(fw: Firmware, body: Any) -> dict[str, Any]:
     body = _map(body, {"taxpayer"}, "CSR")
     if fw.settings.training:
         raise DeviceError(Status.TRAINING_MODE, "a training device provisions itself")
-    if fw.registry.cert is not None:
+    if fw.credentials.cert is not None:
         raise DeviceError(Status.ALREADY_REGISTERED)
     taxpayer = invoice.parse_party(body.get("taxpayer"), "taxpayer", tax_id_required=True)
     assert taxpayer is not None
@@ -186,7 +186,7 @@ def segment_request(fw: Firmware, body: Any) -> dict[str, Any]:
     """Sign a request for numbers: the chain allocates a segment only on the word of the
     certified device key. A fresh nonce each time, so nothing durable changes."""
     body = _map(body, {"count"}, "SEGMENT_REQUEST")
-    if fw.registry.cert is None:
+    if fw.credentials.cert is None:
         raise DeviceError(Status.UNREGISTERED, "a segment request needs the device certificate")
     if "count" not in body:
         raise DeviceError(Status.BAD_REQUEST, "SEGMENT_REQUEST needs a count")

@@ -55,12 +55,12 @@ class DeviceSim:
 
     @property
     def certificate(self) -> bytes:
-        assert self.fw.registry.cert is not None
-        return self.fw.registry.cert.raw
+        assert self.fw.credentials.cert is not None
+        return self.fw.credentials.cert.raw
 
     @property
     def segments(self) -> list[bytes]:
-        return self.fw.registry.live_segments()
+        return self.fw.credentials.live_segments()
 
     def _commit(self) -> list[bytes]:
         return [row.doc for row in self.fw.commit_pending().documents]

@@ -126,7 +126,7 @@ async def test_a_device_moves_to_the_new_keys_and_takes_old_and_new_receipts(
     assert err.value.status == Status.RECEIPT_INVALID
     offer = {"consortium": epoch2["consortium"], "endorsements": epoch2["endorsements"]}
     assert ack(device, {**offer, "receipts": [new]}) == 3
-    held = device.fw.registry.consortium
+    held = device.fw.credentials.consortium
     assert held is not None and held.epoch == 2
     # The original receipt of document 2: its signers were all replaced.
     with pytest.raises(DeviceError) as err:

@@ -57,8 +57,8 @@ async def test_a_rotation_is_accepted_with_the_chains_endorsements(
         verify_ack(device.fw, offer)  # without the endorsements: not the lineage
     assert err.value.status == Status.CONSORTIUM_INVALID
     assert ack(device, {**offer, "endorsements": epoch2["endorsements"]}) == 3
-    assert device.fw.registry.consortium is not None
-    assert device.fw.registry.consortium.epoch == 2
+    assert device.fw.credentials.consortium is not None
+    assert device.fw.credentials.consortium.epoch == 2
 
 
 async def test_the_rotation_is_kept_across_a_restart(chain: Chain, tmp_path: Path) -> None:

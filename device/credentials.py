@@ -32,7 +32,7 @@ class NumberSlot:
         return f"{self.number:08d}"
 
 
-class Registry:
+class Credentials:
     def __init__(self, settings: Settings, key: KeyPair, journal: Journal) -> None:
         self.settings = settings
         self.key = key
