@@ -45,7 +45,7 @@ class WriteRequest:
     reply: Reply
 
 
-Result = tuple[WriteRequest, int, dict[str, Any]]
+Answer = tuple[WriteRequest, int, dict[str, Any]]  # (request, status, body) to send
 
 
 @dataclass(slots=True)
@@ -54,7 +54,7 @@ class _Flight:
     (set by `_committed`, in the loop, once the journal thread is done)."""
 
     before: Snapshot
-    results: list[Result]
+    results: list[Answer]
     batch: Batch
     done: asyncio.Future[DeviceError | None]
 
@@ -156,8 +156,8 @@ class Writer:
         # before both are durable.
         self._journal.submit(partial(self._committed, flight), self.fw.commit_documents, batch)
 
-    async def _sign_group(self, group: list[WriteRequest]) -> list[Result]:
-        results: list[Result] = []
+    async def _sign_group(self, group: list[WriteRequest]) -> list[Answer]:
+        results: list[Answer] = []
         for index, item in enumerate(group):
             if index and index % YIELD_EVERY == 0:
                 # Let the previous group's commit completion send its replies, and the
@@ -186,7 +186,7 @@ class Writer:
         self._wake_up()
 
     @staticmethod
-    def _send(results: list[Result]) -> None:
+    def _send(results: list[Answer]) -> None:
         for item, code, out in results:
             _answer(item, code, out)
 
