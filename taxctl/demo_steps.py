@@ -23,7 +23,9 @@ DRAIN_TIMEOUT = 60.0
 OFFLINE_LIMIT_CODE = "OFFLINE_AMOUNT_LIMIT"
 
 
-class Shop:
+class DemoShop:
+    """The shop `taxctl demo` runs: a chain, printers and syncd as child processes."""
+
     def __init__(self, root: Path, devices: int, invoices: int) -> None:
         self.root = root
         self.invoices = invoices
