@@ -60,7 +60,7 @@ def _block_txs(ledger: Ledger, height: int) -> list[TxRow]:
     return [TxRow(*row) for row in rows]
 
 
-def _epochs(ledger: Ledger, bureau_key: bytes) -> list[tuple[int, trust.Consortium]]:
+def _epochs(ledger: Ledger, bureau_key: bytes) -> list[tuple[int, trust.ConsortiumKeys]]:
     """(first height, consortium) of every epoch on record, checked as a device would
     check a rotation: bureau-signed, one chain, epoch + 1 each time, endorsed by the
     previous epoch's quorum, and ending with the consortium the chain serves."""
@@ -70,7 +70,7 @@ def _epochs(ledger: Ledger, bureau_key: bytes) -> list[tuple[int, trust.Consorti
         raise LedgerCorrupt(0, f"epoch record: {exc}") from None
     if not records or records[-1].consortium != ledger.get_meta("consortium"):
         raise LedgerCorrupt(0, "the epoch record does not end with the consortium on record")
-    out: list[tuple[int, trust.Consortium]] = []
+    out: list[tuple[int, trust.ConsortiumKeys]] = []
     for record in records:
         try:
             consortium = trust.open_consortium(record.consortium, bureau_key)
@@ -87,7 +87,7 @@ def _epochs(ledger: Ledger, bureau_key: bytes) -> list[tuple[int, trust.Consorti
     return out
 
 
-def _in_force(epochs: list[tuple[int, trust.Consortium]], height: int) -> trust.Consortium:
+def _in_force(epochs: list[tuple[int, trust.ConsortiumKeys]], height: int) -> trust.ConsortiumKeys:
     found = epochs[0][1]
     for first, consortium in epochs:
         if first <= height:
@@ -119,7 +119,7 @@ def _check_block(
     expected: int,
     prev: bytes,
     chain_id: str,
-    epochs: list[tuple[int, trust.Consortium]],
+    epochs: list[tuple[int, trust.ConsortiumKeys]],
 ) -> dict[str, Any]:
     """The block's header, checked: stored as bytes, canonical, hashed, linked to `prev`
     and signed by a quorum of the consortium in force at its height."""

@@ -32,7 +32,7 @@ def seeds(directory: Path) -> dict[str, str]:
     return {e["node_id"]: e["seed"] for e in entries}
 
 
-def signers(chain: Chain, height: int) -> trust.Consortium:
+def signers(chain: Chain, height: int) -> trust.ConsortiumKeys:
     """The newest epoch whose quorum signed the stored block at `height` (or fail)."""
     row = chain.ledger.block(height)
     assert row is not None

@@ -76,7 +76,7 @@ async def test_the_rotation_is_kept_across_a_restart(chain: Chain, tmp_path: Pat
         again.close()
 
 
-def _epoch_one(chain: Chain) -> trust.Consortium:
+def _epoch_one(chain: Chain) -> trust.ConsortiumKeys:
     raw = trust.issue_consortium(
         trust.TRAINING_BUREAU, chain.chain_id, 1, chain.nodes.public_keys, True, 0
     )
