@@ -36,7 +36,7 @@ from device.client import DeviceClient, LinkError
 from device.protocol.status import DeviceError, Status
 from syncd.answers import code_label
 from syncd.backoff import Backoff
-from syncd.chainport import ChainDown, ChainPort, ChainRefused, SubmitResult
+from syncd.chainport import ChainDown, ChainGateway, ChainRefused, SubmitResult
 from syncd.cursor import CursorStore
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import SyncdMetrics
@@ -113,7 +113,7 @@ class Consortium:
     """The chain's node list, fetched once and refreshed when a device refuses it, with the
     previous epoch's endorsements a device needs to move to it."""
 
-    def __init__(self, chain: ChainPort) -> None:
+    def __init__(self, chain: ChainGateway) -> None:
         self.chain = chain
         self.raw: bytes | None = None
         self.endorsements: list[dict[str, Any]] = []
@@ -131,7 +131,7 @@ class DeviceSync:
     def __init__(
         self,
         link: DeviceLink,
-        chain: ChainPort,
+        chain: ChainGateway,
         cursors: CursorStore,
         settings: SyncSettings,
         *,

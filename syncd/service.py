@@ -43,7 +43,7 @@ from syncd.apiserver import (
     loop_exception_handler,
 )
 from syncd.backoff import Backoff
-from syncd.chainport import ChainPort
+from syncd.chainport import ChainGateway
 from syncd.config import Config, ConfigError, DeviceConfig
 from syncd.cursor import CursorStore
 from syncd.engine import ChainHealth, Consortium, DeviceSync, SyncSettings
@@ -123,7 +123,7 @@ class Daemon:
         self,
         cfg: Config,
         *,
-        chain: ChainPort,
+        chain: ChainGateway,
         args: argparse.Namespace | None = None,
         notifier: Notifier | None = None,
         reconfigure_chain: Callable[[Config], None] | None = None,
