@@ -58,12 +58,9 @@ def make_documents(
         while len(docs) < per_device:
             for _ in range(min(1000, per_device - len(docs))):
                 fw.issue(INVOICE)
-            batch = fw.take_batch()
-            fw.journal.commit(batch)
-            fw.committed_batch(batch)
-            docs.extend(row.doc for row in batch.documents)
-        assert fw.registry.cert is not None
-        out.append((fw.registry.cert.raw, fw.registry.live_segments(), docs))
+            docs.extend(row.doc for row in fw.commit_pending().documents)
+        assert fw.credentials.cert is not None
+        out.append((fw.credentials.cert.raw, fw.credentials.live_segments(), docs))
         fw.journal.close()
     return out
 

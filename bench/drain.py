@@ -54,10 +54,7 @@ def fill_journal(state: Path, count: int) -> str:
     while done < count:
         for _ in range(min(2000, count - done)):
             fw.issue(INVOICE)
-        batch = fw.take_batch()
-        fw.journal.commit(batch)
-        fw.committed_batch(batch)
-        done += len(batch.documents)
+        done += len(fw.commit_pending().documents)
     device_id = fw.settings.device_id
     fw.journal.close()
     return device_id

@@ -34,7 +34,7 @@ from bench.ceilings import (
 )
 from hostsim.pos.mix import MixSettings
 from hostsim.pos.till import Tills, TillSettings
-from taxctl.tools import Child, all_online, wait_status
+from taxctl_base.processes import Child, all_online, wait_status
 
 # Offline limits out of the way: the window measures throughput, not a shop's limits.
 TRAINING = ["--training", "--offline-amount", str(10**15), "--offline-seconds", str(10**9)]

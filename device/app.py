@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from device import settings as settings_mod
@@ -21,6 +22,7 @@ from device.limits import Limits
 from device.protocol import trust
 from device.protocol.clock import Clock, SystemClock
 from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT
+from device.protocol.keys import KeyPair
 from device.server import DeviceServer
 from device.settings import Settings, SettingsError
 from device.statelock import StateLock
@@ -89,59 +91,83 @@ def _open_device(
         os.chmod(state, mode & 0o700)
     lock = StateLock(state)  # before anything is read or written: a second printer stops here
     try:
+        asked = _Asked(training, bureau_key, limits, capacity, tax_rates, max_clock_step)
         existing = settings_mod.load(state)
         if existing is None:
-            if not training and bureau_key is None:
-                raise SettingsError(
-                    f"{state} holds no device yet: personalise it with --training, or with "
-                    "--bureau-key HEX (the tax bureau's public key to pin)"
-                )
-            training_key = trust.TRAINING_BUREAU.public_key
-            if training and bureau_key is not None and bureau_key != training_key:
-                raise SettingsError("a training device pins the well-known training bureau key")
-            # A crash after the key was written but before the settings: reuse that key.
-            key = signer.load_key(state) if signer.key_exists(state) else signer.create_key(state)
-            current = Settings(
-                device_id=trust.device_id_for(key.public_key),
-                training=bool(training),
-                bureau_key=training_key if training else bureau_key or b"",
-                limits=limits or Limits(),
-                capacity=capacity or settings_mod.DEFAULT_CAPACITY,
-                tax_rates=tax_rates or settings_mod.DEFAULT_TAX_RATES,
-                max_clock_step=max_clock_step or settings_mod.DEFAULT_MAX_CLOCK_STEP,
-            )
-            settings_mod.save(state, current)
-            log.info(
-                "personalised device %s (%s)",
-                current.device_id,
-                "training" if current.training else "production",
-            )
+            key, current = _personalise(state, asked)
         else:
-            key = signer.load_key(state)
-            if trust.device_id_for(key.public_key) != existing.device_id:
-                raise SettingsError(
-                    f"the key in {state} does not belong to device {existing.device_id}"
-                )
-            current = settings_mod.reconcile(
-                existing,
-                training=training,
-                bureau_key=bureau_key,
-                limits=limits,
-                capacity=capacity,
-                tax_rates=tax_rates,
-                max_clock_step=max_clock_step,
-            )
-            if current != existing:
-                settings_mod.save(state, current)
+            key, current = _reopen(state, existing, asked)
         journal = Journal(state, max_page_count=max_page_count)
         fw = Firmware(current, key, journal, clock, state)
         fw.state_lock = lock
         if current.training:
-            fw.registry.provision_training(clock.now())
+            fw.credentials.provision_training(clock.now())
     except BaseException:
         lock.release()
         raise
     return fw
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What the command line asked of the settings (None: not given)."""
+
+    training: bool | None
+    bureau_key: bytes | None
+    limits: Limits | None
+    capacity: int | None
+    tax_rates: frozenset[int] | None
+    max_clock_step: int | None
+
+
+def _personalise(state: Path, asked: _Asked) -> tuple[KeyPair, Settings]:
+    """A new device: its key, and the settings it keeps from now on."""
+    training, bureau_key = asked.training, asked.bureau_key
+    if not training and bureau_key is None:
+        raise SettingsError(
+            f"{state} holds no device yet: personalise it with --training, or with "
+            "--bureau-key HEX (the tax bureau's public key to pin)"
+        )
+    training_key = trust.TRAINING_BUREAU.public_key
+    if training and bureau_key is not None and bureau_key != training_key:
+        raise SettingsError("a training device pins the well-known training bureau key")
+    # A crash after the key was written but before the settings: reuse that key.
+    key = signer.load_key(state) if signer.key_exists(state) else signer.create_key(state)
+    current = Settings(
+        device_id=trust.device_id_for(key.public_key),
+        training=bool(training),
+        bureau_key=training_key if training else bureau_key or b"",
+        limits=asked.limits or Limits(),
+        capacity=asked.capacity or settings_mod.DEFAULT_CAPACITY,
+        tax_rates=asked.tax_rates or settings_mod.DEFAULT_TAX_RATES,
+        max_clock_step=asked.max_clock_step or settings_mod.DEFAULT_MAX_CLOCK_STEP,
+    )
+    settings_mod.save(state, current)
+    log.info(
+        "personalised device %s (%s)",
+        current.device_id,
+        "training" if current.training else "production",
+    )
+    return key, current
+
+
+def _reopen(state: Path, existing: Settings, asked: _Asked) -> tuple[KeyPair, Settings]:
+    """A device personalised before: its key, and its settings with what may change."""
+    key = signer.load_key(state)
+    if trust.device_id_for(key.public_key) != existing.device_id:
+        raise SettingsError(f"the key in {state} does not belong to device {existing.device_id}")
+    current = settings_mod.reconcile(
+        existing,
+        training=asked.training,
+        bureau_key=asked.bureau_key,
+        limits=asked.limits,
+        capacity=asked.capacity,
+        tax_rates=asked.tax_rates,
+        max_clock_step=asked.max_clock_step,
+    )
+    if current != existing:
+        settings_mod.save(state, current)
+    return key, current
 
 
 def open_port(

@@ -1,6 +1,6 @@
 """`taxctl device ...`: run the emulator, or talk to any device on a port.
 
-Exit codes (taxctl/exits.py): 0 ok; 1 the device refused (status name and
+Exit codes (taxctl_base/exits.py): 0 ok; 1 the device refused (status name and
 message on stderr); 2 bad usage or input file; 3 no answer from the device
 (before an issuing request a STATUS goes first: if nothing
 answers, nothing was sent and the message says what to check; if an issuing
@@ -23,8 +23,8 @@ from typing import Any
 
 from device import serial_flags
 from device.protocol.status import DeviceError, Status
-from taxctl import exits
-from taxctl.cli import add_version
+from taxctl_base import exits
+from taxctl_base.version import add_version
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_LINK, EXIT_STATE = (
     exits.REFUSED,
@@ -70,7 +70,13 @@ def _request_file_args(p: argparse.ArgumentParser, flag: str, helptext: str) -> 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     device = subparsers.add_parser("device", help="the tax-control printer emulator and its tools")
     sub = device.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
+    _add_run(sub)
+    _add_requests(sub)
+    _add_documents(sub)
+    _add_tools(sub)
 
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="run the emulated device on a pty or serial port")
     add_version(run)
     run.add_argument("--state", type=Path, required=True, help="device state directory")
@@ -92,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.set_defaults(func=cmd_run)
 
+
+def _add_requests(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands that send the device one request."""
     for name, helptext in (
         ("info", "identity, keys, registration"),
         ("status", "flags and counters"),
@@ -116,6 +125,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _request_file_args(credit, "--credit-note", "credit note request file, JSON ('-' = stdin)")
     credit.set_defaults(func=cmd_with_json, method="credit")
 
+
+def _add_documents(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Reading one document back: as the device answers it, or as a printed receipt."""
     get = sub.add_parser("get", help="one document, by counter or code and number (reprint)")
     _port_args(get)
     get.add_argument("--counter", type=int)
@@ -133,6 +145,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     receipt.add_argument("--out", type=Path, help="file to write (default: standard output)")
     receipt.set_defaults(func=cmd_receipt)
 
+
+def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The emulator's switches, its clock, and reading its journal offline."""
     control = sub.add_parser("control", help="emulator switches: paper out, cover open")
     _port_args(control)
     control.add_argument("--paper-out", choices=["on", "off"])

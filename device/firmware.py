@@ -10,16 +10,21 @@ or a failed write changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from device import checks, receipts
 from device.anchor import Anchor, AnchorDamaged, Mark
 from device.counters import RunCounts
-from device.journal import Batch, DocumentRow, Journal
-from device.limits import Backlog, amount_exceeded, check_issue, is_offline, time_exceeded
+from device.credentials import Credentials
+from device.journal import Batch, DocumentRow, Journal, SegmentRow
+from device.limits import Backlog, is_offline
 from device.protocol import codec, cose, invoice, qr, trust
 from device.protocol.clock import Clock
+from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT
 from device.protocol.document import (
     ZERO_HASH,
     Kind,
@@ -30,11 +35,9 @@ from device.protocol.document import (
 )
 from device.protocol.keys import KeyPair
 from device.protocol.status import DeviceError, Status
-from device.registry import Registry
 from device.reports import Period
 from device.settings import Settings
 from device.statelock import StateLock
-from device.sync import Ack
 
 log = logging.getLogger("taxctl.device")
 
@@ -47,6 +50,20 @@ class Head:
     counter: int = 0
     last_hash: bytes = ZERO_HASH
     last_time: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A checked write command: what to make durable, then what follows in memory.
+
+    `store` runs in the journal thread (None: nothing to write) and `finish` after it,
+    with what `store` returned: it changes the in-memory state and gives the answer.
+    Every check runs before `store` and only assignments in `finish`, so a refusal or a
+    failed write changes nothing.
+    """
+
+    store: Callable[[], Any] | None
+    finish: Callable[[Any], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +120,7 @@ class Firmware:
         self.journal = journal
         self.clock = clock
         self.state = state
-        self.registry = Registry(settings, key, journal)
+        self.credentials = Credentials(settings, key, journal)
         last = journal.last_document()
         self.head = Head(*last) if last else Head()
         self.committed = self.head.counter
@@ -118,7 +135,9 @@ class Firmware:
         self.request_marks = journal.request_marks()
         self.paper_out = False
         self.cover_open = False
-        self.run = RunCounts()
+        # Requests the link may have in flight: HELLO says so, the server enforces it.
+        self.max_in_flight = DEFAULT_MAX_IN_FLIGHT
+        self.since_start = RunCounts()  # this process's link and commit counts (STATUS)
         self.state_lock: StateLock | None = None  # set by app.open_device
         self._pending: list[DocumentRow] = []
         self._pending_payloads: dict[tuple[str, str], dict[str, Any]] = {}
@@ -175,12 +194,12 @@ class Firmware:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
-            self.head, dict(self.registry.next_number), self.backlog, self.period.copy()
+            self.head, dict(self.credentials.next_number), self.backlog, self.period.copy()
         )
 
     def restore(self, snap: Snapshot) -> None:
         self.head = snap.head
-        self.registry.next_number = snap.numbers
+        self.credentials.next_number = snap.numbers
         self.backlog = snap.backlog
         self.period = snap.period
         self._pending.clear()
@@ -212,26 +231,22 @@ class Firmware:
     def committed_batch(self, batch: Batch) -> None:
         if batch.documents:
             self.committed = batch.documents[-1].counter
+            self.since_start.committed(len(batch.documents))
+
+    def commit_pending(self) -> Batch:
+        """Commit what was issued since the last batch, as the writer's group commit does
+        but in the caller's thread (tools, benches, fixtures with no server); the batch."""
+        batch = self.take_batch()
+        if batch:
+            self.commit_documents(batch)
+            self.committed_batch(batch)
+        return batch
+
+    def carry_out(self, write: Write) -> dict[str, Any]:
+        """A write command's `store` and `finish` in the caller's thread (no server)."""
+        return write.finish(None if write.store is None else write.store())
 
     # --- issuing -------------------------------------------------------------------------
-
-    def _common_checks(self, now: int) -> None:
-        if self.registry.cert is None:
-            raise DeviceError(Status.UNREGISTERED)
-        if self.rolled_back is not None:
-            raise DeviceError(Status.JOURNAL_ROLLED_BACK, self.rolled_back)
-        if self.paper_out:
-            raise DeviceError(Status.PAPER_OUT)
-        if self.cover_open:
-            raise DeviceError(Status.COVER_OPEN)
-        if now < self.head.last_time:
-            raise DeviceError(
-                Status.CLOCK_BACKWARDS,
-                f"device time {format_utc(now)} is before the last document "
-                f"{format_utc(self.head.last_time)}",
-            )
-        if self.head.counter >= self.settings.capacity:
-            raise DeviceError(Status.STORAGE_FULL, f"capacity {self.settings.capacity} documents")
 
     def _sign(
         self,
@@ -247,7 +262,7 @@ class Firmware:
         request: tuple[int, bytes] | None,
         refers: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        assert self.registry.cert is not None
+        assert self.credentials.cert is not None
         counter = self.head.counter + 1
         fields: dict[str, Any] = {
             "device_id": self.settings.device_id,
@@ -256,7 +271,7 @@ class Firmware:
             "number": number[1] if number else None,
             "kind": kind.value,
             "issued_at": format_utc(now),
-            "seller": self.registry.cert.taxpayer,
+            "seller": self.credentials.cert.taxpayer,
             "buyer": buyer,
             "items": items,
             "amount": amount,
@@ -283,29 +298,41 @@ class Firmware:
             refers[0] if refers else None,
             refers[1] if refers else None,
         )
+        self._add_pending(kind, row, payload, number, items)
+        return document_response(row, payload, self.key)
+
+    def _add_pending(
+        self,
+        kind: Kind,
+        row: DocumentRow,
+        payload: dict[str, Any],
+        number: tuple[str, str] | None,
+        items: list[dict[str, Any]],
+    ) -> None:
+        """A signed document joins the batch: the head, the backlog and the period move."""
         self._pending.append(row)
         if number is not None:
             self._pending_payloads[number] = payload
-        self.head = Head(counter, digest, now)
+        self.head = Head(row.counter, row.hash, row.issued_at)
         if kind in (Kind.INVOICE, Kind.CREDIT):
-            self.backlog = self.backlog.add(amount + tax, now)
+            self.backlog = self.backlog.add(row.total, row.issued_at)
         elif self.backlog.oldest_at is None:
-            self.backlog = replace(self.backlog, count=self.backlog.count + 1, oldest_at=now)
+            self.backlog = replace(
+                self.backlog, count=self.backlog.count + 1, oldest_at=row.issued_at
+            )
         else:
             self.backlog = replace(self.backlog, count=self.backlog.count + 1)
         self.period.add(kind, items)
-        return document_response(row, payload, self.key)
 
     def issue(self, body: Any, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
-        if self.registry.cert is None:
+        if self.credentials.cert is None:
             raise DeviceError(Status.UNREGISTERED)
         req = invoice.parse_invoice_request(body, self.settings.tax_rates)
         now = self.now()
-        self._common_checks(now)
+        checks.check_document(self, now)
         totals = invoice.totals(req.lines)
-        self.registry.peek_available()
-        check_issue(self.settings.limits, self.backlog, now, totals.total)
-        slot = self.registry.take_number()
+        checks.check_numbered(self, now, totals.total)
+        slot = self.credentials.take_number()
         return self._sign(
             Kind.INVOICE,
             now,
@@ -335,7 +362,7 @@ class Firmware:
         return self.journal.credited(code, number) + pending
 
     def credit(self, body: Any, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
-        if self.registry.cert is None:
+        if self.credentials.cert is None:
             raise DeviceError(Status.UNREGISTERED)
         req = invoice.parse_credit_request(body, self.settings.tax_rates)
         kind, original_total, payload = self._original(req.code, req.number)
@@ -370,10 +397,9 @@ class Firmware:
                 f"credit {-totals.total} fen, remaining {original_total - credited} fen",
             )
         now = self.now()
-        self._common_checks(now)
-        self.registry.peek_available()
-        check_issue(self.settings.limits, self.backlog, now, totals.total)
-        slot = self.registry.take_number()
+        checks.check_document(self, now)
+        checks.check_numbered(self, now, totals.total)
+        slot = self.credentials.take_number()
         extra: dict[str, Any] = {
             "refers_to": {"code": req.code, "number": req.number},
             "reason": req.reason,
@@ -395,7 +421,7 @@ class Firmware:
 
     def report(self, kind: Kind, request: tuple[int, bytes] | None = None) -> dict[str, Any]:
         now = self.now()
-        self._common_checks(now)  # reports are allowed past the offline limits
+        checks.check_document(self, now)  # reports are allowed past the offline limits
         period = self.period
         report = period.report()
         response = self._sign(
@@ -416,38 +442,78 @@ class Firmware:
     # --- state reports -------------------------------------------------------------------
 
     def blocking(self) -> list[str]:
-        now = self.now()
-        reasons = []
-        if self.registry.cert is None:
-            reasons.append(Status.UNREGISTERED.name)
-        if self.rolled_back is not None:
-            reasons.append(Status.JOURNAL_ROLLED_BACK.name)
-        if self.paper_out:
-            reasons.append(Status.PAPER_OUT.name)
-        if self.cover_open:
-            reasons.append(Status.COVER_OPEN.name)
-        if now < self.head.last_time:
-            reasons.append(Status.CLOCK_BACKWARDS.name)
-        if self.head.counter >= self.settings.capacity or self.journal.full:
-            reasons.append(Status.STORAGE_FULL.name)
-        if self.registry.numbers_left() <= 0:
-            reasons.append(Status.SEGMENT_EXHAUSTED.name)
-        if time_exceeded(self.settings.limits, self.backlog, now):
-            reasons.append(Status.OFFLINE_TIME_LIMIT.name)
-        if amount_exceeded(self.settings.limits, self.backlog, 1):
-            reasons.append(Status.OFFLINE_AMOUNT_LIMIT.name)
-        return reasons
+        """Why an invoice would be refused now (STATUS), from the checks issuing runs."""
+        return checks.blocking(self, self.now())
 
     # --- synchronisation and registration -----------------------------------------------
 
-    def ack_meta(self, ack: Ack, now: int) -> dict[str, Any]:
+    def ack_sync(self, body: Any) -> Write:
+        """ACK_SYNC: verified chain receipts move synced_through (and maybe the consortium
+        and the trusted time)."""
+        ack = receipts.verify_ack(self, body)
+        now = self.now()
+        meta = self.ack_meta(ack, now)
+        accepted = len(body["receipts"])
+
+        def finish(_: None) -> dict[str, Any]:
+            if meta:
+                self.apply_ack(ack, meta, now)
+                log.info("%s synced through %d", self.settings.device_id, self.synced_through)
+            return {
+                "synced_through": self.synced_through,
+                "accepted": accepted,
+                "last_sync_at": format_utc(self.last_sync_at) if self.last_sync_at else None,
+                "time": format_utc(self.now()),
+            }
+
+        return Write(partial(self.journal.commit, Batch(meta=meta)) if meta else None, finish)
+
+    def load_cert(self, body: Any) -> Write:
+        """LOAD_CERT: the bureau's certificate for this device and key (again: a no-op)."""
+        raw = _bytes_field(body, "certificate")
+        cert = self.credentials.check_certificate(raw)
+        new = self.credentials.cert is None
+
+        def finish(_: None) -> dict[str, Any]:
+            if new:
+                self.credentials.cert = cert
+                log.info("%s registered to %s", self.settings.device_id, cert.taxpayer["tax_id"])
+            return {"device_id": cert.device_id, "taxpayer": cert.taxpayer, "serial": cert.serial}
+
+        store = partial(self.journal.commit, Batch(meta={"certificate": raw})) if new else None
+        return Write(store, finish)
+
+    def load_segment(self, body: Any) -> Write:
+        """LOAD_SEGMENT: a bureau-signed range of invoice numbers (again: a no-op)."""
+        raw = _bytes_field(body, "segment")
+        segment = self.credentials.check_segment(raw)
+
+        def finish(row: SegmentRow | None) -> dict[str, Any]:
+            if row is not None:
+                self.credentials.add_segment(row)
+            loaded = next(s for s in self.credentials.segments if s.raw == raw)
+            return {
+                "code": loaded.code,
+                "start": loaded.start,
+                "end": loaded.end,
+                "numbers_left": self.credentials.numbers_left(),
+            }
+
+        if segment is None:
+            return Write(None, finish)
+        add = partial(
+            self.journal.add_segment, segment.code, segment.start, segment.end, segment.raw
+        )
+        return Write(add, finish)
+
+    def ack_meta(self, ack: receipts.Ack, now: int) -> dict[str, Any]:
         """The journal meta an ACK_SYNC changes (empty: nothing to write)."""
         meta: dict[str, Any] = {}
         if ack.synced_through > self.synced_through:
             meta.update(synced_through=ack.synced_through, last_sync_at=now)
         if ack.consortium is not None:
             meta["consortium"] = ack.consortium
-            if self.registry.chain_id is None:  # the first consortium pins the chain
+            if self.credentials.chain_id is None:  # the first consortium pins the chain
                 meta["chain_id"] = trust.open_consortium(
                     ack.consortium, self.settings.bureau_key
                 ).chain_id
@@ -470,16 +536,18 @@ class Firmware:
         return target - int(self.clock.now())
 
     def not_after(self) -> int | None:
-        cert = self.registry.cert
+        cert = self.credentials.cert
         return parse_utc(cert.not_after) if cert is not None else None
 
-    def apply_ack(self, ack: Ack, meta: dict[str, Any], now: int) -> None:
+    def apply_ack(self, ack: receipts.Ack, meta: dict[str, Any], now: int) -> None:
         """After the commit of `meta`: the same changes in memory."""
         synced_through, consortium = ack.synced_through, ack.consortium
         if consortium is not None:
-            self.registry.consortium = trust.open_consortium(consortium, self.settings.bureau_key)
+            self.credentials.consortium = trust.open_consortium(
+                consortium, self.settings.bureau_key
+            )
             if "chain_id" in meta:
-                self.registry.first_chain_id = meta["chain_id"]
+                self.credentials.first_chain_id = meta["chain_id"]
         if "chain_time" in meta:
             self.chain_time = meta["chain_time"]
         if "time_offset" in meta:
@@ -493,7 +561,18 @@ class Firmware:
             self.synced_through = synced_through
             self.last_sync_at = now
 
-    def set_time(self, body: Any) -> int:
+    def set_time(self, body: Any) -> Write:
+        """SET_TIME: move the clock forward, within the step and the certificate."""
+        offset = self._offset_for(body)
+
+        def finish(_: None) -> dict[str, Any]:
+            self.time_offset = offset
+            return {"time": format_utc(self.now())}
+
+        return Write(partial(self.journal.commit, Batch(meta={"time_offset": offset})), finish)
+
+    def _offset_for(self, body: Any) -> int:
+        """The clock offset a SET_TIME body asks for, or its refusal."""
         if not isinstance(body, dict) or set(body) != {"time"}:
             raise DeviceError(Status.BAD_REQUEST, 'SET_TIME takes {"time": "YYYY-MM-DDTHH:MM:SSZ"}')
         try:
@@ -524,3 +603,9 @@ class Firmware:
                 "a larger step comes only with a chain receipt (ACK_SYNC)",
             )
         return wanted - int(self.clock.now())
+
+
+def _bytes_field(body: Any, key: str) -> bytes:
+    if not isinstance(body, dict) or set(body) != {key} or not isinstance(body[key], bytes):
+        raise DeviceError(Status.BAD_REQUEST, f'takes {{"{key}": bytes}}')
+    return bytes(body[key])

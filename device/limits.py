@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device.protocol.status import DeviceError, Status
-
 DEFAULT_OFFLINE_SECONDS = 72 * 3600
 DEFAULT_OFFLINE_AMOUNT = 100_000_000  # one million yuan, in fen
 DEFAULT_ONLINE_GRACE = 60
@@ -48,22 +46,6 @@ def time_exceeded(limits: Limits, backlog: Backlog, now: int) -> bool:
 
 def amount_exceeded(limits: Limits, backlog: Backlog, amount: int = 0) -> bool:
     return backlog.amount + abs(amount) > limits.offline_amount
-
-
-def check_issue(limits: Limits, backlog: Backlog, now: int, amount: int) -> None:
-    """Refuse a document of `amount` fen signed at `now` if it would break a limit."""
-    if time_exceeded(limits, backlog, now):
-        assert backlog.oldest_at is not None
-        raise DeviceError(
-            Status.OFFLINE_TIME_LIMIT,
-            f"oldest unsynced document is {now - backlog.oldest_at} s old, "
-            f"limit {limits.offline_seconds} s",
-        )
-    if amount_exceeded(limits, backlog, amount):
-        raise DeviceError(
-            Status.OFFLINE_AMOUNT_LIMIT,
-            f"unsynced {backlog.amount} + {abs(amount)} fen would exceed {limits.offline_amount}",
-        )
 
 
 def is_offline(limits: Limits, backlog: Backlog, now: int) -> bool:

@@ -165,17 +165,35 @@ class Receipt:
         return qr.for_document(self.payload).to_payload()
 
     def lines(self, width: int) -> list[str]:
-        p = self.payload
         rule = "-" * width
-        out: list[str] = []
         banner = center(f"*** {TRAINING_BANNER} ***" if width >= 40 else TRAINING_BANNER, width)
-        if self.training:
-            out += [banner, rule]
-        out.append(center(KIND_TITLES.get(str(p["kind"]), str(p["kind"]).upper()), width))
-        seller = p.get("seller") or {}
-        out.append(center(str(seller.get("name", "")), width))
-        out.append(center(str(seller.get("tax_id", "")), width))
+        out = [banner, rule] if self.training else []
+        out += self._heading(width)
         out.append(rule)
+        out += self._parties(width)
+        out.append(rule)
+        out += self._items(width)
+        out.append(rule)
+        out += self._totals(width)
+        out.append(rule)
+        out += self._check_code(width)
+        if self.training:
+            out += [rule, banner]
+        return out
+
+    def _heading(self, width: int) -> list[str]:
+        p = self.payload
+        seller = p.get("seller") or {}
+        return [
+            center(KIND_TITLES.get(str(p["kind"]), str(p["kind"]).upper()), width),
+            center(str(seller.get("name", "")), width),
+            center(str(seller.get("tax_id", "")), width),
+        ]
+
+    def _parties(self, width: int) -> list[str]:
+        """Number, time and device; the buyer; what a credit note credits."""
+        p = self.payload
+        out: list[str] = []
         if p.get("code") is not None:
             out.append(two_columns("Code", str(p["code"]), width))
             out.append(two_columns("Number", str(p["number"]), width))
@@ -194,7 +212,12 @@ class Receipt:
             out.append(fit(f"Reason: {p.get('reason', '')}", width))
             if p.get("confirmation"):  # the buyer's red-letter confirmation (红字信息确认单)
                 out += labelled("Confirmed", str(p["confirmation"]), width)
-        out.append(rule)
+        return out
+
+    def _items(self, width: int) -> list[str]:
+        """The lines sold, or a report's counts."""
+        p = self.payload
+        out: list[str] = []
         for item in p.get("items") or []:
             out += [line.rstrip() for line in wrap(str(item["name"]), width)]
             qty = f"  {item['quantity']} x {yuan(int(item['unit_price']))}"
@@ -218,18 +241,24 @@ class Receipt:
                         f"  at {rate(int(row['tax_rate_bp']))}", yuan(int(row["amount"])), width
                     )
                 )
-        out.append(rule)
-        out.append(two_columns("Amount", yuan(int(p["amount"])), width))
-        out.append(two_columns("Tax", yuan(int(p["tax"])), width))
-        out.append(two_columns("TOTAL", yuan(int(p["total"])), width))
-        out.append(rule)
-        out.append(two_columns("Check code", "", width).rstrip())
-        code = str(p["check_code"])
-        out.append(center(" ".join(code[i : i + 5] for i in range(0, len(code), 5)), width))
-        if p.get("offline"):
+        return out
+
+    def _totals(self, width: int) -> list[str]:
+        p = self.payload
+        return [
+            two_columns("Amount", yuan(int(p["amount"])), width),
+            two_columns("Tax", yuan(int(p["tax"])), width),
+            two_columns("TOTAL", yuan(int(p["total"])), width),
+        ]
+
+    def _check_code(self, width: int) -> list[str]:
+        code = str(self.payload["check_code"])
+        out = [
+            two_columns("Check code", "", width).rstrip(),
+            center(" ".join(code[i : i + 5] for i in range(0, len(code), 5)), width),
+        ]
+        if self.payload.get("offline"):
             out.append(center("(issued offline)", width))
-        if self.training:
-            out += [rule, banner]
         return out
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from device import views
 from device.firmware import Firmware, response_for_row
+from device.handlers import READS, WRITES
 from device.protocol import codec
 from device.protocol.commands import ACK_AFTER, DEFAULT_MAX_IN_FLIGHT, ISSUING, Command
 from device.protocol.framing import (
@@ -45,18 +45,6 @@ RECENT_RESPONSES = 4096
 # 4096 of them would be 250 MB. Past this, the oldest go first (an issuing request's
 # answer is still given again from the journal; a read is simply answered anew).
 RECENT_BYTES = 16 * 1024 * 1024
-WRITES = ISSUING | {Command.ACK_SYNC, Command.LOAD_CERT, Command.LOAD_SEGMENT, Command.SET_TIME}
-READS = {
-    Command.HELLO: None,  # needs max_in_flight; handled inline
-    Command.INFO: views.info,
-    Command.STATUS: views.status,
-    Command.FETCH: views.fetch,
-    Command.GET_DOCUMENT: views.get_document,
-    Command.EXPORT: views.export,
-    Command.CSR: views.csr,
-    Command.SEGMENT_REQUEST: views.segment_request,
-    Command.CONTROL: views.control,
-}
 
 
 _COMMANDS = {int(c): c for c in Command}
@@ -113,12 +101,20 @@ class DeviceServer:
     ) -> None:
         self.fw = fw
         self.port = port
-        self.max_in_flight = max_in_flight
+        fw.max_in_flight = max_in_flight
         self.writer = Writer(fw)
         self.decoder = FrameDecoder()
         self._in_flight: dict[int, _Flight] = {}
         self._recent: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # id -> (digest, frame)
         self._recent_bytes = 0  # the frames' total size in _recent
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.fw.max_in_flight  # the firmware's, as HELLO tells the host
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:
+        self.fw.max_in_flight = value
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set or the port closes; then finish every accepted write."""
@@ -167,7 +163,7 @@ class DeviceServer:
         """NAK a damaged frame with the id its header claims; noise shorter than a header
         has none and gets no answer. The command byte is 0: a damaged one means nothing."""
         if worth_nak(error) and error.request_id is not None:
-            self.fw.run.naks_sent += 1
+            self.fw.since_start.naks_sent += 1
             self._send(Frame(FrameType.NAK, error.request_id, 0, error.reason))
 
     async def _ack_loop(self) -> None:
@@ -205,7 +201,7 @@ class DeviceServer:
             return
         rid, command = request.rid, request.command
         if len(self._in_flight) >= self.max_in_flight:
-            self.fw.run.busy_sent += 1
+            self.fw.since_start.busy_sent += 1
             self._send(Frame(FrameType.BUSY, rid, command))
         elif request.refusal is not None:
             refusal = request.refusal
@@ -237,7 +233,7 @@ class DeviceServer:
         recent = self._recent.get(rid)
         if recent is not None:
             if recent[0] == digest:
-                self.fw.run.replays += 1
+                self.fw.since_start.replays += 1
                 self._write(recent[1])
             else:
                 self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
@@ -253,12 +249,7 @@ class DeviceServer:
         rid, command, digest, known = request.rid, request.command, request.digest, request.known
         assert known is not None
         try:
-            if known == Command.HELLO:
-                out = views.hello(self.fw, request.body, self.max_in_flight)
-            else:
-                handler = READS[known]
-                assert handler is not None
-                out = handler(self.fw, request.body)
+            out = READS[known](self.fw, request.body)
         except DeviceError as exc:
             self._reply(rid, command, digest, exc.status, exc.to_body())
         except Exception as exc:
@@ -274,7 +265,7 @@ class DeviceServer:
         if row.request_digest != digest:
             self._reply_uncached(rid, command, DeviceError(Status.REQUEST_ID_REUSED))
         else:
-            self.fw.run.replays += 1
+            self.fw.since_start.replays += 1
             self._reply(rid, command, digest, Status.OK, response_for_row(row, self.fw.key))
         return True
 

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from device import sync
 from device.firmware import Firmware, Snapshot
+from device.handlers import ISSUES, UPDATES
 from device.journal import Batch, JournalError, StorageFull
 from device.journal_thread import JournalThread
-from device.protocol.commands import ISSUING, Command
-from device.protocol.document import Kind, format_utc
+from device.protocol.commands import Command
 from device.protocol.status import DeviceError, Status, internal_error
 
 log = logging.getLogger("taxctl.device")
@@ -46,7 +45,7 @@ class WriteRequest:
     reply: Reply
 
 
-Result = tuple[WriteRequest, int, dict[str, Any]]
+Answer = tuple[WriteRequest, int, dict[str, Any]]  # (request, status, body) to send
 
 
 @dataclass(slots=True)
@@ -55,7 +54,7 @@ class _Flight:
     (set by `_committed`, in the loop, once the journal thread is done)."""
 
     before: Snapshot
-    results: list[Result]
+    results: list[Answer]
     batch: Batch
     done: asyncio.Future[DeviceError | None]
 
@@ -105,14 +104,11 @@ class Writer:
     def close(self) -> None:
         self._journal.close()
 
-    async def _commit(self, batch: Batch) -> None:
-        await self._journal.run(self.fw.journal.commit, batch)
-
     async def _process(self, items: list[WriteRequest]) -> None:
         start = 0
         while start < len(items):
             end = start
-            while end < len(items) and items[end].command in ISSUING:
+            while end < len(items) and items[end].command in ISSUES:
                 end += 1
             if end > start:
                 await self._issue_group(items[start:end])
@@ -160,21 +156,20 @@ class Writer:
         # before both are durable.
         self._journal.submit(partial(self._committed, flight), self.fw.commit_documents, batch)
 
-    async def _sign_group(self, group: list[WriteRequest]) -> list[Result]:
-        results: list[Result] = []
+    async def _sign_group(self, group: list[WriteRequest]) -> list[Answer]:
+        results: list[Answer] = []
         for index, item in enumerate(group):
             if index and index % YIELD_EVERY == 0:
                 # Let the previous group's commit completion send its replies, and the
                 # port be read, instead of holding them until this group is signed.
                 await asyncio.sleep(0)
             try:
-                results.append((item, Status.OK, self._issue(item)))
-            except DeviceError as exc:
-                results.append((item, exc.status, exc.to_body()))
-            except Exception as exc:  # a bug: refuse this request, keep the device up
-                log.exception("issuing failed")
-                error = internal_error(exc)
-                results.append((item, Status.INTERNAL_ERROR, error.to_body()))
+                out = ISSUES[item.command](self.fw, item.body, (item.request_id, item.digest))
+            except Exception as exc:
+                error = refusal(exc, item.command.name)
+                results.append((item, error.status, error.to_body()))
+            else:
+                results.append((item, Status.OK, out))
         return results
 
     def _committed(self, flight: _Flight, _: None, error: BaseException | None) -> None:
@@ -183,101 +178,44 @@ class Writer:
         leaves rollback and refusals to _settle."""
         if error is None:
             self.fw.committed_batch(flight.batch)
-            self.fw.run.committed(len(flight.batch.documents))
             self._send(flight.results)
             flight.done.set_result(None)
         else:
-            status = (
-                Status.STORAGE_FULL if isinstance(error, StorageFull) else Status.INTERNAL_ERROR
-            )
-            log.error(
-                "journal commit failed, %d documents refused: %s",
-                len(flight.batch.documents),
-                error,
-                exc_info=None if isinstance(error, JournalError) else error,  # a bug: show where
-            )
-            flight.done.set_result(DeviceError(status, str(error)))
+            what = f"committing {len(flight.batch.documents)} documents"
+            flight.done.set_result(refusal(error, what))
         self._wake_up()
 
     @staticmethod
-    def _send(results: list[Result]) -> None:
+    def _send(results: list[Answer]) -> None:
         for item, code, out in results:
             _answer(item, code, out)
 
-    def _issue(self, item: WriteRequest) -> dict[str, Any]:
-        request = (item.request_id, item.digest)
-        if item.command == Command.ISSUE:
-            return self.fw.issue(item.body, request)
-        if item.command == Command.CREDIT:
-            return self.fw.credit(item.body, request)
-        if item.body not in (None, {}):
-            raise DeviceError(Status.BAD_REQUEST, f"{item.command.name} takes an empty body")
-        kind = Kind.X_REPORT if item.command == Command.X_REPORT else Kind.Z_REPORT
-        return self.fw.report(kind, request)
-
     async def _write_one(self, item: WriteRequest) -> None:
-        """One non-issuing write. Its checks all run before its one commit, and only
-        in-memory assignments after it, so a refusal or a bug leaves nothing half-written."""
+        """One non-issuing write: the firmware checks it, its one write is committed in the
+        journal thread, then the firmware's in-memory change and answer follow."""
         try:
-            body = await self._execute(item)
-        except DeviceError as exc:
-            _answer(item, exc.status, exc.to_body())
-        except StorageFull as exc:
-            _answer(item, Status.STORAGE_FULL, DeviceError(Status.STORAGE_FULL, str(exc)).to_body())
-        except JournalError as exc:
-            _answer(item, Status.INTERNAL_ERROR, internal_error(exc).to_body())
-        except Exception as exc:  # a bug: refuse this request, keep the device up
-            log.exception("%s failed", item.command.name)
-            _answer(item, Status.INTERNAL_ERROR, internal_error(exc).to_body())
+            write = UPDATES[item.command](self.fw, item.body)
+            stored = None if write.store is None else await self._journal.run(write.store)
+            body = write.finish(stored)
+        except Exception as exc:
+            error = refusal(exc, item.command.name)
+            _answer(item, error.status, error.to_body())
         else:
             _answer(item, Status.OK, body)
 
-    async def _execute(self, item: WriteRequest) -> dict[str, Any]:
-        fw = self.fw
-        body = item.body
-        if item.command == Command.ACK_SYNC:
-            ack = sync.verify_ack(fw, body)
-            now = fw.now()
-            meta = fw.ack_meta(ack, now)
-            if meta:
-                await self._commit(Batch(meta=meta))
-                fw.apply_ack(ack, meta, now)
-                log.info("%s synced through %d", fw.settings.device_id, fw.synced_through)
-            return {
-                "synced_through": fw.synced_through,
-                "accepted": len(body["receipts"]),
-                "last_sync_at": format_utc(fw.last_sync_at) if fw.last_sync_at else None,
-                "time": format_utc(fw.now()),
-            }
-        if item.command == Command.LOAD_CERT:
-            raw = _bytes_field(body, "certificate")
-            cert = fw.registry.check_certificate(raw)
-            if fw.registry.cert is None:
-                await self._commit(Batch(meta={"certificate": raw}))
-                fw.registry.cert = cert
-                log.info("%s registered to %s", fw.settings.device_id, cert.taxpayer["tax_id"])
-            return {"device_id": cert.device_id, "taxpayer": cert.taxpayer, "serial": cert.serial}
-        if item.command == Command.LOAD_SEGMENT:
-            raw = _bytes_field(body, "segment")
-            segment = fw.registry.check_segment(raw)
-            if segment is not None:
-                row = await self._journal.run(
-                    fw.journal.add_segment, segment.code, segment.start, segment.end, segment.raw
-                )
-                fw.registry.add_segment(row)
-            loaded = next(s for s in fw.registry.segments if s.raw == raw)
-            return {
-                "code": loaded.code,
-                "start": loaded.start,
-                "end": loaded.end,
-                "numbers_left": fw.registry.numbers_left(),
-            }
-        if item.command == Command.SET_TIME:
-            offset = fw.set_time(body)
-            await self._commit(Batch(meta={"time_offset": offset}))
-            fw.time_offset = offset
-            return {"time": format_utc(fw.now())}
-        raise DeviceError(Status.UNKNOWN_COMMAND, item.command.name)
+
+def refusal(exc: BaseException, what: str) -> DeviceError:
+    """The writer's one error policy: the answer to a request it could not carry out.
+    A refusal stands; a full disk is STORAGE_FULL; any other journal failure or a bug
+    refuses that request only (and is logged), and the device stays up."""
+    if isinstance(exc, DeviceError):
+        return exc
+    if isinstance(exc, StorageFull):
+        log.error("%s: the journal is full: %s", what, exc)
+        return DeviceError(Status.STORAGE_FULL, str(exc))
+    # A journal error is the disk's doing; anything else is a bug: show where.
+    log.error("%s failed: %s", what, exc, exc_info=None if isinstance(exc, JournalError) else exc)
+    return internal_error(exc)
 
 
 def _answer(item: WriteRequest, code: int, out: dict[str, Any]) -> None:
@@ -287,9 +225,3 @@ def _answer(item: WriteRequest, code: int, out: dict[str, Any]) -> None:
         item.reply(code, out)
     except Exception:
         log.exception("the answer to request 0x%x was lost", item.request_id)
-
-
-def _bytes_field(body: Any, key: str) -> bytes:
-    if not isinstance(body, dict) or set(body) != {key} or not isinstance(body[key], bytes):
-        raise DeviceError(Status.BAD_REQUEST, f'takes {{"{key}": bytes}}')
-    return bytes(body[key])

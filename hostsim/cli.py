@@ -13,13 +13,26 @@ from typing import Any
 
 from device.render import RECEIPT_ZONE
 from hostsim.chain.ratelimit import VERIFY_LIMIT
-from taxctl.cli import add_version
+from taxctl_base.version import add_version
 
 
 def register(subparsers: Any) -> None:
     hostsim = subparsers.add_parser("hostsim", help="simulators of the outside world")
     sub = hostsim.add_subparsers(dest="hostsim_command", metavar="WHAT", required=True)
+    chain_sub = _add_chain(sub)
+    verify = chain_sub.add_parser("verify", help="re-check every block, signature and document")
+    verify.add_argument("--data", required=True, help="ledger directory")
+    verify.set_defaults(func=_verify_chain)
 
+    from hostsim import enrol
+
+    enrol.add_parser(sub)
+    _add_noisy_link(sub)
+    _add_pos(sub)
+
+
+def _add_chain(sub: Any) -> Any:
+    """`hostsim chain` and its options; the subparsers for its actions."""
     chain = sub.add_parser(
         "chain",
         help="run the consortium chain simulator (or `chain verify`)",
@@ -58,15 +71,10 @@ def register(subparsers: Any) -> None:
         help=f"time zone the 查验 page shows times in (default {RECEIPT_ZONE}); APIs stay UTC",
     )
     chain.set_defaults(func=_run_chain)
-    chain_sub = chain.add_subparsers(dest="chain_command", metavar="ACTION")
-    verify = chain_sub.add_parser("verify", help="re-check every block, signature and document")
-    verify.add_argument("--data", required=True, help="ledger directory")
-    verify.set_defaults(func=_verify_chain)
+    return chain.add_subparsers(dest="chain_command", metavar="ACTION")
 
-    from hostsim import enrol
 
-    enrol.add_parser(sub)
-
+def _add_noisy_link(sub: Any) -> None:
     noisy = sub.add_parser(
         "noisy-link",
         help="a noisy serial line in front of a device's pty",
@@ -81,6 +89,8 @@ def register(subparsers: Any) -> None:
     noisy.add_argument("--seed", type=int, default=0)
     noisy.set_defaults(func=_run_noisy)
 
+
+def _add_pos(sub: Any) -> None:
     pos = sub.add_parser(
         "pos",
         help="tills that issue invoices through syncd's POS API (also the load generator)",

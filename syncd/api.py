@@ -136,7 +136,7 @@ class ApiContext:
     # called when a request's head has been read (True) and when its handler is done
     on_request: Callable[[web.Request, bool], None] | None = None
     access: Access = field(default_factory=Access)
-    # the chain's answer to "has a buyer claimed this invoice?" (ChainPort.invoice_claimed);
+    # the chain's answer to "has a buyer claimed this invoice?" (ChainGateway.invoice_claimed);
     # None: no chain to ask (tests of the API alone)
     invoice_claimed: Callable[[str, str, str, str], Awaitable[bool | None]] | None = None
     guard: RollbackGuard | None = None  # refuses printers that went backwards or equivocated

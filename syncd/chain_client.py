@@ -7,7 +7,7 @@ timeout, a 5xx or an answer that is not what the API defines
 (`BAD_ANSWER`, see `syncd/answers.py`) is `ChainDown` (try again later,
 perhaps on another node); a 4xx is `ChainRefused` with the chain's code.
 No answer is read past `max_answer_bytes`. An adapter for a production
-chain gateway would implement the same `ChainPort` methods.
+chain gateway would implement the same `ChainGateway` methods.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from syncd.answers import code_label
-from syncd.chainport import ChainPort
+from syncd.chainport import ChainGateway
 from syncd.metrics import SyncdMetrics
 
 log = logging.getLogger("taxctl.syncd")
@@ -58,7 +58,7 @@ class Consortium:
     """The chain's node list, fetched once and refreshed when a device refuses it, with the
     previous epoch's endorsements a device needs to move to it."""
 
-    def __init__(self, chain: ChainPort) -> None:
+    def __init__(self, chain: ChainGateway) -> None:
         self.chain = chain
         self.raw: bytes | None = None
         self.endorsements: list[dict[str, Any]] = []

@@ -1,6 +1,6 @@
 """What syncd needs from the chain, as one narrow interface.
 
-The sync engine and the registration flow talk to `ChainPort`; the chain
+The sync engine and the registration flow talk to `ChainGateway`; the chain
 client (`syncd/chain_client.py`) implements it over HTTP, and tests plug in
 an in-memory chain. Its answers are typed values (below), already checked
 against the chain's API (`syncd/answers.py`), so callers never meet a
@@ -24,7 +24,7 @@ from device.protocol.chainapi import SubmitStatus
 
 __all__ = [
     "ChainDown",
-    "ChainPort",
+    "ChainGateway",
     "ChainRefused",
     "ConsortiumOffer",
     "Registration",
@@ -72,7 +72,7 @@ class ConsortiumOffer:
     endorsements: tuple[dict[str, Any], ...] = ()
 
 
-class ChainPort(Protocol):
+class ChainGateway(Protocol):
     @property
     def url(self) -> str:
         """The node currently in use (for status)."""

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from device import serial_flags
-from taxctl import exits
-from taxctl.cli import add_version
+from taxctl_base import exits
+from taxctl_base.version import add_version
 
 EXIT_USAGE = exits.USAGE
 EXIT_LINK = exits.LINK

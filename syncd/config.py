@@ -52,7 +52,7 @@ from device.protocol.commands import (
 )
 from device.serial_flags import BAUD_MAX, BAUD_MIN
 from syncd.access import parse_origins
-from taxctl.address import parse_listen
+from taxctl_base.address import parse_listen
 
 DEFAULT_CONFIG = Path("/etc/taxctl/syncd.toml")
 DEFAULT_STATE = Path("/var/lib/taxctl-syncd")

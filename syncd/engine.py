@@ -38,7 +38,7 @@ from syncd.answers import check_result_count
 from syncd.backoff import Backoff
 from syncd.batcher import Batcher, Page
 from syncd.chainhealth import ChainHealth, Consortium
-from syncd.chainport import ChainDown, ChainPort, ChainRefused, SubmitResult
+from syncd.chainport import ChainDown, ChainGateway, ChainRefused, SubmitResult
 from syncd.config import Config, default
 from syncd.cursor import CursorStore
 from syncd.link import DeviceLink, LinkDown
@@ -85,7 +85,7 @@ class DeviceSync:
     def __init__(
         self,
         link: DeviceLink,
-        chain: ChainPort,
+        chain: ChainGateway,
         cursors: CursorStore,
         settings: SyncSettings,
         *,

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.metrics_core import Metric as Family
 
-from taxctl import __version__
+from taxctl_base.version import __version__
 
 # what generate_latest() writes (the library's CONTENT_TYPE_LATEST moved on to 1.0.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -104,7 +104,7 @@ class Histogram:
         return fam
 
 
-class Registry:
+class MetricSet:
     """syncd's own metrics, a collector for `prometheus_client`."""
 
     def __init__(self) -> None:
@@ -145,7 +145,7 @@ class SyncdMetrics:
     """Every metric syncd exports, in one place."""
 
     def __init__(self, version: str = __version__, chain_codes: Iterable[str] = ()) -> None:
-        r = self.registry = Registry()
+        r = self.metric_set = MetricSet()
         dev = ("device",)
         self.link_up = r.gauge(
             "taxctl_syncd_link_up", "1 if the device answers on its port", ("device", "port")
@@ -232,7 +232,7 @@ class SyncdMetrics:
 
     def device_metrics(self) -> list[Metric]:
         """Every metric whose first label is the device."""
-        found = [m for m in self.registry.metrics() if isinstance(m, Metric)]
+        found = [m for m in self.metric_set.metrics() if isinstance(m, Metric)]
         return [m for m in found if m.labels[:1] == ("device",)]
 
     def configured(self, device: str, port: str) -> None:

@@ -27,7 +27,6 @@ from device import render
 from device.protocol import codec, qr
 from device.protocol.document import Document
 
-TRAINING_BANNER = render.TRAINING_BANNER
 DEFAULT_PAPER = 80
 
 

@@ -26,7 +26,7 @@ from device.protocol import chainapi, invoice, taxid
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown
 from syncd.chainhealth import ChainHealth
-from syncd.chainport import ChainDown, ChainPort, ChainRefused
+from syncd.chainport import ChainDown, ChainGateway, ChainRefused
 from syncd.config import Config, default
 from syncd.link import DeviceLink
 from syncd.metrics import SyncdMetrics
@@ -84,7 +84,7 @@ def check_taxpayer(tax_id: str, name: str) -> dict[str, str]:
 
 async def register_device(
     client: DeviceClient,
-    chain: ChainPort,
+    chain: ChainGateway,
     taxpayer: dict[str, str],
     *,
     segment_size: int,
@@ -146,7 +146,7 @@ class Registrar:
 
     def __init__(
         self,
-        chain: ChainPort,
+        chain: ChainGateway,
         settings: RegistrationSettings,
         metrics: SyncdMetrics | None = None,
         health: ChainHealth | None = None,

@@ -45,7 +45,7 @@ from syncd.apiserver import (
 from syncd.attachment import Attachment
 from syncd.backoff import Backoff
 from syncd.chainhealth import ChainHealth, Consortium
-from syncd.chainport import ChainPort
+from syncd.chainport import ChainGateway
 from syncd.config import Config, ConfigError, DeviceConfig
 from syncd.cursor import CursorStore
 from syncd.engine import DeviceSync, SyncSettings
@@ -94,7 +94,7 @@ class Daemon:
         self,
         cfg: Config,
         *,
-        chain: ChainPort,
+        chain: ChainGateway,
         args: argparse.Namespace | None = None,
         notifier: Notifier | None = None,
         reconfigure_chain: Callable[[Config], None] | None = None,

@@ -11,7 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from taxctl import __version__, exits
+from taxctl_base import exits
+from taxctl_base.version import add_version
 
 # Module paths, not imports: `taxctl device info` should not pay for aiohttp.
 COMPONENTS = (
@@ -36,11 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMPONENTS:
         importlib.import_module(name).register(subparsers)
     return parser
-
-
-def add_version(parser: argparse.ArgumentParser) -> None:
-    """`--version`, the same line on every command that has it."""
-    parser.add_argument("--version", action="version", version=f"taxctl {__version__}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 from taxctl.demo_enrol import show_enrolment
 from taxctl.demo_report import Tally, format_summary, restart_commands
-from taxctl.demo_steps import Shop
+from taxctl.demo_steps import DemoShop
 
 DEFAULT_INVOICES = 20
 
@@ -60,7 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     root = args.keep or Path(tempfile.mkdtemp(prefix="taxctl-demo-"))
     started = time.monotonic()
-    shop = Shop(root, args.devices, args.invoices)
+    shop = DemoShop(root, args.devices, args.invoices)
     tally = Tally()
     ok = False
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hostsim.audit import admin_token
 from taxctl.demo_report import Tally
-from taxctl.tools import Child, http
+from taxctl_base.processes import Child, http
 
 TAXPAYER = ("91350100M000100Y43", "ACME Trading")
 

@@ -15,7 +15,7 @@ from hostsim.pos.mix import MixSettings
 from hostsim.pos.till import Acknowledged, Tills, TillSettings
 from syncd.posclient import PosClient
 from taxctl.demo_report import Progress, Tally
-from taxctl.tools import Child, all_online, http, wait_status
+from taxctl_base.processes import Child, all_online, http, wait_status
 
 # The sales mix's mean invoice total is about 6,200 yuan: this offline limit lets a
 # printer sell roughly `invoices` sales while the chain is away before it refuses.
@@ -24,7 +24,9 @@ DRAIN_TIMEOUT = 60.0
 OFFLINE_LIMIT_CODE = "OFFLINE_AMOUNT_LIMIT"
 
 
-class Shop:
+class DemoShop:
+    """The shop `taxctl demo` runs: a chain, printers and syncd as child processes."""
+
     def __init__(self, root: Path, devices: int, invoices: int) -> None:
         self.root = root
         self.invoices = invoices

@@ -19,7 +19,7 @@ import urllib.request
 from typing import Any
 
 from device.protocol import qr, untrusted
-from taxctl.exits import AUTHENTIC, CLAIMED, NO_ANSWER, NOT_AUTHENTIC, NOT_YET_UPLOADED, USAGE
+from taxctl_base.exits import AUTHENTIC, CLAIMED, NO_ANSWER, NOT_AUTHENTIC, NOT_YET_UPLOADED, USAGE
 
 DEFAULT_CHAIN = "http://127.0.0.1:8700"
 

@@ -23,7 +23,7 @@ from pycose.messages import Sign1Message
 from device.protocol import codec, merkle, trust
 from device.protocol.document import ZERO_HASH, document_hash, format_utc
 from device.protocol.keys import KeyPair
-from taxctl.tools import read_ready
+from taxctl_base.processes import read_ready
 
 ACME = {"name": "ACME Trading", "tax_id": "91350100M000100Y43"}
 

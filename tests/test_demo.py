@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from taxctl.tools import http
+from taxctl_base.processes import http
 from tests.helpers import run_taxctl, spawn
 
 

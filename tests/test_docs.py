@@ -27,8 +27,8 @@ from hostsim.chain.errors import Code
 from syncd import config as config_mod
 from syncd.metrics import SyncdMetrics
 from syncd.refusals import for_status
-from taxctl import exits
 from taxctl.cli import build_parser
+from taxctl_base import exits
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

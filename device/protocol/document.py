@@ -257,6 +257,20 @@ def check_shape(payload: object) -> None:
     """
     if type(payload) is not dict:
         raise DocumentError("payload must be a map")
+    kind = _check_keys(payload)
+    _check_numbering(payload, kind)
+    _check_contents(payload)
+    if kind == Kind.CREDIT:
+        _check_credit(payload)
+    elif kind in (Kind.X_REPORT, Kind.Z_REPORT):
+        if type(payload["report"]) is not dict:
+            raise DocumentError("report must be a map")
+        if payload["items"] != []:
+            raise DocumentError("a report has no items")
+
+
+def _check_keys(payload: dict[str, Any]) -> Kind:
+    """The document's kind, once its keys are exactly that kind's."""
     kind_text = payload.get("kind")
     if kind_text not in _KINDS:
         raise DocumentError(f"unknown kind {shown(kind_text)}")
@@ -267,6 +281,11 @@ def check_shape(payload: object) -> None:
             f"payload keys differ: missing {sorted(expected - payload.keys())}, "
             f"unexpected {shown_keys(payload.keys() - expected)}"
         )
+    return kind
+
+
+def _check_numbering(payload: dict[str, Any], kind: Kind) -> None:
+    """Who issued it, where in their chain, under which invoice number, when."""
     device_id = payload["device_id"]
     if type(device_id) is not str or DEVICE_ID_PATTERN.fullmatch(device_id) is None:
         raise DocumentError("device_id must be TC followed by 12 capitals or digits")
@@ -285,6 +304,10 @@ def check_shape(payload: object) -> None:
         parse_utc(payload["issued_at"])
     except ValueError as exc:
         raise DocumentError(f"issued_at: {exc}") from None
+
+
+def _check_contents(payload: dict[str, Any]) -> None:
+    """The parties, the lines and the sums, the link to the previous document, the flags."""
     if type(payload["seller"]) is not dict:
         raise DocumentError("seller must be a map")
     if payload["buyer"] is not None and type(payload["buyer"]) is not dict:
@@ -308,20 +331,17 @@ def check_shape(payload: object) -> None:
         raise DocumentError("check_code must be 20 digits")
     if type(payload["offline"]) is not bool or type(payload["training"]) is not bool:
         raise DocumentError("offline and training must be booleans")
-    if kind == Kind.CREDIT:
-        ref = payload["refers_to"]
-        if (
-            type(ref) is not dict
-            or ref.keys() != {"code", "number"}
-            or not (is_invoice_code(ref["code"]) and is_invoice_number(ref["number"]))
-        ):
-            raise DocumentError("refers_to needs a 12-digit code and an 8-digit number")
-        if type(payload["reason"]) is not str:
-            raise DocumentError("reason must be text")
-        if "confirmation" in payload and not is_confirmation(payload["confirmation"]):
-            raise DocumentError("confirmation must be RC and 16 capital hex digits")
-    elif kind in (Kind.X_REPORT, Kind.Z_REPORT):
-        if type(payload["report"]) is not dict:
-            raise DocumentError("report must be a map")
-        if payload["items"] != []:
-            raise DocumentError("a report has no items")
+
+
+def _check_credit(payload: dict[str, Any]) -> None:
+    ref = payload["refers_to"]
+    if (
+        type(ref) is not dict
+        or ref.keys() != {"code", "number"}
+        or not (is_invoice_code(ref["code"]) and is_invoice_number(ref["number"]))
+    ):
+        raise DocumentError("refers_to needs a 12-digit code and an 8-digit number")
+    if type(payload["reason"]) is not str:
+        raise DocumentError("reason must be text")
+    if "confirmation" in payload and not is_confirmation(payload["confirmation"]):
+        raise DocumentError("confirmation must be RC and 16 capital hex digits")

@@ -38,7 +38,6 @@ TRAINING_BUREAU = KeyPair.derive(TRAINING_BUREAU_LABEL)
 BUREAU_KID = b"bureau"
 BLOCK_DOMAIN = b"taxctl/block/v1\x00"
 ROTATION_DOMAIN = b"taxctl/rotation/v1\x00"
-TRAINING_CERT_YEARS = 10
 
 
 def device_id_for(public_key: bytes) -> str:
@@ -271,7 +270,9 @@ def make_segment_request(
 
 
 @dataclass(frozen=True, slots=True)
-class Consortium:
+class ConsortiumKeys:
+    """A bureau-signed consortium: the nodes' keys of one epoch of one chain."""
+
     raw: bytes
     chain_id: str
     epoch: int
@@ -305,7 +306,7 @@ def issue_consortium(
     )
 
 
-def open_consortium(raw: bytes, bureau_key: bytes) -> Consortium:
+def open_consortium(raw: bytes, bureau_key: bytes) -> ConsortiumKeys:
     p = open_object(raw, bureau_key, "consortium", Status.CONSORTIUM_INVALID)
     nodes: dict[str, bytes] = {}
     for entry in _field(p, "nodes", list, Status.CONSORTIUM_INVALID):
@@ -318,7 +319,7 @@ def open_consortium(raw: bytes, bureau_key: bytes) -> Consortium:
         nodes[node_id] = key
     if not nodes:
         raise DeviceError(Status.CONSORTIUM_INVALID, "no nodes")
-    return Consortium(
+    return ConsortiumKeys(
         raw,
         _field(p, "chain_id", str, Status.CONSORTIUM_INVALID),
         _field(p, "epoch", int, Status.CONSORTIUM_INVALID),
@@ -336,7 +337,7 @@ def sign_rotation(node_key: KeyPair, new_raw: bytes) -> bytes:
     return node_key.sign(rotation_message(new_raw))
 
 
-def check_rotation(new_raw: bytes, endorsements: object, current: Consortium) -> None:
+def check_rotation(new_raw: bytes, endorsements: object, current: ConsortiumKeys) -> None:
     """At least the current quorum of distinct current nodes endorsed `new_raw`."""
     if not isinstance(endorsements, list):
         raise DeviceError(
@@ -396,7 +397,7 @@ def signers(entries: Iterable[object], nodes: Mapping[str, bytes], message: byte
     return good
 
 
-def check_quorum(header: Mapping[str, Any], signatures: object, consortium: Consortium) -> None:
+def check_quorum(header: Mapping[str, Any], signatures: object, consortium: ConsortiumKeys) -> None:
     """At least 2f+1 distinct listed nodes signed this header."""
     if not isinstance(signatures, list):
         raise DeviceError(Status.RECEIPT_INVALID, "signatures must be a list")
@@ -409,7 +410,7 @@ def check_quorum(header: Mapping[str, Any], signatures: object, consortium: Cons
 
 
 def verify_receipt(
-    receipt: object, consortium: Consortium, verified_headers: dict[bytes, int] | None = None
+    receipt: object, consortium: ConsortiumKeys, verified_headers: dict[bytes, int] | None = None
 ) -> VerifiedReceipt:
     """Check a receipt against the consortium keys.
 

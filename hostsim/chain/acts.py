@@ -44,33 +44,10 @@ class Acts:
             raise ChainError(Code.BAD_REQUEST, "give either a csr or a certificate")
         enrolment: bytes | None = None
         if csr is not None:
-            request = self.bureau.check_csr(csr)
-            known = self.state.devices.get(request["device_id"])
-            if known is not None:  # a repeated CSR gets the certificate already issued
-                certificate = known.certificate.raw
-            else:
-                if not self.engine.training:  # training devices provision themselves
-                    enrolment = self.enrolments.check(
-                        enrolment_code, request["taxpayer"]["tax_id"], request["device_id"]
-                    )
-                serial = len(self.state.devices) + 1
-                certificate = self.bureau.certify(
-                    request, serial, self.engine.clock.now(), self.engine.chain_id
-                )
+            certificate, enrolment = self._certify(csr, enrolment_code)
         assert certificate is not None
         cert = self.bureau.open_certificate(certificate)
-        if cert.chain_id is not None and cert.chain_id != self.engine.chain_id:
-            raise ChainError(
-                Code.BAD_CERTIFICATE,
-                f"the certificate is for chain {cert.chain_id}, not {self.engine.chain_id}",
-            )
-        device = self.state.devices.get(cert.device_id)
-        if device is not None and device.certificate.raw != cert.raw:
-            raise ChainError(
-                Code.ALREADY_REGISTERED,
-                f"{cert.device_id} is registered with another certificate"
-                f" (serial {device.certificate.serial})",
-            )
+        device = self._registered_as(cert)
         new_segments = [s for s in map(self._check_segment, segments) if s is not None]
         for seg in new_segments:
             if seg.device_id != cert.device_id:
@@ -102,6 +79,41 @@ class Acts:
             "registered_height": device.registered_height,
             "segments": [s.raw for s in device.segments],
         }
+
+    def _certify(self, csr: bytes, enrolment_code: object) -> tuple[bytes, bytes | None]:
+        """(certificate, enrolment to use once registered) for a CSR: a repeated CSR gets
+        the certificate already issued; a new production device needs an enrolment code."""
+        request = self.bureau.check_csr(csr)
+        known = self.state.devices.get(request["device_id"])
+        if known is not None:
+            return known.certificate.raw, None
+        enrolment: bytes | None = None
+        if not self.engine.training:  # training devices provision themselves
+            enrolment = self.enrolments.check(
+                enrolment_code, request["taxpayer"]["tax_id"], request["device_id"]
+            )
+        serial = len(self.state.devices) + 1
+        certificate = self.bureau.certify(
+            request, serial, self.engine.clock.now(), self.engine.chain_id
+        )
+        return certificate, enrolment
+
+    def _registered_as(self, cert: trust.DeviceCert) -> DeviceRecord | None:
+        """The device already registered with this certificate, None if it is new; refuses a
+        certificate for another chain, or another certificate for a registered device."""
+        if cert.chain_id is not None and cert.chain_id != self.engine.chain_id:
+            raise ChainError(
+                Code.BAD_CERTIFICATE,
+                f"the certificate is for chain {cert.chain_id}, not {self.engine.chain_id}",
+            )
+        device = self.state.devices.get(cert.device_id)
+        if device is not None and device.certificate.raw != cert.raw:
+            raise ChainError(
+                Code.ALREADY_REGISTERED,
+                f"{cert.device_id} is registered with another certificate"
+                f" (serial {device.certificate.serial})",
+            )
+        return device
 
     async def allocate(self, device_id: str, count: int, wait: float) -> trust.Segment:
         """A segment on a bare count: training chains only (else `allocate_signed`)."""

@@ -19,7 +19,7 @@ from device.protocol.document import format_utc
 from hostsim.bureau import buyer_key_hash
 from hostsim.chain import page, queries, rotation, wire
 from hostsim.chain.blocks import Block
-from hostsim.chain.engine import Result
+from hostsim.chain.engine import DocumentOutcome
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.node import Chain
 from hostsim.chain.queries import CHAIN, VERIFY_BUCKETS, device_id_param
@@ -69,7 +69,9 @@ def require_admin(request: web.Request) -> None:
 # --- documents -----------------------------------------------------------------------------
 
 
-def result_body(chain: Chain, result: Result, blocks: dict[int, Block] | None) -> dict[str, Any]:
+def result_body(
+    chain: Chain, result: DocumentOutcome, blocks: dict[int, Block] | None
+) -> dict[str, Any]:
     """One document's result; with `blocks`, its receipt is compact and its block is
     added to `blocks` for the answer to list once."""
     out: dict[str, Any] = {"status": result.status.value}

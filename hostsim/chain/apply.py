@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from device.protocol import codec, trust
@@ -17,14 +18,8 @@ from hostsim.chain.blocks import Block
 from hostsim.chain.tx import Tx, TxType
 
 
-def _event(
-    code: str, number: str, height: int, at: str, event: str, **detail: Any
-) -> tuple[Any, ...]:
-    return (code, number, height, at, event, json.dumps(detail, sort_keys=True))
-
-
 def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None:
-    height, at = block.height, str(block.header["time"])
+    height = block.height
     db.execute(
         "INSERT INTO blocks VALUES (?, ?, ?, ?)",
         (height, block.hash, trust.header_bytes(block.header), codec.encode(block.signatures)),
@@ -37,58 +32,11 @@ def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None
             for pos, tx in enumerate(txs)
         ],
     )
-    tips: dict[str, Document] = {}
-    invoices: list[tuple[Any, ...]] = []
-    credits: list[tuple[int, str, str]] = []
-    claims: list[tuple[str, int, str, str]] = []
-    confirmations: list[tuple[Any, ...]] = []
-    uses: list[tuple[bytes, int, str]] = []
-    history: list[tuple[Any, ...]] = []
+    rows = _Rows(height, str(block.header["time"]))
     for tx in txs:
         if tx.type == TxType.DOCUMENT:
             assert tx.doc is not None
-            doc = tx.doc
-            tips[doc.device_id] = doc
-            if doc.code is None or doc.number is None:
-                continue
-            p = doc.payload
-            buyer = p["buyer"] or {}
-            invoices.append(
-                (
-                    doc.code,
-                    doc.number,
-                    doc.hash,
-                    doc.device_id,
-                    doc.counter,
-                    p["kind"],
-                    p["seller"].get("tax_id", ""),
-                    buyer.get("tax_id"),
-                    doc.total,
-                    0,
-                    p["issued_at"],
-                    doc.check_code,
-                    int(doc.training),
-                    None,
-                    None,
-                )
-            )
-            if doc.kind == Kind.CREDIT:
-                ref = p["refers_to"]
-                credits.append((-doc.total, ref["code"], ref["number"]))
-                history.append(
-                    _event(
-                        ref["code"],
-                        ref["number"],
-                        height,
-                        at,
-                        "credited",
-                        amount=-doc.total,
-                        by_code=doc.code,
-                        by_number=doc.number,
-                    )
-                )
-                if "confirmation" in p:
-                    uses.append((doc.hash, height, p["confirmation"]))
+            rows.document(tx.doc)
         elif tx.type == TxType.REGISTER:
             cert: trust.DeviceCert = tx.fields["_cert"]
             db.execute(
@@ -105,47 +53,114 @@ def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None
                 (height, tx.fields["reason"], tx.fields["device_id"]),
             )
         elif tx.type == TxType.CLAIM:
-            f = tx.fields
-            claims.append((f["buyer_id"], height, f["code"], f["number"]))
-            history.append(
-                _event(f["code"], f["number"], height, at, "claimed", buyer_id=f["buyer_id"])
-            )
+            rows.claim(tx.fields)
         elif tx.type == TxType.CONFIRM:
-            f = tx.fields
-            confirmations.append(
-                (f["id"], f["code"], f["number"], f["amount"], f["buyer_id"], height, None, None)
-            )
-            history.append(
-                _event(
-                    f["code"],
-                    f["number"],
-                    height,
-                    at,
-                    "credit_confirmed",
-                    confirmation=f["id"],
-                    amount=f["amount"],
-                    buyer_id=f["buyer_id"],
-                )
-            )
-    db.executemany(
-        "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", invoices
-    )
-    db.executemany("UPDATE invoices SET credited = credited + ? WHERE code=? AND number=?", credits)
-    db.executemany(
-        "UPDATE invoices SET claimed_by=?, claimed_height=? WHERE code=? AND number=?", claims
-    )
-    # confirmations before their uses: a credit note may be in the block that confirms it
-    db.executemany("INSERT INTO confirmations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", confirmations)
-    db.executemany("UPDATE confirmations SET used_by=?, used_height=? WHERE id=?", uses)
-    db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)", history)
-    db.executemany(
-        "UPDATE devices SET last_counter=?, last_hash=?, last_issued_at=? WHERE device_id=?",
-        [(d.counter, d.hash, d.payload["issued_at"], dev) for dev, d in tips.items()],
-    )
+            rows.confirm(tx.fields)
+    rows.write(db)
     db.executemany(
         "DELETE FROM held WHERE hash=?",
         [(tx.hash,) for tx in txs if tx.type == TxType.DOCUMENT],
     )
+
+
+@dataclass
+class _Rows:
+    """The index rows one block's transactions add, gathered in block order and then
+    written with one statement per table."""
+
+    height: int
+    at: str  # the block's time
+    tips: dict[str, Document] = field(default_factory=dict)
+    invoices: list[tuple[Any, ...]] = field(default_factory=list)
+    credits: list[tuple[int, str, str]] = field(default_factory=list)
+    claims: list[tuple[str, int, str, str]] = field(default_factory=list)
+    confirmations: list[tuple[Any, ...]] = field(default_factory=list)
+    uses: list[tuple[bytes, int, str]] = field(default_factory=list)
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def _event(self, code: str, number: str, event: str, **detail: Any) -> None:
+        self.history.append(
+            (code, number, self.height, self.at, event, json.dumps(detail, sort_keys=True))
+        )
+
+    def document(self, doc: Document) -> None:
+        self.tips[doc.device_id] = doc
+        if doc.code is None or doc.number is None:
+            return  # a report: it moves the device's tip only
+        p = doc.payload
+        buyer = p["buyer"] or {}
+        self.invoices.append(
+            (
+                doc.code,
+                doc.number,
+                doc.hash,
+                doc.device_id,
+                doc.counter,
+                p["kind"],
+                p["seller"].get("tax_id", ""),
+                buyer.get("tax_id"),
+                doc.total,
+                0,
+                p["issued_at"],
+                doc.check_code,
+                int(doc.training),
+                None,
+                None,
+            )
+        )
+        if doc.kind == Kind.CREDIT:
+            ref = p["refers_to"]
+            self.credits.append((-doc.total, ref["code"], ref["number"]))
+            self._event(
+                ref["code"],
+                ref["number"],
+                "credited",
+                amount=-doc.total,
+                by_code=doc.code,
+                by_number=doc.number,
+            )
+            if "confirmation" in p:
+                self.uses.append((doc.hash, self.height, p["confirmation"]))
+
+    def claim(self, f: dict[str, Any]) -> None:
+        self.claims.append((f["buyer_id"], self.height, f["code"], f["number"]))
+        self._event(f["code"], f["number"], "claimed", buyer_id=f["buyer_id"])
+
+    def confirm(self, f: dict[str, Any]) -> None:
+        self.confirmations.append(
+            (f["id"], f["code"], f["number"], f["amount"], f["buyer_id"], self.height, None, None)
+        )
+        self._event(
+            f["code"],
+            f["number"],
+            "credit_confirmed",
+            confirmation=f["id"],
+            amount=f["amount"],
+            buyer_id=f["buyer_id"],
+        )
+
+    def write(self, db: sqlite3.Connection) -> None:
+        db.executemany(
+            "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self.invoices,
+        )
+        db.executemany(
+            "UPDATE invoices SET credited = credited + ? WHERE code=? AND number=?", self.credits
+        )
+        db.executemany(
+            "UPDATE invoices SET claimed_by=?, claimed_height=? WHERE code=? AND number=?",
+            self.claims,
+        )
+        # confirmations before their uses: a credit note may be in the block that confirms it
+        db.executemany(
+            "INSERT INTO confirmations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.confirmations
+        )
+        db.executemany("UPDATE confirmations SET used_by=?, used_height=? WHERE id=?", self.uses)
+        db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)", self.history)
+        db.executemany(
+            "UPDATE devices SET last_counter=?, last_hash=?, last_issued_at=? WHERE device_id=?",
+            [(d.counter, d.hash, d.payload["issued_at"], dev) for dev, d in self.tips.items()],
+        )
 
 
 def _segment(db: sqlite3.Connection, seg: trust.Segment, height: int) -> None:

@@ -51,7 +51,9 @@ REJECTION_MEMORY = 10_000
 
 
 @dataclass(slots=True)
-class Result:
+class DocumentOutcome:
+    """What became of one submitted document (the API's Result, docs/chain-openapi.yaml)."""
+
     status: SubmitStatus
     hash: bytes | None = None
     device_id: str | None = None
@@ -64,8 +66,8 @@ class Result:
     tx: Tx | None = None
 
 
-def _rejected(exc: ChainError, doc: Document | None = None) -> Result:
-    return Result(
+def _rejected(exc: ChainError, doc: Document | None = None) -> DocumentOutcome:
+    return DocumentOutcome(
         SubmitStatus.REJECTED,
         doc.hash if doc else None,
         doc.device_id if doc else None,
@@ -153,8 +155,8 @@ class Engine:
 
     # --- documents -------------------------------------------------------------------------
 
-    async def submit(self, raws: Sequence[bytes], wait: float) -> list[Result]:
-        results: list[Result | None] = [None] * len(raws)
+    async def submit(self, raws: Sequence[bytes], wait: float) -> list[DocumentOutcome]:
+        results: list[DocumentOutcome | None] = [None] * len(raws)
         self._incoming += 1
         try:
             checked = await self._precheck(raws)
@@ -248,12 +250,14 @@ class Engine:
         device = self.state.devices.get(device_id)
         return None if device is None else device.public_key
 
-    def _admit(self, doc: Document, checked: Checked, now: float) -> Result:
+    def _admit(self, doc: Document, checked: Checked, now: float) -> DocumentOutcome:
         pending = self.state.pending.get(doc.hash)
         if pending is not None:
-            return Result(SubmitStatus.PENDING, doc.hash, doc.device_id, doc.counter, tx=pending)
+            return DocumentOutcome(
+                SubmitStatus.PENDING, doc.hash, doc.device_id, doc.counter, tx=pending
+            )
         if doc.hash in self.state.held_hashes:
-            return Result(SubmitStatus.HELD, doc.hash, doc.device_id, doc.counter)
+            return DocumentOutcome(SubmitStatus.HELD, doc.hash, doc.device_id, doc.counter)
         try:
             device = rules.registered(doc, self.state.devices.get(doc.device_id))
             signature_ok = checked.signature_ok
@@ -287,13 +291,13 @@ class Engine:
                 if refusal is not None:  # not remembered: it is accepted once the gap fills
                     return _rejected(refusal, doc)
                 self.state.hold(doc, now)
-                return Result(SubmitStatus.HELD, doc.hash, doc.device_id, doc.counter)
+                return DocumentOutcome(SubmitStatus.HELD, doc.hash, doc.device_id, doc.counter)
             tx = self._accept_next(doc, device, checked.totals_error)
         except ChainError as exc:
             self._remember_rejection(doc.hash, exc)
             return _rejected(exc, doc)
         self._release_held(doc.device_id)
-        return Result(SubmitStatus.PENDING, doc.hash, doc.device_id, doc.counter, tx=tx)
+        return DocumentOutcome(SubmitStatus.PENDING, doc.hash, doc.device_id, doc.counter, tx=tx)
 
     def _accept_next(
         self, doc: Document, device: rules.DeviceRecord, totals_error: ChainError | bool | None
@@ -332,16 +336,20 @@ class Engine:
                 self.state.discard_held(doc.hash)
                 return
 
-    def _status_of_known(self, doc: Document) -> Result:
+    def _status_of_known(self, doc: Document) -> DocumentOutcome:
         tx = self.state.pending.get(doc.hash)
         if tx is not None:
-            return Result(SubmitStatus.PENDING, doc.hash, doc.device_id, doc.counter, tx=tx)
+            return DocumentOutcome(
+                SubmitStatus.PENDING, doc.hash, doc.device_id, doc.counter, tx=tx
+            )
         where = self.ledger.txs_hashes([doc.hash]).get(doc.hash)
         assert where is not None, "a counter at or below the tip is pending or committed"
         return self._done(SubmitStatus.DUPLICATE, doc, *where)
 
-    def _done(self, status: SubmitStatus, doc: Document, height: int, position: int) -> Result:
-        return Result(status, doc.hash, doc.device_id, doc.counter, height, position)
+    def _done(
+        self, status: SubmitStatus, doc: Document, height: int, position: int
+    ) -> DocumentOutcome:
+        return DocumentOutcome(status, doc.hash, doc.device_id, doc.counter, height, position)
 
     def _remember_rejection(self, tx_hash: bytes, exc: ChainError) -> None:
         self.rejections[tx_hash] = exc

@@ -53,29 +53,13 @@ class Chain:
         directory.mkdir(parents=True, exist_ok=True)
         ledger = Ledger(directory)
         try:
-            mode = ledger.get_meta("training")
-            if mode is not None and bool(mode[0]) != training:
-                raise ChainSetupError(
-                    f"{directory} holds a {'training' if mode[0] else 'production'} chain;"
-                    f" start it {'with' if mode[0] else 'without'} --training"
-                )
+            _check_mode(ledger, directory, training)
             try:
                 node_set = NodeSet.open(directory, nodes)
             except ValueError as exc:
                 raise ChainSetupError(str(exc)) from None
             bureau = Bureau(directory, training)
-            chain_id_raw = ledger.get_meta("chain_id")
-            if chain_id_raw is None:
-                chain_id = "taxctl-training" if training else f"taxctl-{secrets.token_hex(4)}"
-                consortium = bureau.consortium(chain_id, node_set.public_keys, clock.now())
-                with ledger.transaction():
-                    ledger.set_meta("training", bytes([training]))
-                    ledger.set_meta("chain_id", chain_id.encode())
-                    ledger.set_meta("consortium", consortium)
-                    ledger.set_meta("bureau_key", bureau.public_key)
-            else:
-                chain_id = chain_id_raw.decode()
-                consortium = ledger.get_meta("consortium") or b""
+            chain_id, consortium = _identity(ledger, bureau, node_set, training, clock)
             opened = trust.open_consortium(consortium, bureau.public_key)
             try:
                 node_set = NodeSet.recover(directory, opened.nodes) or node_set
@@ -116,3 +100,30 @@ class Chain:
 
     def close(self) -> None:
         self.ledger.close()
+
+
+def _check_mode(ledger: Ledger, directory: Path, training: bool) -> None:
+    """A training chain is never started as a production one, nor the other way round."""
+    mode = ledger.get_meta("training")
+    if mode is not None and bool(mode[0]) != training:
+        raise ChainSetupError(
+            f"{directory} holds a {'training' if mode[0] else 'production'} chain;"
+            f" start it {'with' if mode[0] else 'without'} --training"
+        )
+
+
+def _identity(
+    ledger: Ledger, bureau: Bureau, node_set: NodeSet, training: bool, clock: Clock
+) -> tuple[str, bytes]:
+    """(chain id, consortium) on record; made and recorded at the chain's first start."""
+    chain_id_raw = ledger.get_meta("chain_id")
+    if chain_id_raw is not None:
+        return chain_id_raw.decode(), ledger.get_meta("consortium") or b""
+    chain_id = "taxctl-training" if training else f"taxctl-{secrets.token_hex(4)}"
+    consortium = bureau.consortium(chain_id, node_set.public_keys, clock.now())
+    with ledger.transaction():
+        ledger.set_meta("training", bytes([training]))
+        ledger.set_meta("chain_id", chain_id.encode())
+        ledger.set_meta("consortium", consortium)
+        ledger.set_meta("bureau_key", bureau.public_key)
+    return chain_id, consortium

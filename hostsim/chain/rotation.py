@@ -103,7 +103,7 @@ def replaced_ids(chain: Chain, replace: object) -> list[str]:
     return sorted(set(replace))
 
 
-async def rotate(chain: Chain, replace: Sequence[str] = ()) -> trust.Consortium:
+async def rotate(chain: Chain, replace: Sequence[str] = ()) -> trust.ConsortiumKeys:
     """Issue and record the next epoch, endorsed by the current quorum's reachable nodes;
     the nodes in `replace` get fresh keys, which sign from the next block on."""
     engine = chain.engine

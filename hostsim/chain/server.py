@@ -22,7 +22,7 @@ from hostsim.chain.node import Chain
 from hostsim.chain.page import ZONE
 from hostsim.chain.ratelimit import VERIFY_LIMIT, RateLimit
 from hostsim.chain.state import HELD_LIMITS, HeldLimits
-from taxctl.address import parse_listen
+from taxctl_base.address import parse_listen
 
 log = logging.getLogger("taxctl.chain")
 DRAIN_SECONDS = 5.0
@@ -63,16 +63,7 @@ async def serve(
     listener = Listener(runner, *listen)
     admin_runner: web.AppRunner | None = None
     try:
-        port = await listener.start()
-        ready: dict[str, object] = {
-            "event": "ready",
-            "url": f"http://{_host(listen[0])}:{port}",
-            "chain_id": chain.chain_id,
-            "training": chain.training,
-            "height": chain.engine.height,
-            "nodes": len(chain.nodes.keys),
-            "admin_token_file": str(directory / "admin.token"),
-        }
+        ready = _ready_line(chain, directory, listen[0], await listener.start())
         if faults:
             admin_runner = web.AppRunner(admin_app(chain, fault_state, listener), access_log=None)
             await admin_runner.setup()
@@ -80,17 +71,8 @@ async def serve(
             admin_listener = Listener(admin_runner, host, admin_port)
             ready["admin_url"] = f"http://{_host(host)}:{await admin_listener.start()}"
         print(json.dumps(ready), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("stopping: finalizing what is in the mempool (up to %.0f s)", DRAIN_SECONDS)
-        await listener.stop()
-        for _ in range(int(DRAIN_SECONDS / 0.05)):
-            if not chain.engine.mempool or not chain.nodes.has_quorum():
-                break
-            await asyncio.sleep(0.05)
+        await _until_signalled()
+        await _drain(chain, listener)
     finally:
         with contextlib.suppress(Exception):
             await runner.cleanup()
@@ -99,6 +81,37 @@ async def serve(
         await chain.engine.stop()
         chain.close()
     return 0
+
+
+def _ready_line(chain: Chain, directory: Path, host: str, port: int) -> dict[str, object]:
+    """What the "ready" line tells whoever started the chain."""
+    return {
+        "event": "ready",
+        "url": f"http://{_host(host)}:{port}",
+        "chain_id": chain.chain_id,
+        "training": chain.training,
+        "height": chain.engine.height,
+        "nodes": len(chain.nodes.keys),
+        "admin_token_file": str(directory / "admin.token"),
+    }
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _drain(chain: Chain, listener: Listener) -> None:
+    """Stop taking requests, then give what is in the mempool a few seconds to finalize."""
+    log.info("stopping: finalizing what is in the mempool (up to %.0f s)", DRAIN_SECONDS)
+    await listener.stop()
+    for _ in range(int(DRAIN_SECONDS / 0.05)):
+        if not chain.engine.mempool or not chain.nodes.has_quorum():
+            break
+        await asyncio.sleep(0.05)
 
 
 def _host(host: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from device.journal import export
 from device.protocol.document import parse_document
 from hostsim.audit import DeviceAudit, admin_token, chain_documents, compare
-from taxctl.tools import http
+from taxctl_base.processes import http
 
 # An independent verifier of one COSE_Sign1 with a public key (the tests pass pycose's).
 Verifier = Callable[[bytes, bytes], bool]

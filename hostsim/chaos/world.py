@@ -21,7 +21,7 @@ from typing import Any
 
 from device.journal import export
 from hostsim.chaos.monkey import Fault, Monkey, Strike
-from taxctl.tools import Child, all_online, http, wait_status
+from taxctl_base.processes import Child, all_online, http, wait_status
 
 
 @dataclass

@@ -14,8 +14,6 @@ from typing import Any
 
 from device.protocol import taxid
 
-TAX_RATES_BP = (1300, 900, 600, 300, 0)
-
 # (name, unit price in fen, tax rate in basis points, sold by weight)
 CATALOGUE: tuple[tuple[str, int, int, bool], ...] = (
     ("Laptop 14in", 459900, 1300, False),

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from device import views
+from device import read_commands
 from device.app import open_device
 from device.firmware import Firmware
 from device.limits import Limits
@@ -55,18 +55,15 @@ class DeviceSim:
 
     @property
     def certificate(self) -> bytes:
-        assert self.fw.registry.cert is not None
-        return self.fw.registry.cert.raw
+        assert self.fw.credentials.cert is not None
+        return self.fw.credentials.cert.raw
 
     @property
     def segments(self) -> list[bytes]:
-        return self.fw.registry.live_segments()
+        return self.fw.credentials.live_segments()
 
     def _commit(self) -> list[bytes]:
-        batch = self.fw.take_batch()
-        self.fw.journal.commit(batch)
-        self.fw.committed_batch(batch)
-        return [row.doc for row in batch.documents]
+        return [row.doc for row in self.fw.commit_pending().documents]
 
     def issue(self, count: int = 1, **kwargs: Any) -> list[bytes]:
         for _ in range(count):
@@ -90,7 +87,7 @@ class DeviceSim:
 
     def segment_request(self, count: int) -> bytes:
         """A segment request as the device signs it (SEGMENT_REQUEST)."""
-        return bytes(views.segment_request(self.fw, {"count": count})["request"])
+        return bytes(read_commands.segment_request(self.fw, {"count": count})["request"])
 
     def signed_request(
         self, count: int, *, at: float | None = None, device_id: str | None = None

@@ -12,9 +12,9 @@ from typing import Any
 import cbor2
 import pytest
 
-from device import sync
 from device.protocol import codec, trust
 from device.protocol.status import DeviceError, Status
+from device.receipts import verify_ack
 from hostsim.chain import rotation
 from hostsim.chain.ledger import Ledger
 from hostsim.chain.node import Chain
@@ -32,7 +32,7 @@ def seeds(directory: Path) -> dict[str, str]:
     return {e["node_id"]: e["seed"] for e in entries}
 
 
-def signers(chain: Chain, height: int) -> trust.Consortium:
+def signers(chain: Chain, height: int) -> trust.ConsortiumKeys:
     """The newest epoch whose quorum signed the stored block at `height` (or fail)."""
     row = chain.ledger.block(height)
     assert row is not None
@@ -122,15 +122,15 @@ async def test_a_device_moves_to_the_new_keys_and_takes_old_and_new_receipts(
     epoch2 = await consortium(api)
     new = (await submit_cbor(api, device.issue(1)))["results"][0]["receipt"]
     with pytest.raises(DeviceError) as err:  # epoch 1 held: new keys are no quorum of it
-        sync.verify_ack(device.fw, {"receipts": [new]})
+        verify_ack(device.fw, {"receipts": [new]})
     assert err.value.status == Status.RECEIPT_INVALID
     offer = {"consortium": epoch2["consortium"], "endorsements": epoch2["endorsements"]}
     assert ack(device, {**offer, "receipts": [new]}) == 3
-    held = device.fw.registry.consortium
+    held = device.fw.credentials.consortium
     assert held is not None and held.epoch == 2
     # The original receipt of document 2: its signers were all replaced.
     with pytest.raises(DeviceError) as err:
-        sync.verify_ack(device.fw, {"receipts": [old_receipt]})
+        verify_ack(device.fw, {"receipts": [old_receipt]})
     assert err.value.status == Status.RECEIPT_INVALID
     # Submitted again, document 2 is a duplicate: its receipt is re-attested, and taken.
     row = device.fw.journal.document(2)
@@ -138,7 +138,7 @@ async def test_a_device_moves_to_the_new_keys_and_takes_old_and_new_receipts(
     again = (await submit_cbor(api, [row.doc]))["results"][0]
     assert again["status"] == "duplicate"
     assert again["receipt"]["header"] == old_receipt["header"]
-    assert sync.verify_ack(device.fw, {"receipts": [again["receipt"]]}).synced_through == 3
+    assert verify_ack(device.fw, {"receipts": [again["receipt"]]}).synced_through == 3
     status, tx = await api.call("GET", f"/v1/tx/{first[1]['hash'].hex()}", headers=api.audit)
     assert status == 200, tx
 

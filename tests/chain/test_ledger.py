@@ -12,8 +12,8 @@ from typing import Any
 import cbor2
 import pytest
 
-from device import sync
 from device.protocol.document import parse_document
+from device.receipts import verify_ack
 from hostsim.chain.node import Chain
 from hostsim.chain.verify import LedgerCorrupt, verify_ledger
 from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, b64
@@ -63,10 +63,10 @@ async def test_receipts_unlock_the_device(api: Api, device: DeviceSim) -> None:
         api.url("/v1/consortium"), headers={"Accept": "application/cbor"}
     ) as resp:
         consortium = cbor2.loads(await resp.read())["consortium"]
-    ack = sync.verify_ack(device.fw, {"consortium": consortium, "receipts": receipts[-1:]})
+    offer = {"consortium": consortium, "receipts": receipts[-1:]}
+    ack = verify_ack(device.fw, offer)
     assert ack.synced_through == 50 and ack.consortium == consortium
-    now = device.fw.now()
-    device.fw.apply_ack(ack, device.fw.ack_meta(ack, now), now)
+    device.fw.carry_out(device.fw.ack_sync(offer))
     assert device.fw.backlog.count == 0 and device.fw.synced_through == 50
     # the same batch again: the original receipts, byte for byte
     again = await submit_cbor(api, docs)
@@ -101,7 +101,7 @@ async def test_compact_receipts_put_back_are_the_full_receipts(api: Api, device:
     ) as resp:
         consortium = cbor2.loads(await resp.read())["consortium"]
     ack = {"consortium": consortium, "receipts": [results[-1].receipt]}
-    assert sync.verify_ack(device.fw, ack).synced_through == 30
+    assert verify_ack(device.fw, ack).synced_through == 30
 
 
 async def test_batches_spread_over_several_blocks_come_back_final(

@@ -8,10 +8,10 @@ from typing import Any
 import cbor2
 import pytest
 
-from device import sync
 from device.protocol import trust
 from device.protocol.keys import KeyPair
 from device.protocol.status import DeviceError, Status
+from device.receipts import verify_ack
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.node import Chain
 from tests.chain.conftest import Api, DeviceSim
@@ -32,10 +32,8 @@ async def consortium(api: Api) -> dict[str, Any]:
 
 
 def ack(device: DeviceSim, body: dict[str, Any]) -> int:
-    verified = sync.verify_ack(device.fw, body)
-    now = device.fw.now()
-    device.fw.apply_ack(verified, device.fw.ack_meta(verified, now), now)
-    return device.fw.synced_through
+    synced_through: int = device.fw.carry_out(device.fw.ack_sync(body))["synced_through"]
+    return synced_through
 
 
 async def test_a_rotation_is_accepted_with_the_chains_endorsements(
@@ -56,11 +54,11 @@ async def test_a_rotation_is_accepted_with_the_chains_endorsements(
     receipts = [r["receipt"] for r in (await submit_cbor(api, device.issue(1)))["results"]]
     offer = {"consortium": epoch2["consortium"], "receipts": receipts}
     with pytest.raises(DeviceError) as err:
-        sync.verify_ack(device.fw, offer)  # without the endorsements: not the lineage
+        verify_ack(device.fw, offer)  # without the endorsements: not the lineage
     assert err.value.status == Status.CONSORTIUM_INVALID
     assert ack(device, {**offer, "endorsements": epoch2["endorsements"]}) == 3
-    assert device.fw.registry.consortium is not None
-    assert device.fw.registry.consortium.epoch == 2
+    assert device.fw.credentials.consortium is not None
+    assert device.fw.credentials.consortium.epoch == 2
 
 
 async def test_the_rotation_is_kept_across_a_restart(chain: Chain, tmp_path: Path) -> None:
@@ -78,7 +76,7 @@ async def test_the_rotation_is_kept_across_a_restart(chain: Chain, tmp_path: Pat
         again.close()
 
 
-def _epoch_one(chain: Chain) -> trust.Consortium:
+def _epoch_one(chain: Chain) -> trust.ConsortiumKeys:
     raw = trust.issue_consortium(
         trust.TRAINING_BUREAU, chain.chain_id, 1, chain.nodes.public_keys, True, 0
     )

@@ -15,7 +15,7 @@ import pytest
 
 from device.protocol import qr
 from device.protocol.document import Document, parse_document
-from taxctl.tools import http
+from taxctl_base.processes import http
 from tests.chain.conftest import BUYER_TAX_ID, DeviceSim, b64, invoice_body
 from tests.helpers import Process, run_taxctl, spawn
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from taxctl.tools import read_ready
+from taxctl_base.processes import read_ready
 from tests.deploy import install
 from tests.helpers import Process, python_for
 from tests.shop import INVOICE, Shop, http, wait_for

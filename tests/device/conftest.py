@@ -52,7 +52,7 @@ class Harness:
             "journal": fw.journal.count(),
             "backlog": (fw.backlog.count, fw.backlog.amount, fw.backlog.oldest_at),
             "period": fw.period.to_record(),
-            "numbers_left": fw.registry.numbers_left(),
+            "numbers_left": fw.credentials.numbers_left(),
             "synced_through": fw.synced_through,
         }
 

@@ -261,7 +261,7 @@ def test_a_read_only_state_directory_is_refused_in_one_line(
 
 def test_a_printer_whose_port_goes_away_exits_port_gone(tmp_path: Path) -> None:
     """So that a supervisor with Restart=on-failure starts it again."""
-    from taxctl import exits
+    from taxctl_base import exits
 
     master, slave = os.openpty()
     path = os.ttyname(slave)

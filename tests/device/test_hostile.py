@@ -12,7 +12,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from device import server, sync
+from device import receipts, server
 from device.client import DeviceClient
 from device.protocol import framing, trust
 from device.protocol.commands import Command
@@ -108,9 +108,9 @@ async def test_a_bug_in_any_write_refuses_that_request_only(
         raise RuntimeError("a bug\n" + CONTROLS)
 
     target: dict[str, tuple[Any, str]] = {
-        "ACK_SYNC": (sync, "verify_ack"),
-        "LOAD_CERT": (h.fw.registry, "check_certificate"),
-        "LOAD_SEGMENT": (h.fw.registry, "check_segment"),
+        "ACK_SYNC": (receipts, "verify_ack"),
+        "LOAD_CERT": (h.fw.credentials, "check_certificate"),
+        "LOAD_SEGMENT": (h.fw.credentials, "check_segment"),
         "SET_TIME": (h.fw, "set_time"),
     }
     monkeypatch.setattr(*target[command], bug)
@@ -144,7 +144,7 @@ async def test_a_quorum_signed_receipt_with_a_bad_height(start: Any, height: Any
         for i, node in enumerate(chain.nodes)
     ]
     await refused(h, Status.RECEIPT_INVALID, h.client.ack_sync([receipt], consortium=chain.raw))
-    assert h.fw.registry.consortium is None  # the list offered with it was not stored either
+    assert h.fw.credentials.consortium is None  # the list offered with it was not stored either
     assert (await h.client.issue(INVOICE))["counter"] == 2
 
 
@@ -166,7 +166,7 @@ async def test_a_certificate_whose_seller_name_is_not_a_printable_name(start: An
         forged = dict(opened, taxpayer=dict(taxpayer, name=name))
         cert = trust.issue_certificate(bureau, forged, 1, 0, 1)
         await refused(h, Status.CERT_INVALID, h.client.load_cert(cert))
-    assert h.fw.registry.cert is None
+    assert h.fw.credentials.cert is None
     good = trust.issue_certificate(bureau, opened, 2, 0, 1)
     assert (await h.client.load_cert(good))["serial"] == 2
 

@@ -140,7 +140,7 @@ async def test_every_damaged_frame_with_a_header_is_naked_with_that_header_id(se
     s.host.write(raw(content[:13]) + raw(b"\x01\x02"))
     answer = await s.ask(0x5252, Command.STATUS, b"")
     assert answer.status == Status.OK
-    assert s.fw.run.naks_sent == len(cases)
+    assert s.fw.since_start.naks_sent == len(cases)
 
 
 # --- ACK and BUSY ------------------------------------------------------------------------
@@ -205,7 +205,7 @@ async def test_the_same_body_in_another_key_order_is_the_same_request(
     s2: Served = await serve(state=tmp_path / "state")
     assert await s2.ask(0xB1, Command.ISSUE, other_order) == first
     assert (await s2.ask(0xB1, Command.ISSUE, changed)).status == Status.REQUEST_ID_REUSED
-    assert s2.fw.journal.count() == 2 and s2.fw.run.replays == 1
+    assert s2.fw.journal.count() == 2 and s2.fw.since_start.replays == 1
 
 
 # --- what the escapes and the line allow -------------------------------------------------

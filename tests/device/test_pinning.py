@@ -28,12 +28,12 @@ def journal(h: Harness) -> list[tuple[int, bytes]]:
 
 async def refused(h: Harness, status: Status, call: Any) -> DeviceError:
     before = h.snapshot()
-    held = h.fw.registry.consortium
+    held = h.fw.credentials.consortium
     with pytest.raises(DeviceError) as err:
         await call
     assert err.value.status == status, err.value.text
     assert h.snapshot() == before
-    assert h.fw.registry.consortium == held
+    assert h.fw.credentials.consortium == held
     return err.value
 
 
@@ -42,7 +42,7 @@ async def production(start: Any, chain_id: str | None = "shop-chain", **kw: Any)
     h: Harness = await start(
         training=False, bureau_key=BUREAU.public_key, limits=wide_limits(), **kw
     )
-    if h.fw.registry.cert is None:
+    if h.fw.credentials.cert is None:
         csr = trust.open_csr((await h.client.csr(TAXPAYER))["csr"])
         now = h.clock.now()
         await h.client.load_cert(trust.issue_certificate(BUREAU, csr, 1, now, 5, chain_id))
@@ -91,7 +91,7 @@ async def test_a_new_device_refuses_another_chains_first_consortium(start: Any) 
         Status.CONSORTIUM_INVALID,
         h.client.ack_sync(rogue.receipts(journal(h), h.fw.settings.device_id), rogue.raw),
     )
-    assert h.fw.registry.consortium is None
+    assert h.fw.credentials.consortium is None
 
 
 async def test_a_training_device_pins_its_first_chain_across_restarts(start: Any) -> None:
@@ -103,7 +103,7 @@ async def test_a_training_device_pins_its_first_chain_across_restarts(start: Any
     await h.client.issue(INVOICE)
     await h.close()
     h = await start(state=h.state, clock=h.clock, limits=wide_limits())
-    assert h.fw.registry.chain_id == "chain-a"
+    assert h.fw.credentials.chain_id == "chain-a"
     await refused(
         h,
         Status.CONSORTIUM_INVALID,
@@ -150,10 +150,10 @@ async def test_rotation_needs_the_current_quorum(start: Any) -> None:
     )
     done = await h.client.ack_sync(receipts, raw, endorse(old, raw, 3))
     assert done["synced_through"] == 2
-    assert h.fw.registry.consortium is not None and h.fw.registry.consortium.epoch == 2
+    assert h.fw.credentials.consortium is not None and h.fw.credentials.consortium.epoch == 2
     await h.close()
     h = await production(start, state=h.state, clock=h.clock)
-    assert h.fw.registry.consortium is not None and h.fw.registry.consortium.epoch == 2
+    assert h.fw.credentials.consortium is not None and h.fw.credentials.consortium.epoch == 2
 
 
 async def test_same_lower_and_skipped_epochs_are_refused(start: Any) -> None:
@@ -212,7 +212,7 @@ async def test_after_a_key_rotation_only_the_new_keys_count(start: Any) -> None:
     await refused(h, Status.RECEIPT_INVALID, h.client.ack_sync(fresh))
     done = await h.client.ack_sync(fresh[:1], raw, endorse(old, raw, 3))
     assert done["synced_through"] == 4
-    assert h.fw.registry.consortium is not None and h.fw.registry.consortium.epoch == 2
+    assert h.fw.credentials.consortium is not None and h.fw.credentials.consortium.epoch == 2
     # Block 2's original receipt: its signers were replaced (perhaps stolen), refused.
     await refused(h, Status.RECEIPT_INVALID, h.client.ack_sync(before))
     # A receipt forged with the old keys for any height is refused the same way.

@@ -33,8 +33,8 @@ async def refused_time(
 
 
 def not_after(h: Harness) -> int:
-    assert h.fw.registry.cert is not None
-    return parse_utc(h.fw.registry.cert.not_after)
+    assert h.fw.credentials.cert is not None
+    return parse_utc(h.fw.credentials.cert.not_after)
 
 
 async def test_far_future_and_past_not_after_are_refused(start: Any) -> None:

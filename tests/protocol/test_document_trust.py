@@ -156,7 +156,7 @@ def test_merkle_paths_verify_and_match_rfc_definition(
         assert merkle.root_from_path(leaves[index], index, len(leaves), [*path, b"x"]) is None
 
 
-def _consortium(n: int = 4) -> tuple[list[KeyPair], trust.Consortium, KeyPair]:
+def _consortium(n: int = 4) -> tuple[list[KeyPair], trust.ConsortiumKeys, KeyPair]:
     bureau = KeyPair.generate()
     nodes = [KeyPair.generate() for _ in range(n)]
     raw = trust.issue_consortium(

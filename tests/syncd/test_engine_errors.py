@@ -88,7 +88,7 @@ class Link:
 
 
 class MemoryChain:
-    """A ChainPort in memory: each call to submit takes the next scripted failure, if any.
+    """A ChainGateway in memory: each call to submit takes the next scripted failure, if any.
     A failure is an exception to raise or a list of results to give instead."""
 
     url = "memory:"

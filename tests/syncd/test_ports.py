@@ -10,8 +10,8 @@ from serial.tools import list_ports
 from serial.tools.list_ports_common import ListPortInfo
 
 from syncd import cli as syncd_cli
-from taxctl import exits
 from taxctl.cli import main
+from taxctl_base import exits
 from tests.helpers import run_taxctl
 
 

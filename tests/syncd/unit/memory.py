@@ -1,6 +1,6 @@
 """In-memory stand-ins for syncd's unit tests: a chain port, a serial port pair, a printer.
 
-`MemoryChain` is a `ChainPort` that keeps every document once and answers with
+`MemoryChain` is a `ChainGateway` that keeps every document once and answers with
 receipts a real printer accepts (signed by `tests.helpers.SigningConsortium`).
 `port_pair` is two connected in-memory ports (to be replaced by device/'s
 `loop://` pair when it exists); `memory_printer` serves a training printer on
@@ -75,7 +75,7 @@ def port_pair(name: str = "memory") -> tuple[MemoryPort, MemoryPort]:
 
 @dataclass
 class MemoryChain:
-    """A ChainPort in memory. `script` holds what the next submissions do instead of
+    """A ChainGateway in memory. `script` holds what the next submissions do instead of
     answering: an exception to raise, or a list of results to give."""
 
     signer: SigningConsortium = field(default_factory=SigningConsortium)

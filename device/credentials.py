@@ -32,7 +32,7 @@ class NumberSlot:
         return f"{self.number:08d}"
 
 
-class Registry:
+class Credentials:
     def __init__(self, settings: Settings, key: KeyPair, journal: Journal) -> None:
         self.settings = settings
         self.key = key
@@ -124,7 +124,7 @@ class Registry:
         self.segments.append(row)
         self.next_number[row.id] = row.next
 
-    def check_consortium(self, raw: bytes, endorsements: object = None) -> trust.Consortium:
+    def check_consortium(self, raw: bytes, endorsements: object = None) -> trust.ConsortiumKeys:
         """A consortium this device may hold: bureau-signed, of its chain, and either the one
         held, or the next epoch endorsed by the held one's quorum (the lineage)."""
         consortium = trust.open_consortium(raw, self.settings.bureau_key)

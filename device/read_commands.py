@@ -13,7 +13,7 @@ from typing import Any
 from device.firmware import Firmware, response_for_row
 from device.limits import amount_exceeded, time_exceeded
 from device.protocol import framing, invoice, trust
-from device.protocol.commands import DEFAULT_MAX_IN_FLIGHT, FETCH_MAX_BYTES, FETCH_MAX_COUNT
+from device.protocol.commands import FETCH_MAX_BYTES, FETCH_MAX_COUNT
 from device.protocol.document import format_utc
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown, shown_keys
@@ -40,7 +40,7 @@ def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> i
     return value
 
 
-def hello(fw: Firmware, body: Any, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> dict[str, Any]:
+def hello(fw: Firmware, body: Any) -> dict[str, Any]:
     body = _map(body, {"versions", "host"}, "HELLO")
     versions = body.get("versions")
     if not isinstance(versions, list) or not versions:
@@ -56,14 +56,14 @@ def hello(fw: Firmware, body: Any, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -
         "device_id": fw.settings.device_id,
         "firmware": FIRMWARE,
         "max_body": framing.MAX_BODY,
-        "max_in_flight": max_in_flight,
+        "max_in_flight": fw.max_in_flight,
         "training": fw.settings.training,
     }
 
 
 def info(fw: Firmware, body: Any) -> dict[str, Any]:
     _map(body, set(), "INFO")
-    reg = fw.registry
+    reg = fw.credentials
     return {
         "device_id": fw.settings.device_id,
         "firmware": FIRMWARE,
@@ -94,7 +94,7 @@ def status(fw: Firmware, body: Any) -> dict[str, Any]:
         "can_issue": not blocking,
         "blocking": blocking,
         "flags": {
-            "registered": fw.registry.cert is not None,
+            "registered": fw.credentials.cert is not None,
             "paper_out": fw.paper_out,
             "cover_open": fw.cover_open,
             "storage_full": fw.head.counter >= fw.settings.capacity,
@@ -109,14 +109,14 @@ def status(fw: Firmware, body: Any) -> dict[str, Any]:
         "unsynced_amount": fw.backlog.amount,
         "offline_since": format_utc(fw.backlog.oldest_at) if fw.backlog.oldest_at else None,
         "last_sync_at": format_utc(fw.last_sync_at) if fw.last_sync_at else None,
-        "numbers_left": fw.registry.numbers_left(),
+        "numbers_left": fw.credentials.numbers_left(),
         "time": format_utc(now),
         "day": {
             "z_count": fw.period.z_number - 1,
             "documents": fw.period.documents,
             "total": fw.period.amount + fw.period.tax,
         },
-        "since_start": fw.run.to_body(),
+        "since_start": fw.since_start.to_body(),
     }
 
 
@@ -173,7 +173,7 @@ def csr(fw: Firmware, body: Any) -> dict[str, Any]:
     body = _map(body, {"taxpayer"}, "CSR")
     if fw.settings.training:
         raise DeviceError(Status.TRAINING_MODE, "a training device provisions itself")
-    if fw.registry.cert is not None:
+    if fw.credentials.cert is not None:
         raise DeviceError(Status.ALREADY_REGISTERED)
     taxpayer = invoice.parse_party(body.get("taxpayer"), "taxpayer", tax_id_required=True)
     assert taxpayer is not None
@@ -185,7 +185,7 @@ def segment_request(fw: Firmware, body: Any) -> dict[str, Any]:
     """Sign a request for numbers: the chain allocates a segment only on the word of the
     certified device key. A fresh nonce each time, so nothing durable changes."""
     body = _map(body, {"count"}, "SEGMENT_REQUEST")
-    if fw.registry.cert is None:
+    if fw.credentials.cert is None:
         raise DeviceError(Status.UNREGISTERED, "a segment request needs the device certificate")
     if "count" not in body:
         raise DeviceError(Status.BAD_REQUEST, "SEGMENT_REQUEST needs a count")

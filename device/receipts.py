@@ -40,13 +40,13 @@ def verify_ack(fw: Firmware, body: Any) -> Ack:
     receipts = body.get("receipts")
     if not isinstance(receipts, list) or not 1 <= len(receipts) <= MAX_RECEIPTS:
         raise DeviceError(Status.BAD_REQUEST, f"receipts must be a list of 1 to {MAX_RECEIPTS}")
-    consortium = fw.registry.consortium
+    consortium = fw.credentials.consortium
     new_raw: bytes | None = None
     raw = body.get("consortium")
     if raw is not None:
         if not isinstance(raw, bytes):
             raise DeviceError(Status.BAD_REQUEST, "consortium must be bytes")
-        offered = fw.registry.check_consortium(raw, body.get("endorsements"))
+        offered = fw.credentials.check_consortium(raw, body.get("endorsements"))
         if consortium is None or offered.raw != consortium.raw:
             new_raw = raw
         consortium = offered
