@@ -62,6 +62,22 @@ def register(subparsers: Any) -> None:
     verify = chain_sub.add_parser("verify", help="re-check every block, signature and document")
     verify.add_argument("--data", required=True, help="ledger directory")
     verify.set_defaults(func=_verify_chain)
+    node = chain_sub.add_parser(
+        "node",
+        help="run one consortium node (its own key and ledger), ordering through etcd",
+        description="One consortium node: the chain API over its own ledger, with blocks"
+        " ordered through etcd and final with 2f+1 node signatures (docs/consortium.md).",
+    )
+    node.add_argument("--id", required=True, help="this node's id in the consortium")
+    node.add_argument("--data", required=True, help="the node's directory (key, ledger)")
+    node.add_argument("--etcd", required=True, help="etcd client URLs, URL[,URL...]")
+    node.add_argument("--listen", default="127.0.0.1:0", help="API address HOST:PORT")
+    node.add_argument("--training", action="store_true", help="trust the training bureau key")
+    node.set_defaults(func=_run_node)
+
+    from hostsim.consortium import up
+
+    up.add_parser(sub)
 
     from hostsim import enrol
 
@@ -152,6 +168,24 @@ def _run_chain(args: argparse.Namespace) -> int:
         print("taxctl hostsim chain: --data DIR is required", file=sys.stderr)
         return 2
     return run(args)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    import logging
+
+    from hostsim.consortium.node import run
+    from taxctl.address import parse_listen
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return run(Path(args.data), args.id, args.etcd, parse_listen(args.listen), args.training)
+    except (ValueError, OSError) as exc:
+        print(f"taxctl hostsim chain node: {exc}", file=sys.stderr)
+        return 2
 
 
 def _verify_chain(args: argparse.Namespace) -> int:
