@@ -159,9 +159,14 @@ def start_etcd(binary: str, root: Path, plan: dict[str, Any]) -> list[Started]:
     return out
 
 
+def sys_executable() -> list[str]:
+    """The command that runs taxctl with this interpreter."""
+    return [sys.executable, "-m", "taxctl"]
+
+
 def start_node(root: Path, node: dict[str, Any], etcd_urls: list[str], training: bool) -> Started:
     args = [
-        sys.executable, "-m", "taxctl", "hostsim", "chain", "node",
+        *sys_executable(), "hostsim", "chain", "node",
         "--id", node["id"],
         "--data", str(root / "nodes" / node["id"]),
         "--etcd", ",".join(etcd_urls),
