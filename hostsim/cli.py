@@ -73,6 +73,12 @@ def register(subparsers: Any) -> None:
     node.add_argument("--etcd", required=True, help="etcd client URLs, URL[,URL...]")
     node.add_argument("--listen", default="127.0.0.1:0", help="API address HOST:PORT")
     node.add_argument("--training", action="store_true", help="trust the training bureau key")
+    node.add_argument(
+        "--retain-seconds",
+        type=_positive(float),
+        default=3600.0,
+        help="keep the etcd log for a node gone this long, then it catches up from peers",
+    )
     node.set_defaults(func=_run_node)
 
     from hostsim.consortium import up
@@ -182,7 +188,14 @@ def _run_node(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        return run(Path(args.data), args.id, args.etcd, parse_listen(args.listen), args.training)
+        return run(
+            Path(args.data),
+            args.id,
+            args.etcd,
+            parse_listen(args.listen),
+            args.training,
+            args.retain_seconds,
+        )
     except (ValueError, OSError) as exc:
         print(f"taxctl hostsim chain node: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,10 @@ class ConsortiumActs(Acts):
     def __init__(self, engine: ConsortiumEngine) -> None:
         super().__init__(engine)
         self.consortium = engine
+        engine.state_listeners.append(self._state_replaced)
+
+    def _state_replaced(self) -> None:
+        self.state = self.engine.state
 
     # --- what the API calls: log the request ----------------------------------------------
 

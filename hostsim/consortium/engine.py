@@ -16,7 +16,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from device.protocol import trust
@@ -93,12 +93,18 @@ class ConsortiumEngine(Engine):
         *,
         chain_id: str,
         training: bool,
+        consortium: bytes,
+        retain_seconds: float = 3600.0,
     ) -> None:
         super().__init__(
             ledger, nodes, bureau, clock, chain_id=chain_id, training=training, workers=0
         )
         self.pinned = clock
         self.members = nodes
+        self.members_raw = consortium
+        self.retain_seconds = retain_seconds
+        self.url = ""  # this node's API URL, published for peers once it listens
+        self.state_listeners: list[Callable[[], None]] = []
         self.etcd = etcd
         self.keys = records.Keys(chain_id)
         self.node_id = nodes.node_id
@@ -273,9 +279,20 @@ class ConsortiumEngine(Engine):
 
     # --- blocks ----------------------------------------------------------------------------
 
-    async def commit(self, block: Block, txs: list[Tx], meta: dict[str, bytes]) -> None:
+    def on_state_replaced(self) -> None:
+        """The tip state was rebuilt from the ledger (after a catch-up from peers)."""
+        self.mempool.clear()
+        self.blocks.blocks.clear()
+        for listener in self.state_listeners:
+            listener()
+
+    async def commit(
+        self, block: Block, txs: list[Tx], meta: dict[str, bytes], *, tip: bool = True
+    ) -> None:
         """Write a final block and the ordering watermark in one transaction, retrying a
-        failed write (the proposal is applied already: it must not be applied twice)."""
+        failed write (the proposal is applied already: it must not be applied twice).
+        `tip`: the block's transactions were admitted into the tip state (not for blocks
+        fetched from a peer, after which the state is rebuilt)."""
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -290,6 +307,8 @@ class ConsortiumEngine(Engine):
         self.height, self.tip_hash = block.height, block.hash
         self.last_time = str(block.header["time"])
         self.blocks.put(block)
+        if not tip:
+            return
         for position, tx in enumerate(txs):
             self.state.committed(tx, block.height)
             tx.final = (block.height, position)

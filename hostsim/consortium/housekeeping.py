@@ -47,7 +47,7 @@ async def campaign(engine: ConsortiumEngine) -> None:
         try:
             if lease == 0 or not await etcd.keepalive(lease):
                 lease = await etcd.grant(LEASE_TTL)
-                await etcd.put(keys.alive_key(engine.node_id), b"", lease)
+                await etcd.put(keys.alive_key(engine.node_id), engine.url.encode(), lease)
             created, holder = await etcd.create(keys.leader, me, lease)
             engine.leader = created or (holder is not None and holder.value == me)
         except EtcdError as exc:
@@ -101,8 +101,14 @@ async def watermarks(engine: ConsortiumEngine) -> dict[str, tuple[int, int]]:
 async def _trim(engine: ConsortiumEngine, *, defragment: bool) -> None:
     """Delete what every node has applied, compact to the lowest watermark."""
     marks = await watermarks(engine)
-    if set(marks) != set(engine.members.members):
-        return  # a node never reported: keep everything for it
+    now = time.monotonic()
+    for node_id in engine.members.members:
+        # a node gone longer than the retention catches up from peers instead
+        engine.members.seen.setdefault(node_id, now)
+        if now - engine.members.seen[node_id] > engine.retain_seconds:
+            marks.pop(node_id, None)
+        elif node_id not in marks:
+            return  # a node that never reported: keep everything for it
     low_seq = min(seq for seq, _ in marks.values())
     low_rev = min(rev for _, rev in marks.values())
     if low_rev <= 0:

@@ -25,7 +25,7 @@ from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.ledger import Ledger
 from hostsim.chain.node import Chain, ChainSetupError
 from hostsim.chain.ratelimit import VERIFY_LIMIT
-from hostsim.consortium import housekeeping, identity
+from hostsim.consortium import housekeeping, identity, peers
 from hostsim.consortium.acts import ConsortiumActs
 from hostsim.consortium.engine import ConsortiumEngine, ConsortiumNodes, PinnedClock
 from hostsim.consortium.etcd import Etcd, wait_ready
@@ -56,7 +56,13 @@ class VerifyingBureau(Bureau):
         self.key = cast(KeyPair, _BureauPublicKey(public_key))
 
 
-def open_node(directory: Path, node_id: str, etcd_urls: list[str], training: bool) -> Chain:
+def open_node(
+    directory: Path,
+    node_id: str,
+    etcd_urls: list[str],
+    training: bool,
+    retain_seconds: float = 3600.0,
+) -> Chain:
     me = identity.load(directory, node_id, training)
     if training or (directory / BUREAU_KEY_FILE).exists():
         bureau = Bureau(directory, training)
@@ -85,6 +91,8 @@ def open_node(directory: Path, node_id: str, etcd_urls: list[str], training: boo
             Etcd(etcd_urls),
             chain_id=me.consortium.chain_id,
             training=training,
+            consortium=me.consortium.raw,
+            retain_seconds=retain_seconds,
         )
         acts = ConsortiumActs(engine)
     except BaseException:
@@ -135,21 +143,28 @@ def start_tasks(chain: Chain) -> Orderer:
 
 
 async def serve(
-    directory: Path, node_id: str, etcd_urls: list[str], listen: tuple[str, int], training: bool
+    directory: Path,
+    node_id: str,
+    etcd_urls: list[str],
+    listen: tuple[str, int],
+    training: bool,
+    retain_seconds: float,
 ) -> int:
-    chain = open_node(directory, node_id, etcd_urls, training)
+    chain = open_node(directory, node_id, etcd_urls, training, retain_seconds)
     engine = cast(ConsortiumEngine, chain.engine)
     runner: web.AppRunner | None = None
     try:
         await wait_ready(engine.etcd, 30.0)
-        start_tasks(chain)
         app = build_app(chain, [no_rotation], VERIFY_LIMIT)
+        peers.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, listen[0], listen[1])
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         host = f"[{listen[0]}]" if ":" in listen[0] else listen[0]
+        engine.url = f"http://{host}:{port}"
+        start_tasks(chain)
         ready: dict[str, Any] = {
             "event": "ready",
             "url": f"http://{host}:{port}",
@@ -174,11 +189,18 @@ async def serve(
     return 0
 
 
-def run(directory: Path, node_id: str, etcd: str, listen: tuple[str, int], training: bool) -> int:
+def run(
+    directory: Path,
+    node_id: str,
+    etcd: str,
+    listen: tuple[str, int],
+    training: bool,
+    retain_seconds: float = 3600.0,
+) -> int:
     urls = [u.strip() for u in etcd.split(",") if u.strip()]
     if not urls:
         raise ValueError("--etcd: give at least one etcd client URL")
     try:
-        return asyncio.run(serve(directory, node_id, urls, listen, training))
+        return asyncio.run(serve(directory, node_id, urls, listen, training, retain_seconds))
     except (identity.SetupError, ChainSetupError) as exc:
         raise ValueError(str(exc)) from None

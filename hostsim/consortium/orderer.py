@@ -30,6 +30,7 @@ from device.protocol.keys import verify
 from hostsim.chain.blocks import Block, assemble
 from hostsim.chain.engine import Result
 from hostsim.consortium import log as records
+from hostsim.consortium import peers
 from hostsim.consortium.engine import REV_META, SEQ_META, SIGNED_META, ConsortiumEngine
 from hostsim.consortium.etcd import KV, EtcdError, prefix_end
 
@@ -52,6 +53,10 @@ CREATE TABLE IF NOT EXISTS node_evidence (
 """
 
 
+class Diverged(Exception):
+    """A quorum finalized a header this node did not build."""
+
+
 class Orderer:
     def __init__(self, engine: ConsortiumEngine, acts: Any) -> None:
         self.engine = engine
@@ -70,11 +75,35 @@ class Orderer:
         while True:
             try:
                 prop = await self._next_proposal(self.engine.seq + 1)
-                await self._apply(prop)
+                if prop is not None:
+                    await self._apply(prop)
                 self.engine.ordering_error = None
+            except Diverged:
+                await self._from_peers()
             except EtcdError as exc:
                 self.engine.ordering_error = str(exc)[:300]
                 await asyncio.sleep(0.2)
+
+    async def _from_peers(self) -> None:
+        self.engine.applying, self.engine.pinned.pinned = False, None
+        try:
+            await peers.catch_up(self.engine)
+        except (peers.CatchUpFailed, EtcdError) as exc:
+            self.engine.ordering_error = f"catching up from peers: {str(exc)[:200]}"
+            await asyncio.sleep(1.0)
+            return
+        self.engine.on_state_replaced()
+        last = self.engine.ledger.block(self.engine.height)
+        if last is not None:
+            self.engine.last_time = str(codec.decode(last.header)["time"])
+
+    async def _trimmed(self, seq: int) -> bool:
+        """Whether proposal `seq` is gone from etcd (every other node applied it, and this
+        one was away longer than the retention): then only peers have its block."""
+        prefix = self.keys.prop
+        kvs = await self.etcd.range(prefix, prefix_end(prefix), keys_only=True)
+        seqs = [s for s in (records.seq_of(kv.key, prefix) for kv in kvs) if s is not None]
+        return bool(seqs) and min(seqs) > seq
 
     async def _wait(self, timeout: float = 0.5) -> None:
         with contextlib.suppress(TimeoutError):
@@ -82,7 +111,8 @@ class Orderer:
 
     # --- proposals -------------------------------------------------------------------------
 
-    async def _next_proposal(self, seq: int) -> records.Proposal:
+    async def _next_proposal(self, seq: int) -> records.Proposal | None:
+        """Proposal `seq` once it is there; None after catching up from peers instead."""
         while True:
             self.wake.clear()
             kv = await self.etcd.get(self.keys.prop_key(seq))
@@ -91,6 +121,9 @@ class Orderer:
                 if prop is not None:
                     return prop
                 self.engine.ordering_error = f"proposal {seq}: {problem}"
+            elif await self._trimmed(seq):
+                await self._from_peers()
+                return None
             elif self.engine.leader and await self._propose(seq):
                 continue
             await self._wait()
@@ -241,12 +274,11 @@ class Orderer:
             if len(good) < self.nodes.quorum or len(good) != len(entries):
                 continue
             if final_header != header:
-                self.engine.ordering_error = (
-                    f"a conflicting block {seq} carries a quorum of signatures: more than f"
-                    " nodes are faulty; this node stops"
-                )
-                logger.critical(self.engine.ordering_error)
-                continue
+                # With at most f faulty nodes a quorum only signs what honest nodes built:
+                # this node is the one that diverged (e.g. held documents a peer catch-up
+                # did not carry over); it takes the final blocks from its peers.
+                logger.error("block %d: a quorum finalized another header; asking peers", seq)
+                raise Diverged(seq)
             if trust.signers(entries, self.nodes.members, message) == good:
                 return list(entries)
         return None

@@ -164,7 +164,13 @@ def sys_executable() -> list[str]:
     return [sys.executable, "-m", "taxctl"]
 
 
-def start_node(root: Path, node: dict[str, Any], etcd_urls: list[str], training: bool) -> Started:
+def start_node(
+    root: Path,
+    node: dict[str, Any],
+    etcd_urls: list[str],
+    training: bool,
+    extra: tuple[str, ...] = (),
+) -> Started:
     args = [
         *sys_executable(), "hostsim", "chain", "node",
         "--id", node["id"],
@@ -172,6 +178,7 @@ def start_node(root: Path, node: dict[str, Any], etcd_urls: list[str], training:
         "--etcd", ",".join(etcd_urls),
         "--listen", f"127.0.0.1:{node['port']}",
         *(["--training"] if training else []),
+        *extra,
     ]  # fmt: skip
     with open(root / "logs" / f"{node['id']}.log", "ab") as err:
         proc = subprocess.Popen(

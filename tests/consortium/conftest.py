@@ -4,6 +4,7 @@ can kill and restart any one of them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import pytest
 from hostsim.consortium import identity, up
 from tests.shop import http, shop, wait_for
 
-__all__ = ["Cluster", "cluster", "needs_etcd", "shop"]
+__all__ = ["Cluster", "cluster", "needs_etcd", "shop", "short_retention"]
 
 ETCD = shutil.which("etcd")
 
@@ -30,9 +31,12 @@ needs_etcd = pytest.mark.skipif(
 
 
 class Cluster:
-    def __init__(self, root: Path, nodes: int = 4, members: int = 3) -> None:
+    def __init__(
+        self, root: Path, nodes: int = 4, members: int = 3, node_args: tuple[str, ...] = ()
+    ) -> None:
         assert ETCD is not None
         self.root = root
+        self.node_args = node_args
         self.plan = up.cluster_plan(root, nodes, members)
         identity.ceremony(root, [n["id"] for n in self.plan["nodes"]], training=True)
         self.etcd = {m.name: m for m in up.start_etcd(ETCD, root, self.plan)}
@@ -59,7 +63,9 @@ class Cluster:
         saved = dict(os.environ)
         os.environ.update(env or {})
         try:
-            self.nodes[node_id] = up.start_node(self.root, node, self.etcd_urls, training=True)
+            self.nodes[node_id] = up.start_node(
+                self.root, node, self.etcd_urls, training=True, extra=self.node_args
+            )
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -153,3 +159,40 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def short_retention(tmp_path: Path) -> Iterator[Cluster]:
+    """Nodes keep the etcd log for a node gone 3 s only: then it catches up from peers."""
+    c = Cluster(tmp_path / "consortium", node_args=("--retain-seconds", "3"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def etcd_call(cluster: Cluster, path: str, body: dict[str, Any]) -> Any:
+    """One request to etcd's JSON gateway on the first live member."""
+    for member in cluster.etcd.values():
+        if member.proc.poll() is None:
+            request = urllib.request.Request(
+                f"{member.url}{path}", data=json.dumps(body).encode(), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return json.loads(resp.read())
+    raise AssertionError("no etcd member is running")
+
+
+def etcd_keys(cluster: Cluster, prefix: bytes) -> list[bytes]:
+    end = bytearray(prefix)
+    end[-1] += 1
+    answer = etcd_call(
+        cluster,
+        "/v3/kv/range",
+        {
+            "key": base64.b64encode(prefix).decode(),
+            "range_end": base64.b64encode(bytes(end)).decode(),
+            "keys_only": True,
+        },
+    )
+    return [base64.b64decode(kv["key"]) for kv in answer.get("kvs", [])]

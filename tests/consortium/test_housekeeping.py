@@ -1,0 +1,126 @@
+"""Catch-up past the etcd log, trimming and compaction, and the NOSPACE alarm in health."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import cbor2
+
+from tests.chain.conftest import DeviceSim
+from tests.consortium.conftest import Cluster, etcd_call, etcd_keys, needs_etcd
+from tests.shop import wait_for
+
+pytestmark = needs_etcd
+
+PREFIX = b"/taxctl/taxctl-training/"
+
+
+def post(cluster: Cluster, node_id: str, path: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        f"{cluster.url(node_id)}{path}",
+        data=cbor2.dumps(body),
+        method="POST",
+        headers={"Content-Type": "application/cbor", "Accept": "application/cbor"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        return cbor2.loads(resp.read())
+
+
+def register(cluster: Cluster, device: DeviceSim) -> None:
+    body = {"certificate": device.certificate, "segments": device.segments}
+    assert post(cluster, "bureau", "/v1/devices", body)["device_id"] == device.device_id
+
+
+def test_a_node_away_past_the_retention_catches_up_from_peers(
+    short_retention: Cluster,
+) -> None:
+    cluster = short_retention
+    device = DeviceSim(cluster.root / "device")
+    try:
+        register(cluster, device)
+        cluster.kill_node("enterprise3")
+        for node_id in ("bureau", "enterprise1", "enterprise2") * 2:
+            result = post(cluster, node_id, "/v1/documents", {"documents": device.issue(5)})
+            assert result["counts"] == {"committed": 5}
+        # the proposer drops what the three others applied and compacts etcd to it
+        wait_for(lambda: not etcd_keys(cluster, PREFIX + b"log/"), 30, "the log trimmed")
+        proposals = etcd_keys(cluster, PREFIX + b"prop/")
+        assert all(int(k.rsplit(b"/", 1)[1]) >= 7 for k in proposals), proposals
+        cluster.start_node("enterprise3")
+        assert cluster.wait_same_height() == 7
+        more = post(cluster, "enterprise3", "/v1/documents", {"documents": device.issue(5)})
+        assert more["counts"] == {"committed": 5}
+    finally:
+        device.close()
+    cluster.wait_same_height()
+    rows = cluster.ledger_rows("bureau")
+    for node_id in cluster.ids:
+        assert cluster.ledger_rows(node_id) == rows, node_id
+        assert "35 documents from 1 devices" in cluster.verify(node_id)
+
+
+def test_nospace_shows_in_health_until_disarmed(cluster: Cluster) -> None:
+    member = etcd_call(cluster, "/v3/maintenance/status", {})["header"]["member_id"]
+    alarm = {"memberID": member, "alarm": "NOSPACE"}
+    etcd_call(cluster, "/v3/maintenance/alarm", {"action": "ACTIVATE", **alarm})
+
+    def degraded() -> dict[str, Any] | None:
+        health = cluster.health("enterprise1")
+        return health if health["status"] == "degraded" else None
+
+    health = wait_for(degraded, 10, "NOSPACE in health")
+    assert "NOSPACE" in health["error"]
+    assert health["ordering"]["alarms"] == ["NOSPACE"]
+    etcd_call(cluster, "/v3/maintenance/alarm", {"action": "DEACTIVATE", **alarm})
+    wait_for(lambda: cluster.health("enterprise1")["status"] == "ok", 10, "health ok again")
+
+
+def test_consortium_up_prints_one_ready_line_and_stops_on_sigterm(tmp_path: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from hostsim.consortium.up import _ready_line
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taxctl", "hostsim", "consortium", "up", "--dir",
+         str(tmp_path / "c"), "--training", "--nodes", "4", "--etcd-members", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        ready = _ready_line(proc, 90)
+        assert ready is not None
+        assert [n["id"] for n in ready["nodes"]] == [
+            "bureau", "enterprise1", "enterprise2", "enterprise3"
+        ]  # fmt: skip
+        assert len(ready["etcd"]) == 3 and all(m["client_url"] for m in ready["etcd"])
+        url = ready["nodes"][2]["url"]
+        with urllib.request.urlopen(f"{url}/v1/health", timeout=10) as resp:
+            assert json.loads(resp.read())["quorum"] == 3
+        pids = [n["pid"] for n in ready["nodes"]] + [m["pid"] for m in ready["etcd"]]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for node_id in ("bureau", "enterprise1", "enterprise2", "enterprise3"):
+        out = subprocess.run(
+            [sys.executable, "-m", "taxctl", "hostsim", "chain", "verify", "--data",
+             str(tmp_path / "c" / "nodes" / node_id)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return True
