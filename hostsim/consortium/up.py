@@ -144,19 +144,21 @@ def _ready_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any] |
 
 
 def start_etcd(binary: str, root: Path, plan: dict[str, Any]) -> list[Started]:
+    return [start_member(binary, root, plan, member) for member in plan["etcd"]]
+
+
+def start_member(binary: str, root: Path, plan: dict[str, Any], member: dict[str, Any]) -> Started:
+    """One etcd member (again, after a kill: its data directory makes it rejoin)."""
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    out = []
-    for member in plan["etcd"]:
-        with open(root / "logs" / f"{member['name']}.log", "ab") as err:
-            proc = subprocess.Popen(
-                etcd_args(binary, root, plan, member),
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                text=True,
-            )
-        out.append(Started(member["name"], proc, f"http://127.0.0.1:{member['client']}"))
-    return out
+    with open(root / "logs" / f"{member['name']}.log", "ab") as err:
+        proc = subprocess.Popen(
+            etcd_args(binary, root, plan, member),
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            text=True,
+        )
+    return Started(member["name"], proc, f"http://127.0.0.1:{member['client']}")
 
 
 def sys_executable() -> list[str]:
