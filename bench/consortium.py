@@ -153,7 +153,7 @@ def consortium(root: Path, devices: list[Device], batch: int, etcd_bin: str) -> 
         ceiling = asyncio.run(etcd_ceiling(urls, len(devices), value, 3.0))
     finally:
         up.stop(nodes)
-        up.stop(members)
+        up.stop_etcd(members)
     out = _figures(figures, cpu)
     out["etcd_batch_writes_per_s"] = round(ceiling, 1)
     out["etcd_batch_value_bytes"] = value

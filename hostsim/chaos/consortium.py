@@ -80,7 +80,7 @@ class ConsortiumWorld(World):
     def stop(self) -> None:
         self.stop_shop()
         up.stop(list(self.nodes.values()))
-        up.stop(list(self.members.values()))
+        up.stop_etcd(list(self.members.values()))
 
     # --- chaos -----------------------------------------------------------------------------
 
@@ -113,20 +113,8 @@ class ConsortiumWorld(World):
             self.start_node(node_id)
 
     def etcd_leader(self) -> str:
-        for name, member in self.members.items():
-            if member.proc.poll() is not None:
-                continue
-            request = urllib.request.Request(
-                f"{member.url}/v3/maintenance/status", data=b"{}", method="POST"
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=5) as resp:
-                    status = json.loads(resp.read())
-            except OSError:
-                continue
-            if status.get("header", {}).get("member_id") == status.get("leader"):
-                return name
-        return next(iter(self.members))
+        leader = up.etcd_leader(list(self.members.values()))
+        return leader.name if leader is not None else next(iter(self.members))
 
     # --- after -----------------------------------------------------------------------------
 

@@ -216,11 +216,12 @@ class ConsortiumEngine(Engine):
         (the same batch sent again later) is written once more under a new key, so the
         log decides its documents' outcome again (duplicates, by then)."""
         key = self.keys.log_key(name)
-        created, existing = await self.etcd.create(key, value)
+        tick = (self.keys.tick,)
+        created, existing = await self.etcd.create(key, value, also=tick)
         if created or existing is None or existing.create_revision > self.rev:
             return key
         again = self.keys.log_key(name + existing.create_revision.to_bytes(8, "big"))
-        await self.etcd.create(again, value)
+        await self.etcd.create(again, value, also=tick)
         return again
 
     def resolve(self, results: Sequence[Result]) -> None:

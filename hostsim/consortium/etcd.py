@@ -188,13 +188,17 @@ class Etcd:
         header = answer.get("header")
         return _int(header.get("revision") if isinstance(header, dict) else None, "revision")
 
-    async def create(self, key: bytes, value: bytes, lease: int = 0) -> tuple[bool, KV | None]:
-        """Put `key` only if it does not exist (create_revision == 0). (True, None) if this
-        call created it, else (False, the existing key-value) — or (False, None) if it
-        vanished (leased) between the compare and the read."""
+    async def create(
+        self, key: bytes, value: bytes, lease: int = 0, also: Sequence[bytes] = ()
+    ) -> tuple[bool, KV | None]:
+        """Put `key` only if it does not exist (create_revision == 0), and with it the
+        (empty) keys `also`. (True, None) if this call created it, else (False, the
+        existing key-value) — or (False, None) if it vanished (leased) between the
+        compare and the read."""
         put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
             put["lease"] = str(lease)
+        extra = [{"request_put": {"key": _b64(k), "value": ""}} for k in also]
         answer = await self.call(
             "/v3/kv/txn",
             {
@@ -206,7 +210,7 @@ class Etcd:
                         "create_revision": "0",
                     }
                 ],
-                "success": [{"request_put": put}],
+                "success": [{"request_put": put}, *extra],
                 "failure": [{"request_range": {"key": _b64(key)}}],
             },
         )
@@ -285,10 +289,11 @@ class Etcd:
 
     # --- watching --------------------------------------------------------------------------
 
-    async def changes(self, prefix: bytes) -> AsyncIterator[int]:
-        """Yield the revision of each change under `prefix` as etcd streams it (the values
-        are read separately: this only wakes the reader). Ends when the stream breaks."""
-        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}}
+    async def changes(self, key: bytes, end: bytes) -> AsyncIterator[int]:
+        """Yield the revision of each change in [key, end) as etcd streams it (the values
+        are read separately: this only wakes the reader). Ends when the stream breaks.
+        Each event carries its value: watch small keys only (a line is at most 128 KiB)."""
+        body = {"create_request": {"key": _b64(key), "range_end": _b64(end)}}
         url = self.urls[self._current] + "/v3/watch"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
         try:

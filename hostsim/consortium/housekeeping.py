@@ -32,11 +32,19 @@ DELETE_BATCH = 100  # etcd allows 128 operations per transaction by default
 
 
 async def watch(engine: ConsortiumEngine, wake: asyncio.Event) -> None:
-    while True:
-        async for _ in engine.etcd.changes(engine.keys.root):
+    """Wake the orderer on every change but the log entries themselves (too large to
+    stream as events; the `tick` written with each one stands in for them)."""
+    keys = engine.keys
+    ranges = [(keys.root, keys.log), (prefix_end(keys.log), prefix_end(keys.root))]
+
+    async def one(key: bytes, end: bytes) -> None:
+        while True:
+            async for _ in engine.etcd.changes(key, end):
+                wake.set()
+            await asyncio.sleep(0.2)
             wake.set()
-        await asyncio.sleep(0.2)
-        wake.set()
+
+    await asyncio.gather(*(one(key, end) for key, end in ranges))
 
 
 async def campaign(engine: ConsortiumEngine) -> None:

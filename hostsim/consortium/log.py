@@ -14,7 +14,9 @@ Under `/taxctl/<chain id>/`:
   one created first (lowest revision) that verifies is the block's;
 - `applied/<node>`: how far a node has applied (its watermark, for compaction);
 - `alive/<node>`: present while the node's lease is kept alive (reachability);
-- `leader`: the proposer's node id, under its lease.
+- `leader`: the proposer's node id, under its lease;
+- `tick`: rewritten (empty) with every log entry, in the same transaction: the
+  nodes watch everything but `log/` (whose values are large), and this wakes them.
 
 Every value read back is hostile (any etcd client with write access could
 have put it): decoded with `codec.decode` under explicit limits, each field
@@ -53,6 +55,7 @@ class Keys:
         self.applied = self.root + b"applied/"
         self.alive = self.root + b"alive/"
         self.leader = self.root + b"leader"
+        self.tick = self.root + b"tick"
 
     def log_key(self, name: bytes) -> bytes:
         return self.log + name.hex().encode()

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,33 @@ def stop(children: list[Started], timeout: float = 15.0) -> None:
             child.proc.wait()
 
 
+def etcd_leader(members: list[Started]) -> Started | None:
+    """The running member that is the Raft leader now, or None."""
+    for member in members:
+        if member.proc.poll() is not None:
+            continue
+        request = urllib.request.Request(
+            f"{member.url}/v3/maintenance/status", data=b"{}", method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                status = json.loads(resp.read())
+        except (OSError, ValueError):
+            continue
+        header = status.get("header") if isinstance(status, dict) else None
+        if isinstance(header, dict) and header.get("member_id") == status.get("leader"):
+            return member
+    return None
+
+
+def stop_etcd(members: list[Started]) -> None:
+    """Followers first, one at a time, then the leader: stopped all at once, a leader
+    spends seconds trying to hand its leadership to members that are going too."""
+    leader = etcd_leader(members)
+    for member in [m for m in members if m is not leader] + ([leader] if leader else []):
+        stop([member])
+
+
 def up(root: Path, nodes: int, members: int, training: bool, binary: str) -> int:
     plan = cluster_plan(root, nodes, members)
     identity.ceremony(root, [n["id"] for n in plan["nodes"]], training)
@@ -234,7 +262,7 @@ def up(root: Path, nodes: int, members: int, training: bool, binary: str) -> int
             time.sleep(0.2)
     finally:
         stop(started)
-        stop(etcd)
+        stop_etcd(etcd)
     return 0
 
 

@@ -77,17 +77,9 @@ class Cluster:
 
     def etcd_leader(self) -> str:
         """The name of the etcd member that is the raft leader now."""
-        for name, member in self.etcd.items():
-            if member.proc.poll() is not None:
-                continue
-            request = urllib.request.Request(
-                f"{member.url}/v3/maintenance/status", data=b"{}", method="POST"
-            )
-            with urllib.request.urlopen(request, timeout=5) as resp:
-                status = json.loads(resp.read())
-            if status["header"]["member_id"] == status["leader"]:
-                return name
-        raise AssertionError("no etcd leader")
+        leader = up.etcd_leader(list(self.etcd.values()))
+        assert leader is not None, "no etcd leader"
+        return leader.name
 
     def kill_etcd(self, name: str) -> None:
         proc = self.etcd[name].proc
@@ -149,7 +141,7 @@ class Cluster:
 
     def stop(self) -> None:
         up.stop(list(self.nodes.values()))
-        up.stop(list(self.etcd.values()))
+        up.stop_etcd(list(self.etcd.values()))
 
 
 @pytest.fixture
