@@ -134,7 +134,7 @@ class Etcd:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:
             async with self._http().post(url, json=body, timeout=timeout) as resp:
-                raw = await _read_bounded(resp.content, MAX_ANSWER)
+                raw = await read_bounded(resp.content, MAX_ANSWER)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise EtcdError(f"{url}: {type(exc).__name__}") from None
@@ -324,13 +324,13 @@ def _watch_revision(line: bytes) -> int | None:
     return _int(header.get("revision"), "revision")
 
 
-async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     async for chunk in stream.iter_chunked(1 << 16):
         size += len(chunk)
         if size > limit:
-            raise EtcdError(f"etcd answer over {limit} bytes")
+            raise EtcdError(f"an answer over {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
 

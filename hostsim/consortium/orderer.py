@@ -29,8 +29,8 @@ from device.protocol.document import format_utc, parse_utc
 from device.protocol.keys import verify
 from hostsim.chain.blocks import Block, assemble
 from hostsim.chain.engine import Result
+from hostsim.consortium import housekeeping, peers
 from hostsim.consortium import log as records
-from hostsim.consortium import peers
 from hostsim.consortium.engine import REV_META, SEQ_META, SIGNED_META, ConsortiumEngine
 from hostsim.consortium.etcd import KV, EtcdError, prefix_end
 
@@ -98,12 +98,19 @@ class Orderer:
             self.engine.last_time = str(codec.decode(last.header)["time"])
 
     async def _trimmed(self, seq: int) -> bool:
-        """Whether proposal `seq` is gone from etcd (every other node applied it, and this
-        one was away longer than the retention): then only peers have its block."""
+        """Whether proposal `seq` is gone from etcd (the other nodes applied it, and this
+        one was away longer than the retention): then only peers have its block. A stray
+        later proposal key is not enough: f+1 nodes (one honest at least) must report
+        having applied past `seq`."""
         prefix = self.keys.prop
         kvs = await self.etcd.range(prefix, prefix_end(prefix), keys_only=True)
         seqs = [s for s in (records.seq_of(kv.key, prefix) for kv in kvs) if s is not None]
-        return bool(seqs) and min(seqs) > seq
+        if not seqs or min(seqs) <= seq:
+            return False
+        marks = await housekeeping.watermarks(self.engine)
+        ahead = [n for n, (done, _) in marks.items() if n != self.nodes.node_id and done >= seq]
+        faulty = (len(self.nodes.members) - 1) // 3
+        return len(ahead) >= faulty + 1
 
     async def _wait(self, timeout: float = 0.5) -> None:
         with contextlib.suppress(TimeoutError):

@@ -32,7 +32,7 @@ from hostsim.chain.queries import CHAIN
 from hostsim.chain.state import TipState
 from hostsim.chain.tx import Tx, TxType, decode_act, document_tx
 from hostsim.consortium.engine import REV_META, SEQ_META, ConsortiumEngine
-from hostsim.consortium.etcd import prefix_end
+from hostsim.consortium.etcd import EtcdError, prefix_end, read_bounded
 
 log = logging.getLogger("taxctl.consortium")
 
@@ -144,9 +144,10 @@ async def _fetch(engine: ConsortiumEngine, url: str, start: int) -> dict[str, An
     ):
         if resp.status != 200:
             raise CatchUpFailed(f"HTTP {resp.status}")
-        raw = await resp.content.read(MAX_ANSWER + 1)
-    if len(raw) > MAX_ANSWER:
-        raise CatchUpFailed("answer too large")
+        try:
+            raw = await read_bounded(resp.content, MAX_ANSWER)
+        except EtcdError:
+            raise CatchUpFailed("answer too large") from None
     try:
         answer = codec.decode(raw, ANSWER_LIMITS)
     except codec.CodecError as exc:
