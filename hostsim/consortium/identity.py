@@ -72,7 +72,8 @@ def load(directory: Path, node_id: str, training: bool) -> Identity:
     except FileNotFoundError:
         raise SetupError(
             f"{directory} has no consortium yet: the bureau certifies the node keys first"
-            " (taxctl hostsim consortium init, or consortium up)"
+            f" (taxctl hostsim consortium init, or consortium up); this node's public key"
+            f" is {key.public_key.hex()}"
         ) from None
     if training and bureau_key != trust.TRAINING_BUREAU.public_key:
         raise SetupError("a training node trusts the training bureau key only")
