@@ -3,6 +3,7 @@ printers selling through syncd given every node's URL."""
 
 from __future__ import annotations
 
+import shutil
 import time
 import urllib.request
 from typing import Any
@@ -13,7 +14,7 @@ from hostsim.audit import chain_documents
 from tests.chain.conftest import DeviceSim
 from tests.consortium.conftest import Cluster, needs_etcd
 from tests.helpers import export_documents
-from tests.shop import INVOICE, Shop, wait_for
+from tests.shop import INVOICE, Shop, http, wait_for
 
 pytestmark = needs_etcd
 
@@ -134,3 +135,44 @@ def submit(cluster: Cluster, node_id: str, path: str, body: dict[str, Any]) -> A
     with urllib.request.urlopen(request, timeout=60) as resp:
         assert resp.status in (200, 201)
         return cbor2.loads(resp.read())
+
+
+def test_held_and_equivocation_are_decided_by_log_order_alike(cluster: Cluster) -> None:
+    """A device's documents sent out of order to different nodes: held behind the gap,
+    then final once it fills; a second document under a used counter (a cloned device
+    state) is an equivocation on every node's record, not only where it was sent."""
+    device = DeviceSim(cluster.root / "device")
+    shutil.copytree(cluster.root / "device", cluster.root / "clone")
+    clone = DeviceSim(cluster.root / "clone")
+    try:
+        submit(
+            cluster,
+            "bureau",
+            "/v1/devices",
+            {"certificate": device.certificate, "segments": device.segments},
+        )
+        first, later = device.issue(2), device.issue(2)
+        held = submit(cluster, "enterprise1", "/v1/documents", {"documents": later})
+        assert held["counts"] == {"held": 2}
+        done = submit(cluster, "enterprise2", "/v1/documents", {"documents": first})
+        assert done["counts"] == {"committed": 2}
+        again = submit(cluster, "enterprise3", "/v1/documents?wait=30", {"documents": later})
+        assert again["counts"] in ({"committed": 2}, {"duplicate": 2})
+        forked = submit(
+            cluster, "enterprise3", "/v1/documents", {"documents": clone.issue(1, price=777)}
+        )
+        assert forked["results"][0]["code"] == "equivocation"
+    finally:
+        device.close()
+        clone.close()
+    cluster.wait_same_height()
+    rows = cluster.ledger_rows("bureau")
+    for node_id in cluster.ids:
+        assert cluster.ledger_rows(node_id) == rows
+        assert "4 documents from 1 devices" in cluster.verify(node_id)
+        _, info, _ = http(
+            "GET",
+            f"{cluster.url(node_id)}/v1/devices/{device.device_id}",
+            headers={"Authorization": f"Bearer {cluster.token(node_id)}"},
+        )
+        assert [e["counter"] for e in info["equivocations"]] == [1], node_id
