@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -29,6 +30,16 @@ def post(cluster: Cluster, node_id: str, path: str, body: dict[str, Any]) -> Any
         return cbor2.loads(resp.read())
 
 
+def compacted(cluster: Cluster, revision: int) -> bool:
+    """Whether etcd refuses a read at `revision` as compacted away."""
+    body = {"key": base64.b64encode(PREFIX).decode(), "revision": str(revision)}
+    try:
+        answer = etcd_call(cluster, "/v3/kv/range", body)
+    except urllib.error.HTTPError as exc:
+        return b"compacted" in exc.read()
+    return "compacted" in json.dumps(answer)
+
+
 def register(cluster: Cluster, device: DeviceSim) -> None:
     body = {"certificate": device.certificate, "segments": device.segments}
     assert post(cluster, "bureau", "/v1/devices", body)["device_id"] == device.device_id
@@ -52,6 +63,8 @@ def test_a_node_away_past_the_retention_catches_up_from_peers(
             left = etcd_keys(cluster, PREFIX + b"log/")
             marks = {k: cluster.health(k)["ordering"] for k in cluster.ids if k != "enterprise3"}
             raise AssertionError(f"log keys left: {left}; nodes: {marks}") from None
+        # ... and compacted it: an old revision is gone
+        wait_for(lambda: compacted(cluster, 2), 30, "etcd compacted")
         proposals = etcd_keys(cluster, PREFIX + b"prop/")
         assert all(int(k.rsplit(b"/", 1)[1]) >= 7 for k in proposals), proposals
         cluster.start_node("enterprise3")
