@@ -9,7 +9,11 @@ end every journal is compared with the chain byte for byte, every document
 is verified with pycose (the standard COSE library), every document the tills
 were given is looked up on the chain, and the ledger is re-checked from disk.
 
-    python bench/chaos.py --minutes 10 [--rate 40] [--devices 2] [--seed 1]
+    python bench/chaos.py --minutes 10 [--rate 40] [--devices 2] [--seed 1] [--consortium]
+
+With --consortium the chain is 3 etcd members and 4 node processes; its faults are
+real kills: nodes SIGKILLed or stopped (one or two at a time) and the etcd leader
+SIGKILLed, each restarted after a while (hostsim/chaos/consortium.py).
 
 Prints one JSON object; exits 1 if anything was lost, duplicated or broken.
 """
@@ -39,6 +43,11 @@ def main() -> int:
     parser.add_argument("--corrupt", type=float, default=0.0001, help="bit flips per byte")
     parser.add_argument("--drop", type=float, default=0.00005, help="lost bytes per byte")
     parser.add_argument("--keep", type=Path, help="leave the run's state and logs here")
+    parser.add_argument(
+        "--consortium",
+        action="store_true",
+        help="the chain as 3 etcd members and 4 node processes (docs/consortium.md)",
+    )
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="taxctl-chaos-"))
     settings = ChaosSettings(
@@ -50,7 +59,12 @@ def main() -> int:
         drop=args.drop,
         seed=args.seed,
     )
-    report = run_chaos(settings, verifier=pycose_ok)
+    if args.consortium:
+        from hostsim.chaos.consortium import run_consortium_chaos
+
+        report = run_consortium_chaos(settings, verifier=pycose_ok)
+    else:
+        report = run_chaos(settings, verifier=pycose_ok)
     print(json.dumps({"benchmark": "chaos", **report}))
     if args.keep is None and report["ok"]:
         shutil.rmtree(root, ignore_errors=True)

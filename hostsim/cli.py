@@ -23,8 +23,12 @@ def register(subparsers: Any) -> None:
     verify = chain_sub.add_parser("verify", help="re-check every block, signature and document")
     verify.add_argument("--data", required=True, help="ledger directory")
     verify.set_defaults(func=_verify_chain)
+    _add_node(chain_sub)
 
     from hostsim import enrol
+    from hostsim.consortium import up
+
+    up.add_parser(sub)
 
     enrol.add_parser(sub)
     _add_noisy_link(sub)
@@ -72,6 +76,28 @@ def _add_chain(sub: Any) -> Any:
     )
     chain.set_defaults(func=_run_chain)
     return chain.add_subparsers(dest="chain_command", metavar="ACTION")
+
+
+def _add_node(chain_sub: Any) -> None:
+    """`hostsim chain node`: one consortium node of its own, ordering through etcd."""
+    node = chain_sub.add_parser(
+        "node",
+        help="run one consortium node (its own key and ledger), ordering through etcd",
+        description="One consortium node: the chain API over its own ledger, with blocks"
+        " ordered through etcd and final with 2f+1 node signatures (docs/consortium.md).",
+    )
+    node.add_argument("--id", required=True, help="this node's id in the consortium")
+    node.add_argument("--data", required=True, help="the node's directory (key, ledger)")
+    node.add_argument("--etcd", required=True, help="etcd client URLs, URL[,URL...]")
+    node.add_argument("--listen", default="127.0.0.1:0", help="API address HOST:PORT")
+    node.add_argument("--training", action="store_true", help="trust the training bureau key")
+    node.add_argument(
+        "--retain-seconds",
+        type=_positive(float),
+        default=3600.0,
+        help="keep the etcd log for a node gone this long, then it catches up from peers",
+    )
+    node.set_defaults(func=_run_node)
 
 
 def _add_noisy_link(sub: Any) -> None:
@@ -162,6 +188,31 @@ def _run_chain(args: argparse.Namespace) -> int:
         print("taxctl hostsim chain: --data DIR is required", file=sys.stderr)
         return 2
     return run(args)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    import logging
+
+    from hostsim.consortium.node import run
+    from taxctl_base.address import parse_listen
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return run(
+            Path(args.data),
+            args.id,
+            args.etcd,
+            parse_listen(args.listen),
+            args.training,
+            args.retain_seconds,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"taxctl hostsim chain node: {exc}", file=sys.stderr)
+        return 2
 
 
 def _verify_chain(args: argparse.Namespace) -> int:

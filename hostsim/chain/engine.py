@@ -156,6 +156,23 @@ class Engine:
     # --- documents -------------------------------------------------------------------------
 
     async def submit(self, raws: Sequence[bytes], wait: float) -> list[DocumentOutcome]:
+        results = await self.admit(raws)
+        waiting = [r.tx for r in results if r.tx and r.status == SubmitStatus.PENDING]
+        if waiting and wait > 0:
+            # Blocks are cut from the head of the mempool in order, so the transaction
+            # queued last is final last: waiting for it is waiting for all of them
+            # (without a future and a callback for each of up to a thousand).
+            last = max(waiting, key=lambda tx: tx.seq)
+            await asyncio.wait([last.finality()], timeout=wait)
+        for r in results:
+            if r.status == SubmitStatus.PENDING and r.tx and r.tx.final is not None:
+                r.height, r.position = r.tx.final
+                r.status = SubmitStatus.COMMITTED
+        return results
+
+    async def admit(self, raws: Sequence[bytes]) -> list[DocumentOutcome]:
+        """Validate a batch against the tip and queue what passes, without waiting for
+        finality: one result per document, in order."""
         results: list[DocumentOutcome | None] = [None] * len(raws)
         self._incoming += 1
         try:
@@ -191,19 +208,7 @@ class Engine:
         self.state.prefetch_numbers([])
         if len(self.mempool) > admitted_before:
             self._work.set()
-        waiting = [r.tx for r in results if r and r.tx and r.status == SubmitStatus.PENDING]
-        if waiting and wait > 0:
-            # Blocks are cut from the head of the mempool in order, so the transaction
-            # queued last is final last: waiting for it is waiting for all of them
-            # (without a future and a callback for each of up to a thousand).
-            last = max(waiting, key=lambda tx: tx.seq)
-            await asyncio.wait([last.finality()], timeout=wait)
-        final = [r for r in results if r is not None]
-        for r in final:
-            if r.status == SubmitStatus.PENDING and r.tx and r.tx.final is not None:
-                r.height, r.position = r.tx.final
-                r.status = SubmitStatus.COMMITTED
-        return final
+        return [r for r in results if r is not None]
 
     async def _precheck(self, raws: Sequence[bytes]) -> list[Checked]:
         """Decode, signatures and line totals: in worker processes for large batches."""
@@ -386,6 +391,10 @@ class Engine:
 
     def mempool_full(self) -> bool:
         return len(self.mempool) >= self.mempool_max
+
+    def health(self) -> dict[str, Any]:
+        """Fields this engine adds to /v1/health (a consortium node: its ordering service)."""
+        return {}
 
     # --- blocks ----------------------------------------------------------------------------
 

@@ -69,13 +69,14 @@ async def health(request: web.Request) -> web.Response:
             "chain_id": chain.chain_id,
             "training": chain.training,
             "height": engine.height,
-            "nodes": len(chain.nodes.keys),
+            "nodes": len(chain.nodes.public_keys),
             "reachable": len(chain.nodes.available()),
             "quorum": chain.nodes.quorum,
             "finalizing": chain.nodes.has_quorum() and engine.write_error is None,
             "mempool": len(engine.mempool),
             "held": engine.state.held_count(),
             "error": engine.write_error,
+            **engine.health(),
         },
     )
 
