@@ -143,8 +143,11 @@ class DeviceClient:
         response_timeout: float = RESPONSE_TIMEOUT,
         max_retries: int = MAX_RETRIES,
         max_in_flight: int = 32,
+        pace: bool = False,
     ) -> DeviceClient:
-        opened = open_serial(port, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts)
+        opened = open_serial(
+            port, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts, pace=pace
+        )
         return cls(
             opened,
             response_timeout=response_timeout,
