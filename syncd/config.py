@@ -135,6 +135,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("serial.parity", str, "N", "default parity", choices=PARITIES),
     Option("serial.stopbits", float, 1.0, "default stop bits (1, 1.5, 2)", 1, 2),
     Option("serial.rtscts", bool, False, "default RTS/CTS hardware flow control"),
+    Option(
+        "serial.pace",
+        bool,
+        False,
+        "send no faster than the baud rate (a pty standing in for a serial line)",
+    ),
     Option("link.response_timeout", float, 1.0, "seconds before a retransmission", 0.05, 60),
     Option("link.max_retries", int, 5, "retransmissions before a link error", 0, 50),
     Option("link.max_in_flight", int, 32, "requests outstanding per device", 1, 1024),
@@ -170,7 +176,7 @@ OPTIONS: tuple[Option, ...] = (
 BY_KEY = {o.key: o for o in OPTIONS}
 SECTIONS = frozenset(o.key.split(".")[0] for o in OPTIONS) | {"chain", "api"}
 TOP_LEVEL = frozenset({"state", "device"})
-DEVICE_KEYS = frozenset({"port", "name", "baud", "parity", "stopbits", "rtscts"})
+DEVICE_KEYS = frozenset({"port", "name", "baud", "parity", "stopbits", "rtscts", "pace"})
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,7 @@ class DeviceConfig:
     parity: str = "N"
     stopbits: float = 1.0
     rtscts: bool = False
+    pace: bool = False
 
 
 @dataclass(frozen=True)
@@ -531,6 +538,7 @@ def load(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None) 
         "parity": _value(values, "serial.parity"),
         "stopbits": _value(values, "serial.stopbits"),
         "rtscts": _value(values, "serial.rtscts"),
+        "pace": _value(values, "serial.pace"),
     }
     devices: list[DeviceConfig] = []
     if getattr(args, "device", None):
@@ -578,7 +586,7 @@ def _device_from_file(entry: dict[str, Any], defaults: dict[str, Any]) -> Device
     if not isinstance(name, str) or not name:
         raise fail("name", "must be a non-empty string")
     settings = dict(defaults)
-    for key in ("baud", "parity", "stopbits", "rtscts"):
+    for key in ("baud", "parity", "stopbits", "rtscts", "pace"):
         if key in entry:
             try:
                 settings[key] = coerce(BY_KEY[f"serial.{key}"], entry[key])

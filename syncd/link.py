@@ -164,6 +164,8 @@ class DeviceLink:
                 response_timeout=s.response_timeout,
                 max_retries=s.max_retries,
                 max_in_flight=s.max_in_flight,
+                # only when asked, so that openers written before pacing keep working
+                **({"pace": True} if cfg.pace else {}),
             )
         except (PortError, OSError) as exc:
             self._set_error(str(exc))
