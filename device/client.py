@@ -298,11 +298,19 @@ class DeviceClient:
             self._retransmit(request_id, pending, time.monotonic())
 
     async def _timer_loop(self) -> None:
+        seen = 0
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
+            # A frame still arriving, bytes since the last tick: the line is busy carrying an
+            # answer (on a slow line one takes about a second), so nothing is late yet, and a
+            # retransmission would only queue another answer behind it.
+            arriving = self._decoder.pending > 0 and self._decoder.bytes_in != seen
+            seen = self._decoder.bytes_in
             for rid, pending in list(self._pending.items()):
-                if not pending.future.done() and now >= pending.deadline:
+                if arriving and now >= pending.deadline:
+                    pending.deadline = now + TICK
+                elif not pending.future.done() and now >= pending.deadline:
                     self.stats.timeouts += 1
                     if now < pending.acked_until:
                         pending.retries -= 1  # polling a request the device acknowledged
