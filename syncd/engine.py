@@ -47,6 +47,15 @@ log = logging.getLogger("taxctl.syncd")
 
 
 MIN_PAGE_BYTES = 1024
+# Sync yields to sales on a slow line: a sale's answer can wait behind the FETCH page
+# already on the wire (a frame is never cut), so a page carries about as many document
+# bytes as one sale's exchange puts on the wire (an ISSUE answer is about 930 bytes),
+# whatever the baud rate: a sale waiting behind one at most doubles its time.
+LINE_PAGE_BYTES = 1024
+# And receipts go to the device no oftener than their answers (about 100 bytes) take this
+# share of the line: one per 1-document page would be a tenth of it.
+ACK_SHARE = 0.02
+ACK_ANSWER_BYTES = 100
 EQUIVOCATION = "equivocation"  # the chain's code for a second document under one counter
 
 
@@ -60,6 +69,12 @@ class SyncSettings:
     backoff_max: float = 0.5
     reject_retries: int = 3
     reject_retry_interval: float = 600.0
+
+
+def line_page_bytes(baud: int, fetch_max_bytes: int = 60000) -> int:
+    """Document bytes per FETCH page on a line that really runs at `baud`."""
+    del baud  # the bound is one sale's exchange in bytes, the same at every rate
+    return min(fetch_max_bytes, LINE_PAGE_BYTES)
 
 
 class RoundEnd(StrEnum):
@@ -163,7 +178,7 @@ class DeviceSync:
         self.last_ack_error: str | None = None
         self._device_id: str | None = None
         self._synced_seen = 0
-        self.page_bytes = settings.fetch_max_bytes  # FETCH page size, adapted to the line
+        self.page_bytes = self._page_cap()  # FETCH page size, adapted to the line
         self.failures = 0  # rounds ended by an unexpected error (a bug), survived
         self._last_failure: tuple[str, str] | None = None
 
@@ -171,9 +186,19 @@ class DeviceSync:
         """New documents were issued: look now rather than at the next poll."""
         self._wake.set()
 
+    def _page_cap(self) -> int:
+        fetch_max = self.settings.fetch_max_bytes
+        if self.link.line_rate is None:
+            return fetch_max
+        return line_page_bytes(self.link.config.baud, fetch_max)
+
+    def _ack_spacing(self) -> float:
+        rate = self.link.line_rate
+        return ACK_ANSWER_BYTES / (rate * ACK_SHARE) if rate else 0.0
+
     def update_settings(self, settings: SyncSettings) -> None:
         self.settings = settings
-        self.page_bytes = min(self.page_bytes, settings.fetch_max_bytes)
+        self.page_bytes = min(self.page_bytes, self._page_cap())
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._wake.set()
 
@@ -305,9 +330,7 @@ class DeviceSync:
                     # chance to be hit): ask for shorter pages, and grow back on success.
                     self.page_bytes = max(MIN_PAGE_BYTES, self.page_bytes // 4)
                     raise
-                self.page_bytes = min(
-                    self.settings.fetch_max_bytes, self.page_bytes + self.page_bytes // 4
-                )
+                self.page_bytes = min(self._page_cap(), self.page_bytes + self.page_bytes // 4)
                 self.link.note_counters(int(body["last_counter"]), int(body["synced_through"]))
                 docs = body["documents"]
                 if not docs:
@@ -456,10 +479,13 @@ class DeviceSync:
         """Hand receipts to the device; only the newest when several wait. False if the device
         refused them (reported; the round should not go on as if synced)."""
         ok = True
+        spacing = self._ack_spacing()
         while True:
             item = await acks.get()
             if item is None:
                 return ok
+            if spacing:
+                await asyncio.sleep(spacing)  # on a slow line: fewer, newer receipts
             last = False
             while not acks.empty():
                 newer = acks.get_nowait()

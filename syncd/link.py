@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from device.client import DeviceClient, LinkError
+from device.pacing import bytes_per_second
 from device.protocol.status import DeviceError
 from device.transport import PortError
 from syncd import device_answers
@@ -35,6 +37,10 @@ from syncd.metrics import SyncdMetrics
 log = logging.getLogger("taxctl.syncd")
 
 WATCH_TICK = 0.1
+# Of a line that really runs at its baud rate, the share a heartbeat may take: a STATUS
+# answer is about 470 bytes, half a second at 9600 baud.
+HEARTBEAT_SHARE = 0.02
+STATUS_ANSWER_BYTES = 480
 
 
 class LinkState(StrEnum):
@@ -118,6 +124,21 @@ class DeviceLink:
         if self.state == LinkState.ONLINE:
             log.warning("%s: %s; checking the link", self.label, reason)
             self._lost.set()
+
+    @property
+    def line_rate(self) -> float | None:
+        """Bytes/s of the line if it is a physical one (a serial port, or a pty paced like
+        one); None for an unpaced pty, the emulator's link, which moves bytes at memory speed
+        whatever its nominal baud."""
+        cfg = self.config
+        if not cfg.pace and os.path.realpath(cfg.port).startswith("/dev/pts/"):
+            return None
+        return bytes_per_second(cfg.baud, cfg.parity, cfg.stopbits)
+
+    def heartbeat_interval(self) -> float:
+        rate = self.line_rate
+        floor = STATUS_ANSWER_BYTES / (rate * HEARTBEAT_SHARE) if rate else 0.0
+        return max(self.settings.status_interval, floor)
 
     @property
     def label(self) -> str:
@@ -213,7 +234,7 @@ class DeviceLink:
         return client
 
     async def _watch(self, client: DeviceClient, stop: asyncio.Event) -> None:
-        next_beat = time.monotonic() + self.settings.status_interval
+        next_beat = time.monotonic() + self.heartbeat_interval()
         while not stop.is_set():
             if client.closed:
                 self._set_error("port closed (unplugged?)")
@@ -230,7 +251,7 @@ class DeviceLink:
                     return
                 except DeviceError as exc:
                     log.warning("%s: STATUS refused: %s", self.label, exc)
-                next_beat = time.monotonic() + self.settings.status_interval
+                next_beat = time.monotonic() + self.heartbeat_interval()
             self._export_stats(client)
             await _sleep_or_stop(stop, WATCH_TICK)
 
