@@ -73,6 +73,7 @@ class FdPort:
         self._eof = False
         self._pace = pace_bytes_per_s
         self._pacer = Pacer(pace_bytes_per_s) if pace_bytes_per_s else None
+        self._bulk: deque[bytes] = deque()
         self._pace_task: asyncio.Task[None] | None = None
         os.set_blocking(fd, False)
         self._loop.add_reader(fd, self._on_readable)
@@ -119,6 +120,19 @@ class FdPort:
         if self._closed:
             return
         self._out += data
+        self._kick()
+
+    def write_bulk(self, frame: bytes) -> None:
+        """One whole frame that may wait (a FETCH page): on a paced line it goes out only
+        when nothing else waits, so an answer written later (a sale's) overtakes it. A frame
+        on the wire is never cut. Unpaced, it is just a write."""
+        if not self._pacer:
+            self.write(frame)
+        elif not self._closed:
+            self._bulk.append(frame)
+            self._kick()
+
+    def _kick(self) -> None:
         if self._pace:
             if self._pace_task is None or self._pace_task.done():
                 self._pace_task = self._loop.create_task(self._paced_writer())
@@ -163,9 +177,13 @@ class FdPort:
         sees its last byte when a UART's last stop bit would have arrived."""
         assert self._pacer is not None
         chunk = max(1, int(self._pacer.rate / 100))
-        while self._out and not self._closed:
-            piece = bytes(self._out[:chunk])
-            del self._out[:chunk]
+        current = bytearray()  # the bulk frame on the wire: finished before anything else
+        while (current or self._out or self._bulk) and not self._closed:
+            if not current and not self._out:
+                current += self._bulk.popleft()
+            source = current or self._out
+            piece = bytes(source[:chunk])
+            del source[:chunk]
             await asyncio.sleep(self._pacer.send(len(piece), time.monotonic()))
             while piece and not self._closed:
                 try:

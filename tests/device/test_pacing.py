@@ -91,3 +91,75 @@ async def test_syncd_paces_a_printer_when_its_config_says_so(tmp_path: Path) -> 
         await DeviceLink(device, LinkSettings(), opener=opener)._connect()
     assert asked[0]["pace"] is True and asked[0]["baud"] == 9600
     assert "pace" not in asked[1]  # openers that predate pacing still work
+
+
+async def test_on_a_paced_line_an_answer_overtakes_pages_not_yet_sent(tmp_path: Path) -> None:
+    """Sync yields to sales: a page (write_bulk) waits while anything else waits, and a
+    frame already on the wire is finished first, never cut."""
+    from device.transport import create_pty
+
+    port = create_pty(tmp_path / "tty", baud=96_000, pace=True)  # 9,600 bytes/s
+    host = open_serial(str(tmp_path / "tty"))
+    page_a, page_b, sale = (
+        b"\x7e" + b"a" * 400 + b"\x7e",
+        b"\x7e" + b"b" * 400 + b"\x7e",
+        b"\x7eS\x7e",
+    )
+    try:
+        port.write_bulk(page_a)
+        port.write_bulk(page_b)
+        await asyncio.sleep(0.01)  # page A is on the wire now
+        port.write(sale)
+        got = b""
+        deadline = time.monotonic() + 10
+        while len(got) < len(page_a + page_b + sale) and time.monotonic() < deadline:
+            got += await asyncio.wait_for(host.read(), 10)
+        assert got == page_a + sale + page_b
+    finally:
+        host.close()
+        port.close()
+
+
+class _SlowLine:
+    """A host port whose answers the test feeds in by hand, a few bytes at a time."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def read(self) -> bytes:
+        return await self.incoming.get()
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.incoming.put_nowait(b"")
+
+
+async def test_an_answer_still_arriving_is_not_asked_for_again() -> None:
+    """At 9,600 baud an ISSUE answer takes about a second on the wire, the response timeout
+    is 1 s: the client retransmitted in the middle of it, and the device queued the same
+    answer again behind it."""
+    from device.client import DeviceClient
+    from device.protocol import codec
+    from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
+
+    line = _SlowLine()
+    client = DeviceClient(line, response_timeout=0.1)
+    try:
+        asked = asyncio.create_task(client.status())
+        await asyncio.sleep(0.01)
+        (request,) = FrameDecoder().feed(line.written[0])
+        assert isinstance(request, Frame)
+        body = codec.encode({"filler": bytes(300)})
+        wire = encode_frame(Frame(FrameType.RESPONSE, request.request_id, request.command, 0, body))
+        for start in range(0, len(wire), 10):  # 0.6 s of answer, six response timeouts
+            line.incoming.put_nowait(wire[start : start + 10])
+            await asyncio.sleep(0.02)
+        assert await asyncio.wait_for(asked, 5) == {"filler": bytes(300)}
+        assert client.stats.retransmissions == 0 and len(line.written) == 1
+    finally:
+        await client.close()
