@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -56,6 +57,7 @@ LINE_PAGE_BYTES = 1024
 # share of the line: one per 1-document page would be a tenth of it.
 ACK_SHARE = 0.02
 ACK_ANSWER_BYTES = 100
+FETCH_DEPTH = 2  # FETCHes in flight on a physical line
 EQUIVOCATION = "equivocation"  # the chain's code for a second document under one counter
 
 
@@ -301,7 +303,8 @@ class DeviceSync:
         self._synced_seen = int((self.link.status or {}).get("synced_through", 0))
         pages: asyncio.Queue[Page | None] = asyncio.Queue(self.settings.fetch_ahead)
         acks: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
-        fetcher = asyncio.create_task(self._fetch(client, pages, stop))
+        fetch = self._fetch if self.link.line_rate is None else self._fetch_paced
+        fetcher = asyncio.create_task(fetch(client, pages, stop))
         acker = asyncio.create_task(self._ack(client, acks))
         batcher = Batcher(pages, fetcher, self.settings.batch_max)
         end = RoundEnd.CAUGHT_UP
@@ -341,6 +344,59 @@ class DeviceSync:
         finally:
             with contextlib.suppress(asyncio.QueueFull):
                 pages.put_nowait(None)
+
+    async def _fetch_paced(
+        self, client: DeviceClient, pages: asyncio.Queue[Page | None], stop: asyncio.Event
+    ) -> None:
+        """On a physical line, FETCH_DEPTH FETCHes in flight: the line carries the next page
+        while this one is read, instead of idling a round trip per page. The first page is
+        cut by bytes; its count then cuts the next ones, so where each starts is known before
+        the answer before it. An answer that does not start where the last one ended (the
+        journal's end moved meanwhile) is dropped with those behind it, and fetching goes on
+        from there."""
+        nxt, count = 1, 0
+        flight: deque[tuple[int, asyncio.Task[dict[str, Any]]]] = deque()
+        try:
+            while not stop.is_set():
+                if not count:
+                    body = await self._fetch_one(client, nxt, None)
+                else:
+                    while len(flight) < FETCH_DEPTH:
+                        start = flight[-1][0] + count if flight else nxt
+                        job = self._fetch_one(client, start, count)
+                        flight.append((start, asyncio.create_task(job)))
+                    body = await flight.popleft()[1]
+                docs = body["documents"]
+                if not count:
+                    nxt = int(body["first"])  # the device starts at synced_through + 1 anyway
+                elif docs and int(body["first"]) != nxt:
+                    count = _cancel_all(flight)  # start over, cut by bytes again
+                    continue
+                if not docs:
+                    break
+                await pages.put(Page(nxt, docs))
+                nxt += len(docs)
+                count = count or len(docs)
+                if len(docs) < count:  # the journal's end: what is in flight starts past it
+                    count = _cancel_all(flight)
+        finally:
+            _cancel_all(flight)
+            with contextlib.suppress(asyncio.QueueFull):
+                pages.put_nowait(None)
+
+    async def _fetch_one(
+        self, client: DeviceClient, start: int, count: int | None
+    ) -> dict[str, Any]:
+        try:
+            if count is None:
+                body = await client.fetch(start, max_bytes=self.page_bytes)
+            else:
+                body = await client.fetch(start, max_count=count)
+        except LinkError:
+            self.page_bytes = max(MIN_PAGE_BYTES, self.page_bytes // 4)
+            raise
+        self.link.note_counters(int(body["last_counter"]), int(body["synced_through"]))
+        return body
 
     async def _submit_loop(
         self,
@@ -587,6 +643,14 @@ class DeviceSync:
             "ack_error": self.last_ack_error,
             "rejected": rejected,
         }
+
+
+def _cancel_all(flight: deque[tuple[int, asyncio.Task[dict[str, Any]]]]) -> int:
+    """Cancel the FETCHes in flight (reads: nothing on the device changes); 0, the count
+    that makes the next page be cut by bytes."""
+    while flight:
+        flight.popleft()[1].cancel()
+    return 0
 
 
 class SubmissionRefused(Exception):
