@@ -34,6 +34,7 @@ from device.protocol.status import DeviceError, Status
 from device.transport import Port, open_serial
 
 TICK = 0.02
+BULK_REQUESTS = frozenset({Command.FETCH, Command.ACK_SYNC, Command.EXPORT})
 MAX_BUSY_WAITS = 200  # 10 s of BUSY at 50 ms before giving up
 
 
@@ -207,7 +208,7 @@ class DeviceClient:
         )
         self._pending[rid] = pending
         self.stats.requests += 1
-        self.port.write(wire)
+        self._write(command, wire)
         try:
             return await asyncio.shield(pending.future)
         finally:
@@ -334,7 +335,12 @@ class DeviceClient:
         pending.retries += 1
         self.stats.retransmissions += 1
         pending.deadline = now + self.response_timeout
-        self.port.write(pending.wire)
+        self._write(pending.command, pending.wire)
+
+    def _write(self, command: Command, wire: bytes) -> None:
+        """Sync's requests (FETCH, receipts) wait on a paced line while a sale's goes first."""
+        bulk = getattr(self.port, "write_bulk", None) if command in BULK_REQUESTS else None
+        (bulk or self.port.write)(wire)
 
     def _fail(self, rid: int, pending: _Pending, error: LinkError) -> None:
         self.stats.link_errors += 1
