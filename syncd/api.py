@@ -55,7 +55,14 @@ from device.protocol.status import DeviceError, Status
 from syncd import refusals
 from syncd.access import Access
 from syncd.chainport import ChainDown, ChainRefused
-from syncd.idempotency import BadKey, IdempotencyStore, KeyReused, check_key, new_key
+from syncd.idempotency import (
+    BadKey,
+    ClaimRequest,
+    IdempotencyStore,
+    KeyReused,
+    check_key,
+    new_key,
+)
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import CONTENT_TYPE, SyncdMetrics
 from syncd.receipt import DEFAULT_PAPER, document_json
@@ -367,16 +374,16 @@ class PosApi:
         if command == Command.CREDIT and earlier is None:
             await self._check_credit(link, client, body)
         try:
-            claim = await asyncio.to_thread(
-                self.ctx.store.claim,
+            asked = ClaimRequest(
                 key,
-                route=route,
-                device_id=device_id,
-                command=int(command),
-                body=body,
-                request_id=client.new_request_id(),
-                device_chosen=selector is not None,
+                route,
+                device_id,
+                int(command),
+                body,
+                client.new_request_id(),
+                selector is not None,
             )
+            claim = await self.ctx.store.group.claim(asked)  # with others in flight: one fsync
         except KeyReused as exc:
             raise ApiError.of(ApiCode.IDEMPOTENCY_KEY_REUSED, exc.reason) from None
         try:
