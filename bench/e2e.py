@@ -8,7 +8,10 @@ latency, and documents synced per second (acknowledged by the chain and
 marked synced on the printers, up to the moment the last one of the window
 is synced). The raw ceilings are measured in the same run, before the
 shop starts: Ed25519 sign and verify (one core), fsync'd SQLite commits in
-the printer's state directory, and raw pty bytes/s.
+the printer's state directory, and raw pty bytes/s. And the printer alone
+at the same number in flight (bench/issue.py's measurement, a host on its
+pty and nothing else), so that what the POS path costs is a ratio from the
+same run: issued_per_s / printer_alone_per_s.
 
     python bench/e2e.py [--seconds 20] [--devices 1] [--concurrency 16] [--rate 0]
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -32,6 +36,7 @@ from bench.ceilings import (
     fsync_commit_rate,
     pty_bytes_rate,
 )
+from bench.issue import measure, start_device
 from hostsim.pos.mix import MixSettings
 from hostsim.pos.till import Tills, TillSettings
 from taxctl.tools import Child, all_online, wait_status
@@ -65,6 +70,18 @@ def start_shop(root: Path, devices: int) -> tuple[list[Child], str, list[str]]:
     api = syncd.ready["url"]
     wait_status(api, all_online, "printers online")
     return children, api, ids
+
+
+def printer_alone(root: Path, concurrency: int, seconds: float) -> float:
+    """Invoices/s of a printer on its pty with `concurrency` in flight and no syncd."""
+    root.mkdir()
+    device = start_device(root / "state", root / "tty")
+    try:
+        run = asyncio.run(measure(root / "tty", concurrency, seconds, device.pid))
+    finally:
+        device.send_signal(signal.SIGTERM)
+        device.wait(timeout=30)
+    return float(run["invoices_per_s"])
 
 
 def sell(api: str, ids: list[str], count: int, concurrency: int, rate: float, seed: int) -> Any:
@@ -110,6 +127,7 @@ def main() -> None:
             "fsync_commit_per_s": round(fsync_commit_rate(root)),
             "pty_bytes_per_s": round(pty_bytes_rate()),
         }
+        alone = printer_alone(root / "alone", args.concurrency, min(args.seconds, 5.0))
         children, api, ids = start_shop(root, args.devices)
         try:
             warm = sell(api, ids, 200, args.concurrency, 0.0, seed=1)
@@ -141,6 +159,8 @@ def main() -> None:
                     "synced_per_s": round(acknowledged / (synced_at - start), 1),
                     "last_synced_after_last_issued_s": round(synced_at - issued_at, 3),
                     "issue_latency_ms": summary["latency_ms"],
+                    "printer_alone_per_s": alone,
+                    "vs_printer_alone": round(acknowledged / (issued_at - start) / alone, 3),
                     "ceilings": ceilings,
                 }
             )
