@@ -50,14 +50,17 @@ log = logging.getLogger("taxctl.syncd")
 MIN_PAGE_BYTES = 1024
 # Sync yields to sales on a slow line: a sale's answer can wait behind the FETCH page
 # already on the wire (a frame is never cut), so a page carries about as many document
-# bytes as one sale's exchange puts on the wire (an ISSUE answer is about 930 bytes),
-# whatever the baud rate: a sale waiting behind one at most doubles its time.
-LINE_PAGE_BYTES = 1024
+# bytes as one sale's exchange puts on the wire (an ISSUE exchange is about 1,070 bytes:
+# two typical documents), whatever the baud rate: a sale waiting behind one at most
+# doubles its time.
+LINE_PAGE_BYTES = 1100
 # And receipts go to the device no oftener than their answers (about 100 bytes) take this
 # share of the line: one per 1-document page would be a tenth of it.
 ACK_SHARE = 0.02
 ACK_ANSWER_BYTES = 100
-FETCH_DEPTH = 2  # FETCHes in flight on a physical line
+# FETCHes in flight on a physical line: enough that a busy host answering late does not
+# leave the line idle; pages wait behind a sale's answer at the device, so more cost no sale.
+FETCH_DEPTH = 4
 EQUIVOCATION = "equivocation"  # the chain's code for a second document under one counter
 
 
@@ -301,7 +304,12 @@ class DeviceSync:
             self._device_id = self.link.device_id
             self.acked_through = 0
         self._synced_seen = int((self.link.status or {}).get("synced_through", 0))
-        pages: asyncio.Queue[Page | None] = asyncio.Queue(self.settings.fetch_ahead)
+        # The same bound in bytes whatever the page size: small pages on a slow line must
+        # not stop the line while the chain commits a batch.
+        ahead = self.settings.fetch_ahead * max(
+            1, self.settings.fetch_max_bytes // self._page_cap()
+        )
+        pages: asyncio.Queue[Page | None] = asyncio.Queue(ahead)
         acks: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
         fetch = self._fetch if self.link.line_rate is None else self._fetch_paced
         fetcher = asyncio.create_task(fetch(client, pages, stop))
