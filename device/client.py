@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from device.pacing import bytes_per_second
 from device.protocol import codec
 from device.protocol.commands import (
     BUSY_PAUSE,
@@ -117,8 +118,12 @@ class DeviceClient:
         response_timeout: float = RESPONSE_TIMEOUT,
         max_retries: int = MAX_RETRIES,
         max_in_flight: int = 32,
+        line_rate: float | None = None,
     ) -> None:
         self.port = port
+        # Bytes/s of a physical line (None: a pty, memory speed): the time the line spends
+        # carrying bytes to us does not count against a response timeout.
+        self.line_rate = line_rate
         self.response_timeout = response_timeout
         self.max_retries = max_retries
         self.stats = ClientStats()
@@ -149,11 +154,13 @@ class DeviceClient:
         opened = open_serial(
             port, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts, pace=pace
         )
+        physical = pace or not os.path.realpath(port).startswith("/dev/pts/")
         return cls(
             opened,
             response_timeout=response_timeout,
             max_retries=max_retries,
             max_in_flight=max_in_flight,
+            line_rate=bytes_per_second(baud, parity, stopbits) if physical else None,
         )
 
     @property
@@ -307,8 +314,13 @@ class DeviceClient:
             # answer (on a slow line one takes about a second), so nothing is late yet, and a
             # retransmission would only queue another answer behind it.
             arriving = self._decoder.pending > 0 and self._decoder.bytes_in != seen
+            # On a physical line, answers queue behind each other: a deadline counts only
+            # the time the line was not busy bringing us bytes (on a 9,600 baud line ten
+            # queued answers take ten seconds, and none of them is lost).
+            carried = (self._decoder.bytes_in - seen) / self.line_rate if self.line_rate else 0.0
             seen = self._decoder.bytes_in
             for rid, pending in list(self._pending.items()):
+                pending.deadline += carried
                 if arriving and now >= pending.deadline:
                     pending.deadline = now + TICK
                 elif not pending.future.done() and now >= pending.deadline:

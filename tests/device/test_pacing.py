@@ -163,3 +163,34 @@ async def test_an_answer_still_arriving_is_not_asked_for_again() -> None:
         assert client.stats.retransmissions == 0 and len(line.written) == 1
     finally:
         await client.close()
+
+
+async def test_on_a_physical_line_answers_queued_behind_others_are_not_late() -> None:
+    """The time the line spends bringing other answers does not count against a request's
+    response timeout: at 100 bytes/s, 330 bytes of A's answer are 3.3 s in which B's answer
+    could not have come, so B is not asked for again 0.5 s later."""
+    from device.client import DeviceClient
+    from device.protocol import codec
+    from device.protocol.framing import Frame, FrameDecoder, FrameType, encode_frame
+
+    for line_rate, retransmitted in ((None, True), (100.0, False)):
+        line = _SlowLine()
+        client = DeviceClient(line, response_timeout=0.1, line_rate=line_rate)
+        try:
+            a, b = asyncio.create_task(client.status()), asyncio.create_task(client.info())
+            await asyncio.sleep(0.01)
+            frames = [f for w in line.written for f in FrameDecoder().feed(w)]
+            answers = [
+                encode_frame(
+                    Frame(FrameType.RESPONSE, f.request_id, f.command, 0, codec.encode({"x": 1}))
+                )
+                for f in frames
+                if isinstance(f, Frame)
+            ]
+            line.incoming.put_nowait(answers[0] + bytes(300))  # A's answer and line fill
+            await asyncio.sleep(0.5)
+            line.incoming.put_nowait(answers[1])
+            assert await asyncio.wait_for(a, 5) == await asyncio.wait_for(b, 5) == {"x": 1}
+            assert (client.stats.retransmissions > 0) is retransmitted, line_rate
+        finally:
+            await client.close()
