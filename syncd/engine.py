@@ -237,7 +237,10 @@ class DeviceSync:
                 end = RoundEnd.RETRY
             else:
                 self._last_failure = None
-            self._save_cursor()
+            # A round that caught up moved only synced_through (the printer's STATUS has it
+            # too): the daemon's periodic save writes it, instead of two fsyncs in the event
+            # loop after every sale's round. Anything else is written now.
+            self._save_cursor(write=end != RoundEnd.CAUGHT_UP or stop.is_set())
             if end == RoundEnd.STOPPED or stop.is_set():
                 return
             await self._pause(end, stop)
@@ -613,7 +616,7 @@ class DeviceSync:
             return True
         return False
 
-    def _save_cursor(self) -> None:
+    def _save_cursor(self, *, write: bool = True) -> None:
         if self.guard is not None:
             self.guard.check_link(self.link)
         if self.link.device_id is not None:
@@ -622,7 +625,7 @@ class DeviceSync:
             status = self.link.status or {}
             cursor.counter = int(status.get("counter", cursor.counter))
             cursor.synced_through = max(cursor.synced_through, int(status.get("synced_through", 0)))
-        if self.cursors.dirty:
+        if write and self.cursors.dirty:
             try:
                 self.cursors.save()
             except OSError as exc:
