@@ -407,7 +407,7 @@ class PosApi:
             ) from None
         result = self._issued(link, response, paper)
         if type(result.get("counter")) is int:
-            await asyncio.to_thread(self.ctx.store.complete, key, result["counter"])
+            self.ctx.store.group.complete(key, result["counter"])  # with the next batch
             if self.ctx.guard is not None:
                 self.ctx.guard.observe(link.device_id, result["counter"], None)
         self.ctx.wake(link)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,9 @@ def digest(route: str, body: dict[str, Any]) -> tuple[bytes, bytes]:
     return encoded, hashlib.sha256(route.encode() + b"\0" + encoded).digest()
 
 
+log = logging.getLogger("taxctl.syncd")
+
+
 @dataclass(frozen=True)
 class ClaimRequest:
     key: str
@@ -160,6 +165,7 @@ class ClaimGroup:
     def __init__(self, store: IdempotencyStore) -> None:
         self.store = store
         self._waiting: list[tuple[ClaimRequest, asyncio.Future[Claim | KeyReused]]] = []
+        self._completes: list[tuple[str, int]] = []
         self._running = False
         self._task: asyncio.Task[None] | None = None
 
@@ -167,23 +173,35 @@ class ClaimGroup:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Claim | KeyReused] = loop.create_future()
         self._waiting.append((asked, answer))
-        if not self._running:
-            self._running = True
-            self._task = loop.create_task(self._commit_all())
+        self._start()
         result = await answer
         if isinstance(result, KeyReused):
             raise result
         return result
 
+    def complete(self, key: str, counter: int) -> None:
+        """Note the document that answered a key, with the next batch (not waited for: the
+        note is for status and support, not for replay; see IdempotencyStore.complete)."""
+        self._completes.append((key, counter))
+        self._start()
+
+    def _start(self) -> None:
+        if not self._running:
+            self._running = True
+            self._task = asyncio.get_running_loop().create_task(self._commit_all())
+
     async def _commit_all(self) -> None:
         try:
-            while self._waiting:
+            while self._waiting or self._completes:
                 batch, self._waiting = self._waiting, []
+                notes, self._completes = self._completes, []
                 try:
                     results = await asyncio.to_thread(
-                        self.store.claim_many, [asked for asked, _ in batch]
+                        self.store.claim_many, [asked for asked, _ in batch], notes
                     )
                 except Exception as exc:  # every claim of the batch failed: each says so
+                    if not batch:
+                        log.error("could not note %d documents' counters: %s", len(notes), exc)
                     for _, answer in batch:
                         if not answer.done():
                             answer.set_exception(exc)
@@ -247,20 +265,30 @@ class IdempotencyStore:
             raise result
         return result
 
-    def claim_many(self, requests: list[ClaimRequest]) -> list[Claim | KeyReused]:
+    def claim_many(
+        self, requests: list[ClaimRequest], completes: Sequence[tuple[str, int]] = ()
+    ) -> list[Claim | KeyReused]:
         """Several claims in one durable transaction: one fsync for all (group commit).
         Each answer is what `claim` alone would have given, in order; a key claimed twice
-        in the batch is a retry of the first."""
+        in the batch is a retry of the first. `completes` (key, counter) notes go first,
+        in the same transaction (fsynced only if a claim is in it, as in `complete`)."""
         with self._lock:
             conn = self._conn
+            if not requests:
+                conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
+                for key, counter in completes:
+                    conn.execute("UPDATE requests SET counter = ? WHERE key = ?", (counter, key))
                 rows = [_claim_row(conn, asked) for asked in requests]
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                if not requests:
+                    conn.execute("PRAGMA synchronous = FULL")
         return [_answer(asked, row) for asked, row in zip(requests, rows, strict=True)]
 
     def complete(self, key: str, counter: int) -> None:

@@ -25,9 +25,9 @@ async def test_claims_in_flight_together_share_one_transaction(tmp_path: Path) -
     batches: list[int] = []
     claim_many = store.claim_many
 
-    def counted(requests: list[ClaimRequest]) -> list[object]:
+    def counted(requests: list[ClaimRequest], completes: Any = ()) -> list[object]:
         batches.append(len(requests))
-        return claim_many(requests)  # type: ignore[return-value]
+        return claim_many(requests, completes)  # type: ignore[return-value]
 
     store.claim_many = counted  # type: ignore[assignment,method-assign]
     try:
@@ -73,5 +73,23 @@ def test_the_one_claim_api_is_unchanged(tmp_path: Path) -> None:
         store.complete("a", 12)
         found = store.find("a")
         assert found is not None and found.counter == 12
+    finally:
+        store.close()
+
+
+async def test_a_counter_note_goes_with_the_next_batch(tmp_path: Path) -> None:
+    store = IdempotencyStore(tmp_path)
+    try:
+        await store.group.claim(asked("n1", 1))
+        store.group.complete("n1", 41)  # alone: a batch of its own, not fsynced on its own
+        await store.group.claim(asked("n2", 2))  # rides behind it, or carries it
+        for _ in range(100):
+            found = store.find("n1")
+            if found is not None and found.counter == 41:
+                break
+            await asyncio.sleep(0.01)
+        assert found is not None and found.counter == 41
+        retry = await store.group.claim(asked("n1", 9))
+        assert (retry.fresh, retry.request_id, retry.counter) == (False, 1, 41)
     finally:
         store.close()
