@@ -89,6 +89,8 @@ class DeviceLink:
         self._lost = asyncio.Event()
         self._listeners: list[Callable[[DeviceLink], None]] = []
         self._stats_seen: dict[str, int] = {}
+        self._line_rate: float | None = None
+        self._line_known = False
         if metrics is not None:
             metrics.configured(device.name, device.port)
 
@@ -129,11 +131,13 @@ class DeviceLink:
     def line_rate(self) -> float | None:
         """Bytes/s of the line if it is a physical one (a serial port, or a pty paced like
         one); None for an unpaced pty, the emulator's link, which moves bytes at memory speed
-        whatever its nominal baud."""
-        cfg = self.config
-        if not cfg.pace and os.path.realpath(cfg.port).startswith("/dev/pts/"):
-            return None
-        return bytes_per_second(cfg.baud, cfg.parity, cfg.stopbits)
+        whatever its nominal baud. Looked at again at each connection."""
+        if not self._line_known:
+            cfg = self.config
+            pty = not cfg.pace and os.path.realpath(cfg.port).startswith("/dev/pts/")
+            self._line_rate = None if pty else bytes_per_second(cfg.baud, cfg.parity, cfg.stopbits)
+            self._line_known = True
+        return self._line_rate
 
     def heartbeat_interval(self) -> float:
         rate = self.line_rate
@@ -193,6 +197,7 @@ class DeviceLink:
             return None
         self.state = LinkState.CONNECTING
         self.client = client
+        self._line_known = False  # the port path may lead elsewhere now
         try:
             hello = device_answers.hello_answer(await client.hello())
             info = device_answers.info_answer(await client.info())
