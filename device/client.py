@@ -210,9 +210,7 @@ class DeviceClient:
             )
         wire = encode_frame(Frame(FrameType.REQUEST, rid, int(command), 0, encoded))
         loop = asyncio.get_running_loop()
-        pending = _Pending(
-            command, wire, loop.create_future(), time.monotonic() + self.response_timeout
-        )
+        pending = _Pending(command, wire, loop.create_future(), self._deadline())
         self._pending[rid] = pending
         self.stats.requests += 1
         self._write(command, wire)
@@ -346,8 +344,14 @@ class DeviceClient:
             return
         pending.retries += 1
         self.stats.retransmissions += 1
-        pending.deadline = now + self.response_timeout
+        pending.deadline = self._deadline()
         self._write(pending.command, pending.wire)
+
+    def _deadline(self) -> float:
+        """The response timeout counts from when a request can be on the wire: on a paced
+        line, after what our own port still holds ahead of it."""
+        queued = getattr(self.port, "queued_seconds", None)
+        return time.monotonic() + self.response_timeout + (queued() if queued else 0.0)
 
     def _write(self, command: Command, wire: bytes) -> None:
         """Sync's requests (FETCH, receipts) wait on a paced line while a sale's goes first."""

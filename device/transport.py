@@ -132,6 +132,13 @@ class FdPort:
             self._bulk.append(frame)
             self._kick()
 
+    def queued_seconds(self) -> float:
+        """On a paced line: how long until what is queued here now is on the wire."""
+        if not self._pacer:
+            return 0.0
+        waiting = len(self._out) + sum(len(frame) for frame in self._bulk)
+        return self._pacer.busy_for(time.monotonic()) + waiting / self._pacer.rate
+
     def _kick(self) -> None:
         if self._pace:
             if self._pace_task is None or self._pace_task.done():
