@@ -34,6 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from device.client import DeviceClient, LinkError
+from device.protocol import codec
 from device.protocol.status import DeviceError, Status
 from syncd.answers import code_label
 from syncd.backoff import Backoff
@@ -54,9 +55,9 @@ MIN_PAGE_BYTES = 1024
 # two typical documents), whatever the baud rate: a sale waiting behind one at most
 # doubles its time.
 LINE_PAGE_BYTES = 1100
-# And receipts go to the device no oftener than their answers (about 100 bytes) take this
-# share of the line: one per 1-document page would be a tenth of it.
-ACK_SHARE = 0.02
+# And receipts go to the device no oftener than they (or their answers, about 100 bytes)
+# take this share of the line: one per page would be far more.
+ACK_SHARE = 0.05
 ACK_ANSWER_BYTES = 100
 # FETCHes in flight on a physical line: enough that a busy host answering late does not
 # leave the line idle; pages wait behind a sale's answer at the device, so more cost no sale.
@@ -197,9 +198,14 @@ class DeviceSync:
             return fetch_max
         return line_page_bytes(self.link.config.baud, fetch_max)
 
-    def _ack_spacing(self) -> float:
+    def _ack_spacing(self, receipt: dict[str, Any] | None = None) -> float:
+        """Seconds between ACK_SYNCs on a physical line: the larger of the receipt (host to
+        device) and the answer (device to host) takes ACK_SHARE of the line."""
         rate = self.link.line_rate
-        return ACK_ANSWER_BYTES / (rate * ACK_SHARE) if rate else 0.0
+        if not rate:
+            return 0.0
+        size = max(ACK_ANSWER_BYTES, len(codec.encode(receipt)) if receipt else 0)
+        return size / (rate * ACK_SHARE)
 
     def update_settings(self, settings: SyncSettings) -> None:
         self.settings = settings
@@ -553,6 +559,7 @@ class DeviceSync:
                 return ok
             if spacing:
                 await asyncio.sleep(spacing)  # on a slow line: fewer, newer receipts
+                spacing = self._ack_spacing(item[1])
             last = False
             while not acks.empty():
                 newer = acks.get_nowait()
