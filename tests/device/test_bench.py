@@ -80,3 +80,21 @@ def test_storage_latency_out_of_range_is_refused(tmp_path: Path, value: str) -> 
     assert out.returncode == 2 and "--storage-latency" in out.stderr, out.stderr
     assert "milliseconds" in out.stderr, out.stderr  # its range check, not argparse not knowing it
     assert not (tmp_path / "s").exists()
+
+
+def test_the_line_benchmark_lands_every_document_once() -> None:
+    """bench/line.py --quick: a 120-document backlog drained over a paced 115,200 baud line
+    while sales go on; only correctness is asserted (every journal document on the chain
+    once, byte for byte), never its timings."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "line.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = json.loads(result.stdout)["runs"]
+    assert run["on_chain_once"], run["audit"]
+    assert run["sales_during_drain"]["sales"] == run["sales_idle_line"]["sales"] == 5
+    assert run["ceiling"]["fetch_only"] < 1
