@@ -41,8 +41,11 @@ class Pacer:
         self.rate = rate
         self._free_at = float("-inf")
 
-    def send(self, size: int, now: float) -> float:
-        start = max(now, self._free_at)
+    def send(self, size: int, now: float, catch_up: float = 0.0) -> float:
+        """`catch_up`: for bytes that were waiting all along (the same burst), up to that
+        many seconds the sender is late count as line time already spent, as a UART fed
+        from a FIFO would not have paused: a busy host must not slow the line down."""
+        start = max(now - catch_up, self._free_at)
         self._free_at = start + size / self.rate
         return self._free_at - now
 

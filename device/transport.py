@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from device.pacing import Pacer, bytes_per_second
 
 READ_SIZE = 65536
+CATCH_UP = 0.05  # seconds a paced writer late within a burst may make up (event loop lag)
 
 
 class PortError(OSError):
@@ -185,13 +186,15 @@ class FdPort:
         assert self._pacer is not None
         chunk = max(1, int(self._pacer.rate / 100))
         current = bytearray()  # the bulk frame on the wire: finished before anything else
+        catch_up = 0.0  # the first piece of a burst starts when it is written
         while (current or self._out or self._bulk) and not self._closed:
             if not current and not self._out:
                 current += self._bulk.popleft()
             source = current or self._out
             piece = bytes(source[:chunk])
             del source[:chunk]
-            await asyncio.sleep(self._pacer.send(len(piece), time.monotonic()))
+            await asyncio.sleep(self._pacer.send(len(piece), time.monotonic(), catch_up))
+            catch_up = CATCH_UP
             while piece and not self._closed:
                 try:
                     written = os.write(self.fd, piece)

@@ -36,6 +36,17 @@ def test_an_idle_line_starts_at_once_a_busy_one_queues() -> None:
     assert pacer.send(48, now=20.0) == pytest.approx(0.05)
 
 
+def test_a_late_sender_within_a_burst_loses_no_line_time_up_to_the_catch_up() -> None:
+    pacer = Pacer(1000.0)
+    assert pacer.send(10, now=0.0) == pytest.approx(0.01)  # free at 0.010
+    # woken 4 ms late: the UART would have gone on sending, so this piece ends at 0.020
+    assert pacer.send(10, now=0.014, catch_up=0.05) == pytest.approx(0.006)
+    # without catch-up the 4 ms are lost, as after a real pause
+    assert pacer.send(10, now=0.030) == pytest.approx(0.01)
+    # never more than the catch-up: 1 s late, only 50 ms are made up
+    assert pacer.send(10, now=1.04, catch_up=0.05) == pytest.approx(-0.04)
+
+
 def test_a_line_rate_is_positive() -> None:
     with pytest.raises(ValueError, match="more than 0"):
         Pacer(0)
