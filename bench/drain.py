@@ -56,7 +56,7 @@ def fill_journal(state: Path, count: int) -> str:
             fw.issue(INVOICE)
         done += len(fw.commit_pending().documents)
     device_id = fw.settings.device_id
-    fw.journal.close()
+    fw.close()  # releases the state lock too: the printer process opens this state next
     return device_id
 
 

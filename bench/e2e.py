@@ -8,7 +8,11 @@ latency, and documents synced per second (acknowledged by the chain and
 marked synced on the printers, up to the moment the last one of the window
 is synced). The raw ceilings are measured in the same run, before the
 shop starts: Ed25519 sign and verify (one core), fsync'd SQLite commits in
-the printer's state directory, and raw pty bytes/s.
+the printer's state directory, and raw pty bytes/s. And the printer alone
+at the same number in flight (bench/issue.py's measurement, a host on its
+pty and nothing else), so that what the POS path costs is a ratio from the
+same run: issued_per_s / printer_alone_per_s. Where the time goes: the CPU
+per sale of each process (chain, printer, syncd, the tills) over the window.
 
     python bench/e2e.py [--seconds 20] [--devices 1] [--concurrency 16] [--rate 0]
 """
@@ -18,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -32,6 +38,7 @@ from bench.ceilings import (
     fsync_commit_rate,
     pty_bytes_rate,
 )
+from bench.issue import _used, cpu_seconds, measure, start_device
 from hostsim.pos.mix import MixSettings
 from hostsim.pos.till import Tills, TillSettings
 from taxctl_base.processes import Child, all_online, wait_status
@@ -65,6 +72,18 @@ def start_shop(root: Path, devices: int) -> tuple[list[Child], str, list[str]]:
     api = syncd.ready["url"]
     wait_status(api, all_online, "printers online")
     return children, api, ids
+
+
+def printer_alone(root: Path, concurrency: int, seconds: float) -> float:
+    """Invoices/s of a printer on its pty with `concurrency` in flight and no syncd."""
+    root.mkdir()
+    device = start_device(root / "state", root / "tty")
+    try:
+        run = asyncio.run(measure(root / "tty", concurrency, seconds, device.pid))
+    finally:
+        device.send_signal(signal.SIGTERM)
+        device.wait(timeout=30)
+    return float(run["invoices_per_s"])
 
 
 def sell(api: str, ids: list[str], count: int, concurrency: int, rate: float, seed: int) -> Any:
@@ -110,15 +129,23 @@ def main() -> None:
             "fsync_commit_per_s": round(fsync_commit_rate(root)),
             "pty_bytes_per_s": round(pty_bytes_rate()),
         }
+        alone = printer_alone(root / "alone", args.concurrency, min(args.seconds, 5.0))
         children, api, ids = start_shop(root, args.devices)
         try:
             warm = sell(api, ids, 200, args.concurrency, 0.0, seed=1)
             # Flat out, the window is a count sized from the warm-up's pace.
             pace = args.rate or len(warm.acknowledged) / warm.elapsed
             count = max(int(pace * args.seconds), 100)
+            pids = {child.name: child.proc.pid for child in children}
+            pids["tills"] = os.getpid()
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             start = time.perf_counter()
             report = sell(api, ids, count, args.concurrency, args.rate, seed=2)
             issued_at = time.perf_counter()
+            cpu = {
+                name: _used(cpu_before[name], cpu_seconds(pid), len(report.acknowledged))
+                for name, pid in pids.items()
+            }
             targets = {device_id: 0 for device_id in ids}
             for ack in warm.acknowledged + report.acknowledged:
                 targets[ack.device_id] = max(targets[ack.device_id], ack.counter)
@@ -141,6 +168,10 @@ def main() -> None:
                     "synced_per_s": round(acknowledged / (synced_at - start), 1),
                     "last_synced_after_last_issued_s": round(synced_at - issued_at, 3),
                     "issue_latency_ms": summary["latency_ms"],
+                    # Where the time goes: CPU per sale of each process (µs), in the window.
+                    "cpu_us_per_sale": cpu,
+                    "printer_alone_per_s": alone,
+                    "vs_printer_alone": round(acknowledged / (issued_at - start) / alone, 3),
                     "ceilings": ceilings,
                 }
             )

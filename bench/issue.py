@@ -10,12 +10,18 @@ machine, so the measurement is done in rounds: each round measures the
 commit ceiling, then every concurrency. Each run is compared with the
 ceiling of its own round, and the summary gives the median over rounds.
 
+A last run puts the journal on slow fiscal memory (`device run
+--storage-latency 2`: 2 ms added to every commit): one commit at a time
+cannot pass 1/latency (500/s), so what 32 in flight reach beyond that is
+group commit amortising the latency (target: at least 500/s).
+
 Each run also reports what the device says it did (STATUS `since_start`):
 its journal commits and documents per commit, which is group commit at
 work, and the CPU per invoice of the device and of this host process (from
 /proc, where there is one), which is where the time goes.
 
     python bench/issue.py [--seconds 5] [--concurrency 1,32] [--rounds 3]
+                          [--storage-latency 2] [--storage-concurrency 1,32]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,7 +54,7 @@ REQUEST = {
 }
 
 
-def start_device(state: Path, link: Path) -> subprocess.Popen[str]:
+def start_device(state: Path, link: Path, storage_latency_ms: float = 0.0) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -64,6 +71,8 @@ def start_device(state: Path, link: Path) -> subprocess.Popen[str]:
             str(10**15),
             "--offline-seconds",
             str(10**9),
+            "--storage-latency",
+            str(storage_latency_ms),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -85,9 +94,7 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(
-    link: Path, concurrency: int, seconds: float, device_pid: int
-) -> dict[str, float | None]:
+async def measure(link: Path, concurrency: int, seconds: float, device_pid: int) -> dict[str, Any]:
     client = await DeviceClient.open(str(link), max_in_flight=concurrency)
     try:
         for _ in range(50):  # warm up
@@ -143,9 +150,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--storage-latency", type=float, default=2.0, help="ms per commit of the slow run (0: none)"
+    )
+    parser.add_argument("--storage-concurrency", default="1,32")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sign_rate = ed25519_sign_rate()
@@ -162,6 +173,9 @@ def main() -> None:
         finally:
             device.send_signal(signal.SIGTERM)
             device.wait(timeout=30)
+        slow = None
+        if args.storage_latency > 0:
+            slow = slow_storage(root, args.storage_latency, args.storage_concurrency, args.seconds)
     summary = {}
     for index, level in enumerate(levels):
         mine = [r["runs"][index] for r in rounds]
@@ -189,11 +203,33 @@ def main() -> None:
                         r["fsync_commits_per_s"] for r in rounds
                     ),
                 },
+                "slow_storage": slow,
                 "cpus": os.cpu_count(),
             },
             indent=2,
         )
     )
+
+
+def slow_storage(root: Path, latency_ms: float, levels: str, seconds: float) -> dict[str, Any]:
+    """The same measurement against a journal whose every commit takes `latency_ms` more."""
+    device = start_device(root / "slow-state", root / "slow-tty", latency_ms)
+    try:
+        runs = [
+            asyncio.run(measure(root / "slow-tty", int(c), seconds, device.pid))
+            for c in levels.split(",")
+        ]
+    finally:
+        device.send_signal(signal.SIGTERM)
+        device.wait(timeout=30)
+    one_at_a_time = 1000 / latency_ms  # commits/s if every invoice waited for its own
+    for run in runs:
+        run["vs_one_commit_each"] = round(float(run["invoices_per_s"] or 0) / one_at_a_time, 2)
+    return {
+        "latency_ms": latency_ms,
+        "ceiling_one_commit_each_per_s": round(one_at_a_time, 1),
+        "runs": runs,
+    }
 
 
 def _median(values: Iterable[float | None]) -> float | None:

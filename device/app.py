@@ -183,7 +183,7 @@ def open_port(
     if spec == "pty":
         if link is None:
             raise SettingsError("--port pty needs --link PATH for the symlink hosts open")
-        return create_pty(link, baud=baud, pace=pace)
+        return create_pty(link, baud=baud, pace=pace, parity=parity, stopbits=stopbits)
     return open_serial(spec, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from device import serial_flags
 from device.protocol.status import DeviceError, Status
+from device.protocol.untrusted import shown
 from taxctl_base import exits
 from taxctl_base.version import add_version
 
@@ -67,6 +68,21 @@ def _request_file_args(p: argparse.ArgumentParser, flag: str, helptext: str) -> 
     p.set_defaults(request_flag=flag)
 
 
+STORAGE_LATENCY_MAX_MS = 10_000.0
+
+
+def _storage_latency(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {shown(text)}") from None
+    if not 0 <= value <= STORAGE_LATENCY_MAX_MS:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is out of range: 0 to {STORAGE_LATENCY_MAX_MS:g} milliseconds"
+        )
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     device = subparsers.add_parser("device", help="the tax-control printer emulator and its tools")
     sub = device.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
@@ -91,6 +107,14 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--capacity", type=int, help="journal capacity, documents")
     run.add_argument("--tax-rates", help="comma-separated basis points, e.g. 1300,900,600,300,0")
     run.add_argument("--max-in-flight", type=int, default=64)
+    run.add_argument(
+        "--storage-latency",
+        type=_storage_latency,
+        default=0.0,
+        metavar="MS",
+        help="emulation: milliseconds added to every journal commit, as slow fiscal memory"
+        " would take (default 0)",
+    )
     run.add_argument(
         "--max-clock-step",
         type=int,
@@ -208,6 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 tax_rates=rates,
                 max_clock_step=args.max_clock_step,
             )
+            fw.journal.storage_latency = args.storage_latency / 1000
             port = app.open_port(
                 args.port,
                 args.link,

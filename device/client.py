@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from device.errors import OutcomeUnknown
+from device.pacing import bytes_per_second
 from device.protocol import codec
 from device.protocol.commands import (
     BAUD,
@@ -45,6 +46,7 @@ from device.transport import Port, open_serial
 
 TICK = 0.02
 HELLO: dict[str, Any] = {"versions": [1], "host": "taxctl"}
+BULK_REQUESTS = frozenset({Command.FETCH, Command.ACK_SYNC, Command.EXPORT})
 MAX_BUSY_WAITS = 200  # 10 s of BUSY at 50 ms before giving up
 
 
@@ -170,8 +172,12 @@ class DeviceClient:
         max_retries: int = MAX_RETRIES,
         max_in_flight: int = HOST_MAX_IN_FLIGHT,
         on_link_error: Callable[[LinkError], None] | None = None,
+        line_rate: float | None = None,
     ) -> None:
         self.port = port
+        # Bytes/s of a physical line (None: a pty, memory speed): the time the line spends
+        # carrying bytes to us does not count against a response timeout.
+        self.line_rate = line_rate
         self.response_timeout = response_timeout
         self.max_retries = max_retries
         # told of every request that fails with a LinkError (its owner checks the link at
@@ -226,14 +232,19 @@ class DeviceClient:
         max_retries: int = MAX_RETRIES,
         max_in_flight: int = HOST_MAX_IN_FLIGHT,
         on_link_error: Callable[[LinkError], None] | None = None,
+        pace: bool = False,
     ) -> DeviceClient:
-        opened = open_serial(port, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts)
+        opened = open_serial(
+            port, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts, pace=pace
+        )
+        physical = pace or not os.path.realpath(port).startswith("/dev/pts/")
         client = cls(
             opened,
             response_timeout=response_timeout,
             max_retries=max_retries,
             max_in_flight=max_in_flight,
             on_link_error=on_link_error,
+            line_rate=bytes_per_second(baud, parity, stopbits) if physical else None,
         )
         client.start()
         return client
@@ -293,12 +304,10 @@ class DeviceClient:
             )
         wire = encode_frame(Frame(FrameType.REQUEST, rid, int(command), 0, encoded))
         loop = asyncio.get_running_loop()
-        pending = _Pending(
-            command, wire, loop.create_future(), time.monotonic() + self.response_timeout
-        )
+        pending = _Pending(command, wire, loop.create_future(), self._deadline())
         self._pending[rid] = pending
         self.stats.requests += 1
-        self.port.write(wire)
+        self._write(command, wire)
         try:
             return await asyncio.shield(pending.future)
         finally:
@@ -389,11 +398,24 @@ class DeviceClient:
             self._retransmit(request_id, pending, time.monotonic())
 
     async def _timer_loop(self) -> None:
+        seen = 0
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
+            # A frame still arriving, bytes since the last tick: the line is busy carrying an
+            # answer (on a slow line one takes about a second), so nothing is late yet, and a
+            # retransmission would only queue another answer behind it.
+            arriving = self._decoder.pending > 0 and self._decoder.bytes_in != seen
+            # On a physical line, answers queue behind each other: a deadline counts only
+            # the time the line was not busy bringing us bytes (on a 9,600 baud line ten
+            # queued answers take ten seconds, and none of them is lost).
+            carried = (self._decoder.bytes_in - seen) / self.line_rate if self.line_rate else 0.0
+            seen = self._decoder.bytes_in
             for rid, pending in list(self._pending.items()):
-                if not pending.future.done() and now >= pending.deadline:
+                pending.deadline += carried
+                if arriving and now >= pending.deadline:
+                    pending.deadline = now + TICK
+                elif not pending.future.done() and now >= pending.deadline:
                     self.stats.timeouts += 1
                     if now < pending.acked_until:
                         pending.retries -= 1  # polling a request the device acknowledged
@@ -416,8 +438,19 @@ class DeviceClient:
             return
         pending.retries += 1
         self.stats.retransmissions += 1
-        pending.deadline = now + self.response_timeout
-        self.port.write(pending.wire)
+        pending.deadline = self._deadline()
+        self._write(pending.command, pending.wire)
+
+    def _deadline(self) -> float:
+        """The response timeout counts from when a request can be on the wire: on a paced
+        line, after what our own port still holds ahead of it."""
+        queued = getattr(self.port, "queued_seconds", None)
+        return time.monotonic() + self.response_timeout + (queued() if queued else 0.0)
+
+    def _write(self, command: Command, wire: bytes) -> None:
+        """Sync's requests (FETCH, receipts) wait on a paced line while a sale's goes first."""
+        bulk = getattr(self.port, "write_bulk", None) if command in BULK_REQUESTS else None
+        (bulk or self.port.write)(wire)
 
     def _fail(self, rid: int, pending: _Pending, error: LinkError) -> None:
         self.stats.link_errors += 1

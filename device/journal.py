@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -259,6 +260,9 @@ class Journal:
         # the last write found the disk (or the page limit) full: the next one will most
         # likely be refused too, so STATUS says STORAGE_FULL until a write succeeds
         self.full = False
+        # An emulation knob (`device run --storage-latency`), not a device feature: seconds
+        # added to every commit, as a write to slow write-once fiscal memory would take.
+        self.storage_latency = 0.0
 
     def close(self) -> None:
         self._read.close()
@@ -281,6 +285,8 @@ class Journal:
                     for sql, params in statements:
                         conn.execute(sql, params)
                     conn.execute("COMMIT")
+                if self.storage_latency > 0:
+                    time.sleep(self.storage_latency)  # the journal thread's; the loop runs on
                 self.full = False
             except BaseException as exc:
                 # Whatever stopped it (a value sqlite cannot bind raises OverflowError, not

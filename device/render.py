@@ -67,6 +67,8 @@ def rate(bp: int) -> str:
 
 def display_width(text: str) -> int:
     """Columns on a terminal or printer: CJK characters take two."""
+    if text.isascii():  # most receipt lines: one column a character, no lookups
+        return len(text)
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 

@@ -39,6 +39,7 @@ from device.transport import Port
 from device.writer import Writer, WriteRequest
 
 log = logging.getLogger("taxctl.device")
+BULK_ANSWERS = frozenset({Command.FETCH, Command.EXPORT})  # pages that may wait for a sale
 
 RECENT_RESPONSES = 4096
 # Recorded answers are bounded in bytes too: a FETCH or EXPORT answer is up to 60 kB, so
@@ -187,9 +188,11 @@ class DeviceServer:
             return None
         return wire if self._write(wire) else None
 
-    def _write(self, wire: bytes) -> bool:
+    def _write(self, wire: bytes, *, bulk: bool = False) -> bool:
         try:
-            self.port.write(wire)
+            # On a paced line a sale's answer overtakes FETCH/EXPORT pages not yet on the wire.
+            write = getattr(self.port, "write_bulk", None) if bulk else None
+            (write or self.port.write)(wire)
         except Exception:
             log.exception("writing %d bytes to %s failed", len(wire), self.port.name)
             return False
@@ -289,7 +292,7 @@ class DeviceServer:
             # Not recorded: asked again, an issued document is answered from the journal.
             self._reply_uncached(rid, command, internal_error(exc))
             return
-        if not self._write(wire):
+        if not self._write(wire, bulk=command in BULK_ANSWERS):
             return
         self._record(rid, digest, wire)
 

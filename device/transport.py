@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from device.errors import PortError
+from device.pacing import Pacer, bytes_per_second
 from device.protocol.commands import BAUD
 
 READ_SIZE = 65536
-BITS_PER_BYTE_8N1 = 10
+CATCH_UP = 0.05  # seconds a paced writer late within a burst may make up (event loop lag)
 
 
 class Port(Protocol):
@@ -70,6 +71,8 @@ class FdPort:
         self._closed = False
         self._eof = False
         self._pace = pace_bytes_per_s
+        self._pacer = Pacer(pace_bytes_per_s) if pace_bytes_per_s else None
+        self._bulk: deque[bytes] = deque()
         self._pace_task: asyncio.Task[None] | None = None
         os.set_blocking(fd, False)
         self._loop.add_reader(fd, self._on_readable)
@@ -116,6 +119,26 @@ class FdPort:
         if self._closed:
             return
         self._out += data
+        self._kick()
+
+    def write_bulk(self, frame: bytes) -> None:
+        """One whole frame that may wait (a FETCH page): on a paced line it goes out only
+        when nothing else waits, so an answer written later (a sale's) overtakes it. A frame
+        on the wire is never cut. Unpaced, it is just a write."""
+        if not self._pacer:
+            self.write(frame)
+        elif not self._closed:
+            self._bulk.append(frame)
+            self._kick()
+
+    def queued_seconds(self) -> float:
+        """On a paced line: how long until what is queued here now is on the wire."""
+        if not self._pacer:
+            return 0.0
+        waiting = len(self._out) + sum(len(frame) for frame in self._bulk)
+        return self._pacer.busy_for(time.monotonic()) + waiting / self._pacer.rate
+
+    def _kick(self) -> None:
         if self._pace:
             if self._pace_task is None or self._pace_task.done():
                 self._pace_task = self._loop.create_task(self._paced_writer())
@@ -155,27 +178,31 @@ class FdPort:
         self._flush()
 
     async def _paced_writer(self) -> None:
-        """Send no faster than the configured line rate, like a real UART."""
-        assert self._pace
-        chunk = max(1, int(self._pace / 100))  # about 10 ms worth of bytes at a time
-        start = time.monotonic()
-        sent = 0
-        while self._out and not self._closed:
-            piece = bytes(self._out[:chunk])
-            del self._out[:chunk]
-            try:
-                os.write(self.fd, piece)
-            except BlockingIOError:
-                self._out[:0] = piece
-                await asyncio.sleep(0.005)
-                continue
-            except OSError:
-                self._out.clear()
-                return
-            sent += len(piece)
-            due = start + sent / self._pace - time.monotonic()
-            if due > 0:
-                await asyncio.sleep(due)
+        """Send no faster than the configured line rate, like a real UART: each piece of
+        about 10 ms is written once the line would have carried it, so the other side
+        sees its last byte when a UART's last stop bit would have arrived."""
+        assert self._pacer is not None
+        chunk = max(1, int(self._pacer.rate / 100))
+        current = bytearray()  # the bulk frame on the wire: finished before anything else
+        catch_up = 0.0  # the first piece of a burst starts when it is written
+        while (current or self._out or self._bulk) and not self._closed:
+            if not current and not self._out:
+                current += self._bulk.popleft()
+            source = current or self._out
+            piece = bytes(source[:chunk])
+            del source[:chunk]
+            await asyncio.sleep(self._pacer.send(len(piece), time.monotonic(), catch_up))
+            catch_up = CATCH_UP
+            while piece and not self._closed:
+                try:
+                    written = os.write(self.fd, piece)
+                except BlockingIOError:
+                    await asyncio.sleep(0.005)
+                    continue
+                except OSError:
+                    self._out.clear()
+                    return
+                piece = piece[written:]
 
     def close(self) -> None:
         if self._closed:
@@ -242,8 +269,16 @@ class ThreadPort:
         self._queue.put_nowait(b"")
 
 
-def create_pty(link: Path, *, baud: int | None = None, pace: bool = False) -> FdPort:
-    """A new pty for a device; `link` becomes a symlink to its slave side."""
+def create_pty(
+    link: Path,
+    *,
+    baud: int | None = None,
+    pace: bool = False,
+    parity: str = "N",
+    stopbits: float = 1,
+) -> FdPort:
+    """A new pty for a device; `link` becomes a symlink to its slave side. With `pace`,
+    the device's writes go no faster than `baud` with that framing (8N1: 10 bits a byte)."""
     master, slave = os.openpty()
     tty.setraw(master)
     tty.setraw(slave)
@@ -252,7 +287,7 @@ def create_pty(link: Path, *, baud: int | None = None, pace: bool = False) -> Fd
         tmp.unlink()
     os.symlink(os.ttyname(slave), tmp)
     os.replace(tmp, link)  # atomic: a host never sees a missing or half-made link
-    rate = (baud / BITS_PER_BYTE_8N1) if (pace and baud) else None
+    rate = bytes_per_second(baud, parity, stopbits) if (pace and baud) else None
     return FdPort(master, str(link), hold_open=slave, pace_bytes_per_s=rate, eio_is_idle=True)
 
 
@@ -266,8 +301,13 @@ def open_serial(
     parity: str = "N",
     stopbits: float = 1,
     rtscts: bool = False,
+    pace: bool = False,
 ) -> Port:
-    """Open a host-side (or device-side) port: a path or any pyserial URL."""
+    """Open a host-side (or device-side) port: a path or any pyserial URL.
+
+    `pace` sends no faster than the line rate from `baud`, parity and stop bits: for a pty
+    standing in for a serial line (a real UART paces itself; a port without a file
+    descriptor is not paced)."""
     import serial
 
     if parity.upper() not in PARITIES:
@@ -296,7 +336,8 @@ def open_serial(
         return ThreadPort(port, spec)
     if os.isatty(fd):
         _read_returns_only_data(fd)
-    return FdPort(fd, spec, owner=port)
+    rate = bytes_per_second(baud, parity, stopbits) if pace else None
+    return FdPort(fd, spec, owner=port, pace_bytes_per_s=rate)
 
 
 def _read_returns_only_data(fd: int) -> None:

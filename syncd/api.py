@@ -56,7 +56,15 @@ from syncd import refusals
 from syncd.access import Access
 from syncd.attachment import Attachment
 from syncd.chainport import ChainDown, ChainRefused
-from syncd.idempotency import BadKey, Claim, IdempotencyStore, KeyReused, check_key, new_key
+from syncd.idempotency import (
+    BadKey,
+    Claim,
+    ClaimRequest,
+    IdempotencyStore,
+    KeyReused,
+    check_key,
+    new_key,
+)
 from syncd.link import DeviceLink, LinkDown
 from syncd.metrics import CONTENT_TYPE, SyncdMetrics
 from syncd.receipt import DEFAULT_PAPER, document_json
@@ -363,22 +371,22 @@ class PosApi:
         if command == Command.CREDIT and earlier is None:
             await self._check_credit(link, client, body)
         try:
-            claim = await asyncio.to_thread(
-                self.ctx.store.claim,
+            asked = ClaimRequest(
                 key,
-                route=route,
-                device_id=device_id,
-                command=int(command),
-                body=body,
-                request_id=client.new_request_id(),
-                device_chosen=selector is not None,
+                route,
+                device_id,
+                int(command),
+                body,
+                client.new_request_id(),
+                selector is not None,
             )
+            claim = await self.ctx.store.group.claim(asked)  # with others in flight: one fsync
         except KeyReused as exc:
             raise ApiError.of(ApiCode.IDEMPOTENCY_KEY_REUSED, exc.reason) from None
         response = await self._send(client, claim, key_headers, device_id)
         result = self._issued(link, response, paper)
         if type(result.get("counter")) is int:
-            await asyncio.to_thread(self.ctx.store.complete, key, result["counter"])
+            self.ctx.store.group.complete(key, result["counter"])  # with the next batch
             if self.ctx.guard is not None:
                 self.ctx.guard.observe(link.device_id, result["counter"], None)
         device.wake()

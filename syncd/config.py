@@ -145,6 +145,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("serial.stopbits", float, 1.0, "default stop bits (1, 1.5, 2)", 1, 2),
     Option("serial.rtscts", bool, False, "default RTS/CTS hardware flow control"),
     Option(
+        "serial.pace",
+        bool,
+        False,
+        "send no faster than the baud rate (a pty standing in for a serial line)",
+    ),
+    Option(
         "link.response_timeout",
         float,
         RESPONSE_TIMEOUT,
@@ -201,7 +207,7 @@ def default(key: str) -> Any:
 
 
 SECTIONS = frozenset(o.key.split(".")[0] for o in OPTIONS) | {"chain", "api"}
-SERIAL_KEYS = ("baud", "parity", "stopbits", "rtscts")  # per device, defaults in [serial]
+SERIAL_KEYS = ("baud", "parity", "stopbits", "rtscts", "pace")  # per device, defaults in [serial]
 DEVICE_KEYS = frozenset({"port", "name", *SERIAL_KEYS})
 
 
@@ -213,6 +219,7 @@ class DeviceConfig:
     parity: str = default("serial.parity")
     stopbits: float = default("serial.stopbits")
     rtscts: bool = default("serial.rtscts")
+    pace: bool = default("serial.pace")
 
 
 @dataclass(frozen=True)

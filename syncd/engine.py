@@ -27,12 +27,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
 from device.client import DeviceClient, LinkError
+from device.protocol import codec
 from device.protocol.status import DeviceError, Status
 from syncd.answers import check_result_count
 from syncd.backoff import Backoff
@@ -52,6 +54,19 @@ log = logging.getLogger("taxctl.syncd")
 
 
 MIN_PAGE_BYTES = 1024
+# Sync yields to sales on a slow line: a sale's answer can wait behind the FETCH page
+# already on the wire (a frame is never cut), so a page carries about as many document
+# bytes as one sale's exchange puts on the wire (an ISSUE exchange is about 1,070 bytes:
+# two typical documents), whatever the baud rate: a sale waiting behind one at most
+# doubles its time.
+LINE_PAGE_BYTES = 1100
+# And receipts go to the device no oftener than they (or their answers, about 100 bytes)
+# take this share of the line: one per page would be far more.
+ACK_SHARE = 0.05
+ACK_ANSWER_BYTES = 100
+# FETCHes in flight on a physical line: enough that a busy host answering late does not
+# leave the line idle; pages wait behind a sale's answer at the device, so more cost no sale.
+FETCH_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,12 @@ class SyncSettings:
         s = cls(**cfg.section("sync", (f.name for f in fields(cls))))
         # a first delay above the cap would be cut to it by every retry anyway
         return replace(s, backoff_initial=min(s.backoff_initial, s.backoff_max))
+
+
+def line_page_bytes(baud: int, fetch_max_bytes: int = 60000) -> int:
+    """Document bytes per FETCH page on a line that really runs at `baud`."""
+    del baud  # the bound is one sale's exchange in bytes, the same at every rate
+    return min(fetch_max_bytes, LINE_PAGE_BYTES)
 
 
 class RoundEnd(StrEnum):
@@ -119,7 +140,7 @@ class DeviceSync:
         self.parked_until: float | None = None
         self.last_ack_error: str | None = None
         self._device_id: str | None = None
-        self.page_bytes = settings.fetch_max_bytes  # FETCH page size, adapted to the line
+        self.page_bytes = self._page_cap()  # FETCH page size, adapted to the line
         self.failures = 0  # rounds ended by an unexpected error (a bug), survived
         self._last_failure: tuple[str, str] | None = None
 
@@ -127,9 +148,24 @@ class DeviceSync:
         """New documents were issued: look now rather than at the next poll."""
         self._wake.set()
 
+    def _page_cap(self) -> int:
+        fetch_max = self.settings.fetch_max_bytes
+        if self.link.line_rate is None:
+            return fetch_max
+        return line_page_bytes(self.link.config.baud, fetch_max)
+
+    def _ack_spacing(self, receipt: dict[str, Any] | None = None) -> float:
+        """Seconds between ACK_SYNCs on a physical line: the larger of the receipt (host to
+        device) and the answer (device to host) takes ACK_SHARE of the line."""
+        rate = self.link.line_rate
+        if not rate:
+            return 0.0
+        size = max(ACK_ANSWER_BYTES, len(codec.encode(receipt)) if receipt else 0)
+        return size / (rate * ACK_SHARE)
+
     def update_settings(self, settings: SyncSettings) -> None:
         self.settings = self.rejections.settings = settings
-        self.page_bytes = min(self.page_bytes, settings.fetch_max_bytes)
+        self.page_bytes = min(self.page_bytes, self._page_cap())
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._wake.set()
 
@@ -158,7 +194,10 @@ class DeviceSync:
                 end = RoundEnd.RETRY
             else:
                 self._last_failure = None
-            self._save_cursor()
+            # A round that caught up moved only synced_through (the printer's STATUS has it
+            # too): the daemon's periodic save writes it, instead of two fsyncs in the event
+            # loop after every sale's round. Anything else is written now.
+            self._save_cursor(write=end != RoundEnd.CAUGHT_UP or stop.is_set())
             if end == RoundEnd.STOPPED or stop.is_set():
                 return
             await self._pause(end, stop)
@@ -213,9 +252,15 @@ class DeviceSync:
         if self.link.device_id != self._device_id:
             self._device_id = self.link.device_id
             self.acked_through = 0
-        pages: asyncio.Queue[Page | None] = asyncio.Queue(self.settings.fetch_ahead)
+        # The same bound in bytes whatever the page size: small pages on a slow line must
+        # not stop the line while the chain commits a batch.
+        ahead = self.settings.fetch_ahead * max(
+            1, self.settings.fetch_max_bytes // self._page_cap()
+        )
+        pages: asyncio.Queue[Page | None] = asyncio.Queue(ahead)
         acks: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue()
-        fetcher = asyncio.create_task(self._fetch(client, pages, stop))
+        fetch = self._fetch if self.link.line_rate is None else self._fetch_paced
+        fetcher = asyncio.create_task(fetch(client, pages, stop))
         acker = asyncio.create_task(self._ack(client, acks))
         batcher = Batcher(pages, fetcher, self.settings.batch_max)
         end = RoundEnd.CAUGHT_UP
@@ -244,9 +289,7 @@ class DeviceSync:
                     # chance to be hit): ask for shorter pages, and grow back on success.
                     self.page_bytes = max(MIN_PAGE_BYTES, self.page_bytes // 4)
                     raise
-                self.page_bytes = min(
-                    self.settings.fetch_max_bytes, self.page_bytes + self.page_bytes // 4
-                )
+                self.page_bytes = min(self._page_cap(), self.page_bytes + self.page_bytes // 4)
                 self.link.note_counters(int(body["last_counter"]), int(body["synced_through"]))
                 docs = body["documents"]
                 if not docs:
@@ -257,6 +300,59 @@ class DeviceSync:
         finally:
             with contextlib.suppress(asyncio.QueueFull):
                 pages.put_nowait(None)
+
+    async def _fetch_paced(
+        self, client: DeviceClient, pages: asyncio.Queue[Page | None], stop: asyncio.Event
+    ) -> None:
+        """On a physical line, FETCH_DEPTH FETCHes in flight: the line carries the next page
+        while this one is read, instead of idling a round trip per page. The first page is
+        cut by bytes; its count then cuts the next ones, so where each starts is known before
+        the answer before it. An answer that does not start where the last one ended (the
+        journal's end moved meanwhile) is dropped with those behind it, and fetching goes on
+        from there."""
+        nxt, count = 1, 0
+        flight: deque[tuple[int, asyncio.Task[dict[str, Any]]]] = deque()
+        try:
+            while not stop.is_set():
+                if not count:
+                    body = await self._fetch_one(client, nxt, None)
+                else:
+                    while len(flight) < FETCH_DEPTH:
+                        start = flight[-1][0] + count if flight else nxt
+                        job = self._fetch_one(client, start, count)
+                        flight.append((start, asyncio.create_task(job)))
+                    body = await flight.popleft()[1]
+                docs = body["documents"]
+                if not count:
+                    nxt = int(body["first"])  # the device starts at synced_through + 1 anyway
+                elif docs and int(body["first"]) != nxt:
+                    count = _cancel_all(flight)  # start over, cut by bytes again
+                    continue
+                if not docs:
+                    break
+                await pages.put(Page(nxt, docs))
+                nxt += len(docs)
+                count = count or len(docs)
+                if len(docs) < count:  # the journal's end: what is in flight starts past it
+                    count = _cancel_all(flight)
+        finally:
+            _cancel_all(flight)
+            with contextlib.suppress(asyncio.QueueFull):
+                pages.put_nowait(None)
+
+    async def _fetch_one(
+        self, client: DeviceClient, start: int, count: int | None
+    ) -> dict[str, Any]:
+        try:
+            if count is None:
+                body = await client.fetch(start, max_bytes=self.page_bytes)
+            else:
+                body = await client.fetch(start, max_count=count)
+        except LinkError:
+            self.page_bytes = max(MIN_PAGE_BYTES, self.page_bytes // 4)
+            raise
+        self.link.note_counters(int(body["last_counter"]), int(body["synced_through"]))
+        return body
 
     async def _submit_loop(
         self,
@@ -347,10 +443,14 @@ class DeviceSync:
         """Hand receipts to the device; only the newest when several wait. False if the device
         refused them (reported; the round should not go on as if synced)."""
         ok = True
+        spacing = self._ack_spacing()
         while True:
             item = await acks.get()
             if item is None:
                 return ok
+            if spacing:
+                await asyncio.sleep(spacing)  # on a slow line: fewer, newer receipts
+                spacing = self._ack_spacing(item[1])
             last = False
             while not acks.empty():
                 newer = acks.get_nowait()
@@ -408,7 +508,7 @@ class DeviceSync:
             return True
         return False
 
-    def _save_cursor(self) -> None:
+    def _save_cursor(self, *, write: bool = True) -> None:
         if self.guard is not None:
             self.guard.check_link(self.link)
         if self.link.device_id is not None:
@@ -418,7 +518,7 @@ class DeviceSync:
             if status is not None:
                 cursor.counter = status.counter
             cursor.synced_through = max(cursor.synced_through, self.link.synced_through)
-        if self.cursors.dirty:
+        if write and self.cursors.dirty:
             try:
                 self.cursors.save()
             except OSError as exc:
@@ -432,6 +532,14 @@ class DeviceSync:
             "ack_error": self.last_ack_error,
             "rejected": self.rejections.describe(self.link.device_id),
         }
+
+
+def _cancel_all(flight: deque[tuple[int, asyncio.Task[dict[str, Any]]]]) -> int:
+    """Cancel the FETCHes in flight (reads: nothing on the device changes); 0, the count
+    that makes the next page be cut by bytes."""
+    while flight:
+        flight.popleft()[1].cancel()
+    return 0
 
 
 class SubmissionRefused(Exception):

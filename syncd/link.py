@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -32,6 +33,7 @@ from enum import StrEnum
 from typing import Any
 
 from device.client import DeviceClient, LinkError
+from device.pacing import bytes_per_second
 from device.protocol.status import DeviceError
 from device.transport import PortError
 from syncd import device_answers
@@ -44,6 +46,10 @@ from syncd.waiting import until
 log = logging.getLogger("taxctl.syncd")
 
 WATCH_TICK = 0.1
+# Of a line that really runs at its baud rate, the share a heartbeat may take: a STATUS
+# answer is about 470 bytes, half a second at 9600 baud.
+HEARTBEAT_SHARE = 0.02
+STATUS_ANSWER_BYTES = 480
 
 
 class LinkState(StrEnum):
@@ -97,6 +103,8 @@ class DeviceLink:
         self._lost = asyncio.Event()
         self._listeners: list[Callable[[DeviceLink], None]] = []
         self._stats_seen: dict[str, int] = {}
+        self._line_rate: float | None = None
+        self._line_known = False
         if metrics is not None:
             metrics.configured(device.name, device.port)
 
@@ -133,6 +141,23 @@ class DeviceLink:
         if self.state == LinkState.ONLINE:
             log.warning("%s: %s; checking the link", self.label, reason)
             self._lost.set()
+
+    @property
+    def line_rate(self) -> float | None:
+        """Bytes/s of the line if it is a physical one (a serial port, or a pty paced like
+        one); None for an unpaced pty, the emulator's link, which moves bytes at memory speed
+        whatever its nominal baud. Looked at again at each connection."""
+        if not self._line_known:
+            cfg = self.config
+            pty = not cfg.pace and os.path.realpath(cfg.port).startswith("/dev/pts/")
+            self._line_rate = None if pty else bytes_per_second(cfg.baud, cfg.parity, cfg.stopbits)
+            self._line_known = True
+        return self._line_rate
+
+    def heartbeat_interval(self) -> float:
+        rate = self.line_rate
+        floor = STATUS_ANSWER_BYTES / (rate * HEARTBEAT_SHARE) if rate else 0.0
+        return max(self.settings.status_interval, floor)
 
     @property
     def label(self) -> str:
@@ -223,12 +248,15 @@ class DeviceLink:
                 max_retries=s.max_retries,
                 max_in_flight=s.max_in_flight,
                 on_link_error=self._client_failed,
+                # only when asked, so that openers written before pacing keep working
+                **({"pace": True} if cfg.pace else {}),
             )
         except (PortError, OSError) as exc:
             self._set_error(str(exc))
             return None
         self.state = LinkState.CONNECTING
         self.client = client
+        self._line_known = False  # the port path may lead elsewhere now
         try:
             device_answers.hello_answer(await client.hello())
             info = device_answers.device_info(await client.info())
@@ -270,7 +298,7 @@ class DeviceLink:
         return client
 
     async def _watch(self, client: DeviceClient, stop: asyncio.Event) -> None:
-        next_beat = time.monotonic() + self.settings.status_interval
+        next_beat = time.monotonic() + self.heartbeat_interval()
         while not stop.is_set():
             if client.closed:
                 self._set_error("port closed (unplugged?)")
@@ -287,7 +315,7 @@ class DeviceLink:
                     return
                 except DeviceError as exc:
                     log.warning("%s: STATUS refused: %s", self.label, exc)
-                next_beat = time.monotonic() + self.settings.status_interval
+                next_beat = time.monotonic() + self.heartbeat_interval()
             self._export_stats(client)
             await until(stop, timeout=WATCH_TICK)
 

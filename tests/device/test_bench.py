@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+
+from device.journal import Journal
+from tests.helpers import run_taxctl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,6 +27,10 @@ def test_the_issue_benchmark_reports_what_the_device_committed() -> None:
             "1",
             "--concurrency",
             "1,8",
+            "--storage-latency",
+            "2",
+            "--storage-concurrency",
+            "8",
         ],
         capture_output=True,
         text=True,
@@ -41,3 +51,50 @@ def test_the_issue_benchmark_reports_what_the_device_committed() -> None:
     one = round_["runs"][0]
     assert one["device_commits"] == one["invoices"], "one in flight: nothing to share a commit"
     assert set(report["median_by_in_flight"]) == {"1", "8"}
+    slow = report["slow_storage"]
+    assert slow["latency_ms"] == 2 and slow["ceiling_one_commit_each_per_s"] == 500
+    (run,) = slow["runs"]
+    assert run["invoices"] > 0 and run["device_documents"] == run["invoices"], run
+    assert 1 <= run["device_commits"] <= run["invoices"], run
+
+
+def test_storage_latency_is_added_to_every_commit(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.storage_latency = 0.05
+    try:
+        start = time.monotonic()
+        for n in range(3):
+            journal.set_meta("probe", n)
+        assert time.monotonic() - start >= 0.15  # three commits, 50 ms each at least
+        assert journal.meta("probe") == 2
+    finally:
+        journal.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "10001", "2ms"])
+def test_storage_latency_out_of_range_is_refused(tmp_path: Path, value: str) -> None:
+    out = run_taxctl(
+        "device", "run", "--state", str(tmp_path / "s"), "--link", str(tmp_path / "t"),
+        "--storage-latency", value, timeout=20,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--storage-latency" in out.stderr, out.stderr
+    assert "milliseconds" in out.stderr, out.stderr  # its range check, not argparse not knowing it
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_line_benchmark_lands_every_document_once() -> None:
+    """bench/line.py --quick: a 120-document backlog drained over a paced 115,200 baud line
+    while sales go on; only correctness is asserted (every journal document on the chain
+    once, byte for byte), never its timings."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "line.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = json.loads(result.stdout)["runs"]
+    assert run["on_chain_once"], run["audit"]
+    assert run["sales_during_drain"]["sales"] == run["sales_idle_line"]["sales"] == 5
+    assert run["ceiling"]["fetch_only"] < 1

@@ -64,6 +64,7 @@ class Link:
         self.config = DeviceConfig(port="/dev/fake", name="till")
         self.label = "till"
         self.suspect: list[str] = []
+        self.line_rate: float | None = None  # a fast line: pages as large as configured
 
     def require(self) -> Printer:
         return self.printer
