@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from taxctl.tools import Child, all_online, http, wait_status
+from taxctl_base.processes import Child, all_online, http, wait_status
 
 from bench.drain import INVOICE, fill_journal
 from device.journal import export

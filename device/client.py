@@ -42,7 +42,7 @@ from device.protocol.commands import (
 )
 from device.protocol.framing import MAX_BODY, Frame, FrameDecoder, FrameType, encode_frame
 from device.protocol.status import DeviceError, Status
-from device.transport import Port, open_serial
+from device.transport import Port, at_memory_speed, open_serial
 
 TICK = 0.02
 HELLO: dict[str, Any] = {"versions": [1], "host": "taxctl"}
@@ -237,14 +237,15 @@ class DeviceClient:
         opened = open_serial(
             port, baud=baud, parity=parity, stopbits=stopbits, rtscts=rtscts, pace=pace
         )
-        physical = pace or not os.path.realpath(port).startswith("/dev/pts/")
         client = cls(
             opened,
             response_timeout=response_timeout,
             max_retries=max_retries,
             max_in_flight=max_in_flight,
             on_link_error=on_link_error,
-            line_rate=bytes_per_second(baud, parity, stopbits) if physical else None,
+            line_rate=None
+            if at_memory_speed(port, pace=pace)
+            else bytes_per_second(baud, parity, stopbits),
         )
         client.start()
         return client

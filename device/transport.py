@@ -294,6 +294,17 @@ def create_pty(
 PARITIES = {"N": "N", "E": "E", "O": "O", "M": "M", "S": "S"}
 
 
+def at_memory_speed(port: str, *, pace: bool = False) -> bool:
+    """Whether a line moves bytes at memory speed whatever its nominal baud: an unpaced
+    pty (the emulator's link) or an in-memory `loop://` pair. A serial port, and a network
+    port (socket://, rfc2217://) that ends at one, carry bytes at their baud rate."""
+    if pace:
+        return False
+    if port.startswith("loop://"):
+        return True
+    return os.path.realpath(port).startswith("/dev/pts/")
+
+
 def open_serial(
     spec: str,
     *,

@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
+from device import transport
 from device.client import DeviceClient, LinkError
 from device.pacing import bytes_per_second
 from device.protocol.status import DeviceError
@@ -145,12 +145,14 @@ class DeviceLink:
     @property
     def line_rate(self) -> float | None:
         """Bytes/s of the line if it is a physical one (a serial port, or a pty paced like
-        one); None for an unpaced pty, the emulator's link, which moves bytes at memory speed
-        whatever its nominal baud. Looked at again at each connection."""
+        one); None for an unpaced pty (the emulator's link) or a loop:// pair, which move
+        bytes at memory speed whatever their nominal baud. Looked at again at each connection."""
         if not self._line_known:
             cfg = self.config
-            pty = not cfg.pace and os.path.realpath(cfg.port).startswith("/dev/pts/")
-            self._line_rate = None if pty else bytes_per_second(cfg.baud, cfg.parity, cfg.stopbits)
+            memory = transport.at_memory_speed(cfg.port, pace=cfg.pace)
+            self._line_rate = (
+                None if memory else bytes_per_second(cfg.baud, cfg.parity, cfg.stopbits)
+            )
             self._line_known = True
         return self._line_rate
 

@@ -2,9 +2,8 @@
 
 `MemoryChain` is a `ChainGateway` that keeps every document once and answers with
 receipts a real printer accepts (signed by `tests.helpers.SigningConsortium`).
-`port_pair` is two connected in-memory ports (to be replaced by device/'s
-`loop://` pair when it exists); `memory_printer` serves a training printer on
-one end in this event loop and runs a `DeviceLink` to it on the other.
+`memory_printer` serves a training printer on one end of device/'s `loop://`
+pair in this event loop and runs a `DeviceLink` to it on the other.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from typing import Any
 from device.app import open_device
 from device.client import DeviceClient
 from device.firmware import Firmware
+from device.loopback import memory_pair
 from device.protocol.clock import ManualClock
 from device.protocol.document import parse_document
 from device.server import DeviceServer
@@ -36,41 +36,6 @@ from tests.device.conftest import wide_limits
 from tests.helpers import SigningConsortium
 
 FAST_LINK = LinkSettings(response_timeout=0.2, max_retries=2, reopen_max=0.05, status_interval=0.2)
-
-
-class MemoryPort:
-    """One end of an in-memory line: what one end writes, the other reads."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self.peer: MemoryPort | None = None
-        self.closed = False
-
-    async def read(self) -> bytes:
-        if self.closed:
-            return b""
-        return await self.inbox.get()
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            raise OSError("port closed")
-        if self.peer is not None and not self.peer.closed:
-            self.peer.inbox.put_nowait(bytes(data))
-
-    def close(self) -> None:
-        """Unplugged: both ends read end-of-file."""
-        for end in (self, self.peer):
-            if end is not None and not end.closed:
-                end.closed = True
-                end.inbox.put_nowait(b"")
-
-
-def port_pair(name: str = "memory") -> tuple[MemoryPort, MemoryPort]:
-    """(device end, host end), connected."""
-    device, host = MemoryPort(f"{name}:device"), MemoryPort(f"{name}:host")
-    device.peer, host.peer = host, device
-    return device, host
 
 
 @dataclass
@@ -161,7 +126,7 @@ async def memory_printer(
     """A training printer served in this loop on an in-memory line, and a running, online
     link to it."""
     fw = open_device(tmp_path / "device", training=True, clock=ManualClock(), limits=wide_limits())
-    device_end, host_end = port_pair()
+    host_end, device_end = memory_pair()
     stop = asyncio.Event()
     server = asyncio.create_task(DeviceServer(fw, device_end).serve(stop))
 
@@ -170,7 +135,7 @@ async def memory_printer(
         options = {k: options[k] for k in wanted if k in options}
         return DeviceClient(host_end, **options)
 
-    link = DeviceLink(DeviceConfig(port="memory", name="till"), settings, metrics, opener=opener)
+    link = DeviceLink(DeviceConfig(port="loop://", name="till"), settings, metrics, opener=opener)
     link_stop = asyncio.Event()
     link_task = asyncio.create_task(link.run(link_stop))
     try:

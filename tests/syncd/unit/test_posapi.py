@@ -67,7 +67,7 @@ async def test_an_invoice_is_issued_once_per_key_and_wakes_its_engine(tmp_path: 
 
 async def test_a_device_is_selected_by_name_port_or_id(tmp_path: Path) -> None:
     async with till(tmp_path) as (printer, _engine, http):
-        for n, selector in enumerate(["till", "memory", printer.link.device_id], start=1):
+        for n, selector in enumerate(["till", "loop://", printer.link.device_id], start=1):
             status, body = await post(http, {**INVOICE, "device": selector}, f"k{n}")
             assert (status, body["counter"]) == (201, n), body
         status, body = await post(http, {**INVOICE, "device": "elsewhere"}, "k9")
