@@ -1,6 +1,6 @@
 """A long chaos run: kills, a noisy cable, chain outages and lost responses, for N minutes.
 
-The same run as tests/chaos (hostsim/chaos), longer: two printers behind noisy
+The same run as tests/hostsim/chaos (hostsim/chaos), longer: two printers behind noisy
 links (bit flips, dropped bytes, delays), the chain, printers and syncd killed
 with SIGKILL and restarted, the chain refusing, answering 503, losing
 responses after committing, cutting answers in half and losing one or two of

@@ -39,8 +39,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from taxctl_base.processes import Child, all_online, http, wait_status
-
 from bench.drain import INVOICE, fill_journal
 from device.journal import export
 from device.pacing import bytes_per_second, wire_seconds
@@ -51,6 +49,7 @@ from hostsim.audit import admin_token, chain_documents, compare
 from hostsim.pos.mix import MixSettings
 from hostsim.pos.till import Tills, TillSettings
 from syncd.engine import line_page_bytes
+from taxctl_base.processes import Child, all_online, http, wait_status
 
 ISSUE_ANSWER_BYTES = 930  # an ISSUE answer frame for a two-line invoice (document, QR, ...)
 

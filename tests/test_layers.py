@@ -72,3 +72,23 @@ def test_the_walk_sees_an_upward_import(tmp_path: Path) -> None:
     modules = [module for _, module in imported(sample)]
     assert modules == ["os", "taxctl_base", "taxctl.cli", "taxctl"]
     assert [top(m) for m in modules if top(m) in FORBIDDEN["hostsim"]] == ["taxctl", "taxctl"]
+
+
+# Test folders that are about no one package: the installed files (packaging/), fuzz
+# campaigns over every decoder, and the protocol's test vectors.
+CROSS_CUTTING = {"deploy", "fuzz", "vectors"}
+
+
+def test_the_test_tree_mirrors_the_package_tree() -> None:
+    """tests/X/Y holds the tests of package X.Y: a maintainer finds a module's tests by its
+    path, and a test folder with no package beside it is a misplaced one."""
+    misplaced = []
+    for folder in sorted(p for p in (ROOT / "tests").rglob("*") if p.is_dir()):
+        relative = folder.relative_to(ROOT / "tests")
+        if relative.parts[0] in CROSS_CUTTING or "__pycache__" in relative.parts:
+            continue
+        if relative.parts[-1] == "unit" and (ROOT / Path(*relative.parts[:-1])).is_dir():
+            continue  # a package's unit tests, apart from its whole-process ones
+        if not (ROOT / relative / "__init__.py").is_file():
+            misplaced.append(str(relative))
+    assert not misplaced, f"test folders with no package of that path: {misplaced}"

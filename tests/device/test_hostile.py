@@ -21,9 +21,9 @@ from device.protocol.keys import KeyPair
 from device.protocol.status import DeviceError, Status
 from device.transport import open_serial
 from tests.device.conftest import INVOICE, TEA, Harness, wide_limits
+from tests.device.protocol.test_untrusted import sharing_bomb
 from tests.device.test_sync import journal
 from tests.helpers import SigningConsortium, export_documents, spawn
-from tests.protocol.test_untrusted import sharing_bomb
 
 CONTROLS = "\x01\x1b\x7f" * 10_000  # 30,000 characters; repr() makes 120,000 of them
 

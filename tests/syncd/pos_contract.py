@@ -3,7 +3,7 @@
 Used by tests/syncd/test_pos_openapi.py and by the recorder in tests/syncd/conftest.py,
 which checks every answer the syncd tests get from the POS API. The schemas are made strict
 (`additionalProperties: false` where a schema lists properties and says nothing else, as in
-tests/chain/test_openapi.py), so an undocumented field in an answer is caught.
+tests/hostsim/chain/test_openapi.py), so an undocumented field in an answer is caught.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def template_of(path: str) -> str | None:
 
 
 def strict(schema: Any) -> Any:
-    """tests/chain/test_openapi.py's strict(), imported when first needed (that module
+    """tests/hostsim/chain/test_openapi.py's strict(), imported when first needed (that module
     loads schemathesis, which a conftest should not do at start)."""
-    from tests.chain.test_openapi import strict as chain_strict
+    from tests.hostsim.chain.test_openapi import strict as chain_strict
 
     return chain_strict(schema)
 

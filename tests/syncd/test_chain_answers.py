@@ -22,7 +22,7 @@ from aiohttp import web
 from syncd import answers
 from syncd.chain_client import ChainClient, blocks_by_height, full_receipt
 from syncd.chainport import ChainDown, ChainRefused, SubmitStatus
-from tests.protocol.test_untrusted import sharing_bomb
+from tests.device.protocol.test_untrusted import sharing_bomb
 
 HASH = bytes(range(32))
 DEVICE = "TC0000000000AB"

@@ -22,7 +22,7 @@ import cbor2
 import pytest
 from aiohttp import web
 
-from tests.protocol.test_untrusted import sharing_bomb
+from tests.device.protocol.test_untrusted import sharing_bomb
 from tests.shop import Shop, http, wait_for
 
 CBOR = "application/cbor"

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.chain.conftest import DeviceSim, b64
 from tests.helpers import Process, run_taxctl, spawn
+from tests.hostsim.chain.conftest import DeviceSim, b64
 
 pytestmark = pytest.mark.asyncio
 

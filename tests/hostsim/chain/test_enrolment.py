@@ -26,8 +26,8 @@ from device.protocol.clock import ManualClock
 from device.protocol.keys import KeyPair
 from hostsim.chain.api import build_app
 from hostsim.chain.node import Chain
-from tests.chain.conftest import Api, b64
 from tests.helpers import Process, run_taxctl, spawn
+from tests.hostsim.chain.conftest import Api, b64
 
 SHOP = {"name": "ACME Trading", "tax_id": "91350100M000100Y43"}
 OTHER = {"name": "Other Shop", "tax_id": "91440300MA5G12345L"}

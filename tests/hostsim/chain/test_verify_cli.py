@@ -16,8 +16,8 @@ import pytest
 from device.protocol import qr
 from device.protocol.document import Document, parse_document
 from taxctl_base.processes import http
-from tests.chain.conftest import BUYER_TAX_ID, DeviceSim, b64, invoice_body
 from tests.helpers import Process, run_taxctl, spawn
+from tests.hostsim.chain.conftest import BUYER_TAX_ID, DeviceSim, b64, invoice_body
 
 
 def post(url: str, body: dict[str, Any], token: str | None = None) -> tuple[int, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from device.protocol import qr
 from device.protocol.document import parse_document
 from device.protocol.keys import KeyPair
-from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, invoice_body
+from tests.hostsim.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, invoice_body
 
 
 def issue_offline(sim: DeviceSim) -> tuple[str, bytes]:

@@ -20,9 +20,9 @@ from hostsim.chain.ledger import Ledger
 from hostsim.chain.node import Chain
 from hostsim.chain.quorum import NEXT_FILE, NODES_FILE
 from hostsim.chain.verify import LedgerCorrupt, verify_ledger
-from tests.chain.conftest import Api, DeviceSim
-from tests.chain.test_ledger import submit_cbor
-from tests.chain.test_rotation import ack, consortium
+from tests.hostsim.chain.conftest import Api, DeviceSim
+from tests.hostsim.chain.test_ledger import submit_cbor
+from tests.hostsim.chain.test_rotation import ack, consortium
 
 pytestmark = pytest.mark.asyncio
 

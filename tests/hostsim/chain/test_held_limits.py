@@ -22,7 +22,7 @@ from device.protocol.document import parse_document
 from hostsim.chain.api import build_app
 from hostsim.chain.node import Chain
 from hostsim.chain.state import HeldLimits
-from tests.chain.conftest import Api, DeviceSim, snapshot
+from tests.hostsim.chain.conftest import Api, DeviceSim, snapshot
 
 pytestmark = pytest.mark.asyncio
 

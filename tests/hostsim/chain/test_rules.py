@@ -12,7 +12,7 @@ from device.protocol import trust
 from device.protocol.document import format_utc, parse_document, sign_document
 from device.protocol.invoice import DEFAULT_TAX_RATES, parse_items
 from device.protocol.keys import KeyPair
-from tests.chain.conftest import Api, DeviceSim, b64, resign, snapshot
+from tests.hostsim.chain.conftest import Api, DeviceSim, b64, resign, snapshot
 
 pytestmark = pytest.mark.asyncio
 

@@ -11,9 +11,9 @@ from typing import Any
 import cbor2
 
 from hostsim.audit import chain_documents
-from tests.chain.conftest import DeviceSim
-from tests.consortium.conftest import Cluster, needs_etcd
 from tests.helpers import export_documents
+from tests.hostsim.chain.conftest import DeviceSim
+from tests.hostsim.consortium.conftest import Cluster, needs_etcd
 from tests.shop import INVOICE, Shop, http, wait_for
 
 pytestmark = needs_etcd

@@ -14,8 +14,8 @@ from device.protocol.status import DeviceError, Status
 from device.receipts import verify_ack
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.node import Chain
-from tests.chain.conftest import Api, DeviceSim
-from tests.chain.test_ledger import submit_cbor
+from tests.hostsim.chain.conftest import Api, DeviceSim
+from tests.hostsim.chain.test_ledger import submit_cbor
 
 pytestmark = pytest.mark.asyncio
 

@@ -21,7 +21,7 @@ from hostsim.chain.api import build_app
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.queries import VERIFY_BUCKETS
 from hostsim.chain.ratelimit import Buckets, RateLimit
-from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim
+from tests.hostsim.chain.conftest import BUYER_TAX_ID, Api, DeviceSim
 
 OTHER_TAX_ID = "91110108MA01ABCD2H"
 

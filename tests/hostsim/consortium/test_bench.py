@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.consortium.conftest import needs_etcd
+from tests.hostsim.consortium.conftest import needs_etcd
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @needs_etcd

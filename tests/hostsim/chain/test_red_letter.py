@@ -17,7 +17,7 @@ import pytest
 from device import render
 from device.protocol.document import Document, parse_document
 from hostsim.chain.node import Chain
-from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, resign, snapshot
+from tests.hostsim.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, resign, snapshot
 
 pytestmark = pytest.mark.asyncio
 

@@ -42,9 +42,9 @@ from hostsim.chain.errors import STATUS, Code
 from hostsim.chain.faults import Faults, Listener, admin_app
 from hostsim.chain.node import Chain
 from hostsim.chain.ratelimit import RateLimit
-from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, b64, resign
+from tests.hostsim.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, b64, resign
 
-SPEC = Path(__file__).resolve().parents[2] / "docs" / "chain-openapi.yaml"
+SPEC = Path(__file__).resolve().parents[3] / "docs" / "chain-openapi.yaml"
 DOC: dict[str, Any] = yaml.safe_load(SPEC.read_text())
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 CBOR = wire.CBOR
@@ -732,7 +732,7 @@ def live_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         )
         chain.engine.start()
         # a limit the fuzz does not reach, so it explores 查验's answers (the limit has its
-        # own tests, tests/chain/test_read_roles.py)
+        # own tests, tests/hostsim/chain/test_read_roles.py)
         runner = web.AppRunner(build_app(chain, verify_limit=RateLimit(10**6, 10**6)))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

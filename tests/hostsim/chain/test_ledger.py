@@ -16,7 +16,7 @@ from device.protocol.document import parse_document
 from device.receipts import verify_ack
 from hostsim.chain.node import Chain
 from hostsim.chain.verify import LedgerCorrupt, verify_ledger
-from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, b64
+from tests.hostsim.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, b64
 
 pytestmark = pytest.mark.asyncio
 

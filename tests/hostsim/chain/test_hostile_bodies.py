@@ -22,8 +22,8 @@ import pytest
 import pytest_asyncio
 
 from hostsim.chain import wire
+from tests.device.protocol.test_untrusted import sharing_bomb
 from tests.helpers import Process, spawn
-from tests.protocol.test_untrusted import sharing_bomb
 
 pytestmark = pytest.mark.asyncio
 

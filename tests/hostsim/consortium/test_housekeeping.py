@@ -10,8 +10,8 @@ from typing import Any
 
 import cbor2
 
-from tests.chain.conftest import DeviceSim
-from tests.consortium.conftest import Cluster, etcd_call, etcd_keys, needs_etcd
+from tests.hostsim.chain.conftest import DeviceSim
+from tests.hostsim.consortium.conftest import Cluster, etcd_call, etcd_keys, needs_etcd
 from tests.shop import http, wait_for
 
 pytestmark = needs_etcd

@@ -19,7 +19,7 @@ from device.protocol.document import Document, parse_document
 from device.render import local_time
 from hostsim.chain.api import build_app
 from hostsim.chain.page import ZONE, render_answer, shown_time, yuan
-from tests.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, invoice_body
+from tests.hostsim.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, invoice_body
 
 
 async def page(api: Api, params: dict[str, str] | None = None) -> tuple[int, str]:

@@ -22,11 +22,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from device.protocol import qr
 from device.protocol.document import Document
-from tests.chain.test_verify_cli import LiveChain
+from tests.hostsim.chain.test_verify_cli import LiveChain
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
 WAIT = 20.0
 FLAGS = (
     "--headless=new",
