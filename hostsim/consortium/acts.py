@@ -16,6 +16,7 @@ from typing import Any
 from device.protocol import trust
 from hostsim.chain.acts import Acts
 from hostsim.chain.errors import ChainError, Code
+from hostsim.consortium import epochs
 from hostsim.consortium.engine import ConsortiumEngine
 
 
@@ -83,6 +84,13 @@ class ConsortiumActs(Acts):
         out: dict[str, Any] = await self.consortium.request_act("confirm_credit", args, wait)
         return out
 
+    async def new_epoch(self, raw: bytes, wait: float) -> dict[str, Any]:
+        """Log the bureau's epoch + 1; its outcome once every node switched to it."""
+        out: dict[str, Any] = await self.consortium.request_act(
+            epochs.EPOCH_ACT, {"consortium": raw}, wait
+        )
+        return out
+
     # --- what the orderer calls: carry it out ---------------------------------------------
 
     async def run(self, name: str, args: dict[str, Any]) -> Any:
@@ -117,6 +125,8 @@ class ConsortiumActs(Acts):
             return await base.confirm_credit(
                 self, _text(a["code"]), _text(a["number"]), a["buyer_id"], a["amount"], 0
             )
+        if name == epochs.EPOCH_ACT:
+            return epochs.check_next(self.consortium, a["consortium"])
         raise ChainError(Code.BAD_REQUEST, "the log names an act this node does not know")
 
     def final_answer(self, name: str, outcome: Any) -> Any:
