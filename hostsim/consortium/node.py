@@ -28,7 +28,7 @@ from hostsim.chain.ledger import Ledger
 from hostsim.chain.node import Chain, ChainSetupError
 from hostsim.chain.queries import CHAIN
 from hostsim.chain.ratelimit import VERIFY_LIMIT
-from hostsim.consortium import epochs, housekeeping, identity, peers
+from hostsim.consortium import epochs, forward, housekeeping, identity, peers
 from hostsim.consortium.acts import ConsortiumActs
 from hostsim.consortium.engine import ConsortiumEngine, ConsortiumNodes, PinnedClock
 from hostsim.consortium.etcd import Etcd, wait_ready
@@ -207,7 +207,7 @@ async def serve(
     try:
         await wait_ready(engine.etcd, 30.0)
         # errors outermost too: the consortium's own middlewares refuse with ChainErrors
-        app = build_app(chain, [errors, rotation_by_log], VERIFY_LIMIT)
+        app = build_app(chain, [errors, rotation_by_log, forward.bureau_acts], VERIFY_LIMIT)
         peers.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
