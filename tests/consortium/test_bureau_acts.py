@@ -3,14 +3,21 @@ holding the bureau's key), logged as signed results, applied by every node."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import sqlite3
+import time
 
+from device.protocol import codec, trust
+from device.protocol.keys import KeyPair
 from hostsim.bureau import BUREAU_KEY_FILE
 from hostsim.chain.enrolment import code_hash
+from hostsim.consortium import decided
+from hostsim.consortium import log as records
 from tests.chain.conftest import b64
 from tests.chain.test_enrolment import SHOP, Printer
-from tests.consortium.conftest import Cluster, needs_etcd
-from tests.shop import http
+from tests.consortium.conftest import Cluster, etcd_call, needs_etcd
+from tests.shop import http, wait_for
 
 pytestmark = needs_etcd
 
@@ -91,3 +98,89 @@ def test_registration_and_segments_through_any_node(production: Cluster) -> None
             headers={"Authorization": f"Bearer {cluster.token(node_id)}"},
         )
         assert [s["start"] for s in info["segments"]] == [seg["start"]], info
+
+
+def put_log_entry(cluster: Cluster, chain_id: str, value: bytes) -> int:
+    """Write an entry straight into the etcd log, as any etcd client could; its revision."""
+    name = hashlib.sha256(value).digest()
+    answer = etcd_call(
+        cluster,
+        "/v3/kv/put",
+        {
+            "key": base64.b64encode(records.Keys(chain_id).log_key(name)).decode(),
+            "value": base64.b64encode(value).decode(),
+        },
+    )
+    return int(answer["header"]["revision"])
+
+
+def test_forged_bureau_results_in_the_log_change_nothing_anywhere(production: Cluster) -> None:
+    """Entries no node wrote — an epoch, an enrolment, a segment not signed by the bureau,
+    a registration carrying a CSR for every node to sign — are refused alike everywhere."""
+    cluster = production
+    _, info, _ = http("GET", f"{cluster.url('enterprise1')}/v1/consortium")
+    chain_id = str(info["chain_id"])
+    status, issued = enrol(cluster, "bureau", devices=1)
+    assert status == 201, issued
+    printer = Printer()
+    assert register(cluster, "enterprise2", printer, str(issued["code"]))[0] == 201
+    mallory = KeyPair.generate()
+    stranger = Printer()
+    record = codec.encode(
+        {"row": [b"\x01" * 32, SHOP["tax_id"], "x", 9, 2**40, "x"], "token_hash": b"t"}
+    )
+    forged_segment = trust.issue_segment(
+        mallory, printer.device_id, "144031900000", 900, 999, False, time.time()
+    )
+    acts = [
+        (
+            "epoch",
+            {
+                "consortium": trust.issue_consortium(
+                    mallory, chain_id, 2, {"bureau": mallory.public_key}, False, time.time()
+                )
+            },
+        ),
+        (
+            "enrolment",
+            {"record": record, "signature": mallory.sign(decided.ENROLMENT_DOMAIN + record)},
+        ),
+        (
+            "grant",
+            {
+                "device_id": printer.device_id,
+                "raw": printer.request(100),
+                "segment": forged_segment,
+            },
+        ),
+        ("register", {"csr": stranger.csr, "certificate": None, "segments": [], "enrolment": None}),
+    ]
+    last = 0
+    for name, args in acts:
+        last = put_log_entry(cluster, chain_id, codec.encode({"act": name, "args": args}))
+    for node_id in cluster.ids:
+        wait_for(
+            lambda n=node_id: cluster.health(n)["ordering"]["applied_revision"] >= last,
+            30,
+            f"{node_id} applied the forged entries",
+        )
+    cluster.wait_same_height()
+    rows = cluster.ledger_rows("bureau")
+    for node_id in cluster.ids:
+        assert cluster.ledger_rows(node_id) == rows, node_id
+        assert cluster.health(node_id)["ordering"]["epoch"] == 1
+        path = cluster.data_dir(node_id) / "ledger.sqlite"
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            assert db.execute("SELECT COUNT(*) FROM enrolments").fetchone() == (1,)
+        finally:
+            db.close()
+        headers = {"Authorization": f"Bearer {cluster.token(node_id)}"}
+        _, device, _ = http(
+            "GET", f"{cluster.url(node_id)}/v1/devices/{printer.device_id}", headers=headers
+        )
+        assert device["segments"] == [], device
+        status, _, _ = http(
+            "GET", f"{cluster.url(node_id)}/v1/devices/{stranger.device_id}", headers=headers
+        )
+        assert status == 404
