@@ -65,6 +65,14 @@ def test_registration_and_segments_through_any_node(production: Cluster) -> None
     # elsewhere: refused, naming where to ask
     status, refused = enrol(cluster, "enterprise1", devices=1)
     assert status == 503 and cluster.url("bureau") in str(refused), refused
+    # a new epoch is the bureau's too: another node cannot sign one
+    status, refused, _ = http(
+        "POST",
+        f"{cluster.url('enterprise1')}/v1/consortium/rotate",
+        {"node_id": "enterprise4", "public_key": KeyPair.generate().public_key.hex()},
+        {"Authorization": f"Bearer {cluster.token('enterprise1')}"},
+    )
+    assert status == 503 and refused["error"]["code"] == "unavailable", refused
     first, second, third = Printer(), Printer(), Printer()
     status, answer = register(cluster, "enterprise1", first, code)
     assert status == 201 and answer["device_id"] == first.device_id, answer
