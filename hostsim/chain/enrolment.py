@@ -51,6 +51,10 @@ def _bounded_int(body: dict[str, Any], key: str, default: int, low: int, high: i
     return value
 
 
+# (code hash, tax id, name, devices, expires at (epoch seconds), created at)
+EnrolmentRow = tuple[bytes, str, str, int, int, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Issued:
     code: str
@@ -78,6 +82,12 @@ class Enrolments:
 
     def issue(self, body: dict[str, Any]) -> Issued:
         """A new code from an admin's request body; refused with bad_request if malformed."""
+        issued, row, token_hash = self.new(body)
+        self.record(row, token_hash)
+        return issued
+
+    def new(self, body: dict[str, Any]) -> tuple[Issued, EnrolmentRow, bytes]:
+        """A new code, its ledger row and its taxpayer token's hash; nothing recorded yet."""
         unknown = set(body) - {"tax_id", "name", "devices", "expires_in"}
         if unknown:
             raise ChainError(Code.BAD_REQUEST, f"unknown fields {shown(sorted(unknown))}")
@@ -92,12 +102,17 @@ class Enrolments:
         now = int(self.clock.now())
         code = new_code()
         token = "tct_" + secrets.token_urlsafe(24)
-        self.ledger.add_enrolment(
-            (code_hash(code), str(tax_id), name, devices, now + expires_in, format_utc(now))
-        )
+        row = (code_hash(code), str(tax_id), name, devices, now + expires_in, format_utc(now))
+        issued = Issued(code, str(tax_id), name, devices, format_utc(now + expires_in), token)
         # Like buyer keys, only the token's hash is kept: the ledger does not hold a credential.
-        self.ledger.add_taxpayer_token(str(tax_id), buyer_key_hash(token))
-        return Issued(code, str(tax_id), name, devices, format_utc(now + expires_in), token)
+        return issued, row, buyer_key_hash(token)
+
+    def record(self, row: EnrolmentRow, token_hash: bytes) -> None:
+        """Keep a code's row and its taxpayer token's hash (once: a repeat is ignored)."""
+        if self.ledger.enrolment(row[0]) is not None:
+            return
+        self.ledger.add_enrolment(row)
+        self.ledger.add_taxpayer_token(row[1], token_hash)
 
     def check(self, code: object, tax_id: str, device_id: str) -> bytes:
         """The code's hash if it lets `device_id` register for `tax_id`; else the refusal.
@@ -109,7 +124,10 @@ class Enrolments:
             )
         if not isinstance(code, str) or not CODE_PATTERN.fullmatch(code.strip().upper()):
             raise ChainError(Code.ENROLMENT_INVALID, "that is not an enrolment code")
-        digest = code_hash(code.strip().upper())
+        return self.check_digest(code_hash(code.strip().upper()), tax_id, device_id)
+
+    def check_digest(self, digest: bytes, tax_id: str, device_id: str) -> bytes:
+        """`check` for a code known by its hash (as a consortium's log carries it)."""
         row = self.ledger.enrolment(digest)
         if row is None:
             raise ChainError(Code.ENROLMENT_INVALID, "the bureau issued no such enrolment code")

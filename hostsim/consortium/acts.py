@@ -16,6 +16,7 @@ from typing import Any
 from device.protocol import trust
 from hostsim.chain.acts import Acts
 from hostsim.chain.errors import ChainError, Code
+from hostsim.consortium import decided, epochs
 from hostsim.consortium.engine import ConsortiumEngine
 
 
@@ -23,6 +24,7 @@ class ConsortiumActs(Acts):
     def __init__(self, engine: ConsortiumEngine) -> None:
         super().__init__(engine)
         self.consortium = engine
+        self.reserved: dict[str, int] = {}  # the last number granted per code, not yet applied
         engine.state_listeners.append(self._state_replaced)
 
     def _state_replaced(self) -> None:
@@ -38,14 +40,21 @@ class ConsortiumActs(Acts):
         wait: float,
         enrolment_code: object = None,
     ) -> dict[str, Any]:
-        args = {
-            "csr": csr,
-            "certificate": certificate,
-            "segments": segments,
-            "enrolment_code": enrolment_code if isinstance(enrolment_code, str) else None,
-        }
+        """A CSR is certified here, once, by the node holding the bureau's key; the log
+        carries the certificate (and the enrolment code's hash), never the CSR."""
+        digest = None
+        if csr is not None and certificate is None:
+            certificate, digest = decided.certify(self, csr, enrolment_code)
+            csr = None
+        args = {"csr": csr, "certificate": certificate, "segments": segments, "enrolment": digest}
         out: dict[str, Any] = await self.consortium.request_act("register", args, wait)
         return out
+
+    async def issue_enrolment(self, body: dict[str, Any], wait: float) -> dict[str, Any]:
+        """An enrolment code issued here (the bureau's node), kept by every node."""
+        issued, args = decided.enrolment(self, body)
+        await self.consortium.request_act("enrolment", args, wait)
+        return issued.body()
 
     async def allocate(self, device_id: str, count: int, wait: float) -> trust.Segment:
         args = {"device_id": device_id, "count": count}
@@ -53,8 +62,10 @@ class ConsortiumActs(Acts):
         return seg
 
     async def allocate_signed(self, device_id: str, raw: bytes, wait: float) -> trust.Segment:
-        args = {"device_id": device_id, "raw": raw}
-        seg: trust.Segment = await self.consortium.request_act("allocate_signed", args, wait)
+        """Granted here, once, by the node holding the bureau's key; the log carries the
+        request and the bureau-signed segment."""
+        args = {"device_id": device_id, "raw": raw, "segment": decided.grant(self, device_id, raw)}
+        seg: trust.Segment = await self.consortium.request_act("grant", args, wait)
         return seg
 
     async def record_segment(self, device_id: str, raw: bytes, wait: float) -> trust.Segment:
@@ -83,6 +94,13 @@ class ConsortiumActs(Acts):
         out: dict[str, Any] = await self.consortium.request_act("confirm_credit", args, wait)
         return out
 
+    async def new_epoch(self, raw: bytes, wait: float) -> dict[str, Any]:
+        """Log the bureau's epoch + 1; its outcome once every node switched to it."""
+        out: dict[str, Any] = await self.consortium.request_act(
+            epochs.EPOCH_ACT, {"consortium": raw}, wait
+        )
+        return out
+
     # --- what the orderer calls: carry it out ---------------------------------------------
 
     async def run(self, name: str, args: dict[str, Any]) -> Any:
@@ -98,13 +116,15 @@ class ConsortiumActs(Acts):
     async def _dispatch(self, name: str, a: dict[str, Any]) -> Any:
         base = Acts
         if name == "register":
-            return await base.register(
-                self, a["csr"], a["certificate"], list(a["segments"]), 0, a["enrolment_code"]
-            )
-        if name == "allocate":
+            return await decided.apply_register(self, a)
+        if name == "enrolment":
+            return decided.apply_enrolment(self, _bytes(a["record"]), _bytes(a["signature"]))
+        if name == "allocate":  # training only: every node holds the training bureau's key
             return await base.allocate(self, _text(a["device_id"]), _int(a["count"]), 0)
-        if name == "allocate_signed":
-            return await base.allocate_signed(self, _text(a["device_id"]), _bytes(a["raw"]), 0)
+        if name == "grant":
+            return await decided.apply_grant(
+                self, _text(a["device_id"]), _bytes(a["raw"]), _bytes(a["segment"])
+            )
         if name == "record_segment":
             return await base.record_segment(self, _text(a["device_id"]), _bytes(a["raw"]), 0)
         if name == "revoke":
@@ -117,6 +137,8 @@ class ConsortiumActs(Acts):
             return await base.confirm_credit(
                 self, _text(a["code"]), _text(a["number"]), a["buyer_id"], a["amount"], 0
             )
+        if name == epochs.EPOCH_ACT:
+            return epochs.check_next(self.consortium, a["consortium"])
         raise ChainError(Code.BAD_REQUEST, "the log names an act this node does not know")
 
     def final_answer(self, name: str, outcome: Any) -> Any:

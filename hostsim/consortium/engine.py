@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from device.protocol import trust
+from device.protocol import codec, trust
 from device.protocol.chainapi import SubmitStatus
 from device.protocol.clock import Clock
 from device.protocol.keys import KeyPair
 from hostsim.bureau import Bureau
 from hostsim.chain.apply import write_block
-from hostsim.chain.blocks import Block
+from hostsim.chain.blocks import Block, BlockCache
 from hostsim.chain.engine import DocumentOutcome, Engine, _rejected
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.ledger import Ledger
@@ -82,6 +82,33 @@ class ConsortiumNodes(NodeSet):
     def sign(self, header: Any) -> list[dict[str, Any]]:
         return [{"node_id": self.node_id, "signature": trust.sign_header(self.key, header)}]
 
+    @property
+    def certified(self) -> bool:
+        """Whether the epoch in force certifies this node's key (a replaced one signs
+        nothing)."""
+        return self.members.get(self.node_id) == self.key.public_key
+
+
+class EpochBlockCache(BlockCache):
+    """A block of an earlier epoch is handed out with the signatures of its own epoch's
+    nodes whose keys the current epoch still certifies, and this node's own: a node holds
+    only its own key, so it cannot re-sign for the others, and a replaced key's
+    signature is left out (it no longer counts)."""
+
+    nodes: ConsortiumNodes
+
+    def reattest(self, header: dict[str, Any], stored: bytes) -> list[dict[str, Any]]:
+        message = trust.BLOCK_DOMAIN + trust.header_bytes(header)
+        entries = codec.decode(stored)
+        kept = [
+            e
+            for e in (entries if isinstance(entries, list) else [])
+            if isinstance(e, dict)
+            and e.get("node_id") != self.nodes.node_id
+            and trust.signers([e], self.nodes.members, message)
+        ]
+        return self.nodes.sign(header) + kept if self.nodes.certified else kept
+
 
 class ConsortiumEngine(Engine):
     def __init__(
@@ -102,6 +129,9 @@ class ConsortiumEngine(Engine):
         )
         self.pinned = clock
         self.members = nodes
+        self.blocks = EpochBlockCache(ledger, nodes)
+        self.pending_epoch: bytes | None = None  # an epoch request applied, not yet in force
+        self.epoch_listeners: list[Callable[[bytes, list[Any]], None]] = []
         self.members_raw = consortium
         self.retain_seconds = retain_seconds
         self.url = ""  # this node's API URL, published for peers once it listens
@@ -142,6 +172,9 @@ class ConsortiumEngine(Engine):
             "ordering": {
                 "node_id": self.node_id,
                 "proposer": self.leader,
+                # false once an epoch replaced this node's key: it signs nothing any more
+                "certified": self.members.certified,
+                "epoch": trust.open_consortium(self.members_raw, self.bureau.public_key).epoch,
                 "applied_seq": self.seq,
                 "applied_revision": self.rev,
                 "alarms": list(self.alarms),

@@ -109,8 +109,8 @@ def ceremony(root: Path, node_ids: list[str], training: bool) -> trust.Consortiu
         chain_id = "taxctl-training" if training else f"taxctl-{secrets.token_hex(4)}"
         raw = bureau.consortium(chain_id, keys, SystemClock().now())
     for node_id, directory in dirs.items():
-        _write_public(directory / CONSORTIUM_FILE, raw)
-        _write_public(directory / BUREAU_PUBLIC_FILE, bureau.public_key)
+        write_public(directory / CONSORTIUM_FILE, raw)
+        write_public(directory / BUREAU_PUBLIC_FILE, bureau.public_key)
         if node_id == BUREAU_NODE and not training:
             target = directory / BUREAU_KEY_FILE
             if not target.exists():  # the bureau's own node signs for the bureau
@@ -119,7 +119,7 @@ def ceremony(root: Path, node_ids: list[str], training: bool) -> trust.Consortiu
     return trust.open_consortium(raw, bureau.public_key)
 
 
-def _write_public(path: Path, data: bytes) -> None:
+def write_public(path: Path, data: bytes) -> None:
     if path.exists() and path.read_bytes() == data:
         return
     tmp = path.with_suffix(".tmp")

@@ -17,15 +17,18 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from device.protocol import trust
 from device.protocol.clock import SystemClock
 from device.protocol.keys import KeyPair
 from hostsim.bureau import BUREAU_KEY_FILE, Bureau
-from hostsim.chain.api import build_app
+from hostsim.chain import rotation, wire
+from hostsim.chain.api import build_app, errors, require_admin
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.ledger import Ledger
 from hostsim.chain.node import Chain, ChainSetupError
+from hostsim.chain.queries import CHAIN
 from hostsim.chain.ratelimit import VERIFY_LIMIT
-from hostsim.consortium import housekeeping, identity, peers
+from hostsim.consortium import epochs, forward, housekeeping, identity, peers
 from hostsim.consortium.acts import ConsortiumActs
 from hostsim.consortium.engine import ConsortiumEngine, ConsortiumNodes, PinnedClock
 from hostsim.consortium.etcd import Etcd, wait_ready
@@ -72,59 +75,107 @@ def open_node(
         raise identity.SetupError("this node's bureau key differs from the consortium's")
     ledger = Ledger(directory)
     try:
-        consortium_raw = me.consortium.raw
-        recorded = ledger.get_meta("consortium")
-        if recorded is None:
-            with ledger.transaction():
-                ledger.set_meta("training", bytes([training]))
-                ledger.set_meta("chain_id", me.consortium.chain_id.encode())
-                ledger.set_meta("consortium", consortium_raw)
-                ledger.set_meta("bureau_key", bureau.public_key)
-        elif recorded != consortium_raw:
-            raise identity.SetupError("the ledger was made for another consortium")
-        nodes = ConsortiumNodes(node_id, me.key, me.consortium)
+        current = _current_consortium(ledger, me, bureau)
+        nodes = ConsortiumNodes(node_id, me.key, current)
         engine = ConsortiumEngine(
             ledger,
             nodes,
             bureau,
             PinnedClock(SystemClock()),
             Etcd(etcd_urls),
-            chain_id=me.consortium.chain_id,
+            chain_id=current.chain_id,
             training=training,
-            consortium=me.consortium.raw,
+            consortium=current.raw,
             retain_seconds=retain_seconds,
         )
+        if ledger.get_meta(rotation.EPOCHS_META) is not None:
+            engine.blocks.attest_from(rotation.load_epochs(ledger)[-1].from_height)
         acts = ConsortiumActs(engine)
     except BaseException:
         ledger.close()
         raise
-    return Chain(
+    chain = Chain(
         directory,
         ledger,
         nodes,
         bureau,
         engine,
         acts,
-        me.consortium.chain_id,
+        current.chain_id,
         training,
-        consortium_raw,
+        current.raw,
+        rotation.load_endorsements(ledger.get_meta(rotation.ENDORSEMENTS_META)),
     )
+    engine.epoch_listeners.append(lambda raw, signed: _epoch_changed(chain, raw, signed))
+    return chain
+
+
+def _current_consortium(
+    ledger: Ledger, me: identity.Identity, bureau: Bureau
+) -> trust.ConsortiumKeys:
+    """The epoch in force: the ledger's (it follows epoch changes), or the directory's
+    object for a new ledger. Refuses a ledger of another consortium, and a node whose key
+    a later epoch replaced."""
+    recorded = ledger.get_meta("consortium")
+    if recorded is None:
+        with ledger.transaction():
+            ledger.set_meta("training", bytes([me.consortium.training]))
+            ledger.set_meta("chain_id", me.consortium.chain_id.encode())
+            ledger.set_meta("consortium", me.consortium.raw)
+            ledger.set_meta("bureau_key", bureau.public_key)
+        return me.consortium
+    try:
+        known = [e.consortium for e in rotation.load_epochs(ledger)]
+    except ValueError as exc:
+        raise identity.SetupError(str(exc)) from None
+    if me.consortium.raw not in known:
+        raise identity.SetupError("the ledger was made for another consortium")
+    current = trust.open_consortium(recorded, bureau.public_key)
+    if current.nodes.get(me.node_id) != me.key.public_key:
+        raise identity.SetupError(
+            f"epoch {current.epoch} replaced this node's key: it signs nothing any more;"
+            " a replacing node starts from a new directory (docs/consortium.md)"
+        )
+    return current
+
+
+def _epoch_changed(chain: Chain, raw: bytes, endorsements: list[Any]) -> None:
+    """What the API serves and the directory's object follow the epoch in force."""
+    chain.consortium, chain.endorsements = raw, endorsements
+    identity.write_public(chain.directory / identity.CONSORTIUM_FILE, raw)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def no_rotation(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A new epoch is signed by the bureau and endorsed by each node with its own key, a
-    ceremony across organisations; one node cannot run it alone."""
-    if request.path == "/v1/consortium/rotate":
+async def rotation_by_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`POST /v1/consortium/rotate` on a consortium node: one node added or one node's key
+    replaced (`{"node_id", "public_key"}`), signed by the bureau's node and applied by
+    every node at the same log position (`epochs.py`)."""
+    if request.path != "/v1/consortium/rotate" or request.method != "POST":
+        return await handler(request)
+    require_admin(request)
+    chain = request.app[CHAIN]
+    body = await wire.read_body(request, wire.FLAT)
+    if set(body) != {"node_id", "public_key"}:
         raise ChainError(
             Code.BAD_REQUEST,
-            "a consortium node does not rotate on its own: the bureau issues epoch + 1 and"
-            " each node endorses it (docs/consortium.md)",
+            'the body is {"node_id", "public_key": hex}: one node added or its key replaced',
         )
-    return await handler(request)
+    raw = epochs.next_consortium(chain, body["node_id"], body["public_key"])
+    out = await cast(ConsortiumActs, chain.acts).new_epoch(raw, wire.wait_param(request, 60.0))
+    return wire.respond(
+        request,
+        {
+            "chain_id": out["chain_id"],
+            "epoch": out["epoch"],
+            "endorsed_by": len(chain.endorsements),
+            "from_height": chain.engine.blocks.current_from,
+            "consortium": raw if wire.wants_cbor(request) else wire.b64(raw),
+        },
+        status=201,
+    )
 
 
 def start_tasks(chain: Chain) -> Orderer:
@@ -155,7 +206,8 @@ async def serve(
     runner: web.AppRunner | None = None
     try:
         await wait_ready(engine.etcd, 30.0)
-        app = build_app(chain, [no_rotation], VERIFY_LIMIT)
+        # errors outermost too: the consortium's own middlewares refuse with ChainErrors
+        app = build_app(chain, [errors, rotation_by_log, forward.bureau_acts], VERIFY_LIMIT)
         peers.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()

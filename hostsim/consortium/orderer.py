@@ -27,9 +27,10 @@ from typing import Any
 from device.protocol import codec, trust
 from device.protocol.document import format_utc, parse_utc
 from device.protocol.keys import verify
+from hostsim.chain import rotation
 from hostsim.chain.blocks import Block, assemble
 from hostsim.chain.engine import DocumentOutcome
-from hostsim.consortium import housekeeping, peers
+from hostsim.consortium import epochs, housekeeping, peers
 from hostsim.consortium import log as records
 from hostsim.consortium.engine import REV_META, SEQ_META, SIGNED_META, ConsortiumEngine
 from hostsim.consortium.etcd import KV, EtcdError, prefix_end
@@ -72,6 +73,10 @@ class Orderer:
             engine.last_time = str(codec.decode(last.header)["time"])
 
     async def run(self) -> None:
+        while self._joining():
+            await self._from_peers()
+            if self._joining():
+                await asyncio.sleep(1.0)
         while True:
             try:
                 prop = await self._next_proposal(self.engine.seq + 1)
@@ -84,8 +89,18 @@ class Orderer:
                 self.engine.ordering_error = str(exc)[:300]
                 await asyncio.sleep(0.2)
 
+    def _joining(self) -> bool:
+        """A node added or replaced in a later epoch starts with an empty ledger and that
+        epoch's object only: its peers hand it the blocks and epochs before it (the log's
+        earlier proposals are for keys it does not have)."""
+        engine = self.engine
+        if engine.height > 0 or engine.ledger.get_meta(rotation.EPOCHS_META) is not None:
+            return False
+        return trust.open_consortium(engine.members_raw, engine.bureau.public_key).epoch > 1
+
     async def _from_peers(self) -> None:
         self.engine.applying, self.engine.pinned.pinned = False, None
+        self.engine.pending_epoch = None
         try:
             await peers.catch_up(self.engine)
         except (peers.CatchUpFailed, EtcdError) as exc:
@@ -167,6 +182,42 @@ class Orderer:
     # --- applying --------------------------------------------------------------------------
 
     async def _apply(self, prop: records.Proposal) -> None:
+        engine = self.engine
+        docs, acts = await self._admit(prop)
+        meta = {SEQ_META: str(prop.seq).encode(), REV_META: str(prop.end).encode()}
+        txs = list(engine.mempool)
+        block: Block | None = None
+        if txs:
+            block = assemble(
+                engine.chain_id,
+                engine.height + 1,
+                engine.tip_hash,
+                [t.hash for t in txs],
+                prop.time,
+            )
+            block.signatures = await self._finalize(prop, block)
+        # an epoch change: endorsed under the current keys, in force from the next block
+        raw, endorsements = engine.pending_epoch, []
+        first = (block.height if block is not None else engine.height) + 1
+        if raw is not None:
+            endorsements = await epochs.endorse(engine, raw, self.wake)
+            meta.update(epochs.epoch_meta(engine, raw, endorsements, first))
+        if block is not None:
+            await engine.commit(block, txs, meta)
+        else:
+            engine.record_meta(meta)
+        if raw is not None:
+            epochs.switch(engine, raw, endorsements, first)
+            engine.pending_epoch = None
+        engine.seq, engine.rev = prop.seq, prop.end
+        engine.resolve(docs)
+        for key, name, outcome in acts:
+            engine.resolve_act(key, self.acts.final_answer(name, outcome))
+
+    async def _admit(
+        self, prop: records.Proposal
+    ) -> tuple[list[DocumentOutcome], list[tuple[bytes, str, Any]]]:
+        """Admit the proposal's log entries in revision order, the block's time as clock."""
         log = self.keys.log
         kvs = await self.etcd.range(
             log, prefix_end(log), min_create_revision=prop.start + 1, max_create_revision=prop.end
@@ -175,6 +226,7 @@ class Orderer:
         engine = self.engine
         docs: list[DocumentOutcome] = []
         acts: list[tuple[bytes, str, Any]] = []
+        engine.pending_epoch = None
         engine.applying, engine.pinned.pinned = True, float(parse_utc(prop.time))
         try:
             engine.state.expire_held(engine.pinned.now())
@@ -190,24 +242,7 @@ class Orderer:
                     acts.append((kv.key, entry.act, await self.acts.run(entry.act, entry.args)))
         finally:
             engine.applying, engine.pinned.pinned = False, None
-        meta = {SEQ_META: str(prop.seq).encode(), REV_META: str(prop.end).encode()}
-        txs = list(engine.mempool)
-        if txs:
-            block = assemble(
-                engine.chain_id,
-                engine.height + 1,
-                engine.tip_hash,
-                [t.hash for t in txs],
-                prop.time,
-            )
-            block.signatures = await self._finalize(prop, block)
-            await engine.commit(block, txs, meta)
-        else:
-            engine.record_meta(meta)
-        engine.seq, engine.rev = prop.seq, prop.end
-        engine.resolve(docs)
-        for key, name, outcome in acts:
-            engine.resolve_act(key, self.acts.final_answer(name, outcome))
+        return docs, acts
 
     # --- signing and finality --------------------------------------------------------------
 
@@ -231,7 +266,10 @@ class Orderer:
             await self._wait()
 
     def _may_sign(self, prop: records.Proposal, block: Block) -> bool:
-        """At most one header per height; and only for a proposal stamped near now."""
+        """At most one header per height; and only for a proposal stamped near now; never
+        with a key the epoch in force no longer certifies."""
+        if not self.nodes.certified:
+            return False
         signed = self.engine.ledger.get_meta(SIGNED_META)
         if signed is not None:
             height_text, _, hash_hex = signed.decode().partition(":")

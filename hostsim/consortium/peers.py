@@ -26,11 +26,13 @@ from device.protocol import codec, merkle, trust, untrusted
 from device.protocol.document import DocumentError, parse_document
 from device.protocol.keys import verify
 from device.protocol.status import DeviceError
+from hostsim.chain import rotation
 from hostsim.chain.blocks import Block
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.queries import CHAIN
 from hostsim.chain.state import TipState
 from hostsim.chain.tx import Tx, TxType, decode_act, document_tx
+from hostsim.consortium import epochs
 from hostsim.consortium.engine import REV_META, SEQ_META, ConsortiumEngine
 from hostsim.consortium.etcd import EtcdError, prefix_end, read_bounded
 
@@ -98,7 +100,13 @@ async def serve_blocks(request: web.Request) -> web.Response:
                 "txs": [{"type": t.type, "body": t.body} for t in txs],
             }
         )
-    answer = {"seq": engine.seq, "rev": engine.rev, "height": engine.height, "blocks": blocks}
+    answer = {
+        "seq": engine.seq,
+        "rev": engine.rev,
+        "height": engine.height,
+        "blocks": blocks,
+        "epochs": [e.record() for e in rotation.load_epochs(chain.ledger)],
+    }
     return web.Response(body=codec.encode(answer), content_type="application/cbor")
 
 
@@ -163,8 +171,10 @@ async def _fetch(engine: ConsortiumEngine, url: str, start: int) -> dict[str, An
 
 
 async def _write(engine: ConsortiumEngine, answer: dict[str, Any]) -> None:
+    epochs_ = _peer_epochs(engine, answer.get("epochs"))
+    keys = epochs.in_force(epochs_, engine.bureau.public_key, engine.chain_id)
     for entry in answer["blocks"]:
-        block, txs = _checked(engine, entry)
+        block, txs = _checked(engine, entry, epochs.consortium_at(keys, engine.height + 1))
         await engine.commit(block, txs, {}, tip=False)
     # the tip state is rebuilt from the ledger the blocks went into
     engine.state = TipState(
@@ -172,17 +182,59 @@ async def _write(engine: ConsortiumEngine, answer: dict[str, Any]) -> None:
     )
     engine.state.load_held()
     engine.on_state_replaced()
+    answer["_epochs"] = epochs_
+
+
+def _peer_epochs(engine: ConsortiumEngine, value: object) -> list[rotation.Epoch]:
+    """The peer's epoch records; they must hold the consortium this node is in."""
+    if not isinstance(value, list) or not value or len(value) > 1000:
+        raise CatchUpFailed("the answer carries no epoch records")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise CatchUpFailed("an epoch record is not a map")
+        raw, signed, first = (
+            entry.get("consortium"),
+            entry.get("endorsements"),
+            entry.get("from_height"),
+        )
+        if not (isinstance(raw, bytes) and isinstance(signed, list) and type(first) is int):
+            raise CatchUpFailed("an epoch record is malformed")
+        out.append(rotation.Epoch(raw, signed, first))
+    if engine.members_raw not in [e.consortium for e in out]:
+        raise CatchUpFailed("the peer does not know this node's epoch yet")
+    try:
+        epochs.in_force(out, engine.bureau.public_key, engine.chain_id)
+    except ValueError as exc:
+        raise CatchUpFailed(f"epoch records: {str(exc)[:100]}") from None
+    return out
 
 
 def _adopt_watermark(engine: ConsortiumEngine, answer: dict[str, Any]) -> None:
+    """The peer's watermark and epochs, once this node holds the same blocks."""
     if engine.height != answer["height"] or answer["seq"] <= engine.seq:
         return
     engine.seq, engine.rev = answer["seq"], answer["rev"]
-    engine.record_meta({SEQ_META: str(engine.seq).encode(), REV_META: str(engine.rev).encode()})
+    meta = {SEQ_META: str(engine.seq).encode(), REV_META: str(engine.rev).encode()}
+    records: list[rotation.Epoch] = answer["_epochs"]
+    last = records[-1]
+    if last.consortium != engine.members_raw or rotation.load_epochs(engine.ledger) != records:
+        meta.update(
+            {
+                "consortium": last.consortium,
+                rotation.ENDORSEMENTS_META: codec.encode(last.endorsements),
+                rotation.EPOCHS_META: codec.encode([e.record() for e in records]),
+            }
+        )
+    engine.record_meta(meta)
+    if last.consortium != engine.members_raw:
+        epochs.switch(engine, last.consortium, last.endorsements, last.from_height)
     log.info("caught up from a peer to height %d (proposal %d)", engine.height, engine.seq)
 
 
-def _checked(engine: ConsortiumEngine, entry: object) -> tuple[Block, list[Tx]]:
+def _checked(
+    engine: ConsortiumEngine, entry: object, consortium: trust.ConsortiumKeys
+) -> tuple[Block, list[Tx]]:
     if not isinstance(entry, dict):
         raise CatchUpFailed("a block is not a map")
     header_raw, signatures_raw, bodies = (
@@ -207,7 +259,6 @@ def _checked(engine: ConsortiumEngine, entry: object) -> tuple[Block, list[Tx]]:
         engine.tip_hash,
     ):
         raise CatchUpFailed(f"block {engine.height + 1} does not follow this node's tip")
-    consortium = trust.open_consortium(engine.members_raw, engine.bureau.public_key)
     try:
         trust.check_quorum(header, signatures, consortium)
     except DeviceError as exc:

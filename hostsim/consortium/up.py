@@ -177,7 +177,7 @@ def start_node(
     args = [
         *sys_executable(), "hostsim", "chain", "node",
         "--id", node["id"],
-        "--data", str(root / "nodes" / node["id"]),
+        "--data", str(node.get("data") or root / "nodes" / node["id"]),
         "--etcd", ",".join(etcd_urls),
         "--listen", f"127.0.0.1:{node['port']}",
         *(["--training"] if training else []),

@@ -21,7 +21,7 @@ import pytest
 from hostsim.consortium import identity, up
 from tests.shop import http, shop, wait_for
 
-__all__ = ["Cluster", "cluster", "needs_etcd", "shop", "short_retention"]
+__all__ = ["Cluster", "cluster", "needs_etcd", "production", "shop", "short_retention"]
 
 ETCD = shutil.which("etcd")
 
@@ -32,13 +32,19 @@ needs_etcd = pytest.mark.skipif(
 
 class Cluster:
     def __init__(
-        self, root: Path, nodes: int = 4, members: int = 3, node_args: tuple[str, ...] = ()
+        self,
+        root: Path,
+        nodes: int = 4,
+        members: int = 3,
+        node_args: tuple[str, ...] = (),
+        training: bool = True,
     ) -> None:
         assert ETCD is not None
         self.root = root
         self.node_args = node_args
+        self.training = training
         self.plan = up.cluster_plan(root, nodes, members)
-        identity.ceremony(root, [n["id"] for n in self.plan["nodes"]], training=True)
+        identity.ceremony(root, [n["id"] for n in self.plan["nodes"]], training=training)
         self.etcd = {m.name: m for m in up.start_etcd(ETCD, root, self.plan)}
         self.etcd_urls = [m.url for m in self.etcd.values()]
         up.asyncio.run(up._wait_etcd(self.etcd_urls))
@@ -49,6 +55,39 @@ class Cluster:
     @property
     def ids(self) -> list[str]:
         return [n["id"] for n in self.plan["nodes"]]
+
+    def data_dir(self, node_id: str) -> Path:
+        node = next(n for n in self.plan["nodes"] if n["id"] == node_id)
+        return Path(node.get("data") or self.root / "nodes" / node_id)
+
+    def rotate(self, node_id: str, public_key: bytes) -> dict[str, Any]:
+        """Epoch + 1 through the bureau's node: `node_id` added, or its key replaced."""
+        status, answer, _ = http(
+            "POST",
+            f"{self.url('bureau')}/v1/consortium/rotate",
+            {"node_id": node_id, "public_key": public_key.hex()},
+            {"Authorization": f"Bearer {self.token('bureau')}"},
+            timeout=90,
+        )
+        assert status == 201, answer
+        return dict(answer)
+
+    def join(self, node_id: str, directory: Path, consortium: bytes) -> None:
+        """Start a node from a fresh directory (its key made there) certified in the
+        epoch `consortium`; it catches up from its peers. A replacing node takes the
+        replaced one's port (stopped already), a new node a new port."""
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / identity.CONSORTIUM_FILE).write_bytes(consortium)
+        shutil.copyfile(
+            self.data_dir("bureau") / identity.BUREAU_PUBLIC_FILE,
+            directory / identity.BUREAU_PUBLIC_FILE,
+        )
+        known = next((n for n in self.plan["nodes"] if n["id"] == node_id), None)
+        if known is None:
+            known = {"id": node_id, "port": up._free_port()}
+            self.plan["nodes"].append(known)
+        known["data"] = str(directory)
+        self.start_node(node_id)
 
     def url(self, node_id: str) -> str:
         port = next(n["port"] for n in self.plan["nodes"] if n["id"] == node_id)
@@ -64,7 +103,7 @@ class Cluster:
         os.environ.update(env or {})
         try:
             self.nodes[node_id] = up.start_node(
-                self.root, node, self.etcd_urls, training=True, extra=self.node_args
+                self.root, node, self.etcd_urls, training=self.training, extra=self.node_args
             )
         finally:
             os.environ.clear()
@@ -100,11 +139,11 @@ class Cluster:
         return int(wait_for(same, timeout, "every node at the same height"))
 
     def token(self, node_id: str) -> str:
-        return (self.root / "nodes" / node_id / "admin.token").read_text().strip()
+        return (self.data_dir(node_id) / "admin.token").read_text().strip()
 
     def ledger_rows(self, node_id: str) -> list[Any]:
         """Every block and transaction row of a node's ledger, as stored."""
-        path = self.root / "nodes" / node_id / "ledger.sqlite"
+        path = self.data_dir(node_id) / "ledger.sqlite"
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             return [
@@ -115,7 +154,7 @@ class Cluster:
             db.close()
 
     def evidence(self, node_id: str) -> list[Any]:
-        path = self.root / "nodes" / node_id / "ledger.sqlite"
+        path = self.data_dir(node_id) / "ledger.sqlite"
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             return db.execute("SELECT height, node_id FROM node_evidence").fetchall()
@@ -130,7 +169,7 @@ class Cluster:
                 "chain",
                 "verify",
                 "--data",
-                str(self.root / "nodes" / node_id),
+                str(self.data_dir(node_id)),
             ],
             capture_output=True,
             text=True,
@@ -147,6 +186,16 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path / "consortium")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def production(tmp_path: Path) -> Iterator[Cluster]:
+    """A production (non-training) consortium: only the bureau's node holds its key."""
+    c = Cluster(tmp_path / "consortium", training=False)
     try:
         yield c
     finally:
