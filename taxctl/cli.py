@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,9 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return exits.USAGE
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not in the exit's flush
+        return code
     except KeyboardInterrupt:
         return exits.INTERRUPTED
+    except BrokenPipeError:
+        # `taxctl ... | head`: the reader is gone. Point stdout at /dev/null so that the
+        # interpreter's own flush at exit finds nowhere to fail, instead of a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exits.OUTPUT_CLOSED
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ STATE = 4
 NOT_YET_UPLOADED = 5
 PORT_GONE = 6
 INTERRUPTED = 130
+OUTPUT_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 # `taxctl verify`'s own names for the shared numbers.
 AUTHENTIC, NOT_AUTHENTIC, CLAIMED, NO_ANSWER = OK, REFUSED, LINK, STATE
@@ -50,6 +51,11 @@ TABLE = (
         "the serial port does not exist, or went away while the printer was serving it",
     ),
     Exit(INTERRUPTED, "INTERRUPTED", "interrupted (Ctrl-C)"),
+    Exit(
+        OUTPUT_CLOSED,
+        "OUTPUT_CLOSED",
+        "whatever read the output stopped reading (a pager or `head` quit)",
+    ),
 )
 
 

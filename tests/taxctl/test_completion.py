@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from taxctl_base import exits
 from tests.helpers import run_taxctl
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bash_completion_names_the_subcommands() -> None:
@@ -40,3 +46,19 @@ def test_other_shells(shell: str) -> None:
 def test_an_unknown_shell_is_a_usage_error() -> None:
     out = run_taxctl("completion", "fish")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """`taxctl completion bash | head -1`: the command ends with the documented exit code and
+    says nothing on stderr (it printed a BrokenPipeError traceback)."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "taxctl", "completion", "bash"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader goes away before the interpreter has even started
+        stderr = proc.stderr.read()
+        assert proc.wait(30) == exits.OUTPUT_CLOSED, stderr
+    assert stderr == b""
