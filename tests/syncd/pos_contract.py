@@ -10,45 +10,25 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 from syncd import refusals
+from tests import openapi
+from tests.openapi import strict
 
-SPEC = Path(__file__).resolve().parents[2] / "docs" / "pos-openapi.yaml"
-DOC: dict[str, Any] = yaml.safe_load(SPEC.read_text())
-METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+SPEC, DOC = openapi.load("pos-openapi.yaml")
 MAX_RECORDED = 5000  # answers kept per test: far more than any test makes; bounds memory
 
 
 def resolve(node: Any) -> Any:
-    """`node` with every local $ref replaced by what it names (the document has no cycles)."""
-    if isinstance(node, dict):
-        if "$ref" in node:
-            target: Any = DOC
-            for part in node["$ref"].removeprefix("#/").split("/"):
-                target = target[part]
-            return resolve(target)
-        return {k: resolve(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [resolve(v) for v in node]
-    return node
+    return openapi.resolve(DOC, node)
 
 
-def operations() -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for path, item in DOC["paths"].items():
-        for method, op in item.items():
-            if method in METHODS:
-                yield method.upper(), path, resolve(op)
-
-
-OPERATIONS = {(method, path): op for method, path, op in operations()}
+OPERATIONS = openapi.operations(DOC)
 ERROR = resolve(DOC["components"]["schemas"]["Error"])
 
 
@@ -65,14 +45,6 @@ def template_of(path: str) -> str | None:
         if pattern.fullmatch(path):
             return template
     return None
-
-
-def strict(schema: Any) -> Any:
-    """tests/hostsim/chain/test_openapi.py's strict(), imported when first needed (that module
-    loads schemathesis, which a conftest should not do at start)."""
-    from tests.hostsim.chain.test_openapi import strict as chain_strict
-
-    return chain_strict(schema)
 
 
 @cache

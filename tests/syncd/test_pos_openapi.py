@@ -19,6 +19,7 @@ from syncd import refusals
 from syncd.api import ApiContext, PosApi
 from syncd.idempotency import IdempotencyStore
 from syncd.metrics import CONTENT_TYPE, SyncdMetrics
+from tests import openapi
 from tests.syncd.pos_contract import DOC, OPERATIONS, Answer, problem
 
 
@@ -50,16 +51,10 @@ def test_error_codes_are_the_refusals() -> None:
     # each response's x-error-codes come with its status, and together they list every
     # code of that status (405 is for every path, so in the description, not an operation)
     listed: dict[int, set[str]] = defaultdict(set)
-    for (method, path), op in OPERATIONS.items():
-        for status, response in op["responses"].items():
-            codes = response.get("x-error-codes")
-            if int(status) < 400:
-                assert codes is None, (method, path, status)
-                continue
-            assert codes, f"{method} {path} {status} lists no x-error-codes"
-            for code in codes:
-                assert int(status) in refusals.http_statuses(code), (method, path, status, code)
-            listed[int(status)].update(codes)
+    for method, path, status, codes in openapi.error_codes(OPERATIONS):
+        for code in codes:
+            assert status in refusals.http_statuses(code), (method, path, status, code)
+        listed[status].update(codes)
     by_status: dict[int, set[str]] = defaultdict(set)
     for code in refusals.ERROR_CODES:
         for status in refusals.http_statuses(code):

@@ -21,7 +21,6 @@ import cbor2
 import pytest
 import requests
 import schemathesis
-import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, settings
@@ -42,11 +41,10 @@ from hostsim.chain.errors import STATUS, Code
 from hostsim.chain.faults import Faults, Listener, admin_app
 from hostsim.chain.node import Chain
 from hostsim.chain.ratelimit import RateLimit
+from tests import openapi
 from tests.hostsim.chain.conftest import BUYER_TAX_ID, Api, DeviceSim, b64, resign
 
-SPEC = Path(__file__).resolve().parents[3] / "docs" / "chain-openapi.yaml"
-DOC: dict[str, Any] = yaml.safe_load(SPEC.read_text())
-METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+SPEC, DOC = openapi.load("chain-openapi.yaml")
 CBOR = wire.CBOR
 JSON_TYPE = {"Content-Type": "application/json"}
 OTHER_TAX_ID = "91110108MA01ABCD2H"
@@ -56,62 +54,11 @@ OTHER_TAX_ID = "91110108MA01ABCD2H"
 
 
 def resolve(node: Any) -> Any:
-    """`node` with every local $ref replaced by what it names (the document has no cycles)."""
-    if isinstance(node, dict):
-        if "$ref" in node:
-            target: Any = DOC
-            for part in node["$ref"].removeprefix("#/").split("/"):
-                target = target[part]
-            return resolve(target)
-        return {k: resolve(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [resolve(v) for v in node]
-    return node
+    return openapi.resolve(DOC, node)
 
 
-def operations() -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for path, item in DOC["paths"].items():
-        for method, op in item.items():
-            if method in METHODS:
-                yield method.upper(), path, resolve(op)
-
-
-OPERATIONS = {(method, path): op for method, path, op in operations()}
-
-
-def merged(schemas: list[dict[str, Any]]) -> dict[str, Any]:
-    """allOf's branches as one object schema (properties merged, deeply)."""
-    out: dict[str, Any] = {}
-    for s in schemas:
-        s = merged(s["allOf"]) if "allOf" in s else s
-        for key, value in s.items():
-            if key == "properties" and key in out:
-                props = dict(out[key])
-                for name, sub in value.items():
-                    props[name] = merged([props[name], sub]) if name in props else sub
-                out[key] = props
-            elif key == "required" and key in out:
-                out[key] = sorted({*out[key], *value})
-            else:
-                out.setdefault(key, value)
-    return out
-
-
-def strict(schema: Any) -> Any:
-    """The schema with `additionalProperties: false` wherever it lists properties and says
-    nothing else: the document stays open to additions, the test catches undocumented ones."""
-    if not isinstance(schema, dict):
-        return schema
-    if "allOf" in schema:
-        schema = merged([{k: v for k, v in schema.items() if k != "allOf"}, *schema["allOf"]])
-    out = {k: strict(v) if k in ("items", "additionalProperties") else v for k, v in schema.items()}
-    if "properties" in schema:
-        out["properties"] = {k: strict(v) for k, v in schema["properties"].items()}
-        out.setdefault("additionalProperties", False)
-    for key in ("oneOf", "anyOf"):
-        if key in schema:
-            out[key] = [strict(s) for s in schema[key]]
-    return out
+OPERATIONS = openapi.operations(DOC)
+merged, strict = openapi.merged, openapi.strict
 
 
 def json_shape(value: Any, schema: dict[str, Any]) -> Any:
@@ -199,15 +146,9 @@ async def test_document_names_exactly_the_routes(chain: Chain) -> None:
 def test_error_codes_and_limits_match_the_code() -> None:
     enum = DOC["components"]["schemas"]["ErrorCode"]["enum"]
     assert sorted(enum) == sorted(c.value for c in Code)
-    for (method, path), op in OPERATIONS.items():
-        for status, response in op["responses"].items():
-            codes = response.get("x-error-codes")
-            if int(status) < 400:
-                assert codes is None, (method, path, status)
-                continue
-            assert codes, f"{method} {path} {status} lists no x-error-codes"
-            for code in codes:
-                assert STATUS.get(Code(code), 400) == int(status), (method, path, status, code)
+    for method, path, status, codes in openapi.error_codes(OPERATIONS):
+        for code in codes:
+            assert STATUS.get(Code(code), 400) == status, (method, path, status, code)
     body = OPERATIONS[("POST", "/v1/documents")]["requestBody"]["content"]
     assert body["application/json"]["schema"]["properties"]["documents"]["maxItems"] == (
         wire.MAX_BATCH
