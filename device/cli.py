@@ -19,13 +19,16 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device import serial_flags
 from device.protocol.status import DeviceError, Status
 from device.protocol.untrusted import shown
 from taxctl_base import exits
 from taxctl_base.version import add_version
+
+if TYPE_CHECKING:
+    from device.limits import Limits
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_LINK, EXIT_STATE = (
     exits.REFUSED,
@@ -196,9 +199,21 @@ def _setup_logging() -> None:
     )
 
 
+def _offline_limits(args: argparse.Namespace) -> Limits | None:
+    """--offline-seconds / --offline-amount over the defaults; None: neither was given."""
+    from device.limits import Limits
+
+    if args.offline_seconds is None and args.offline_amount is None:
+        return None
+    base = Limits()
+    return Limits(
+        args.offline_seconds if args.offline_seconds is not None else base.offline_seconds,
+        args.offline_amount if args.offline_amount is not None else base.offline_amount,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from device import app
-    from device.limits import Limits
     from device.settings import SettingsError
     from device.signer import KeyFileError
     from device.transport import PortError
@@ -207,13 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_clock_step is not None and args.max_clock_step < 1:
         print("taxctl device run: --max-clock-step is at least 1 second", file=sys.stderr)
         return EXIT_USAGE
-    limits = None
-    if args.offline_seconds is not None or args.offline_amount is not None:
-        base = Limits()
-        limits = Limits(
-            args.offline_seconds if args.offline_seconds is not None else base.offline_seconds,
-            args.offline_amount if args.offline_amount is not None else base.offline_amount,
-        )
+    limits = _offline_limits(args)
     try:
         rates = frozenset(int(r) for r in args.tax_rates.split(",")) if args.tax_rates else None
         bureau = bytes.fromhex(args.bureau_key) if args.bureau_key else None

@@ -267,6 +267,11 @@ class DeviceLink:
             self._set_error(f"handshake failed: {exc}")
             await self._drop(client)
             return None
+        self._went_online(info, status)
+        return client
+
+    def _went_online(self, info: DeviceInfo, status: DeviceStatus) -> None:
+        """A handshake succeeded: the link is online with this device, and says so."""
         previous = self.device_id
         self._info = info
         self.device_id = info.device_id
@@ -297,7 +302,6 @@ class DeviceLink:
             "can issue" if status.can_issue else "blocked: " + ", ".join(status.blocking),
         )
         self._notify()
-        return client
 
     async def _watch(self, client: DeviceClient, stop: asyncio.Event) -> None:
         next_beat = time.monotonic() + self.heartbeat_interval()
