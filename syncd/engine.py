@@ -77,6 +77,7 @@ class SyncSettings:
     fetch_max_bytes: int = default("sync.fetch_max_bytes")
     fetch_ahead: int = default("sync.fetch_ahead")
     poll_interval: float = default("sync.poll_interval")
+    gather: float = default("sync.gather")
     backoff_initial: float = default("sync.backoff_initial")
     backoff_max: float = default("sync.backoff_max")
     reject_retries: int = default("sync.reject_retries")
@@ -176,6 +177,7 @@ class DeviceSync:
             if not self.link.online:
                 await until(self.link.came_online, stop)
                 continue
+            self._wake.clear()  # a sale from now on is one this round may miss: it wakes the next
             try:
                 end = await self.drain(stop)
             except (LinkError, LinkDown):
@@ -237,9 +239,16 @@ class DeviceSync:
             if due is not None:
                 delay = min(delay, max(s.backoff_max, due - self.clock()))
             self.parked_until = self.clock() + delay
-        self._wake.clear()
-        await until(stop, self._wake, timeout=delay)
+        if end != RoundEnd.CAUGHT_UP:
+            self._wake.clear()  # sales during a failed round do not cut its backoff short
+        woken = await until(stop, self._wake, timeout=delay)
         self.parked_until = None
+        if woken and end == RoundEnd.CAUGHT_UP and s.gather > 0:
+            # A sale woke a round that had caught up: the sales of the next moment go with
+            # it (one FETCH, one submission, one receipt for several), as a group commit
+            # does for fsyncs. Alone, each sale paid a whole round on the line, in syncd
+            # and on the chain, and the sales behind it waited for that CPU.
+            await until(stop, timeout=s.gather)
 
     # --- one round ---------------------------------------------------------------------------
 

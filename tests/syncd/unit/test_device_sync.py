@@ -123,3 +123,51 @@ async def test_a_receipt_the_device_refuses_is_reported_not_synced(tmp_path: Pat
         labels = {k[0] for k in sync.metrics.chain_errors.values}
         assert any(label.startswith("ACK_") for label in labels), labels
         assert Status.OK.name not in labels
+
+
+async def test_a_sale_during_a_round_is_synced_without_waiting_for_the_poll(
+    tmp_path: Path,
+) -> None:
+    """The API wakes the engine after each sale. A wake that came while a round was already
+    past its FETCH was cleared when the round ended, so that sale waited a whole poll
+    interval (a second by default; a minute here)."""
+    async with memory_printer(tmp_path) as printer:
+        await issue(printer, 1)
+        chain = MemoryChain()
+        slow_poll = SyncSettings(poll_interval=60, gather=0, backoff_initial=0.01)
+        sync = engine(printer, chain, tmp_path, settings=slow_poll)
+        original = chain.submit
+
+        async def submit_and_sell(documents: list[bytes]) -> list[SubmitResult]:
+            if chain.submissions == []:  # the first round has fetched its page: a sale now
+                await issue(printer, 1)
+                sync.wake()
+            return await original(documents)
+
+        chain.submit = submit_and_sell  # type: ignore[method-assign]
+        await synced(sync, 2, seconds=5)
+        assert len(chain.receipts) == 2
+
+
+async def test_a_woken_round_takes_the_sales_of_the_next_moment_along(tmp_path: Path) -> None:
+    """sync.gather: after a wake, the round waits that long, so sales arriving together
+    go to the chain in one submission rather than one each."""
+    async with memory_printer(tmp_path) as printer:
+        chain = MemoryChain()
+        gathering = SyncSettings(poll_interval=60, gather=0.3, backoff_initial=0.01)
+        sync = engine(printer, chain, tmp_path, settings=gathering)
+        stop = asyncio.Event()
+        task = asyncio.create_task(sync.run(stop))
+        try:
+            async with asyncio.timeout(5):
+                while sync.rounds < 1:  # the first round found nothing and went to sleep
+                    await asyncio.sleep(0.01)
+                for _ in range(3):  # three sales, each waking the engine as the API does
+                    await issue(printer, 1)
+                    sync.wake()
+                while sync.link.synced_through < 3:
+                    await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+        assert chain.submissions == [3]
