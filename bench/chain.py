@@ -66,23 +66,29 @@ def make_documents(
 
 
 async def drive(
-    url: str, devices: list[tuple[bytes, list[bytes], list[bytes]]], batch: int
+    urls: list[str],
+    devices: list[tuple[bytes, list[bytes], list[bytes]]],
+    batch: int,
+    params: dict[str, str] = COMPACT,
+    timeout: float = 120,
 ) -> dict[str, float]:
+    """Register every device at the first URL, then each device submits its documents in
+    batches to a URL of its own (round robin), all devices at once."""
     headers = {"Content-Type": "application/cbor", "Accept": "application/cbor"}
     latencies: list[float] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         for cert, segments, _ in devices:
             body = cbor2.dumps({"certificate": cert, "segments": segments})
-            async with session.post(f"{url}/v1/devices", data=body, headers=headers) as resp:
+            async with session.post(f"{urls[0]}/v1/devices", data=body, headers=headers) as resp:
                 assert resp.status == 201, await resp.text()
 
-        async def one_device(docs: list[bytes]) -> int:
+        async def one_device(url: str, docs: list[bytes]) -> int:
             committed = 0
             for start in range(0, len(docs), batch):
                 t0 = time.perf_counter()
                 body = cbor2.dumps({"documents": docs[start : start + batch]})
                 async with session.post(
-                    f"{url}/v1/documents", data=body, headers=headers, params=COMPACT
+                    f"{url}/v1/documents", data=body, headers=headers, params=params
                 ) as resp:
                     assert resp.status == 200, await resp.text()
                     result = cbor2.loads(await resp.read())
@@ -91,7 +97,9 @@ async def drive(
             return committed
 
         started = time.perf_counter()
-        counts = await asyncio.gather(*(one_device(docs) for _, _, docs in devices))
+        counts = await asyncio.gather(
+            *(one_device(urls[i % len(urls)], d[2]) for i, d in enumerate(devices))
+        )
         elapsed = time.perf_counter() - started
     latencies.sort()
     return {
@@ -119,7 +127,7 @@ def main() -> None:
             command += ["--workers", str(args.workers)]
         chain = spawn(command)
         try:
-            figures = asyncio.run(drive(chain.ready["url"], devices, args.batch))
+            figures = asyncio.run(drive([chain.ready["url"]], devices, args.batch))
         finally:
             chain.stop()
     rate = figures["committed"] / figures["seconds"]

@@ -26,18 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import cbor2
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import chain as chain_bench
 from bench.chain import COMPACT, make_documents
 from hostsim.consortium import identity, up
 from hostsim.consortium.etcd import Etcd
 from tests.helpers import spawn
 
 Device = tuple[bytes, list[bytes], list[bytes]]
-HEADERS = {"Content-Type": "application/cbor", "Accept": "application/cbor"}
 # compact receipts as syncd asks, and the longest wait the API allows, so a batch is
 # answered committed rather than pending while the chain is busy
 PARAMS = {**COMPACT, "wait": "30"}
@@ -66,39 +63,8 @@ def _children(pid: int) -> list[int]:
 
 
 async def drive(urls: list[str], devices: list[Device], batch: int) -> dict[str, float]:
-    latencies: list[float] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
-        for cert, segments, _ in devices:
-            body = cbor2.dumps({"certificate": cert, "segments": segments})
-            async with session.post(f"{urls[0]}/v1/devices", data=body, headers=HEADERS) as resp:
-                assert resp.status == 201, await resp.text()
-
-        async def one_device(url: str, docs: list[bytes]) -> int:
-            committed = 0
-            for start in range(0, len(docs), batch):
-                t0 = time.perf_counter()
-                body = cbor2.dumps({"documents": docs[start : start + batch]})
-                async with session.post(
-                    f"{url}/v1/documents", data=body, headers=HEADERS, params=PARAMS
-                ) as resp:
-                    assert resp.status == 200, await resp.text()
-                    result = cbor2.loads(await resp.read())
-                latencies.append(time.perf_counter() - t0)
-                committed += sum(r["status"] == "committed" for r in result["results"])
-            return committed
-
-        started = time.perf_counter()
-        counts = await asyncio.gather(
-            *(one_device(urls[i % len(urls)], d[2]) for i, d in enumerate(devices))
-        )
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "committed": sum(counts),
-        "seconds": elapsed,
-        "batch_p50_ms": 1000 * latencies[len(latencies) // 2],
-        "batch_p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
-    }
+    """bench/chain.py's load, waiting longer for finality (a block needs 2f+1 nodes)."""
+    return await chain_bench.drive(urls, devices, batch, params=PARAMS, timeout=300)
 
 
 async def etcd_ceiling(urls: list[str], writers: int, value_bytes: int, seconds: float) -> float:
