@@ -23,8 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hostsim.chaos.check import Verifier, check_devices, check_ledger, summary
+from hostsim.chaos.check import Verifier, check_ledger, summary
 from hostsim.chaos.monkey import Fault, Strike
+from hostsim.chaos.run import play
 from hostsim.chaos.world import ChaosSettings, World
 from hostsim.consortium import identity, up
 from taxctl_base.processes import Child
@@ -148,19 +149,8 @@ def run_consortium_chaos(
 ) -> dict[str, Any]:
     binary = etcd_bin or shutil.which("etcd") or "/usr/bin/etcd"
     world = ConsortiumWorld(settings, binary)
-    started = time.monotonic()
-    try:
-        world.start()
-        world.run()
-        chaos_seconds = time.monotonic() - started
-        tills = world.settle()
-        world.stop_shop()
-        verdict = check_devices(
-            settings.root, world.chain_url, world.device_ids, world.acks, verifier
-        )
-        height = world.wait_same_height()
-    finally:
-        world.stop()
+    played = play(world, verifier, world.wait_same_height)
+    verdict, tills, chaos_seconds = played.verdict, played.tills, played.chaos_seconds
     rows = [ledger_rows(world.base / "nodes" / n["id"]) for n in world.plan["nodes"]]
     identical = all(r == rows[0] for r in rows)
     ledgers = []
@@ -179,7 +169,7 @@ def run_consortium_chaos(
             "devices": settings.devices,
             "sales": tills.get("sales"),
             "gave_up": tills.get("gave_up"),
-            "height": height,
+            "height": played.before_stop,
             "ledgers_identical": identical,
             "strikes": dict(sorted(world.log.strikes.items())),
             "seed": settings.seed,

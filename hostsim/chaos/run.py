@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from hostsim.chaos.check import Verifier, check_devices, check_ledger, summary
+from hostsim.chaos.check import Verdict, Verifier, check_devices, check_ledger, summary
 from hostsim.chaos.world import ChaosSettings, World
 
 
-def run_chaos(settings: ChaosSettings, verifier: Verifier | None = None) -> dict[str, Any]:
-    world = World(settings)
+@dataclass
+class Played:
+    verdict: Verdict
+    tills: dict[str, Any]
+    chaos_seconds: float
+    before_stop: object = None  # what `before_stop` returned
+
+
+def play(
+    world: World,
+    verifier: Verifier | None,
+    before_stop: Callable[[], object] | None = None,
+) -> Played:
+    """Start the world, run the chaos, let the tills settle and check every device against
+    the chain; `before_stop` runs while the chain is still up. The world is stopped
+    whatever happens."""
     started = time.monotonic()
     try:
         world.start()
@@ -19,10 +35,18 @@ def run_chaos(settings: ChaosSettings, verifier: Verifier | None = None) -> dict
         tills = world.settle()
         world.stop_shop()
         verdict = check_devices(
-            settings.root, world.chain_url, world.device_ids, world.acks, verifier
+            world.settings.root, world.chain_url, world.device_ids, world.acks, verifier
         )
+        extra = before_stop() if before_stop is not None else None
     finally:
         world.stop()
+    return Played(verdict, tills, chaos_seconds, extra)
+
+
+def run_chaos(settings: ChaosSettings, verifier: Verifier | None = None) -> dict[str, Any]:
+    world = World(settings)
+    played = play(world, verifier)
+    verdict, tills, chaos_seconds = played.verdict, played.tills, played.chaos_seconds
     check_ledger(verdict, settings.root / "chain")
     kills = sum(n for fault, n in world.log.strikes.items() if fault.startswith("kill_"))
     return summary(
