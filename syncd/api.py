@@ -359,30 +359,35 @@ class PosApi:
         if command not in (Command.ISSUE, Command.CREDIT) and set(body) - {"device"}:
             raise ApiError.of(ApiCode.BAD_REQUEST, 'a report takes no fields but "device"')
         selector = body.pop("device", None)
-        earlier = await asyncio.to_thread(self.ctx.store.find, key) if header else None
+        # Only a credit note looks its key up first: a retry must not be checked again
+        # against the chain. Any other sale claims at once; the claim itself says when the
+        # key was stored before, and for which printer.
+        earlier = None
+        if header and command == Command.CREDIT:
+            earlier = await asyncio.to_thread(self.ctx.store.find, key)
         if earlier is not None and selector is None:
             device = self._device(None, prefer_id=earlier.device_id)
         else:
             device = self._device(selector)
-        link = device.link
-        client = self._client(link)
-        device_id = link.device_id or "?"
-        self._check_not_rolled_back(link, key_headers)
+        link, client = self._ready(device, key_headers)
         if command == Command.CREDIT and earlier is None:
             await self._check_credit(link, client, body)
-        try:
-            asked = ClaimRequest(
-                key,
-                route,
-                device_id,
-                int(command),
-                body,
-                client.new_request_id(),
-                selector is not None,
-            )
-            claim = await self.ctx.store.group.claim(asked)  # with others in flight: one fsync
-        except KeyReused as exc:
-            raise ApiError.of(ApiCode.IDEMPOTENCY_KEY_REUSED, exc.reason) from None
+        asked = ClaimRequest(
+            key,
+            route,
+            link.device_id or "?",
+            int(command),
+            body,
+            client.new_request_id(),
+            selector is not None,
+        )
+        claim = await self._claim(asked)
+        if claim.device_id != asked.device_id:
+            # A retry of a sale first sent, with no printer named, to another printer: it
+            # goes to that one again, under the request id stored with the key.
+            device = self._device(None, prefer_id=claim.device_id)
+            link, client = self._ready(device, key_headers)
+        device_id = claim.device_id
         response = await self._send(client, claim, key_headers, device_id)
         result = self._issued(link, response, paper)
         if type(result.get("counter")) is int:
@@ -405,6 +410,19 @@ class PosApi:
         # 201 for a document issued now, 200 for the same document given again
         status = 201 if claim.fresh else 200
         return web.json_response(result, status=status, headers=key_headers, dumps=_dumps)
+
+    def _ready(self, device: Attachment, key_headers: dict[str, str]) -> tuple[DeviceLink, Any]:
+        """The printer's link and client, if it is attached and not rolled back."""
+        link = device.link
+        client = self._client(link)
+        self._check_not_rolled_back(link, key_headers)
+        return link, client
+
+    async def _claim(self, asked: ClaimRequest) -> Claim:
+        try:
+            return await self.ctx.store.group.claim(asked)  # with others in flight: one fsync
+        except KeyReused as exc:
+            raise ApiError.of(ApiCode.IDEMPOTENCY_KEY_REUSED, exc.reason) from None
 
     async def _send(
         self, client: Any, claim: Claim, key_headers: dict[str, str], device_id: str
