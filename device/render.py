@@ -73,6 +73,8 @@ def display_width(text: str) -> int:
 
 
 def fit(text: str, width: int) -> str:
+    if text.isascii():
+        return text[: max(width, 0)]
     out, used = [], 0
     for char in text:
         w = display_width(char)
