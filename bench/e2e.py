@@ -14,7 +14,12 @@ pty and nothing else), so that what the POS path costs is a ratio from the
 same run: issued_per_s / printer_alone_per_s. Where the time goes: the CPU
 per sale of each process (chain, printer, syncd, the tills) over the window.
 
+With `--load wrk` the sales come from wrk (bench/wrkload.py) instead of the Python
+tills: the same path, without the load generator's own CPU taking the cores the
+system needs (flat out only; the tills' figures stay the default).
+
     python bench/e2e.py [--seconds 20] [--devices 1] [--concurrency 16] [--rate 0]
+                        [--load tills|wrk]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import wrkload
 from bench.ceilings import (
     ed25519_sign_rate,
     ed25519_verify_rate,
@@ -113,13 +119,81 @@ def wait_synced(api: str, targets: dict[str, int], timeout: float) -> float:
     return time.perf_counter()
 
 
+def cpu_now(pids: dict[str, int]) -> dict[str, float | None]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def tills_window(
+    api: str, ids: list[str], args: argparse.Namespace, pids: dict[str, int]
+) -> dict[str, Any]:
+    """The measured window with the Python tills: sales, figures and what must be synced."""
+    warm = sell(api, ids, 200, args.concurrency, 0.0, seed=1)
+    # Flat out, the window is a count sized from the warm-up's pace.
+    pace = args.rate or len(warm.acknowledged) / warm.elapsed
+    count = max(int(pace * args.seconds), 100)
+    cpu_before = cpu_now(pids)
+    load_before = cpu_seconds(os.getpid())
+    start = time.perf_counter()
+    report = sell(api, ids, count, args.concurrency, args.rate, seed=2)
+    elapsed = time.perf_counter() - start
+    load_after = cpu_seconds(os.getpid())
+    targets = {device_id: 0 for device_id in ids}
+    for ack in warm.acknowledged + report.acknowledged:
+        targets[ack.device_id] = max(targets[ack.device_id], ack.counter)
+    summary = report.summary()
+    load_cpu = None if load_before is None or load_after is None else load_after - load_before
+    return {
+        "cpu_before": cpu_before,
+        "warm_up": len(warm.acknowledged),
+        "start": start,
+        "elapsed": elapsed,
+        "acknowledged": len(report.acknowledged),
+        "sales": summary["sales"],
+        "refused": summary["refused"],
+        "latency_ms": summary["latency_ms"],
+        "targets": targets,
+        "load_cpu_s": load_cpu,
+    }
+
+
+def wrk_window(
+    api: str, ids: list[str], args: argparse.Namespace, pids: dict[str, int], root: Path
+) -> dict[str, Any]:
+    """The measured window with wrk as the tills (flat out, `--seconds` long)."""
+    warm = sell(api, ids, 200, args.concurrency, 0.0, seed=1)  # the tills' warm-up
+    cpu_before = cpu_now(pids)
+    start = time.perf_counter()
+    figures = wrkload.sell(api, ids, args.seconds, args.concurrency, root)
+    elapsed = figures["duration_us"] / 1e6
+    statuses = figures["statuses"]
+    refused = {code: n for code, n in statuses.items() if code != "201"}
+    return {
+        "cpu_before": cpu_before,
+        "warm_up": len(warm.acknowledged),
+        "start": start,
+        "elapsed": elapsed,
+        "acknowledged": statuses.get("201", 0),
+        "sales": figures["requests"],
+        "refused": refused,
+        "latency_ms": {
+            name: round(figures[f"{name}_us"] / 1000, 2) for name in ("p50", "p90", "p99", "max")
+        },
+        "targets": {device_id: figures["highest"].get(device_id, 0) for device_id in ids},
+        "distinct_documents": figures["distinct_documents"],
+        "load_cpu_s": figures["cpu_s"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window")
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=16, help="tills selling at once")
     parser.add_argument("--rate", type=float, default=0.0, help="sales/s (0: flat out)")
+    parser.add_argument("--load", choices=("tills", "wrk"), default="tills", help="who sells")
     args = parser.parse_args()
+    if args.load == "wrk" and (args.rate or wrkload.available() is None):
+        parser.error("--load wrk sells flat out and needs wrk installed (apt install wrk)")
 
     with tempfile.TemporaryDirectory(prefix="taxctl-bench-e2e-") as tmp:
         root = Path(tmp)
@@ -132,50 +206,57 @@ def main() -> None:
         alone = printer_alone(root / "alone", args.concurrency, min(args.seconds, 5.0))
         children, api, ids = start_shop(root, args.devices)
         try:
-            warm = sell(api, ids, 200, args.concurrency, 0.0, seed=1)
-            # Flat out, the window is a count sized from the warm-up's pace.
-            pace = args.rate or len(warm.acknowledged) / warm.elapsed
-            count = max(int(pace * args.seconds), 100)
             pids = {child.name: child.proc.pid for child in children}
-            pids["tills"] = os.getpid()
-            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            start = time.perf_counter()
-            report = sell(api, ids, count, args.concurrency, args.rate, seed=2)
-            issued_at = time.perf_counter()
+            if args.load == "wrk":
+                run = wrk_window(api, ids, args, pids, root)
+            else:
+                run = tills_window(api, ids, args, pids)
+            after = cpu_now(pids)
             cpu = {
-                name: _used(cpu_before[name], cpu_seconds(pid), len(report.acknowledged))
-                for name, pid in pids.items()
+                name: _used(run["cpu_before"][name], after[name], run["acknowledged"])
+                for name in pids
             }
-            targets = {device_id: 0 for device_id in ids}
-            for ack in warm.acknowledged + report.acknowledged:
-                targets[ack.device_id] = max(targets[ack.device_id], ack.counter)
-            synced_at = wait_synced(api, targets, timeout=300)
+            cpu[args.load] = _used(0.0, run["load_cpu_s"], run["acknowledged"])
+            synced_at = wait_synced(api, run["targets"], timeout=300)
         finally:
             for child in reversed(children):
                 child.stop()
-        summary = report.summary()
-        acknowledged = len(report.acknowledged)
-        print(
-            json.dumps(
-                {
-                    "benchmark": "e2e",
-                    "devices": args.devices,
-                    "concurrency": args.concurrency,
-                    "rate_asked": args.rate,
-                    "sales": summary["sales"],
-                    "refused": summary["refused"],
-                    "issued_per_s": round(acknowledged / (issued_at - start), 1),
-                    "synced_per_s": round(acknowledged / (synced_at - start), 1),
-                    "last_synced_after_last_issued_s": round(synced_at - issued_at, 3),
-                    "issue_latency_ms": summary["latency_ms"],
-                    # Where the time goes: CPU per sale of each process (µs), in the window.
-                    "cpu_us_per_sale": cpu,
-                    "printer_alone_per_s": alone,
-                    "vs_printer_alone": round(acknowledged / (issued_at - start) / alone, 3),
-                    "ceilings": ceilings,
-                }
-            )
-        )
+        print(json.dumps(report(args, run, cpu, synced_at, alone, ceilings)))
+
+
+def report(
+    args: argparse.Namespace,
+    run: dict[str, Any],
+    cpu: dict[str, float | None],
+    synced_at: float,
+    alone: float,
+    ceilings: dict[str, int],
+) -> dict[str, Any]:
+    acknowledged, start, elapsed = run["acknowledged"], run["start"], run["elapsed"]
+    issued_per_s = acknowledged / elapsed
+    return {
+        "benchmark": "e2e",
+        "load": args.load,
+        "devices": args.devices,
+        "concurrency": args.concurrency,
+        "rate_asked": args.rate,
+        "warm_up_acknowledged": run["warm_up"],
+        "sales": run["sales"],
+        "acknowledged": acknowledged,
+        "refused": run["refused"],
+        "issued_per_s": round(issued_per_s, 1),
+        "synced_per_s": round(acknowledged / (synced_at - start), 1),
+        "last_synced_after_last_issued_s": round(synced_at - start - elapsed, 3),
+        "issue_latency_ms": run["latency_ms"],
+        "last_counters": run["targets"],
+        # wrk's: the documents its 201 answers named, each counted once
+        "distinct_documents": run.get("distinct_documents"),
+        # Where the time goes: CPU per sale of each process (us), in the window.
+        "cpu_us_per_sale": cpu,
+        "printer_alone_per_s": alone,
+        "vs_printer_alone": round(issued_per_s / alone, 3),
+        "ceilings": ceilings,
+    }
 
 
 if __name__ == "__main__":
