@@ -17,6 +17,7 @@ any sale (liveness, and counters for a scraper that holds no till credential).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import os
@@ -135,18 +136,7 @@ class Access:
     def _host_allowed(self, host: str | None) -> bool:
         if host is None:  # HTTP/1.0 without Host: no browser sends that
             return True
-        name = urlsplit(f"//{host}").hostname if host else None
-        if not name:
-            return False
-        this = socket.gethostname().lower()
-        if name in ("localhost", this, f"{this}.local"):
-            return True
-        try:
-            ipaddress.ip_address(name)
-            return True
-        except ValueError:
-            pass
-        return any(urlsplit(o).hostname == name for o in self.allowed_origins)
+        return _host_names_this_machine(host, socket.gethostname().lower(), self.allowed_origins)
 
     def cors_headers(self, request: web.Request) -> dict[str, str]:
         """For a request from an allowed origin: that origin, never `*`."""
@@ -168,6 +158,26 @@ class Access:
         if not headers:
             return None
         return web.Response(status=204, headers={**headers, **PREFLIGHT_HEADERS})
+
+
+# Every request asks about the same few Host values: parsing each costs more than its
+# answer. Bounded, so that a client sending a new Host each time only evicts entries.
+@functools.lru_cache(maxsize=256)
+def _host_names_this_machine(host: str, this: str, allowed_origins: frozenset[str]) -> bool:
+    try:
+        name = urlsplit(f"//{host}").hostname if host else None
+    except ValueError:  # "[::1", "[zz]": not a host name, whatever it names
+        return False
+    if not name:
+        return False
+    if name in ("localhost", this, f"{this}.local"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return any(urlsplit(o).hostname == name for o in allowed_origins)
 
 
 def _over_tcp(request: web.Request) -> bool:

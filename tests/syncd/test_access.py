@@ -130,6 +130,13 @@ async def test_a_rebound_host_name_is_refused(api: Api) -> None:
         assert status == 200, host
 
 
+async def test_a_host_header_that_is_no_host_name_is_refused_not_a_server_error(api: Api) -> None:
+    # urlsplit raises on these: each was a 500 and a logged traceback per request
+    for host in ("[::1", "[zz]:80", "[", "a]b"):
+        status, body, _ = await api.call("GET", "/v1/status", **AUTH, Host=host)
+        assert (status, body["error"]) == (403, "HOST_REFUSED"), host
+
+
 async def test_token_required_accepted_and_wrong(api: Api) -> None:
     status, body, headers = await api.call("POST", "/v1/invoices", BODY, **JSON_TYPE)
     assert (status, body["error"]) == (401, "UNAUTHORIZED")
