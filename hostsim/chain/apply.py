@@ -57,7 +57,8 @@ def write_block(db: sqlite3.Connection, block: Block, txs: Sequence[Tx]) -> None
         elif tx.type == TxType.CONFIRM:
             rows.confirm(tx.fields)
     rows.write(db)
-    db.executemany(
+    _many(
+        db,
         "DELETE FROM held WHERE hash=?",
         [(tx.hash,) for tx in txs if tx.type == TxType.DOCUMENT],
     )
@@ -140,27 +141,37 @@ class _Rows:
         )
 
     def write(self, db: sqlite3.Connection) -> None:
-        db.executemany(
+        _many(
+            db,
             "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             self.invoices,
         )
-        db.executemany(
-            "UPDATE invoices SET credited = credited + ? WHERE code=? AND number=?", self.credits
+        _many(
+            db,
+            "UPDATE invoices SET credited = credited + ? WHERE code=? AND number=?",
+            self.credits,
         )
-        db.executemany(
+        _many(
+            db,
             "UPDATE invoices SET claimed_by=?, claimed_height=? WHERE code=? AND number=?",
             self.claims,
         )
         # confirmations before their uses: a credit note may be in the block that confirms it
-        db.executemany(
-            "INSERT INTO confirmations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.confirmations
-        )
-        db.executemany("UPDATE confirmations SET used_by=?, used_height=? WHERE id=?", self.uses)
-        db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)", self.history)
-        db.executemany(
+        _many(db, "INSERT INTO confirmations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self.confirmations)
+        _many(db, "UPDATE confirmations SET used_by=?, used_height=? WHERE id=?", self.uses)
+        _many(db, "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)", self.history)
+        _many(
+            db,
             "UPDATE devices SET last_counter=?, last_hash=?, last_issued_at=? WHERE device_id=?",
             [(d.counter, d.hash, d.payload["issued_at"], dev) for dev, d in self.tips.items()],
         )
+
+
+def _many(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """executemany, except for no rows: most blocks have no credits, claims or
+    confirmations, and each empty statement still cost a prepare and a step."""
+    if rows:
+        db.executemany(sql, rows)
 
 
 def _segment(db: sqlite3.Connection, seg: trust.Segment, height: int) -> None:

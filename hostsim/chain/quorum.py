@@ -152,8 +152,10 @@ class NodeSet:
         self.partitioned.clear()
 
     def sign(self, header: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Signatures of every reachable node (the caller checks there are enough)."""
+        """Signatures of every reachable node (the caller checks there are enough): what
+        `trust.sign_header` signs, with the header encoded once for all of them."""
+        message = trust.BLOCK_DOMAIN + trust.header_bytes(header)
         return [
-            {"node_id": node_id, "signature": trust.sign_header(self.keys[node_id], header)}
+            {"node_id": node_id, "signature": self.keys[node_id].sign(message)}
             for node_id in self.available()
         ]

@@ -83,6 +83,10 @@ class TipState:
         self._new_held: dict[bytes, Held] = {}
         self._committed_numbers: dict[Key, bytes] = {}
         self._prefetched: set[Key] = set()
+        # The highest committed invoice number of each segment code asked about (read once
+        # from the ledger, then moved by `committed`): a number above it has no committed
+        # holder. Only codes of segments on record, so a hostile batch cannot grow it.
+        self._highest: dict[str, int] = {}
         for row in ledger.device_rows():
             device_id, cert_raw, height, revoked, reason, last, last_hash, last_at = row
             self.devices[device_id] = DeviceRecord(
@@ -118,9 +122,25 @@ class TipState:
         return b"" if held is None else held.raw
 
     def prefetch_numbers(self, keys: list[Key]) -> None:
-        """Look up a batch's numbers in one query; valid until the tip next moves."""
-        self._committed_numbers = self.ledger.number_holders(keys) if keys else {}
+        """Look up a batch's numbers in one query; valid until the tip next moves. Numbers
+        above their code's highest committed one are known free without it: a device's
+        next invoices always are, and the query, on a read cache every block makes cold,
+        cost 20 to 100 us a batch."""
+        asked = [key for key in keys if not self._above_committed(key)]
+        self._committed_numbers = self.ledger.number_holders(asked) if asked else {}
         self._prefetched = set(keys)
+
+    def _above_committed(self, key: Key) -> bool:
+        code, number = key
+        if code not in self.segments_by_code:  # cached only for codes the chain allocated
+            return False
+        if len(number) != 8 or not (number.isascii() and number.isdigit()):
+            return False
+        highest = self._highest.get(code)
+        if highest is None:
+            found = self.ledger.highest_number(code, 0, 10**8 - 1)
+            highest = self._highest[code] = -1 if found is None else found
+        return int(number) > highest
 
     def number_holder(self, code: str, number: str) -> bytes | None:
         key = (code, number)
@@ -200,6 +220,9 @@ class TipState:
             if doc.code is not None and doc.number is not None:
                 self.pending_numbers.pop((doc.code, doc.number), None)
                 self.pending_invoices.pop((doc.code, doc.number), None)
+                highest = self._highest.get(doc.code)
+                if highest is not None and int(doc.number) > highest:
+                    self._highest[doc.code] = int(doc.number)
             if doc.kind == Kind.CREDIT:
                 ref = doc.payload["refers_to"]
                 key = (str(ref["code"]), str(ref["number"]))
