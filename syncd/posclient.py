@@ -674,8 +674,24 @@ class AsyncPosClient:
             async with self._session.request(
                 call.method, self.base + call.path, data=call.body, headers=call.headers(self.token)
             ) as resp:
-                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await _read_body(resp.content, MAX_ANSWER_BYTES + 1)
                 return answer(call, resp.status, resp.headers, raw)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return no_answer(call, exc)
 
+
+async def _read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The answer's body, or its first `limit` bytes when it is longer. One read gives only
+    what has arrived so far: an answer in several segments needs several."""
+    first = await content.read(limit)
+    if not first:
+        return first
+    chunks = [first]
+    size = len(first)
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return first if len(chunks) == 1 else b"".join(chunks)

@@ -220,6 +220,32 @@ def test_an_answer_not_in_the_api_form_is_no_crash(scripted: str) -> None:
 # --- answers: decoded under the bounds, however they arrive --------------------------------
 
 
+async def test_an_answer_in_several_segments_is_read_whole() -> None:
+    """A read of aiohttp's stream gives only what has arrived: an answer whose body comes in
+    two segments was cut to its first and refused as not the API's body."""
+    body = json.dumps({**ISSUED, "receipt": {"text": "x" * 5000}}).encode()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(body[100:])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with AsyncPosClient(f"http://127.0.0.1:{port}", retry=FAST) as pos:
+            doc = await pos.issue_invoice(INVOICE)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (doc.counter, doc.receipt_text) == (7, "x" * 5000)
+
+
 def _issued_answer(lines: int) -> dict[str, Any]:
     """An answer shaped like syncd's to a sale of `lines` lines."""
     item = {"tax": 77940, "name": "Software licence", "amount": 1299000, "quantity": "10"}
