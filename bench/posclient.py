@@ -23,19 +23,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
-from hostsim.pos.mix import MixSettings, SaleMix  # noqa: E402
-from hostsim.pos.till import Tills, TillSettings  # noqa: E402
-from syncd.link import LinkSettings  # noqa: E402
-from syncd.posclient import AsyncPosClient  # noqa: E402
-from tests.syncd.inprocess import pos_till  # noqa: E402
+from hostsim.pos.mix import MixSettings, SaleMix
+from hostsim.pos.till import Tills, TillSettings
+from syncd.link import LinkSettings
+from syncd.posclient import AsyncPosClient
+from tests.syncd.inprocess import pos_till
 
 MIX = MixSettings(credit_share=0.02, retry_share=0.0)  # as bench/e2e.py sells
 
@@ -102,7 +102,7 @@ async def till_sales(url: str, sales: int, concurrency: int) -> int:
     return sales
 
 
-Run = Callable[[str, int, int], Awaitable[int]]
+Run = Callable[[str, int, int], Coroutine[Any, Any, int]]
 
 
 def cpu_per_sale(run: Run, url: str, args: argparse.Namespace) -> dict[str, float]:
