@@ -31,10 +31,10 @@ import base64
 import dataclasses
 import http.client
 import json
+import os
 import re
 import socket
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -270,7 +270,16 @@ def issuing_call(
         content["device"] = device
     query = f"?{urlencode({'paper': paper})}" if paper is not None else ""
     data = _ENCODER.encode(content).encode()
-    return Call("POST", f"/v1/{route}{query}", data, key or uuid.uuid4().hex)
+    return Call("POST", f"/v1/{route}{query}", data, key or _new_key())
+
+
+def _new_key() -> str:
+    """`uuid.uuid4().hex`, without building a UUID object: 16 random bytes with the version
+    (4) and variant (RFC 4122) bits set as uuid4 sets them."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
 
 
 def reprint_call(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -358,3 +359,13 @@ def test_the_answer_decoder_agrees_with_loads_json() -> None:
         assert _refusal_or_value(posclient.loads_answer, raw) == _refusal_or_value(
             _old_loads, raw
         ), raw[:80]
+
+
+def test_a_key_made_up_by_the_client_is_a_uuid4_in_hex() -> None:
+    keys = {posclient.issuing_call("invoices", INVOICE, device=None, paper=None, key=None).key}
+    keys |= {posclient._new_key() for _ in range(2000)}
+    assert len(keys) == 2001
+    for key in keys:
+        assert key is not None
+        parsed = uuid.UUID(hex=key)
+        assert (parsed.hex, parsed.version, parsed.variant) == (key, 4, uuid.RFC_4122)
