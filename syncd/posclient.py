@@ -345,8 +345,8 @@ def loads_answer(raw: bytes) -> Any:
     - lone surrogates: strict UTF-8 (which refuses encoded surrogates) and no escape of one;
     - floats: ANSWER allows them; NaN and Infinity are refused by the parse, as there;
 
-    and the depth is checked by a walk of the containers alone. Anything else, and
-    anything refused here, goes through loads_json itself, which says why."""
+    and the depth by the count of `{` and `[` or else a walk of the containers alone.
+    Anything else, and anything refused here, goes through loads_json, which says why."""
     if (
         len(raw) < _FEW_ITEMS
         and ANSWER.floats
@@ -357,7 +357,9 @@ def loads_answer(raw: bytes) -> Any:
         except (ValueError, UnicodeDecodeError, RecursionError):  # InputRefused: ValueError
             pass
         else:
-            if _nested_within(value, ANSWER.max_depth):
+            # No more `{` and `[` bytes than the depth allowed: no deeper nesting either.
+            brackets = raw.count(b"{") + raw.count(b"[")
+            if brackets <= ANSWER.max_depth or _nested_within(value, ANSWER.max_depth):
                 return value
     return untrusted.loads_json(raw, ANSWER)
 
