@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, TextIO
 
 from hostsim.pos.mix import MixSettings, Sale, SaleMix
 from hostsim.pos.stats import percentiles
-from syncd.posclient import AsyncPosClient, Document, PosError, RetryPolicy, issuing_call
+from syncd.posclient import AsyncPosClient, Call, Document, PosError, RetryPolicy, issuing_call
 
 # A till asks again quickly (whatever Retry-After says, at most every second) until its
 # patience runs out: the chaos runs measure how soon a sale gets through.
@@ -149,15 +148,16 @@ class Tills:
             device = sale.device
             if device is None and settings.devices:
                 device = settings.devices[index % len(settings.devices)]
-            if device is not None:
-                sale = Sale(sale.route, {**sale.body, "device": device}, sale.resend, device)
             self.report.sales += 1
-            await self._sell(client, sale)
+            await self._sell(client, sale, device)
 
-    async def _sell(self, client: AsyncPosClient, sale: Sale) -> None:
-        key = uuid.uuid4().hex
+    async def _sell(self, client: AsyncPosClient, sale: Sale, device: str | None) -> None:
+        # One request for the sale, its key made up by the client, and sent as it is by
+        # every retry and by the resend below.
+        call = issuing_call(sale.route, sale.body, device=device, paper=None, key=None)
+        key = call.key or ""
         first = time.monotonic()
-        answer = await self._ask(client, sale, key)
+        answer = await self._ask(client, call)
         if answer is None:
             return
         document, attempts = answer
@@ -181,7 +181,7 @@ class Tills:
         if sale.resend:
             # The till "lost" the answer it just got and asks again: the same document, or a bug.
             self.report.resent += 1
-            again = await self._ask(client, sale, key)
+            again = await self._ask(client, call)
             same = (
                 again is not None
                 and again[0].retry
@@ -191,9 +191,7 @@ class Tills:
                 got = "no document" if again is None else f"{again[0].device_id}/{again[0].counter}"
                 self.report.resend_mismatched.append(f"{key}: {got}")
 
-    async def _ask(
-        self, client: AsyncPosClient, sale: Sale, key: str
-    ) -> tuple[Document, int] | None:
+    async def _ask(self, client: AsyncPosClient, call: Call) -> tuple[Document, int] | None:
         """Post the sale until it is answered for good: (document, attempts), or None for a
         refusal (counted) or a sale still unanswered after `patience` (given up)."""
         attempts = 1
@@ -203,7 +201,6 @@ class Tills:
             attempts += 1
             self.report.retries += 1
 
-        call = issuing_call(sale.route, sale.body, device=None, paper=None, key=key)
         try:
             document = Document.from_json(await client.send(call, on_retry=retried))
         except PosError as exc:

@@ -4,9 +4,11 @@ shop and against a scripted server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,8 +16,11 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from device.errors import TaxctlError
+from device.protocol import untrusted
 from device.protocol.invoice import CreditRequest, InvoiceRequest, Line
 from syncd import posclient
 from syncd.posclient import AsyncPosClient, PosClient, PosError, RetryPolicy
@@ -49,7 +54,7 @@ def test_a_shop_through_the_sync_client(shop: Shop) -> None:
         status = pos.status()
         assert status.can_issue and status.devices[0]["device_id"] == invoice.device_id
         assert pos.health().ok
-        bad = {**INVOICE, "items": [{**INVOICE["items"][0], "tax_rate_bp": 1234}]}  # type: ignore[dict-item]
+        bad = {**INVOICE, "items": [{**INVOICE["items"][0], "tax_rate_bp": 1234}]}
         with pytest.raises(PosError) as refused:
             pos.issue_invoice(bad)
         assert (refused.value.code, refused.value.status) == ("UNKNOWN_TAX_RATE", 422)
@@ -211,3 +216,156 @@ def test_an_answer_not_in_the_api_form_is_no_crash(scripted: str) -> None:
             pos.issue_invoice(INVOICE)
     assert (refused.value.code, refused.value.status) == ("BAD_REQUEST", 400)
     assert len(str(refused.value)) < 300
+
+
+# --- answers: decoded under the bounds, however they arrive --------------------------------
+
+
+async def test_an_answer_in_several_segments_is_read_whole() -> None:
+    """A read of aiohttp's stream gives only what has arrived: an answer whose body comes in
+    two segments was cut to its first and refused as not the API's body."""
+    body = json.dumps({**ISSUED, "receipt": {"text": "x" * 5000}}).encode()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(body[100:])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with AsyncPosClient(f"http://127.0.0.1:{port}", retry=FAST) as pos:
+            doc = await pos.issue_invoice(INVOICE)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (doc.counter, doc.receipt_text) == (7, "x" * 5000)
+
+
+def _issued_answer(lines: int) -> dict[str, Any]:
+    """An answer shaped like syncd's to a sale of `lines` lines."""
+    item = {"tax": 77940, "name": "Software licence", "amount": 1299000, "quantity": "10"}
+    document = {
+        "kind": "invoice",
+        "buyer": {"name": "Xiamen Seaview Hotel", "tax_id": "913777631706690744"},
+        "items": [{**item, "name": f"个人 {n}"} for n in range(lines)],
+        "seller": {"name": "Training Taxpayer", "tax_id": "914403000000TRN01C"},
+        "prev_hash": "0" * 64,
+    }
+    receipt = {
+        "text": "*** TRAINING ***\n----\n  INVOICE 发票\n\t¥13,825.40\n",
+        "qr": "taxctl:v1?c=9",
+    }
+    return {
+        **ISSUED,
+        "cose_sign1": "0oRDoQEnoQROVEMzV0FJ",
+        "document": document,
+        "receipt": receipt,
+    }
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(st.characters(codec=None, exclude_categories=()), max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.booleans())
+def test_the_answer_decoder_agrees_with_loads_json_on_any_value(value: Any, ascii: bool) -> None:
+    """Surrogates, NaN, floats and nesting as json.dumps writes them (the lone surrogates
+    only as escapes, or as bytes through surrogatepass)."""
+    text = json.dumps(value, ensure_ascii=ascii)
+    raw = text.encode("utf-8", "surrogatepass")
+    assert _refusal_or_value(posclient.loads_answer, raw) == _refusal_or_value(_old_loads, raw)
+
+
+def _refusal_or_value(decode: Callable[[bytes], Any], raw: bytes) -> Any:
+    try:
+        return ("value", decode(raw))
+    except untrusted.InputRefused as refused:
+        return ("refused", str(refused))
+
+
+def _old_loads(raw: bytes) -> Any:
+    return untrusted.loads_json(raw, posclient.ANSWER)
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+ODD_ANSWERS = [
+    b"",
+    b" ",
+    b"{}",
+    b"[]",
+    b"1",
+    b"1.5e3",
+    b'"text"',
+    b"null",
+    b"NaN",
+    b"[Infinity]",
+    b'{"a": -Infinity}',
+    b'{"a": 1} x',
+    b'{"a": 1}  \n',
+    b"1\x00",
+    b"\x00\x001",
+    b'"\xed\xa0\x80"',  # a surrogate encoded in UTF-8
+    b'"\\ud800"',  # a lone surrogate as an escape
+    b'{"\\udc00": 1}',
+    b'"\\uD83D\\uDE00"',  # a pair: one character
+    b'"\\\\ud800"',  # an escaped backslash, then text
+    b'"\\u00e9\\u4e2a"',
+    '{"name": "个人"}'.encode(),
+    b'"\xff"',
+    "\ufeff{}".encode(),
+    '{"a": [1, 2]}'.encode("utf-16"),
+    '{"a": [1, 2]}'.encode("utf-16-le"),
+    '{"a": [1, 2]}'.encode("utf-32"),
+    _nested(16),
+    _nested(17),
+    b'{"a": ' * 15 + b"{}" + b"}" * 15,
+    b'{"a": ' * 16 + b"{}" + b"}" * 16,
+    _nested(5000),
+    b'"' + b"[" * 40 + b'"',  # brackets in a string nest nothing
+    b"[" + b"0," * 9998 + b"0]",  # 10,000 items, under 20,000 bytes
+    b"[" + b"0," * 19_999 + b"0]",  # 20,001 items
+    b"[" + b"1" * 5000 + b"]",  # int() over 4300 digits
+    b'{"a": 1, "a": 2}',
+]
+
+
+def test_the_answer_decoder_agrees_with_loads_json() -> None:
+    """posclient.loads_answer skips loads_json's walk where the bytes prove it: the same value
+    or the same refusal, for the API's answers and for odd ones."""
+    answers = [ISSUED, {"seconds": 0.25, "chain": {"state": "ok"}}]
+    answers += [_issued_answer(lines) for lines in (1, 6, 40)]
+    recorded = [json.dumps(value, ensure_ascii=False).encode() for value in answers]
+    recorded += [json.dumps(value).encode() for value in answers]  # \u escapes
+    for raw in recorded + ODD_ANSWERS:
+        assert _refusal_or_value(posclient.loads_answer, raw) == _refusal_or_value(
+            _old_loads, raw
+        ), raw[:80]
+
+
+def test_a_key_made_up_by_the_client_is_a_uuid4_in_hex() -> None:
+    keys = {posclient.issuing_call("invoices", INVOICE, device=None, paper=None, key=None).key}
+    keys |= {posclient._new_key() for _ in range(2000)}
+    assert len(keys) == 2001
+    for key in keys:
+        assert key is not None
+        parsed = uuid.UUID(hex=key)
+        assert (parsed.hex, parsed.version, parsed.variant) == (key, 4, uuid.RFC_4122)

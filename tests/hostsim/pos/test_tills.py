@@ -6,8 +6,14 @@ import json
 import os
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from hostsim.pos.mix import MixSettings, SaleMix
+from hostsim.pos.till import Tills, TillSettings
 from tests.helpers import run_taxctl
 from tests.shop import Shop, http, wait_for
 
@@ -88,3 +94,44 @@ def test_bad_arguments_are_refused_with_a_reason() -> None:
     done = run_pos("--credit-share", "2", "--count", "1")
     assert done.returncode == 2
     assert "--credit-share must be between 0 and 1" in done.stderr
+
+
+async def test_each_sale_goes_out_as_the_mix_drew_it_with_one_key_per_sale() -> None:
+    """The bytes a till sends: the mix's body with the printer named last, as
+    json.dumps({**body, "device": ...}) writes it, and the same key for its resend."""
+    seen: list[tuple[str, bytes]] = []
+
+    async def sale(request: web.Request) -> web.Response:
+        seen.append((request.headers["Idempotency-Key"], await request.read()))
+        body = {"kind": "invoice", "counter": len(seen), "device_id": "printer-a"}
+        body |= {"code": "044000000001", "number": f"{len(seen):08d}", "total": 1}
+        return web.json_response(body, status=201)
+
+    app = web.Application()
+    app.router.add_post("/v1/invoices", sale)
+    app.router.add_post("/v1/credit-notes", sale)
+    mix = MixSettings(credit_share=0.2, retry_share=0.2)
+    async with TestServer(app, host="127.0.0.1") as server:
+        settings = TillSettings(
+            api=f"http://127.0.0.1:{server.port}",
+            count=60,
+            concurrency=1,
+            seed=5,
+            devices=("printer-a", "printer-b"),
+            mix=mix,
+        )
+        report = await Tills(settings).run()
+    assert len(report.acknowledged) == 60 and report.resent > 0
+    oracle, sent = SaleMix(5, mix), iter(seen)
+    for index, ack in enumerate(report.acknowledged):
+        drawn = oracle.next_sale()
+        device = drawn.device or settings.devices[index % 2]
+        expected = json.dumps({**drawn.body, "device": device}, ensure_ascii=False).encode()
+        key, body = next(sent)
+        assert (key, body) == (ack.key, expected)
+        assert uuid.UUID(hex=key).version == 4
+        if drawn.resend:
+            assert next(sent) == (key, expected)  # resent as it was: same key, same bytes
+        if ack.kind == "invoice":
+            oracle.issued(ack.code, ack.number, ack.device_id)
+    assert next(sent, None) is None
