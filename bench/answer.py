@@ -22,14 +22,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from device import render  # noqa: E402
-from device.protocol import codec, qr  # noqa: E402
-from device.protocol.commands import Command  # noqa: E402
-from device.protocol.document import parse_document  # noqa: E402
-from hostsim.pos.mix import MixSettings, SaleMix  # noqa: E402
-from syncd.api import _dumps  # noqa: E402
-from syncd.receipt import document_json  # noqa: E402
-from taxctl import Printer  # noqa: E402
+from device import render
+from device.protocol import codec, qr
+from device.protocol.commands import Command
+from device.protocol.document import Document, parse_document
+from hostsim.pos.mix import MixSettings, SaleMix
+from syncd.api import _dumps
+from syncd.receipt import document_json
+from taxctl import Printer
 
 CJK_ITEMS = ("大米五公斤装", "有机绿茶 250克 特级", "笔记本电脑十四寸 超薄高性能商务版本", "苹果")
 CJK_BUYERS = ("杭州西湖科技有限公司", "深圳港湾物流股份有限公司北方分公司驻上海办事处", "散客")
@@ -68,6 +68,30 @@ def per_call(fn: Callable[[Any], object], items: list[Any], seconds: float) -> f
     return round(best / len(items) * 1e6, 1)
 
 
+def by_paper(
+    paper: int, docs: list[tuple[Document, dict[str, Any]]], key: bytes, s: float
+) -> dict[str, float]:
+    def text(item: tuple[Document, dict[str, Any]]) -> str:
+        return render.text(item[0].payload, paper, item[1]["qr"])
+
+    def answer_json(item: tuple[Document, dict[str, Any]]) -> dict[str, Any]:
+        return document_json(item[0], item[1], paper, key)
+
+    def whole(answer: dict[str, Any]) -> str:
+        document = parse_document(answer["document"])
+        if not document.verify(key):
+            raise AssertionError("signature")
+        return _dumps(document_json(document, answer, paper, key))
+
+    answers_json = [answer_json(item) for item in docs]
+    return {
+        f"text_{paper}": per_call(text, docs, s),
+        f"document_json_{paper}": per_call(answer_json, docs, s),
+        f"dumps_{paper}": per_call(_dumps, answers_json, s),
+        f"answer_{paper}": per_call(whole, [a for _, a in docs], s),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=0.3)
@@ -76,25 +100,17 @@ def main() -> None:
     answers, key = asyncio.run(issue(args.documents))
     docs = [(parse_document(a["document"]), a) for a in answers]
 
-    def whole(answer: dict[str, Any], paper: int) -> str:
-        document = parse_document(answer["document"])
-        if not document.verify(key):
-            raise AssertionError("signature")
-        return _dumps(document_json(document, answer, paper, key))
-
     out: dict[str, Any] = {"documents": len(docs)}
     s = args.seconds
     out["parse"] = per_call(lambda a: parse_document(a["document"]), answers, s)
     out["verify"] = per_call(lambda d: d[0].verify(key), docs, s)
-    out["qr_check"] = per_call(lambda d: qr.device_payload(d[1]["qr"], d[0].payload, d[0].hash, key), docs, s)
+    out["qr_check"] = per_call(
+        lambda d: qr.device_payload(d[1]["qr"], d[0].payload, d[0].hash, key), docs, s
+    )
     out["qr_parse"] = per_call(lambda d: qr.parse(d[1]["qr"]), docs, s)
     out["json_view"] = per_call(lambda d: codec.json_view(d[0].payload), docs, s)
     for paper in (80, 58):
-        out[f"text_{paper}"] = per_call(lambda d: render.text(d[0].payload, paper, d[1]["qr"]), docs, s)
-        out[f"document_json_{paper}"] = per_call(lambda d: document_json(d[0], d[1], paper, key), docs, s)
-        answers_json = [document_json(d, a, paper, key) for d, a in docs]
-        out[f"dumps_{paper}"] = per_call(_dumps, answers_json, s)
-        out[f"answer_{paper}"] = per_call(lambda a: whole(a, paper), answers, s)
+        out.update(by_paper(paper, docs, key, s))
     print(json.dumps(out))
 
 

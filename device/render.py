@@ -65,38 +65,61 @@ def rate(bp: int) -> str:
     return f"{bp // 100}%" if bp % 100 == 0 else f"{bp / 100:g}%"
 
 
+# Each character's columns, looked up rather than asked of unicodedata every time a
+# receipt measures a line (a receipt with CJK names measures a few hundred characters).
+# Filled as characters are met, bounded: the text comes from the document, and a hostile
+# one could name every code point; past the bound, misses are measured each time.
+_WIDTHS: dict[str, int] = {}
+_WIDTHS_KEPT = 8192
+
+
+def _char_width(char: str) -> int:
+    width = 2 if unicodedata.east_asian_width(char) in "WF" else 1
+    if len(_WIDTHS) < _WIDTHS_KEPT:
+        _WIDTHS[char] = width
+    return width
+
+
 def display_width(text: str) -> int:
     """Columns on a terminal or printer: CJK characters take two."""
     if text.isascii():  # most receipt lines: one column a character, no lookups
         return len(text)
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    widths = _WIDTHS
+    try:
+        return sum(map(widths.__getitem__, text))
+    except KeyError:
+        return sum(widths.get(char) or _char_width(char) for char in text)
 
 
 def fit(text: str, width: int) -> str:
+    """The longest head of `text` that takes at most `width` columns."""
     if text.isascii():
         return text[: max(width, 0)]
-    out, used = [], 0
-    for char in text:
-        w = display_width(char)
-        if used + w > width:
-            break
-        out.append(char)
-        used += w
-    return "".join(out)
+    if display_width(text) <= width:  # every character's width is now known (or measured)
+        return text
+    widths, used = _WIDTHS, 0
+    for index, char in enumerate(text):
+        used += widths.get(char) or _char_width(char)
+        if used > width:
+            return text[:index]
+    return text
 
 
 def wrap(text: str, width: int, breaks: re.Pattern[str] = WORD_BREAKS) -> list[str]:
     """`text` over lines of at most `width` columns, cut at `breaks` where they fit and
     anywhere else where they do not; the lines joined are `text` again."""
+    if display_width(text) <= width:  # the common case: one line
+        return [text]
     out: list[str] = []
-    line = ""
+    line, used = "", 0  # widths add up, so a line's is kept rather than measured again
     for piece in breaks.split(text):
         while piece:
-            if display_width(line + piece) <= width:
-                line, piece = line + piece, ""
+            size = display_width(piece)
+            if used + size <= width:
+                line, used, piece = line + piece, used + size, ""
             elif line:
                 out.append(line)
-                line = ""
+                line, used = "", 0
             else:
                 head = fit(piece, width) or piece[0]
                 out.append(head)
@@ -110,15 +133,23 @@ class Row(str):
     right: str
 
     def __new__(cls, left: str, right: str, width: int) -> Row:
-        gap = width - display_width(left) - display_width(right)
-        row = super().__new__(cls, left + " " * max(1, gap) + right)
-        row.right = right
-        return row
+        return _row(left, right, width - display_width(left) - display_width(right))
+
+
+def _row(left: str, right: str, gap: int) -> Row:
+    row = str.__new__(Row, left + " " * max(1, gap) + right)
+    row.right = right
+    return row
 
 
 def two_columns(left: str, right: str, width: int) -> Row:
-    left = fit(left, max(1, width - display_width(right) - 1))
-    return Row(left, right, width)
+    right_width = display_width(right)
+    room = max(1, width - right_width - 1)
+    if left.isascii():
+        left = left[:room]
+        return _row(left, right, width - len(left) - right_width)
+    left = fit(left, room)
+    return _row(left, right, width - display_width(left) - right_width)
 
 
 def labelled(label: str, value: str, width: int) -> list[str]:

@@ -1,0 +1,107 @@
+"""The receipt's column arithmetic (widths looked up per character, widths added up
+rather than measured again) gives exactly what measuring each string afresh gave."""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+
+import pytest
+
+from device import render
+
+# A spread of widths: ASCII, CJK, fullwidth and halfwidth forms, combining marks, an
+# ideographic space, emoji, an astral ideograph, controls.
+ALPHABET = (
+    "aZ9 &?=.-"
+    + "贸易公司个人散客"
+    + "ＡＢ１"
+    + "ｱｲ"
+    + "\u0301é"
+    + "\u3000"
+    + "😀\U00020000"
+    + "\t"
+)
+
+
+def old_display_width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def old_fit(text: str, width: int) -> str:
+    out, used = [], 0
+    for char in text:
+        w = old_display_width(char)
+        if used + w > width:
+            break
+        out.append(char)
+        used += w
+    return "".join(out)
+
+
+def old_wrap(text: str, width: int, breaks: re.Pattern[str] = render.WORD_BREAKS) -> list[str]:
+    out: list[str] = []
+    line = ""
+    for piece in breaks.split(text):
+        while piece:
+            if old_display_width(line + piece) <= width:
+                line, piece = line + piece, ""
+            elif line:
+                out.append(line)
+                line = ""
+            else:
+                head = old_fit(piece, width) or piece[0]
+                out.append(head)
+                piece = piece[len(head) :]
+    return [*out, line] if line or not out else out
+
+
+def old_two_columns(left: str, right: str, width: int) -> tuple[str, str]:
+    left = old_fit(left, max(1, width - old_display_width(right) - 1))
+    gap = width - old_display_width(left) - old_display_width(right)
+    return left + " " * max(1, gap) + right, right
+
+
+def texts(seed: int, count: int) -> list[str]:
+    rnd = random.Random(seed)
+    out = ["", " ", "a", "贸", "贸易 公司", "&c=1&n=2", "taxctl:v1?c=1&n=2&d=3"]
+    for _ in range(count):
+        size = rnd.choice((1, 3, 8, 20, 60))
+        out.append("".join(rnd.choice(ALPHABET) for _ in range(size)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_widths_fits_and_wraps_equal_measuring_afresh(seed: int) -> None:
+    render._WIDTHS.clear()  # misses (measured and kept) and hits both take part
+    for text in texts(seed, 150):
+        assert render.display_width(text) == old_display_width(text), text
+        for width in (-1, 0, 1, 2, 3, 5, 8, 16, 32, 48):
+            assert render.fit(text, width) == old_fit(text, width), (text, width)
+            assert render.wrap(text, width) == old_wrap(text, width), (text, width)
+            assert render.wrap(text, width, render.PAYLOAD_BREAKS) == old_wrap(
+                text, width, render.PAYLOAD_BREAKS
+            )
+            right = "贸1.00" if seed % 2 else "12.50"
+            row = render.two_columns(text, right, width)
+            assert (str(row), row.right) == old_two_columns(text, right, width)
+            made = render.Row(text, "9.99", width)
+            gap = max(1, width - old_display_width(text) - 4)
+            assert (str(made), made.right) == (text + " " * gap + "9.99", "9.99")
+
+
+def test_a_full_width_table_still_measures_every_character(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the table's bound, characters not in it are measured each time, not guessed."""
+    monkeypatch.setattr(render, "_WIDTHS", {})
+    monkeypatch.setattr(render, "_WIDTHS_KEPT", 0)
+    for text in texts(9, 60):
+        assert render.display_width(text) == old_display_width(text)
+        assert render.wrap(text, 7) == old_wrap(text, 7)
+    assert render._WIDTHS == {}
+
+
+def test_the_width_table_is_bounded() -> None:
+    for code in range(0x4E00, 0x4E00 + render._WIDTHS_KEPT + 100):
+        render.display_width(chr(code))
+    assert len(render._WIDTHS) <= render._WIDTHS_KEPT
