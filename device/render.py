@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,8 @@ KIND_TITLES = {
 
 
 def yuan(fen: int) -> str:
-    sign = "-" if fen < 0 else ""
-    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+    whole, cents = divmod(-fen if fen < 0 else fen, 100)
+    return f"-{whole}.{cents:02d}" if fen < 0 else f"{whole}.{cents:02d}"
 
 
 def rate(bp: int) -> str:
@@ -176,9 +176,24 @@ def zone_of(name: str) -> tzinfo:
 
 def local_time(issued_at: str, zone: str = RECEIPT_ZONE) -> str:
     """`2026-01-01T00:00:00Z` as `2026-01-01 08:00:00 +08:00` (in `zone`)."""
-    when = datetime.fromtimestamp(parse_utc(issued_at), UTC).astimezone(zone_of(zone))
-    text = when.strftime("%Y-%m-%d %H:%M:%S %z")
-    return f"{text[:-2]}:{text[-2:]}"
+    when = datetime.fromtimestamp(parse_utc(issued_at), zone_of(zone))
+    offset = when.utcoffset()
+    if offset is None or when.year < 1000 or offset % _MINUTE:
+        # what strftime does with these (a zone's offset in seconds, say) stays its own
+        text = when.strftime("%Y-%m-%d %H:%M:%S %z")
+        return f"{text[:-2]}:{text[-2:]}"
+    # strftime's text, formatted here: strftime costs half of this function
+    minutes = offset // _MINUTE
+    hours, minutes = divmod(-minutes if minutes < 0 else minutes, 60)
+    return (
+        f"{when.year}-{when.month:02d}-{when.day:02d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} "
+        f"{'-' if offset < _NO_OFFSET else '+'}{hours:02d}:{minutes:02d}"
+    )
+
+
+_MINUTE = timedelta(minutes=1)
+_NO_OFFSET = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -303,8 +318,9 @@ def text(payload: dict[str, Any], paper: int = 58, qr_text: str | None = None) -
     receipt = Receipt(payload, qr_text)
     width = PAPER_COLUMNS[paper]
     out = receipt.lines(width)
-    if receipt.verification:
-        out += ["", fit("Verify:", width), *wrap(receipt.verification, width, PAYLOAD_BREAKS)]
+    verification = receipt.verification  # built from the payload when qr_text is None
+    if verification:
+        out += ["", fit("Verify:", width), *wrap(verification, width, PAYLOAD_BREAKS)]
     return "\n".join(out) + "\n"
 
 

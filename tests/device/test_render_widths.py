@@ -1,15 +1,20 @@
 """The receipt's column arithmetic (widths looked up per character, widths added up
-rather than measured again) gives exactly what measuring each string afresh gave."""
+rather than measured again) gives exactly what measuring each string afresh gave, and
+its times and amounts are the text strftime and the old formatting gave."""
 
 from __future__ import annotations
 
 import random
 import re
 import unicodedata
+from collections.abc import Callable
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfoNotFoundError
 
 import pytest
 
 from device import render
+from device.protocol.document import parse_utc
 
 # A spread of widths: ASCII, CJK, fullwidth and halfwidth forms, combining marks, an
 # ideographic space, emoji, an astral ideograph, controls.
@@ -105,3 +110,48 @@ def test_the_width_table_is_bounded() -> None:
     for code in range(0x4E00, 0x4E00 + render._WIDTHS_KEPT + 100):
         render.display_width(chr(code))
     assert len(render._WIDTHS) <= render._WIDTHS_KEPT
+
+
+def old_local_time(issued_at: str, zone: str) -> str:
+    when = datetime.fromtimestamp(parse_utc(issued_at), UTC).astimezone(render.zone_of(zone))
+    text = when.strftime("%Y-%m-%d %H:%M:%S %z")
+    return f"{text[:-2]}:{text[-2:]}"
+
+
+def outcome(fn: Callable[[str, str], str], issued_at: str, zone: str) -> object:
+    try:
+        return fn(issued_at, zone)
+    except (ValueError, OverflowError, OSError) as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["Asia/Shanghai", "UTC", "America/St_Johns", "Asia/Kolkata", "Europe/Dublin", "Etc/GMT+12"],
+)
+def test_local_time_formats_as_strftime_did(zone: str) -> None:
+    """Offsets of whole minutes, either sign, zero; local mean time (seconds) before 1901."""
+    for year in (1, 999, 1000, 1899, 1900, 1901, 1969, 1970, 2026, 2038, 9998, 9999):
+        for rest in ("01-01T00:00:00Z", "03-31T01:30:00Z", "10-27T01:00:00Z", "12-31T23:59:59Z"):
+            issued_at = f"{year:04d}-{rest}"
+            assert outcome(render.local_time, issued_at, zone) == outcome(
+                old_local_time, issued_at, zone
+            ), issued_at
+
+
+def test_local_time_without_a_tz_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> None:
+        raise ZoneInfoNotFoundError(name)
+
+    monkeypatch.setattr(render, "ZoneInfo", missing)
+    for issued_at in ("2026-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+        assert outcome(render.local_time, issued_at, "Asia/Shanghai") == outcome(
+            old_local_time, issued_at, "Asia/Shanghai"
+        )
+    assert render.local_time("2026-01-01T00:00:00Z") == "2026-01-01 08:00:00 +08:00"
+
+
+@pytest.mark.parametrize("fen", [0, 1, 9, 10, 99, 100, 101, 12345, -1, -99, -100, -12345, 10**15])
+def test_yuan_as_before(fen: int) -> None:
+    sign = "-" if fen < 0 else ""
+    assert render.yuan(fen) == f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
