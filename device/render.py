@@ -110,11 +110,12 @@ def wrap(text: str, width: int, breaks: re.Pattern[str] = WORD_BREAKS) -> list[s
     anywhere else where they do not; the lines joined are `text` again."""
     if display_width(text) <= width:  # the common case: one line
         return [text]
+    measure = len if text.isascii() else display_width
     out: list[str] = []
     line, used = "", 0  # widths add up, so a line's is kept rather than measured again
-    for piece in breaks.split(text):
+    for piece in _pieces(text, breaks):
         while piece:
-            size = display_width(piece)
+            size = measure(piece)
             if used + size <= width:
                 line, used, piece = line + piece, used + size, ""
             elif line:
@@ -125,6 +126,28 @@ def wrap(text: str, width: int, breaks: re.Pattern[str] = WORD_BREAKS) -> list[s
                 out.append(head)
                 piece = piece[len(head) :]
     return [*out, line] if line or not out else out
+
+
+# The breaks the receipt uses, as plain text replacements: a zero-width regular expression
+# split scans the text a character at a time (a third of wrapping a QR payload). Empty
+# pieces may differ from re.split's, and wrap skips them.
+_PAYLOAD_MARKS: tuple[tuple[str, str], ...] = (("&", "\0&"), ("?", "?\0"))
+_WORD_MARKS: tuple[tuple[str, str], ...] = ((" ", " \0"),)
+
+
+def _pieces(text: str, breaks: re.Pattern[str]) -> list[str]:
+    """`text` cut at `breaks`, as `breaks.split` cuts it (but for empty pieces)."""
+    if breaks is PAYLOAD_BREAKS:
+        marks = _PAYLOAD_MARKS
+    elif breaks is WORD_BREAKS:
+        marks = _WORD_MARKS
+    else:
+        return breaks.split(text)
+    if "\0" in text:
+        return breaks.split(text)
+    for old, new in marks:
+        text = text.replace(old, new)
+    return text.split("\0")
 
 
 class Row(str):

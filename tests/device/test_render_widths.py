@@ -26,7 +26,7 @@ ALPHABET = (
     + "\u0301é"
     + "\u3000"
     + "😀\U00020000"
-    + "\t"
+    + "\t\0"  # a NUL: the breaks' marker, so those texts are split the other way
 )
 
 
