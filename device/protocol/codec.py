@@ -326,10 +326,16 @@ def _keys_in_order(value: Any) -> bool:
     return True
 
 
+# The types json_view gives back as they are: a map's values of these (most of a
+# document's) are not passed to it again.
+_JSON_LEAVES = frozenset({str, int, bool, type(None)})
+
+
 def json_view(value: Any) -> Any:
     """A decoded CBOR value as JSON data: byte strings (hashes, keys, signatures) in hex."""
     if isinstance(value, dict):
-        return {str(k): json_view(v) for k, v in value.items()}
+        leaves = _JSON_LEAVES
+        return {str(k): v if type(v) in leaves else json_view(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_view(v) for v in value]
     if isinstance(value, bytes):
