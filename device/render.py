@@ -295,10 +295,12 @@ class Receipt:
             out += [line.rstrip() for line in wrap(str(item["name"]), width)]
             qty = f"  {item['quantity']} x {yuan(int(item['unit_price']))}"
             terms, amount = f"{qty}  {rate(int(item['tax_rate_bp']))}", yuan(int(item["amount"]))
-            if display_width(terms) + 1 + display_width(amount) > width:
+            used, amount_width = display_width(terms), display_width(amount)
+            if used + 1 + amount_width > width:
                 out.append(fit(terms, width))  # too long beside the amount: on a line of its own
-                terms = ""
-            out.append(two_columns(terms, amount, width))
+                terms, used = "", 0
+            # two_columns(terms, amount, width), whose cut never applies here: measured once
+            out.append(_row(terms, amount, width - used - amount_width))
         report = p.get("report")
         if report:
             out.append(two_columns("Z number", str(report["z_number"]), width))

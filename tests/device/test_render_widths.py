@@ -9,6 +9,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
 import pytest
@@ -155,3 +156,34 @@ def test_local_time_without_a_tz_database(monkeypatch: pytest.MonkeyPatch) -> No
 def test_yuan_as_before(fen: int) -> None:
     sign = "-" if fen < 0 else ""
     assert render.yuan(fen) == f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
+def old_item_lines(items: list[dict[str, Any]], width: int) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        out += [line.rstrip() for line in old_wrap(str(item["name"]), width)]
+        qty = f"  {item['quantity']} x {render.yuan(int(item['unit_price']))}"
+        terms = f"{qty}  {render.rate(int(item['tax_rate_bp']))}"
+        amount = render.yuan(int(item["amount"]))
+        if old_display_width(terms) + 1 + old_display_width(amount) > width:
+            out.append(old_fit(terms, width))
+            terms = ""
+        out.append(old_two_columns(terms, amount, width)[0])
+    return out
+
+
+def test_item_lines_as_before() -> None:
+    rnd = random.Random(11)
+    for width in (20, 32, 48):
+        items = [
+            {
+                "name": text,
+                "quantity": rnd.choice(("1", "0.125", "12345.678", "9" * 30, "贸" * 12)),
+                "unit_price": rnd.choice((0, 5, 129900, 10**12)),
+                "tax_rate_bp": rnd.choice((0, 300, 650, 1300)),
+                "amount": rnd.choice((0, -5, 4590, 10**14)),
+            }
+            for text in texts(width, 40)
+        ]
+        lines = render.Receipt({"items": items})._items(width)
+        assert [str(line) for line in lines] == old_item_lines(items, width)
