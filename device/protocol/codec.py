@@ -221,20 +221,31 @@ def _decode_deterministic(raw: bytes, limits: Limits) -> Any:
             if pos > end or arg < _SHORTEST[size]:
                 raise _Irregular
         items += 1
-        if major == 2 or major == 3:
+        if major == 3:  # text first: most items are (keys and values)
             if arg > end - pos:
                 raise _Irregular
-            value: Any = raw[pos : pos + arg]
             pos += arg
-            if major == 3:
-                try:
-                    value = value.decode()
-                except UnicodeDecodeError:
-                    raise _Irregular from None
-        elif is_map and key is None:
+            try:
+                value: Any = raw[pos - arg : pos].decode()
+            except UnicodeDecodeError:
+                raise _Irregular from None
+            if key is None and is_map:  # the key: after the previous one's encoding
+                encoded = raw[start:pos]
+                if encoded <= last_key:
+                    raise _Irregular
+                key, last_key = value, encoded
+                continue
+        elif key is None and is_map:
             raise _Irregular  # a key that is not text
-        elif major <= 1:
-            value = arg if major == 0 else -1 - arg
+        elif major == 0:
+            value = arg
+        elif major == 2:
+            if arg > end - pos:
+                raise _Irregular
+            pos += arg
+            value = raw[pos - arg : pos]
+        elif major == 1:
+            value = -1 - arg
         elif major == 7:
             value = _SIMPLE_VALUES[arg]
         else:
@@ -252,11 +263,6 @@ def _decode_deterministic(raw: bytes, limits: Limits) -> Any:
                 container, remaining, is_map, key, last_key = value, arg, major == 5, None, b""
                 continue
         if is_map:
-            if key is None:  # this text is the key: after the previous one's encoding
-                if major != 3 or raw[start:pos] <= last_key:
-                    raise _Irregular
-                key, last_key = value, raw[start:pos]
-                continue
             container[key] = value
             key = None
         else:
