@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -57,51 +57,97 @@ KIND_TITLES = {
 
 
 def yuan(fen: int) -> str:
-    sign = "-" if fen < 0 else ""
-    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+    whole, cents = divmod(-fen if fen < 0 else fen, 100)
+    return f"-{whole}.{cents:02d}" if fen < 0 else f"{whole}.{cents:02d}"
 
 
 def rate(bp: int) -> str:
     return f"{bp // 100}%" if bp % 100 == 0 else f"{bp / 100:g}%"
 
 
+# Each character's columns, looked up rather than asked of unicodedata every time a
+# receipt measures a line (a receipt with CJK names measures a few hundred characters).
+# Filled as characters are met, bounded: the text comes from the document, and a hostile
+# one could name every code point; past the bound, misses are measured each time.
+_WIDTHS: dict[str, int] = {}
+_WIDTHS_KEPT = 8192
+
+
+def _char_width(char: str) -> int:
+    width = 2 if unicodedata.east_asian_width(char) in "WF" else 1
+    if len(_WIDTHS) < _WIDTHS_KEPT:
+        _WIDTHS[char] = width
+    return width
+
+
 def display_width(text: str) -> int:
     """Columns on a terminal or printer: CJK characters take two."""
     if text.isascii():  # most receipt lines: one column a character, no lookups
         return len(text)
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    widths = _WIDTHS
+    try:
+        return sum(map(widths.__getitem__, text))
+    except KeyError:
+        return sum(widths.get(char) or _char_width(char) for char in text)
 
 
 def fit(text: str, width: int) -> str:
+    """The longest head of `text` that takes at most `width` columns."""
     if text.isascii():
         return text[: max(width, 0)]
-    out, used = [], 0
-    for char in text:
-        w = display_width(char)
-        if used + w > width:
-            break
-        out.append(char)
-        used += w
-    return "".join(out)
+    if display_width(text) <= width:  # every character's width is now known (or measured)
+        return text
+    widths, used = _WIDTHS, 0
+    for index, char in enumerate(text):
+        used += widths.get(char) or _char_width(char)
+        if used > width:
+            return text[:index]
+    return text
 
 
 def wrap(text: str, width: int, breaks: re.Pattern[str] = WORD_BREAKS) -> list[str]:
     """`text` over lines of at most `width` columns, cut at `breaks` where they fit and
     anywhere else where they do not; the lines joined are `text` again."""
+    if display_width(text) <= width:  # the common case: one line
+        return [text]
+    measure = len if text.isascii() else display_width
     out: list[str] = []
-    line = ""
-    for piece in breaks.split(text):
+    line, used = "", 0  # widths add up, so a line's is kept rather than measured again
+    for piece in _pieces(text, breaks):
         while piece:
-            if display_width(line + piece) <= width:
-                line, piece = line + piece, ""
+            size = measure(piece)
+            if used + size <= width:
+                line, used, piece = line + piece, used + size, ""
             elif line:
                 out.append(line)
-                line = ""
+                line, used = "", 0
             else:
                 head = fit(piece, width) or piece[0]
                 out.append(head)
                 piece = piece[len(head) :]
     return [*out, line] if line or not out else out
+
+
+# The breaks the receipt uses, as plain text replacements: a zero-width regular expression
+# split scans the text a character at a time (a third of wrapping a QR payload). Empty
+# pieces may differ from re.split's, and wrap skips them.
+_PAYLOAD_MARKS: tuple[tuple[str, str], ...] = (("&", "\0&"), ("?", "?\0"))
+_WORD_MARKS: tuple[tuple[str, str], ...] = ((" ", " \0"),)
+
+
+def _pieces(text: str, breaks: re.Pattern[str]) -> list[str]:
+    """`text` cut at `breaks`, as `breaks.split` cuts it (but for empty pieces)."""
+    if breaks is PAYLOAD_BREAKS:
+        marks = _PAYLOAD_MARKS
+    elif breaks is WORD_BREAKS:
+        marks = _WORD_MARKS
+    else:
+        return breaks.split(text)
+    if "\0" in text:
+        return breaks.split(text)
+    for old, new in marks:
+        text = text.replace(old, new)
+    return text.split("\0")
 
 
 class Row(str):
@@ -110,15 +156,23 @@ class Row(str):
     right: str
 
     def __new__(cls, left: str, right: str, width: int) -> Row:
-        gap = width - display_width(left) - display_width(right)
-        row = super().__new__(cls, left + " " * max(1, gap) + right)
-        row.right = right
-        return row
+        return _row(left, right, width - display_width(left) - display_width(right))
+
+
+def _row(left: str, right: str, gap: int) -> Row:
+    row = str.__new__(Row, left + " " * max(1, gap) + right)
+    row.right = right
+    return row
 
 
 def two_columns(left: str, right: str, width: int) -> Row:
-    left = fit(left, max(1, width - display_width(right) - 1))
-    return Row(left, right, width)
+    right_width = display_width(right)
+    room = max(1, width - right_width - 1)
+    if left.isascii():
+        left = left[:room]
+        return _row(left, right, width - len(left) - right_width)
+    left = fit(left, room)
+    return _row(left, right, width - display_width(left) - right_width)
 
 
 def labelled(label: str, value: str, width: int) -> list[str]:
@@ -145,9 +199,24 @@ def zone_of(name: str) -> tzinfo:
 
 def local_time(issued_at: str, zone: str = RECEIPT_ZONE) -> str:
     """`2026-01-01T00:00:00Z` as `2026-01-01 08:00:00 +08:00` (in `zone`)."""
-    when = datetime.fromtimestamp(parse_utc(issued_at), UTC).astimezone(zone_of(zone))
-    text = when.strftime("%Y-%m-%d %H:%M:%S %z")
-    return f"{text[:-2]}:{text[-2:]}"
+    when = datetime.fromtimestamp(parse_utc(issued_at), zone_of(zone))
+    offset = when.utcoffset()
+    if offset is None or when.year < 1000 or offset % _MINUTE:
+        # what strftime does with these (a zone's offset in seconds, say) stays its own
+        text = when.strftime("%Y-%m-%d %H:%M:%S %z")
+        return f"{text[:-2]}:{text[-2:]}"
+    # strftime's text, formatted here: strftime costs half of this function
+    minutes = offset // _MINUTE
+    hours, minutes = divmod(-minutes if minutes < 0 else minutes, 60)
+    return (
+        f"{when.year}-{when.month:02d}-{when.day:02d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} "
+        f"{'-' if offset < _NO_OFFSET else '+'}{hours:02d}:{minutes:02d}"
+    )
+
+
+_MINUTE = timedelta(minutes=1)
+_NO_OFFSET = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -226,10 +295,12 @@ class Receipt:
             out += [line.rstrip() for line in wrap(str(item["name"]), width)]
             qty = f"  {item['quantity']} x {yuan(int(item['unit_price']))}"
             terms, amount = f"{qty}  {rate(int(item['tax_rate_bp']))}", yuan(int(item["amount"]))
-            if display_width(terms) + 1 + display_width(amount) > width:
+            used, amount_width = display_width(terms), display_width(amount)
+            if used + 1 + amount_width > width:
                 out.append(fit(terms, width))  # too long beside the amount: on a line of its own
-                terms = ""
-            out.append(two_columns(terms, amount, width))
+                terms, used = "", 0
+            # two_columns(terms, amount, width), whose cut never applies here: measured once
+            out.append(_row(terms, amount, width - used - amount_width))
         report = p.get("report")
         if report:
             out.append(two_columns("Z number", str(report["z_number"]), width))
@@ -272,8 +343,9 @@ def text(payload: dict[str, Any], paper: int = 58, qr_text: str | None = None) -
     receipt = Receipt(payload, qr_text)
     width = PAPER_COLUMNS[paper]
     out = receipt.lines(width)
-    if receipt.verification:
-        out += ["", fit("Verify:", width), *wrap(receipt.verification, width, PAYLOAD_BREAKS)]
+    verification = receipt.verification  # built from the payload when qr_text is None
+    if verification:
+        out += ["", fit("Verify:", width), *wrap(verification, width, PAYLOAD_BREAKS)]
     return "\n".join(out) + "\n"
 
 

@@ -128,8 +128,13 @@ class ApiError(Exception):
         return web.json_response(body, status=self.refusal.http, headers=out_headers, dumps=_dumps)
 
 
+# json.dumps with ensure_ascii=False builds an encoder for every call: one, kept, gives
+# the same text (the same options) for a little less.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 @dataclass

@@ -156,10 +156,126 @@ def decode_canonical(data: bytes | bytearray | memoryview, limits: Limits = CBOR
     never occur in this project's documents.
     """
     raw = bytes(data)
+    try:
+        return _decode_deterministic(raw, limits)
+    except _Irregular:
+        pass  # the checks below say what is wrong (or accept what the one pass does not)
     value = decode_leading(raw, limits)
     if encode_ordered(value) != raw or not _keys_in_order(value):
         raise CodecError("CBOR is not in deterministic encoding (RFC 8949 §4.2.1)")
     return value
+
+
+class _Irregular(Exception):
+    """Not in the one form `_decode_deterministic` reads; the full checks decide."""
+
+
+def _head_entry(initial: int) -> tuple[int, int] | None:
+    """(major type, argument) of an initial byte; an argument -n is in the next n bytes.
+    None for what the one pass leaves to the full checks: tags, floats, indefinite
+    lengths, reserved values, simple values other than false, true and null."""
+    major, info = initial >> 5, initial & 0x1F
+    if major == 6:
+        return None
+    if major == 7:
+        return (7, info) if 20 <= info <= 22 else None
+    if info < 24:
+        return major, info
+    return (major, -(1 << (info - 24))) if info < 28 else None
+
+
+_HEAD_ENTRIES = tuple(_head_entry(b) for b in range(256))
+_SHORTEST = {1: 24, 2: 0x100, 4: 0x10000, 8: 0x100000000}  # the least argument each size holds
+_SIMPLE_VALUES = {20: False, 21: True, 22: None}
+_Frame = tuple[Any, int, bool, Any, bytes]
+
+
+def _decode_deterministic(raw: bytes, limits: Limits) -> Any:
+    """The value of `raw` if it is the deterministic encoding of one, in one pass, else
+    _Irregular. What it reads (definite lengths, shortest heads, text keys in strictly
+    increasing encoded order, no tags or floats, within `limits`' depth and item count)
+    is exactly what `check_cbor`, cbor2 and the re-encoding comparison accept, and it
+    builds the value cbor2 builds (tests compare them on hostile input): a third less
+    time than the three passes for a document's payload.
+
+    One loop on purpose, as in `check_cbor`: a call per item would cost more than the walk.
+    """
+    end, pos, items = len(raw), 0, 0
+    stack: list[_Frame] = []
+    root: list[Any] = []
+    container: Any = root  # the open list or dict, and how many entries it still takes
+    remaining, is_map, key, last_key = 1, False, None, b""
+    while True:
+        if pos >= end:
+            raise _Irregular
+        start = pos
+        entry = _HEAD_ENTRIES[raw[pos]]
+        if entry is None:
+            raise _Irregular
+        major, arg = entry
+        pos += 1
+        if arg < 0 and major != 7:
+            size = -arg
+            arg = int.from_bytes(raw[pos : pos + size], "big")
+            pos += size
+            if pos > end or arg < _SHORTEST[size]:
+                raise _Irregular
+        items += 1
+        if major == 3:  # text first: most items are (keys and values)
+            if arg > end - pos:
+                raise _Irregular
+            pos += arg
+            try:
+                value: Any = raw[pos - arg : pos].decode()
+            except UnicodeDecodeError:
+                raise _Irregular from None
+            if key is None and is_map:  # the key: after the previous one's encoding
+                encoded = raw[start:pos]
+                if encoded <= last_key:
+                    raise _Irregular
+                key, last_key = value, encoded
+                continue
+        elif key is None and is_map:
+            raise _Irregular  # a key that is not text
+        elif major == 0:
+            value = arg
+        elif major == 2:
+            if arg > end - pos:
+                raise _Irregular
+            pos += arg
+            value = raw[pos - arg : pos]
+        elif major == 1:
+            value = -1 - arg
+        elif major == 7:
+            value = _SIMPLE_VALUES[arg]
+        else:
+            if len(stack) >= limits.max_depth:
+                raise _Irregular
+            value = [] if major == 4 else {}
+            if arg:
+                if arg > end - pos:
+                    raise _Irregular
+                if is_map:
+                    container[key] = value
+                else:
+                    container.append(value)
+                stack.append((container, remaining, is_map, key, last_key))
+                container, remaining, is_map, key, last_key = value, arg, major == 5, None, b""
+                continue
+        if is_map:
+            container[key] = value
+            key = None
+        else:
+            container.append(value)
+        remaining -= 1
+        while not remaining:  # containers complete with this item
+            if not stack:
+                if pos != end or items > limits.max_items:
+                    raise _Irregular
+                return root[0]
+            container, remaining, is_map, _, last_key = stack.pop()
+            key = None
+            remaining -= 1
 
 
 def _encoded_key(key: Any) -> bytes:
@@ -216,10 +332,16 @@ def _keys_in_order(value: Any) -> bool:
     return True
 
 
+# The types json_view gives back as they are: a map's values of these (most of a
+# document's) are not passed to it again.
+_JSON_LEAVES = frozenset({str, int, bool, type(None)})
+
+
 def json_view(value: Any) -> Any:
     """A decoded CBOR value as JSON data: byte strings (hashes, keys, signatures) in hex."""
     if isinstance(value, dict):
-        return {str(k): json_view(v) for k, v in value.items()}
+        leaves = _JSON_LEAVES
+        return {str(k): v if type(v) in leaves else json_view(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_view(v) for v in value]
     if isinstance(value, bytes):

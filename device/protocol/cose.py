@@ -86,8 +86,52 @@ class Sign1:
         return verify(public_key, self.to_be_signed(), self.signature)
 
 
+def _bstr_at(raw: bytes, pos: int) -> tuple[int, int] | None:
+    """(start, end) of the byte string whose head is at `pos`, in a head form `bstr_header`
+    writes, or None."""
+    if pos >= len(raw):
+        return None
+    initial = raw[pos]
+    if 0x40 <= initial < 0x58:
+        start = pos + 1
+        return start, start + initial - 0x40
+    size = _HEAD_SIZES.get(initial)
+    if size is None:
+        return None
+    start = pos + 1 + size
+    return start, start + int.from_bytes(raw[pos + 1 : start], "big")
+
+
+_HEAD_SIZES = {0x58: 1, 0x59: 2, 0x5A: 4}
+
+
+def _split_sign1(raw: bytes) -> Sign1 | None:
+    """The envelope read by position, if `raw` is exactly what `assemble` writes, else None.
+
+    Every document syncd answers for is in this form; reading it by position costs a
+    fifth of walking it with the decoding policy and cbor2. Anything else (None) takes
+    that path, which gives every refusal its message. What is accepted here is what that
+    path accepts (8 items, tag 18, the fixed headers, a 64-byte signature, and bytes equal
+    to `assemble` of the parts), with the same parts."""
+    if not raw.startswith(_ENVELOPE_PREFIX):
+        return None
+    kid = _bstr_at(raw, len(_ENVELOPE_PREFIX))
+    if kid is None:
+        return None
+    payload = _bstr_at(raw, kid[1])
+    if payload is None or raw[payload[1] : payload[1] + 2] != b"\x58\x40":
+        return None
+    parts = raw[kid[0] : kid[1]], raw[payload[0] : payload[1]], raw[payload[1] + 2 :]
+    if len(parts[2]) != SIGNATURE_SIZE or assemble(parts[1], parts[2], parts[0]) != raw:
+        return None
+    return Sign1(parts[1], parts[2], parts[0], raw)
+
+
 def decode_sign1(data: bytes | bytearray | memoryview) -> Sign1:
     raw = bytes(data)
+    fast = _split_sign1(raw)
+    if fast is not None:
+        return fast
     try:
         item = codec.decode_leading(raw, untrusted.COSE)  # exactness: the re-assembly check below
     except codec.CodecError as exc:

@@ -106,27 +106,23 @@ def format_utc(seconds: float) -> str:
     return last[1]
 
 
-_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", re.ASCII)  # int() reads any digits
+# int() reads any digits: ASCII only. The groups are the constructor's arguments.
+_UTC = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z", re.ASCII)
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
+_SECOND = datetime.timedelta(seconds=1)
 
 
 def parse_utc(text: object) -> int:
-    if not isinstance(text, str) or not _UTC.fullmatch(text):
+    if not isinstance(text, str) or (match := _UTC.fullmatch(text)) is None:
         raise ValueError(f"not a UTC time of the form YYYY-MM-DDTHH:MM:SSZ: {shown(text)}")
     try:  # the constructor checks ranges (month 13, 30 February, hour 24 ...)
-        when = datetime.datetime(
-            int(text[0:4]),
-            int(text[5:7]),
-            int(text[8:10]),
-            int(text[11:13]),
-            int(text[14:16]),
-            int(text[17:19]),
-        )
+        year, month, day, hour, minute, second = map(int, match.groups())
+        when = datetime.datetime(year, month, day, hour, minute, second)
     except ValueError as exc:
         raise ValueError(f"not a valid time: {text} ({exc})") from None
-    return (when - _EPOCH) // datetime.timedelta(seconds=1)
+    return (when - _EPOCH) // _SECOND
 
 
 _CHECK_CODE_MODULUS = 10**CHECK_CODE_DIGITS
@@ -274,7 +270,7 @@ def _check_keys(payload: dict[str, Any]) -> Kind:
     kind_text = payload.get("kind")
     if kind_text not in _KINDS:
         raise DocumentError(f"unknown kind {shown(kind_text)}")
-    kind = Kind(str(kind_text))
+    kind = _KIND_OF[kind_text]  # a lookup: calling the enum costs more
     expected = _EXPECTED_KEYS[kind]
     if payload.keys() != expected and payload.keys() != _WITH_OPTIONAL.get(kind):
         raise DocumentError(

@@ -98,3 +98,31 @@ def test_the_line_benchmark_lands_every_document_once() -> None:
     assert run["on_chain_once"], run["audit"]
     assert run["sales_during_drain"]["sales"] == run["sales_idle_line"]["sales"] == 5
     assert run["ceiling"]["fetch_only"] < 1
+
+
+def test_the_answer_benchmark_times_every_piece() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "answer.py"),
+            "--seconds",
+            "0.01",
+            "--documents",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["documents"] == 3  # two invoices and a credit note
+    pieces = {"parse", "verify", "qr_check", "qr_parse", "json_view"}
+    pieces |= {
+        f"{what}_{paper}"
+        for what in ("text", "document_json", "dumps", "answer")
+        for paper in (58, 80)
+    }
+    assert set(figures) == pieces | {"documents"}
+    assert all(figures[piece] > 0 for piece in pieces)

@@ -3,12 +3,14 @@ is checked against the document, and the issue time in the shop's zone."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from device.app import open_device
 from device.limits import Limits
 from device.protocol import qr
 from device.protocol.document import parse_document
+from syncd.api import _dumps
 from syncd.receipt import document_json
 from tests.device.conftest import INVOICE
 
@@ -49,3 +51,36 @@ def test_the_receipt_carries_the_devices_qr_only_when_it_checks(tmp_path: Path) 
             assert fallback["receipt"]["qr"] == unsigned
     finally:
         fw.journal.close()
+
+
+def test_the_answers_json_is_what_json_dumps_gives(tmp_path: Path) -> None:
+    """syncd's kept encoder writes the same text as json.dumps(..., ensure_ascii=False),
+    for invoices with CJK names, credit notes, both papers, and refusal bodies."""
+    limits = Limits(offline_seconds=10**9, offline_amount=10**15)
+    fw = open_device(tmp_path / "state", training=True, limits=limits)
+    try:
+        cjk = {
+            "buyer": {"name": "深圳港湾物流股份有限公司北方分公司驻上海办事处"},
+            "items": [
+                {
+                    "name": "有机绿茶 250克 特级",
+                    "quantity": "2",
+                    "unit_price": 4500,
+                    "tax_rate_bp": 1300,
+                }
+            ],
+        }
+        answers = [fw.issue(INVOICE), fw.issue(cjk)]
+        refers = {"code": answers[1]["code"], "number": answers[1]["number"]}
+        answers.append(fw.credit({"refers_to": refers, "reason": '退货 "returned"'}))
+        key = fw.key.public_key
+        values: list[object] = [
+            document_json(parse_document(answer["document"]), answer, paper, key)
+            for answer in answers
+            for paper in (58, 80)
+        ]
+        values += [{"error": "bad_request", "message": "贸\u2028\x00", "detail": None}, [1.5, -0.0]]
+        for value in values:
+            assert _dumps(value) == json.dumps(value, ensure_ascii=False)
+    finally:
+        fw.close()
