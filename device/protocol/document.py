@@ -268,7 +268,8 @@ def check_shape(payload: object) -> None:
 def _check_keys(payload: dict[str, Any]) -> Kind:
     """The document's kind, once its keys are exactly that kind's."""
     kind_text = payload.get("kind")
-    if kind_text not in _KINDS:
+    # str first: a map or an array is no set member, and asking would raise TypeError
+    if type(kind_text) is not str or kind_text not in _KINDS:
         raise DocumentError(f"unknown kind {shown(kind_text)}")
     kind = _KIND_OF[kind_text]  # a lookup: calling the enum costs more
     expected = _EXPECTED_KEYS[kind]

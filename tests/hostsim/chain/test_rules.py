@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from device.protocol import trust
+from device.protocol import codec, cose, trust
 from device.protocol.document import format_utc, parse_document, sign_document
 from device.protocol.invoice import DEFAULT_TAX_RATES, parse_items
 from device.protocol.keys import KeyPair
@@ -327,6 +327,22 @@ async def test_malformed_documents(api: Api, device: DeviceSim) -> None:
         "POST", "/v1/documents", data=b"x", headers={"Content-Type": "text/plain"}
     )
     assert (status, body["error"]["code"]) == (415, "unsupported_media_type")
+
+
+async def test_a_kind_that_is_a_map_or_an_array_is_malformed_and_the_chain_answers_on(
+    api: Api, device: DeviceSim
+) -> None:
+    """A kind that cannot be a dictionary key (a map, an array) was a TypeError out of the
+    shape check: the whole batch failed instead of one document being malformed."""
+    await api.register(device)
+    key = KeyPair.generate()
+    for kind in ([], {}, [["invoice"]]):
+        raw = cose.sign1(codec.encode({"kind": kind}), key, device.device_id.encode())
+        status, body = await api.call("POST", "/v1/documents", json={"documents": [b64(raw)]})
+        assert status == 200, body
+        assert body["results"][0]["code"] == "malformed_document", body
+    status, _ = await api.call("GET", "/v1/health")
+    assert status == 200
 
 
 def _b64d(text: str) -> bytes:
