@@ -4,10 +4,11 @@ A DeviceServer runs on a port that only records what it sends, in this event loo
 host is played by this script with no link in between. Issues come in bursts of a few
 at a time; with sync traffic, each round also FETCHes pages of up to 60,000 bytes from
 synced_through + 1, ACK_SYNCs a quorum-signed receipt for the highest counter fetched
-and now and then asks STATUS, as syncd does. CPU is this thread's (minus what the host
-part spends making requests and receipts) plus the journal thread's, per invoice.
+(alone, or arriving behind the next burst) and now and then asks STATUS, as syncd
+does. CPU is this thread's (minus what the host part spends making requests and
+receipts) plus the journal thread's, per invoice.
 
-    python bench/device_sync.py [--rounds 300] [--burst 1,6]
+    python bench/device_sync.py [--rounds 300] [--burst 1,6] [--behind 0.5]
 """
 
 from __future__ import annotations
@@ -116,21 +117,25 @@ def journal_cpu() -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
-async def sync_round(host: Host, chain: SigningConsortium, device: str, first: bool) -> None:
+async def fetch_round(host: Host) -> list[tuple[int, bytes]]:
+    """FETCH pages from synced_through + 1 until the journal's end, as syncd does."""
     docs: list[tuple[int, bytes]] = []
-    nxt = 1
+    nxt = 1  # the device starts at synced_through + 1 anyway
     while True:
         (page,) = await host.send([(Command.FETCH, {"from": nxt, "max_bytes": PAGE_BYTES})])
         if not page["documents"]:
-            break
+            return docs
         docs += [(page["first"] + i, d) for i, d in enumerate(page["documents"])]
         nxt = page["first"] + len(page["documents"])
-    if docs:
-        body: dict[str, Any] = {"receipts": host.receipt(chain, docs[-1], device)}
-        if first:
-            body["consortium"] = chain.raw
-        (answer,) = await host.send([(Command.ACK_SYNC, body)])
-        assert answer["synced_through"] == docs[-1][0], answer
+
+
+def ack_request(
+    host: Host, chain: SigningConsortium, doc: tuple[int, bytes], device: str, first: bool
+) -> tuple[Command, Any]:
+    body: dict[str, Any] = {"receipts": host.receipt(chain, doc, device)}
+    if first:
+        body["consortium"] = chain.raw
+    return Command.ACK_SYNC, body
 
 
 async def measure(args: argparse.Namespace, sync: bool) -> dict[str, Any]:
@@ -144,22 +149,31 @@ async def measure(args: argparse.Namespace, sync: bool) -> dict[str, Any]:
         writer = asyncio.create_task(server.writer.run())
         host, chain = Host(server, port), SigningConsortium()
         await host.send([(Command.ISSUE, REQUEST)] * 20)  # warm up
+        device = fw.settings.device_id
         if sync:
-            await sync_round(host, chain, fw.settings.device_id, True)
+            await host.send([ack_request(host, chain, (await fetch_round(host))[-1], device, True)])
         host.own_cpu, issued, acks = 0.0, 0, 0
         loop0, journal0, commits0 = (
             time.thread_time(),
             journal_cpu(),
             fw.since_start.document_commits,
         )
+        behind: list[tuple[Command, Any]] = []  # an ACK_SYNC that goes behind the next burst
         for index in range(args.rounds):
             for _ in range(rng.randint(1, 3)):  # a few bursts between two sync rounds
                 size = rng.randint(low, high)
-                await host.send([(Command.ISSUE, REQUEST)] * size)
-                issued += size
+                answers = await host.send([(Command.ISSUE, REQUEST)] * size + behind)
+                assert all("error" not in answer for answer in answers), answers
+                issued, behind = issued + size, []
             if sync:
-                await sync_round(host, chain, fw.settings.device_id, False)
+                docs = await fetch_round(host)
+                ack = ack_request(host, chain, docs[-1], device, False)
                 acks += 1
+                if rng.random() < args.behind:
+                    behind = [ack]  # it arrives while the tills send the next burst
+                else:
+                    (answer,) = await host.send([ack])
+                    assert answer["synced_through"] == docs[-1][0], answer
                 if index % 10 == 0:
                     await host.send([(Command.STATUS, {})])
         loop = time.thread_time() - loop0 - host.own_cpu
@@ -174,6 +188,7 @@ async def measure(args: argparse.Namespace, sync: bool) -> dict[str, Any]:
         "invoices": issued,
         "invoices_per_ack": round(issued / acks, 1) if acks else None,
         "invoices_per_commit": round(issued / commits, 2),
+        "acks_behind_a_burst": args.behind if sync else None,
         "device_cpu_us_per_invoice": round((loop + journal) / issued * 1e6, 1),
         "loop_us": round(loop / issued * 1e6, 1),
         "journal_us": round(journal / issued * 1e6, 1),
@@ -185,6 +200,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument(
         "--burst", type=lambda s: tuple(int(x) for x in s.split(",")), default=(1, 6)
+    )
+    parser.add_argument(
+        "--behind", type=float, default=0.5, help="share of ACK_SYNCs sent behind a burst"
     )
     args = parser.parse_args()
     for sync in (False, True):

@@ -60,10 +60,15 @@ class Write:
     with what `store` returned: it changes the in-memory state and gives the answer.
     Every check runs before `store` and only assignments in `finish`, so a refusal or a
     failed write changes nothing.
+
+    `meta` is set when `store` writes only journal meta (None stored): such a write may
+    instead ride in the transaction of the document batch before it (the writer joins
+    an ACK_SYNC to the group it follows), one fsync for both.
     """
 
     store: Callable[[], Any] | None
     finish: Callable[[Any], dict[str, Any]]
+    meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,7 +488,9 @@ class Firmware:
                 "time": format_utc(self.now()),
             }
 
-        return Write(partial(self.journal.commit, Batch(meta=meta)) if meta else None, finish)
+        if not meta:
+            return Write(None, finish, {})
+        return Write(partial(self.journal.commit, Batch(meta=meta)), finish, meta)
 
     def load_cert(self, body: Any) -> Write:
         """LOAD_CERT: the bureau's certificate for this device and key (again: a no-op)."""
