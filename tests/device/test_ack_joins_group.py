@@ -91,7 +91,7 @@ async def test_an_ack_behind_a_group_commits_with_it(rig: Rig) -> None:
     after = rig.submit(Command.ISSUE, INVOICE)  # behind the ACK: sees it applied
     await rig.drain()
     assert all(rig.answers[rid][0] == Status.OK for rid in [*issues, ack, after])
-    status, body = rig.answers[ack]
+    body = rig.answers[ack][1]
     assert body["synced_through"] == 3 and body["accepted"] == 1
     # One transaction held the group's documents and the ACK's meta.
     assert [len(b.documents) for b in rig.batches] == [3, 1]
