@@ -216,7 +216,9 @@ class Writer:
     def _committed(self, flight: _Flight, _: None, error: BaseException | None) -> None:
         """In the loop, as soon as the journal thread is done with a group: answer it.
         Runs while the next group is signed, so on failure it touches nothing and
-        leaves rollback and refusals to _settle."""
+        leaves rollback and refusals to _settle. (Behind a joined ACK_SYNC nothing is
+        signed until this ran: the writer waits for it, so applying the ACK here is
+        what applying it alone after its own commit was.)"""
         if error is None:
             self.fw.committed_batch(flight.batch)
             self._send(flight.results)
