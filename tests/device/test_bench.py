@@ -98,3 +98,20 @@ def test_the_line_benchmark_lands_every_document_once() -> None:
     assert run["on_chain_once"], run["audit"]
     assert run["sales_during_drain"]["sales"] == run["sales_idle_line"]["sales"] == 5
     assert run["ceiling"]["fetch_only"] < 1
+
+
+def test_the_device_sync_benchmark_runs_both_ways() -> None:
+    """`bench/device_sync.py` runs with and without sync traffic (a few rounds)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "device_sync.py"), "--rounds", "6"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [run["sync"] for run in runs] == [False, True]
+    for run in runs:
+        assert run["invoices"] > 0 and run["device_cpu_us_per_invoice"] > 0
+    assert runs[0]["invoices_per_ack"] is None and runs[1]["invoices_per_ack"] > 0
