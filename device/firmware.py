@@ -60,10 +60,15 @@ class Write:
     with what `store` returned: it changes the in-memory state and gives the answer.
     Every check runs before `store` and only assignments in `finish`, so a refusal or a
     failed write changes nothing.
+
+    `meta` is set when `store` writes only journal meta (None stored): such a write may
+    instead ride in the transaction of the document batch before it (the writer joins
+    an ACK_SYNC to the group it follows), one fsync for both.
     """
 
     store: Callable[[], Any] | None
     finish: Callable[[Any], dict[str, Any]]
+    meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,14 @@ def document_response(row: DocumentRow, payload: dict[str, Any], key: KeyPair) -
     }
 
 
+def pending_backlog(rows: list[DocumentRow]) -> Backlog:
+    """The backlog of documents not yet committed: what journal.range_totals counts
+    (every document; the |total| of invoices and credit notes) over these rows."""
+    money = (Kind.INVOICE.value, Kind.CREDIT.value)
+    amount = sum(abs(row.total) for row in rows if row.kind in money)
+    return Backlog(len(rows), amount, rows[0].issued_at if rows else None)
+
+
 def response_payload(row: DocumentRow) -> dict[str, Any]:
     payload = codec.decode(cose.decode_sign1(row.doc).payload)
     assert isinstance(payload, dict)
@@ -124,6 +137,7 @@ class Firmware:
         last = journal.last_document()
         self.head = Head(*last) if last else Head()
         self.committed = self.head.counter
+        self._committed_hash = self.head.last_hash  # of document `committed`
         self.synced_through: int = journal.meta("synced_through", 0)
         self.last_sync_at: int | None = journal.meta("last_sync_at")
         self.time_offset: int = journal.meta("time_offset", 0)
@@ -230,8 +244,16 @@ class Firmware:
 
     def committed_batch(self, batch: Batch) -> None:
         if batch.documents:
-            self.committed = batch.documents[-1].counter
+            last = batch.documents[-1]
+            self.committed, self._committed_hash = last.counter, last.hash
             self.since_start.committed(len(batch.documents))
+
+    def committed_hash(self, counter: int) -> bytes | None:
+        """The hash of committed document `counter` (None: no such document). The newest,
+        which a receipt usually names, is known without reading the journal."""
+        if counter == self.committed and counter > 0:
+            return self._committed_hash
+        return self.journal.hash_of(counter) if 0 < counter < self.committed else None
 
     def commit_pending(self) -> Batch:
         """Commit what was issued since the last batch, as the writer's group commit does
@@ -466,7 +488,9 @@ class Firmware:
                 "time": format_utc(self.now()),
             }
 
-        return Write(partial(self.journal.commit, Batch(meta=meta)) if meta else None, finish)
+        if not meta:
+            return Write(None, finish, {})
+        return Write(partial(self.journal.commit, Batch(meta=meta)), finish, meta)
 
     def load_cert(self, body: Any) -> Write:
         """LOAD_CERT: the bureau's certificate for this device and key (again: a no-op)."""
@@ -514,9 +538,7 @@ class Firmware:
         if ack.consortium is not None:
             meta["consortium"] = ack.consortium
             if self.credentials.chain_id is None:  # the first consortium pins the chain
-                meta["chain_id"] = trust.open_consortium(
-                    ack.consortium, self.settings.bureau_key
-                ).chain_id
+                meta["chain_id"] = self._opened(ack).chain_id
         if ack.chain_time is not None and ack.chain_time > self.chain_time:
             meta["chain_time"] = ack.chain_time
             offset = self.offset_for_chain_time(ack.chain_time)
@@ -539,13 +561,19 @@ class Firmware:
         cert = self.credentials.cert
         return parse_utc(cert.not_after) if cert is not None else None
 
+    def _opened(self, ack: receipts.Ack) -> trust.ConsortiumKeys:
+        """The ACK's new consortium, as verify_ack checked it (opened again only if an
+        Ack made elsewhere did not keep it)."""
+        assert ack.consortium is not None
+        if ack.opened is not None and ack.opened.raw == ack.consortium:
+            return ack.opened
+        return trust.open_consortium(ack.consortium, self.settings.bureau_key)
+
     def apply_ack(self, ack: receipts.Ack, meta: dict[str, Any], now: int) -> None:
         """After the commit of `meta`: the same changes in memory."""
-        synced_through, consortium = ack.synced_through, ack.consortium
-        if consortium is not None:
-            self.credentials.consortium = trust.open_consortium(
-                consortium, self.settings.bureau_key
-            )
+        synced_through = ack.synced_through
+        if ack.consortium is not None:
+            self.credentials.consortium = self._opened(ack)
             if "chain_id" in meta:
                 self.credentials.first_chain_id = meta["chain_id"]
         if "chain_time" in meta:
@@ -553,13 +581,21 @@ class Firmware:
         if "time_offset" in meta:
             self.time_offset = meta["time_offset"]
         if synced_through > self.synced_through:
-            count, amount = self.journal.range_totals(self.synced_through, synced_through)
-            oldest = self.journal.issued_at(synced_through + 1)
-            if oldest is None and self._pending:
-                oldest = self._pending[0].issued_at
-            self.backlog = Backlog(self.backlog.count - count, self.backlog.amount - amount, oldest)
+            self.backlog = self._backlog_after(synced_through)
             self.synced_through = synced_through
             self.last_sync_at = now
+
+    def _backlog_after(self, synced_through: int) -> Backlog:
+        """The backlog once everything through `synced_through` is synced. A receipt for
+        the newest committed document (syncd's usual one) leaves only the documents not
+        yet committed, all in memory: no journal read."""
+        if synced_through == self.committed:
+            return pending_backlog(self._pending)
+        count, amount = self.journal.range_totals(self.synced_through, synced_through)
+        oldest = self.journal.issued_at(synced_through + 1)
+        if oldest is None and self._pending:
+            oldest = self._pending[0].issued_at
+        return Backlog(self.backlog.count - count, self.backlog.amount - amount, oldest)
 
     def set_time(self, body: Any) -> Write:
         """SET_TIME: move the clock forward, within the step and the certificate."""

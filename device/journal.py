@@ -180,10 +180,17 @@ class SegmentRow:
 # besides COMMIT's fsync added about as much time again as the fsync.
 ROWS_PER_INSERT = 64
 _ROW_PLACEHOLDERS = "(" + ",".join("?" * (len(_COLUMNS.split(",")) + 1)) + ")"
-_UPSERT_META = (
-    "INSERT INTO meta (key, value) VALUES (?, ?) "
-    "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-)
+
+
+@functools.cache
+def _upsert_meta(rows: int) -> str:
+    """One statement for every meta key a batch writes (ACK_SYNC writes two to five):
+    outside BEGIN it commits in one statement step, as a document batch does."""
+    return (
+        "INSERT INTO meta (key, value) VALUES "
+        + ",".join(["(?, ?)"] * rows)
+        + " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+    )
 
 
 @functools.cache
@@ -203,13 +210,16 @@ def _statements(batch: Batch) -> list[tuple[str, list[Any]]]:
             values += row.values()
             values.append(None)  # period
         statements.append((_insert_documents(len(chunk)), values))
+    meta = [(key, codec.encode(value)) for key, value in batch.meta.items()]
     if batch.period is not None:
         period = codec.encode(batch.period)
         if statements:
             statements[-1][1][-1] = period  # the last document carries it
         else:
-            statements.append((_UPSERT_META, ["period", period]))
-    statements += [(_UPSERT_META, [key, codec.encode(value)]) for key, value in batch.meta.items()]
+            meta.insert(0, ("period", period))
+    if meta:
+        # Rows apply in order: a key given twice ends with its later value, as before.
+        statements.append((_upsert_meta(len(meta)), [v for row in meta for v in row]))
     return statements
 
 

@@ -29,6 +29,9 @@ class Ack:
     synced_through: int
     consortium: bytes | None  # a consortium to store, or None
     chain_time: int | None  # the newest quorum-signed block time among the receipts
+    # `consortium` as checked here (bureau signature verified): applying the ACK keeps
+    # this instead of opening the same bytes again.
+    opened: trust.ConsortiumKeys | None = None
 
 
 def verify_ack(fw: Firmware, body: Any) -> Ack:
@@ -69,7 +72,7 @@ def verify_ack(fw: Firmware, body: Any) -> Ack:
             raise DeviceError(
                 Status.RECEIPT_MISMATCH, f"receipts[{index}]: no document {verified.counter}"
             )
-        if fw.journal.hash_of(verified.counter) != verified.doc_hash:
+        if fw.committed_hash(verified.counter) != verified.doc_hash:
             raise DeviceError(
                 Status.RECEIPT_MISMATCH,
                 f"receipts[{index}]: hash differs from document {verified.counter}",
@@ -78,7 +81,7 @@ def verify_ack(fw: Firmware, body: Any) -> Ack:
         block_time = _block_time(verified.time)
         if block_time is not None and (newest is None or block_time > newest):
             newest = block_time
-    return Ack(best, new_raw, newest)
+    return Ack(best, new_raw, newest, consortium if new_raw is not None else None)
 
 
 def _check_chain(receipt: object, pinned: str, index: int) -> None:

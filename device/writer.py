@@ -9,6 +9,14 @@ is never idle waiting for the disk. If a commit fails, the firmware's
 in-memory state is restored to before that group, its documents are
 refused, and the group signed on top of it is signed again: nothing
 half-written, nothing acknowledged that is not durable.
+
+An ACK_SYNC right behind a group is checked against the committed journal
+as it would be alone (its receipts can only name documents a host fetched,
+all committed before it arrived) and its meta joins the group's
+transaction: one fsync and one journal round trip for both. It is applied
+and answered once that transaction is durable, before anything after it is
+signed, as when it commits alone; if the transaction fails it is refused
+with the group.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from device.firmware import Firmware, Snapshot
+from device.firmware import Firmware, Snapshot, Write
 from device.handlers import ISSUES, UPDATES
 from device.journal import Batch, JournalError, StorageFull
 from device.journal_thread import JournalThread
@@ -32,6 +40,7 @@ log = logging.getLogger("taxctl.device")
 
 MAX_GROUP = 512
 YIELD_EVERY = 4
+JOINS = frozenset({Command.ACK_SYNC})  # writes whose meta may ride in the group before them
 
 Reply = Callable[[int, dict[str, Any]], None]  # (status, body)
 
@@ -57,6 +66,7 @@ class _Flight:
     results: list[Answer]
     batch: Batch
     done: asyncio.Future[DeviceError | None]
+    joined: tuple[WriteRequest, Write] | None = None  # an ACK_SYNC riding in `batch`
 
 
 class Writer:
@@ -111,8 +121,15 @@ class Writer:
             while end < len(items) and items[end].command in ISSUES:
                 end += 1
             if end > start:
-                await self._issue_group(items[start:end])
+                follower = items[end] if end < len(items) else None
+                if follower is not None and follower.command not in JOINS:
+                    follower = None
+                joined = await self._issue_group(items[start:end], follower)
                 start = end
+                if joined:
+                    # Nothing after the ACK is signed before it is applied, as when alone.
+                    await self._settle()
+                    start += 1
             else:
                 await self._settle()  # other writes read committed state
                 await self._write_one(items[start])
@@ -136,9 +153,15 @@ class Writer:
                 for it, code, out in flight.results
             ]
         )
+        if flight.joined is not None:
+            _answer(flight.joined[0], error.status, error.to_body())
         return False
 
-    async def _issue_group(self, group: list[WriteRequest]) -> None:
+    async def _issue_group(
+        self, group: list[WriteRequest], follower: WriteRequest | None = None
+    ) -> bool:
+        """Sign a group and submit its commit; True if `follower` (an ACK_SYNC right
+        behind it) joined the commit and is answered with it."""
         snapshot = self.fw.snapshot()
         results = await self._sign_group(group)
         if not await self._settle():
@@ -149,12 +172,30 @@ class Writer:
         batch = self.fw.take_batch()
         if not batch:
             self._send(results)
-            return
+            return False
         flight = _Flight(snapshot, results, batch, asyncio.get_running_loop().create_future())
+        if follower is not None and batch.documents:
+            flight.joined = self._join(follower, batch, results)
         self._in_flight = flight
         # The anchor is written in the same job, after the commit: nothing is answered
         # before both are durable.
         self._journal.submit(partial(self._committed, flight), self.fw.commit_documents, batch)
+        return follower is not None and batch.documents != []
+
+    def _join(
+        self, item: WriteRequest, batch: Batch, results: list[Answer]
+    ) -> tuple[WriteRequest, Write] | None:
+        """Check the ACK_SYNC behind a group now, on the committed journal, and put its
+        meta in the group's batch; a refusal is answered with the group's answers."""
+        try:
+            write = UPDATES[item.command](self.fw, item.body)
+            assert write.meta is not None, "a joining write says what it stores"
+        except Exception as exc:
+            error = refusal(exc, item.command.name)
+            results.append((item, error.status, error.to_body()))
+            return None
+        batch.meta.update(write.meta)
+        return item, write
 
     async def _sign_group(self, group: list[WriteRequest]) -> list[Answer]:
         results: list[Answer] = []
@@ -175,10 +216,14 @@ class Writer:
     def _committed(self, flight: _Flight, _: None, error: BaseException | None) -> None:
         """In the loop, as soon as the journal thread is done with a group: answer it.
         Runs while the next group is signed, so on failure it touches nothing and
-        leaves rollback and refusals to _settle."""
+        leaves rollback and refusals to _settle. (Behind a joined ACK_SYNC nothing is
+        signed until this ran: the writer waits for it, so applying the ACK here is
+        what applying it alone after its own commit was.)"""
         if error is None:
             self.fw.committed_batch(flight.batch)
             self._send(flight.results)
+            if flight.joined is not None:
+                _finish(*flight.joined)
             flight.done.set_result(None)
         else:
             what = f"committing {len(flight.batch.documents)} documents"
@@ -216,6 +261,17 @@ def refusal(exc: BaseException, what: str) -> DeviceError:
     # A journal error is the disk's doing; anything else is a bug: show where.
     log.error("%s failed: %s", what, exc, exc_info=None if isinstance(exc, JournalError) else exc)
     return internal_error(exc)
+
+
+def _finish(item: WriteRequest, write: Write) -> None:
+    """A joined write's in-memory change and answer, once its batch is durable."""
+    try:
+        body = write.finish(None)
+    except Exception as exc:
+        error = refusal(exc, item.command.name)
+        _answer(item, error.status, error.to_body())
+    else:
+        _answer(item, Status.OK, body)
 
 
 def _answer(item: WriteRequest, code: int, out: dict[str, Any]) -> None:

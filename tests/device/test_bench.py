@@ -126,3 +126,20 @@ def test_the_answer_benchmark_times_every_piece() -> None:
     }
     assert set(figures) == pieces | {"documents"}
     assert all(figures[piece] > 0 for piece in pieces)
+
+
+def test_the_device_sync_benchmark_runs_both_ways() -> None:
+    """`bench/device_sync.py` runs with and without sync traffic (a few rounds)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "device_sync.py"), "--rounds", "6"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [run["sync"] for run in runs] == [False, True]
+    for run in runs:
+        assert run["invoices"] > 0 and run["device_cpu_us_per_invoice"] > 0
+    assert runs[0]["invoices_per_ack"] is None and runs[1]["invoices_per_ack"] > 0
