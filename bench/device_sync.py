@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.issue import REQUEST
 from device.app import open_device
 from device.limits import Limits
 from device.protocol import codec
@@ -34,13 +35,6 @@ from device.protocol.framing import Frame, FrameDecoder, FrameType
 from device.server import DeviceServer
 from tests.helpers import SigningConsortium
 
-REQUEST = {
-    "buyer": {"name": "ACME Trading", "tax_id": "91350100M000100Y43"},
-    "items": [
-        {"name": "Green tea 250 g", "quantity": "2", "unit_price": 3500, "tax_rate_bp": 1300},
-        {"name": "Delivery", "quantity": "1", "unit_price": 800, "tax_rate_bp": 900},
-    ],
-}
 PAGE_BYTES = 60000
 
 

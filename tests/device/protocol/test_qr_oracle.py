@@ -15,21 +15,9 @@ from urllib.parse import parse_qs
 import pytest
 
 from device.protocol import keys, qr
-from device.protocol.keys import KeyPair
 from device.protocol.untrusted import shown_keys
-
-KEY = KeyPair.derive("qr oracle")
-DEVICE_ID = "TC0123456789AB"
-DOC_HASH = bytes(range(32))
-PAYLOAD = {
-    "code": "991295698646",
-    "number": "00000001",
-    "issued_at": "2026-11-25T08:00:00Z",
-    "check_code": "12345678901234567890",
-    "total": 1695,
-    "training": False,
-    "device_id": DEVICE_ID,
-}
+from tests.device.protocol.test_qr import DEVICE_ID, DOC_HASH, KEY
+from tests.device.protocol.test_qr import SIGNED_PAYLOAD as PAYLOAD
 
 
 def old_unb64url(text: str, size: int, what: str) -> bytes:
