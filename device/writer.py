@@ -241,12 +241,11 @@ class Writer:
         try:
             write = UPDATES[item.command](self.fw, item.body)
             stored = None if write.store is None else await self._journal.run(write.store)
-            body = write.finish(stored)
         except Exception as exc:
             error = refusal(exc, item.command.name)
             _answer(item, error.status, error.to_body())
-        else:
-            _answer(item, Status.OK, body)
+            return
+        _finish(item, write, stored)
 
 
 def refusal(exc: BaseException, what: str) -> DeviceError:
@@ -263,10 +262,11 @@ def refusal(exc: BaseException, what: str) -> DeviceError:
     return internal_error(exc)
 
 
-def _finish(item: WriteRequest, write: Write) -> None:
-    """A joined write's in-memory change and answer, once its batch is durable."""
+def _finish(item: WriteRequest, write: Write, stored: Any = None) -> None:
+    """A write's in-memory change and answer, once what it stored (alone, or joined with
+    a batch) is durable."""
     try:
-        body = write.finish(None)
+        body = write.finish(stored)
     except Exception as exc:
         error = refusal(exc, item.command.name)
         _answer(item, error.status, error.to_body())
