@@ -395,16 +395,24 @@ class PosApi:
         device_id = claim.device_id
         response = await self._send(client, claim, key_headers, device_id)
         result = self._issued(link, response, paper)
+        self._note_issued(device, claim, result)
+        # 201 for a document issued now, 200 for the same document given again
+        status = 201 if claim.fresh else 200
+        return web.json_response(result, status=status, headers=key_headers, dumps=_dumps)
+
+    def _note_issued(self, device: Attachment, claim: Claim, result: dict[str, Any]) -> None:
+        """What follows a signed document: the key's counter note, the rollback guard, a
+        sync round, and the answer's key and retry fields."""
         if type(result.get("counter")) is int:
-            self.ctx.store.group.complete(key, result["counter"])  # with the next batch
+            self.ctx.store.group.complete(claim.key, result["counter"])  # with the next batch
             if self.ctx.guard is not None:
-                self.ctx.guard.observe(link.device_id, result["counter"], None)
+                self.ctx.guard.observe(device.link.device_id, result["counter"], None)
         device.wake()
-        result["idempotency_key"] = key
+        result["idempotency_key"] = claim.key
         result["retry"] = not claim.fresh
         log.info(
             "%s %s %s/%s counter %d total %d%s",
-            device_id,
+            claim.device_id,
             result["kind"],
             result["code"],
             result["number"],
@@ -412,9 +420,6 @@ class PosApi:
             result["total"],
             " (retry of an earlier request)" if not claim.fresh else "",
         )
-        # 201 for a document issued now, 200 for the same document given again
-        status = 201 if claim.fresh else 200
-        return web.json_response(result, status=status, headers=key_headers, dumps=_dumps)
 
     def _ready(self, device: Attachment, key_headers: dict[str, str]) -> tuple[DeviceLink, Any]:
         """The printer's link and client, if it is attached and not rolled back."""
