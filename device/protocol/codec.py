@@ -200,7 +200,7 @@ def _decode_deterministic(raw: bytes, limits: Limits) -> Any:
 
     One loop on purpose, as in `check_cbor`: a call per item would cost more than the walk.
     """
-    end, pos, items = len(raw), 0, 0
+    end, pos, items, max_items = len(raw), 0, 0, limits.max_items
     stack: list[_Frame] = []
     root: list[Any] = []
     container: Any = root  # the open list or dict, and how many entries it still takes
@@ -221,6 +221,8 @@ def _decode_deterministic(raw: bytes, limits: Limits) -> Any:
             if pos > end or arg < _SHORTEST[size]:
                 raise _Irregular
         items += 1
+        if items > max_items:  # before building more than the policy admits (see _Irregular)
+            raise _Irregular
         if major == 3:  # text first: most items are (keys and values)
             if arg > end - pos:
                 raise _Irregular
@@ -253,7 +255,9 @@ def _decode_deterministic(raw: bytes, limits: Limits) -> Any:
                 raise _Irregular
             value = [] if major == 4 else {}
             if arg:
-                if arg > end - pos:
+                # Entries past the item bound are refused at the head, as check_cbor does,
+                # not after building them (a payload is parsed before its signature).
+                if arg > end - pos or (arg << (major == 5)) > max_items - items:
                     raise _Irregular
                 if is_map:
                     container[key] = value
@@ -270,7 +274,7 @@ def _decode_deterministic(raw: bytes, limits: Limits) -> Any:
         remaining -= 1
         while not remaining:  # containers complete with this item
             if not stack:
-                if pos != end or items > limits.max_items:
+                if pos != end:
                     raise _Irregular
                 return root[0]
             container, remaining, is_map, _, last_key = stack.pop()

@@ -30,8 +30,10 @@ from device.protocol.untrusted import shown_keys
 
 PREFIX = "taxctl:v1?"
 QR_DOMAIN = b"taxctl/qr/v1\x00"
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)  # \d alone matches any script's digits
 _DEVICE_ID = re.compile(r"TC[0-9A-Z]{12}")
+# ASCII digits only: int() reads "١٦٩٥" as 1695 too, another spelling of a signed total.
+_TOTAL = re.compile(r"-?\d{1,13}", re.ASCII)
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")
 FIELDS = {"c", "n", "d", "t", "k", "x", "i", "h", "s"}
@@ -217,7 +219,7 @@ def parse(text: str) -> VerificationQuery:
         raise QrError(f"unknown fields {shown_keys(unknown)}")
     total: int | None = None
     if "t" in one:
-        if not re.fullmatch(r"-?\d{1,13}", one["t"]):
+        if _TOTAL.fullmatch(one["t"]) is None:
             raise QrError("the total is a whole number of fen")
         total = int(one["t"])
     query = VerificationQuery(

@@ -148,7 +148,7 @@ def query_from(fields: dict[str, Any]) -> qr.VerificationQuery:
             raise ChainError(Code.BAD_REQUEST, str(exc)) from None
     total = fields.get("total")
     if total is not None and type(total) is not int:
-        if isinstance(total, str) and re.fullmatch(r"-?\d{1,13}", total):
+        if isinstance(total, str) and re.fullmatch(r"-?\d{1,13}", total, re.ASCII):
             total = int(total)
         else:
             raise ChainError(Code.BAD_REQUEST, "total is a whole number of fen")

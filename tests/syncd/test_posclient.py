@@ -345,6 +345,10 @@ ODD_ANSWERS = [
     b"[" + b"0," * 19_999 + b"0]",  # 20,001 items
     b"[" + b"1" * 5000 + b"]",  # int() over 4300 digits
     b'{"a": 1, "a": 2}',
+    b'{"a": 1e999, "b": -1e999, "c": -0, "d": -0.0}',  # floats out of range: infinities
+    b'{"a": ' + _nested(20) + b', "a": 1}',  # the deep value is replaced: nothing deep
+    b'{"a": 1, "a": ' + _nested(20) + b"}",
+    b"[" * 16 + b'"]]]]"' + b"]" * 16,  # brackets in a string, at the depth bound
 ]
 
 

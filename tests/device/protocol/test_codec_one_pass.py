@@ -5,6 +5,7 @@ gets the same refusal, on documents' payloads and on hostile CBOR."""
 from __future__ import annotations
 
 import random
+import tracemalloc
 from typing import Any
 
 import cbor2
@@ -161,3 +162,21 @@ def test_the_one_pass_reads_documents_and_the_item_bound_holds() -> None:
     assert codec.decode_canonical(exact, Limits(max_items=10)) == [1] * 9
     with pytest.raises(codec.CodecError, match="larger than allowed"):
         codec.decode_canonical(exact, Limits(max_items=9))
+
+
+@pytest.mark.parametrize("head", [b"\x9a", b"\xa1\x61a\x9a", b"\x82\x80\x9a"])
+def test_a_container_declaring_more_items_than_allowed_builds_nothing(head: bytes) -> None:
+    # A document's payload reaches decode_canonical before any signature is checked (the
+    # chain parses what anyone submits). 100 KB of empty maps in one array: the policy
+    # refuses it at its head; a decoder that reads on before counting builds 100,000
+    # dicts (6 MB here, 2 GB from one 32 MB submission) only to refuse at the end.
+    n = 100_000
+    raw = head + n.to_bytes(4, "big") + b"\xa0" * n
+    tracemalloc.start()
+    try:
+        with pytest.raises(codec.CodecError, match="larger than allowed"):
+            codec.decode_canonical(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * len(raw) + 100_000

@@ -145,3 +145,20 @@ def test_device_payload_takes_only_the_qr_of_this_document() -> None:
         qr.device_payload(b"taxctl", SIGNED_PAYLOAD, DOC_HASH, KEY.public_key),
     ]:
         assert bad is None
+
+
+ARABIC_INDIC = str.maketrans("0123456789", "".join(chr(0x660 + d) for d in range(10)))
+
+
+@pytest.mark.parametrize("field", ["t", "d"])
+def test_a_total_or_date_in_other_scripts_digits_is_refused(field: str) -> None:
+    # int() reads "١٦٩٥" as 1695: the signed payload spelled another way verified with the
+    # same signature (the total is signed as a number), so a printed QR had two texts
+    signed = signed_query().to_payload()
+    fields = dict(pair.split("=", 1) for pair in signed[len(qr.PREFIX) :].split("&"))
+    fields[field] = fields[field].translate(ARABIC_INDIC)
+    respelled = qr.PREFIX + "&".join(f"{k}={v}" for k, v in fields.items())
+    with pytest.raises(qr.QrError, match="whole number of fen" if field == "t" else "YYYY-MM-DD"):
+        qr.parse(respelled)
+    assert qr.device_payload(respelled, SIGNED_PAYLOAD, DOC_HASH, KEY.public_key) is None
+    assert qr.device_payload(signed, SIGNED_PAYLOAD, DOC_HASH, KEY.public_key) == signed

@@ -18,6 +18,7 @@ from device.protocol.clock import ManualClock
 from device.protocol.document import Document, parse_document
 from hostsim.bureau import buyer_key_hash
 from hostsim.chain.api import build_app
+from hostsim.chain.checking import query_from
 from hostsim.chain.errors import ChainError, Code
 from hostsim.chain.queries import VERIFY_BUCKETS
 from hostsim.chain.ratelimit import Buckets, RateLimit
@@ -251,3 +252,12 @@ async def test_the_enrolment_answer_carries_the_sellers_taxpayer_token(
     assert (status, body["error"]["code"]) == (403, "forbidden")
     ledger_files = b"".join(p.read_bytes() for p in api.chain.ledger.path.parent.glob("*"))
     assert tokens[seller_tax_id].encode() not in ledger_files
+
+
+def test_a_total_in_other_scripts_digits_is_refused() -> None:
+    # int() reads "١٦٩٥" as 1695: refused like any total that is not ASCII digits
+    fields = {"code": "991295698646", "number": "00000001", "date": "2026-11-25"}
+    assert query_from({**fields, "total": "-1695"}).total == -1695
+    with pytest.raises(ChainError, match="whole number of fen") as refused:
+        query_from({**fields, "total": "\u0661\u0666\u0669\u0665"})
+    assert refused.value.code == Code.BAD_REQUEST
