@@ -66,18 +66,27 @@ async def campaign(engine: ConsortiumEngine) -> None:
 
 
 async def housekeeping(engine: ConsortiumEngine) -> None:
+    """Each round's steps are tried apart: with NOSPACE raised etcd refuses writes (the
+    watermark), and that must keep neither the alarm from showing in health nor the
+    proposer from compacting and defragmenting, which is what frees space."""
     published: tuple[int, int] | None = None
     rounds = 0
     while True:
         await asyncio.sleep(HOUSEKEEPING_EVERY)
         rounds += 1
         try:
+            engine.alarms = await engine.etcd.alarms()
+        except EtcdError as exc:
+            logger.warning("housekeeping: alarms: %s", exc)
+        try:
             if published != (engine.seq, engine.rev):
                 value = records.watermark_value(engine.seq, engine.rev, engine.height)
                 await engine.etcd.put(engine.keys.applied_key(engine.node_id), value)
                 published = (engine.seq, engine.rev)
+        except EtcdError as exc:
+            logger.warning("housekeeping: watermark: %s", exc)
+        try:
             await _reachable(engine)
-            engine.alarms = await engine.etcd.alarms()
             if engine.leader:
                 await _trim(engine, defragment=rounds % DEFRAGMENT_EVERY == 0)
         except EtcdError as exc:
