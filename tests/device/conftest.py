@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,3 +107,11 @@ async def _open_host_port(link: Path) -> Port:
 
 def wide_limits() -> Limits:
     return Limits(offline_seconds=10**9, offline_amount=10**15)
+
+
+@pytest.fixture
+def fw(tmp_path: Path) -> Iterator[Firmware]:
+    """A training printer's firmware, no link, limits out of the way."""
+    opened = open_device(tmp_path / "state", training=True, limits=wide_limits())
+    yield opened
+    opened.close()

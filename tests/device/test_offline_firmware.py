@@ -3,7 +3,6 @@ checks behind both STATUS's `blocking` and the issue path's refusals."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,6 @@ from device.protocol.commands import Command
 from device.protocol.document import Kind, format_utc
 from device.protocol.status import DeviceError, Status
 from tests.device.conftest import INVOICE, wide_limits
-
-
-@pytest.fixture
-def fw(tmp_path: Path) -> Iterator[Firmware]:
-    opened = open_device(tmp_path / "state", training=True, limits=wide_limits())
-    yield opened
-    opened.close()
 
 
 def test_commit_pending_makes_what_was_issued_durable(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ compared here with what the journal (or a fresh check) says, on varied histories
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from device.protocol import trust
 from device.protocol.document import Kind
 from tests.device.conftest import INVOICE, wide_limits
 from tests.helpers import SigningConsortium
-
-
-@pytest.fixture
-def fw(tmp_path: Path) -> Iterator[Firmware]:
-    opened = open_device(tmp_path / "state", training=True, limits=wide_limits())
-    yield opened
-    opened.close()
 
 
 def oracle_backlog(fw: Firmware) -> Backlog:
